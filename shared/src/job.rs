@@ -1,0 +1,364 @@
+//! What a user submits, and its validation into a job the services can trust. Validation
+//! is pure and names the offending field (`tasks[2].argv`), for HTTP 400s and AMQP
+//! rejections alike.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::group::GroupName;
+
+pub const MAX_TASKS_PER_JOB: usize = 10_000;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const MAX_ATTEMPTS_LIMIT: u32 = 20;
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+pub const MAX_STDIN_BYTES: usize = 1024 * 1024;
+const MAX_NAME_LEN: usize = 200;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub tasks: Vec<TaskSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+/// A field that failed validation, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidJob {
+    pub name: Option<String>,
+    pub tasks: Vec<ValidTask>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidTask {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub stdin: Option<String>,
+    pub timeout: Duration,
+    pub priority: i32,
+    pub group: GroupName,
+    pub labels: BTreeMap<String, String>,
+    /// Indices of the tasks of the same job this one waits for.
+    pub depends_on: Vec<usize>,
+    pub max_attempts: u32,
+}
+
+fn no_nul(field: &str, s: &str) -> Result<(), FieldError> {
+    if s.contains('\0') {
+        Err(bad(field, "must not contain a NUL byte"))
+    } else {
+        Ok(())
+    }
+}
+
+fn label_key_ok(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 63
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'/')
+}
+
+impl JobSpec {
+    pub fn validate(&self) -> Result<ValidJob, FieldError> {
+        if let Some(name) = &self.name {
+            if name.len() > MAX_NAME_LEN {
+                return Err(bad("name", format!("at most {MAX_NAME_LEN} bytes")));
+            }
+            no_nul("name", name)?;
+        }
+        if self.tasks.is_empty() {
+            return Err(bad("tasks", "a job needs at least one task"));
+        }
+        if self.tasks.len() > MAX_TASKS_PER_JOB {
+            return Err(bad(
+                "tasks",
+                format!("at most {MAX_TASKS_PER_JOB} tasks per job"),
+            ));
+        }
+        let names: Vec<String> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.name.clone().unwrap_or_else(|| format!("task-{i}")))
+            .collect();
+        let mut index_of = HashMap::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let field = format!("tasks[{i}].name");
+            if name.is_empty() || name.len() > MAX_NAME_LEN {
+                return Err(bad(field, format!("must be 1 to {MAX_NAME_LEN} bytes")));
+            }
+            no_nul(&field, name)?;
+            if index_of.insert(name.as_str(), i).is_some() {
+                return Err(bad(field, format!("duplicate task name {name:?}")));
+            }
+        }
+        let mut tasks = Vec::with_capacity(self.tasks.len());
+        for (i, t) in self.tasks.iter().enumerate() {
+            tasks.push(t.validate(i, &names[i], &index_of)?);
+        }
+        check_acyclic(&tasks)?;
+        Ok(ValidJob {
+            name: self.name.clone(),
+            tasks,
+        })
+    }
+}
+
+impl TaskSpec {
+    fn validate(
+        &self,
+        i: usize,
+        name: &str,
+        index_of: &HashMap<&str, usize>,
+    ) -> Result<ValidTask, FieldError> {
+        let f = |field: &str| format!("tasks[{i}].{field}");
+        match self.argv.first() {
+            None => return Err(bad(f("argv"), "must name a command")),
+            Some(cmd) if cmd.is_empty() => return Err(bad(f("argv[0]"), "must not be empty")),
+            _ => {}
+        }
+        for (j, arg) in self.argv.iter().enumerate() {
+            no_nul(&f(&format!("argv[{j}]")), arg)?;
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') {
+                return Err(bad(f("env"), format!("bad variable name {k:?}")));
+            }
+            no_nul(&f("env"), k)?;
+            no_nul(&f("env"), v)?;
+        }
+        if let Some(cwd) = &self.cwd {
+            if cwd.is_empty() {
+                return Err(bad(f("cwd"), "must not be empty"));
+            }
+            no_nul(&f("cwd"), cwd)?;
+        }
+        if let Some(stdin) = &self.stdin {
+            if stdin.len() > MAX_STDIN_BYTES {
+                return Err(bad(f("stdin"), format!("at most {MAX_STDIN_BYTES} bytes")));
+            }
+        }
+        let timeout_secs = self.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if !(1..=MAX_TIMEOUT_SECS).contains(&timeout_secs) {
+            return Err(bad(
+                f("timeout_secs"),
+                format!("must be 1 to {MAX_TIMEOUT_SECS}"),
+            ));
+        }
+        let priority = self.priority.unwrap_or(0);
+        if !PRIORITY_RANGE.contains(&priority) {
+            return Err(bad(
+                f("priority"),
+                format!(
+                    "must be {} to {}",
+                    PRIORITY_RANGE.start(),
+                    PRIORITY_RANGE.end()
+                ),
+            ));
+        }
+        let group = match &self.group {
+            None => GroupName::default_group(),
+            Some(g) => GroupName::parse(g).map_err(|e| bad(f("group"), e.to_string()))?,
+        };
+        for k in self.labels.keys() {
+            if !label_key_ok(k) {
+                return Err(bad(f("labels"), format!("bad label key {k:?}")));
+            }
+        }
+        let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+            return Err(bad(
+                f("max_attempts"),
+                format!("must be 1 to {MAX_ATTEMPTS_LIMIT}"),
+            ));
+        }
+        let mut depends_on = Vec::with_capacity(self.depends_on.len());
+        for (j, dep) in self.depends_on.iter().enumerate() {
+            let field = f(&format!("depends_on[{j}]"));
+            match index_of.get(dep.as_str()) {
+                None => return Err(bad(field, format!("no task named {dep:?} in this job"))),
+                Some(&d) if d == i => return Err(bad(field, "a task cannot depend on itself")),
+                Some(&d) if !depends_on.contains(&d) => depends_on.push(d),
+                Some(_) => {}
+            }
+        }
+        Ok(ValidTask {
+            name: name.to_owned(),
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            stdin: self.stdin.clone(),
+            timeout: Duration::from_secs(timeout_secs),
+            priority,
+            group,
+            labels: self.labels.clone(),
+            depends_on,
+            max_attempts,
+        })
+    }
+}
+
+/// Kahn's algorithm: a cycle would leave its tasks waiting forever.
+fn check_acyclic(tasks: &[ValidTask]) -> Result<(), FieldError> {
+    let mut indegree: Vec<usize> = tasks.iter().map(|t| t.depends_on.len()).collect();
+    let mut dependents = vec![Vec::new(); tasks.len()];
+    for (i, t) in tasks.iter().enumerate() {
+        for &d in &t.depends_on {
+            dependents[d].push(i);
+        }
+    }
+    let mut stack: Vec<usize> = (0..tasks.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut seen = 0;
+    while let Some(i) = stack.pop() {
+        seen += 1;
+        for &n in &dependents[i] {
+            indegree[n] -= 1;
+            if indegree[n] == 0 {
+                stack.push(n);
+            }
+        }
+    }
+    if seen == tasks.len() {
+        return Ok(());
+    }
+    let i = indegree.iter().position(|&d| d > 0).unwrap_or(0);
+    Err(bad(
+        format!("tasks[{i}].depends_on"),
+        "dependencies form a cycle",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(argv: &[&str]) -> TaskSpec {
+        TaskSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..TaskSpec::default()
+        }
+    }
+
+    fn job(tasks: Vec<TaskSpec>) -> JobSpec {
+        JobSpec { name: None, tasks }
+    }
+
+    fn field_of(j: JobSpec) -> String {
+        j.validate().expect_err("should be refused").field
+    }
+
+    #[test]
+    fn defaults_fill_in_a_minimal_task() {
+        let v = job(vec![task(&["true"])]).validate().expect("valid");
+        let t = &v.tasks[0];
+        assert_eq!(t.name, "task-0");
+        assert_eq!(t.group, GroupName::default_group());
+        assert_eq!(t.timeout, Duration::from_secs(DEFAULT_TIMEOUT_SECS));
+        assert_eq!(t.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(t.priority, 0);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(field_of(job(vec![])), "tasks");
+        assert_eq!(
+            field_of(job(vec![task(&["true"]), task(&[])])),
+            "tasks[1].argv"
+        );
+        assert_eq!(field_of(job(vec![task(&[""])])), "tasks[0].argv[0]");
+        let mut t = task(&["true"]);
+        t.timeout_secs = Some(0);
+        assert_eq!(field_of(job(vec![t])), "tasks[0].timeout_secs");
+        let mut t = task(&["true"]);
+        t.group = Some("Bad Group".into());
+        assert_eq!(field_of(job(vec![t])), "tasks[0].group");
+        let mut t = task(&["true"]);
+        t.priority = Some(5000);
+        assert_eq!(field_of(job(vec![t])), "tasks[0].priority");
+        let mut t = task(&["true"]);
+        t.max_attempts = Some(0);
+        assert_eq!(field_of(job(vec![t])), "tasks[0].max_attempts");
+        let mut t = task(&["echo", "a\0b"]);
+        t.name = Some("x".into());
+        assert_eq!(field_of(job(vec![t])), "tasks[0].argv[1]");
+    }
+
+    #[test]
+    fn dependencies_resolve_by_name_and_must_not_cycle() {
+        let mut a = task(&["true"]);
+        a.name = Some("a".into());
+        let mut b = task(&["true"]);
+        b.name = Some("b".into());
+        b.depends_on = vec!["a".into()];
+        let v = job(vec![a.clone(), b.clone()]).validate().expect("valid");
+        assert_eq!(v.tasks[1].depends_on, vec![0]);
+
+        let mut missing = b.clone();
+        missing.depends_on = vec!["nope".into()];
+        assert_eq!(
+            field_of(job(vec![a.clone(), missing])),
+            "tasks[1].depends_on[0]"
+        );
+
+        let mut a_cyclic = a.clone();
+        a_cyclic.depends_on = vec!["b".into()];
+        assert!(field_of(job(vec![a_cyclic, b])).ends_with(".depends_on"));
+
+        let mut dup = task(&["true"]);
+        dup.name = Some("a".into());
+        assert_eq!(field_of(job(vec![a, dup])), "tasks[1].name");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_when_parsing() {
+        let err = serde_json::from_str::<JobSpec>(r#"{"tasks":[{"argvv":["true"]}]}"#)
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("argvv"));
+    }
+}

@@ -1,0 +1,11 @@
+//! The Fleet contract shared by every service: ids, messages, task states, the balancing
+//! policy and job validation (pure, tested without services), then the adapters that
+//! speak to PostgreSQL, RabbitMQ and HTTP.
+
+pub mod error;
+pub mod group;
+pub mod id;
+pub mod job;
+pub mod policy;
+pub mod proto;
+pub mod state;

@@ -1,0 +1,206 @@
+//! Balancing: which ready task goes to which executor. Pure; the dispatcher feeds it
+//! what PostgreSQL and the INFO heartbeats say and applies its answer.
+//!
+//! Each executor's outstanding work (assigned, not finished) is kept at most at
+//! `capacity + window`: enough queued that it never idles between results, not so much
+//! that a slow or dead executor hoards work an idle peer could run.
+
+use std::collections::BTreeMap;
+
+use crate::group::GroupName;
+use crate::id::{ExecutorId, TaskId};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorView {
+    pub id: ExecutorId,
+    pub groups: Vec<GroupName>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    /// Attempts assigned to it and not yet finished.
+    pub outstanding: u32,
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyTask {
+    pub id: TaskId,
+    pub group: GroupName,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ExecutorView {
+    pub fn limit(&self, window: u32) -> u32 {
+        self.capacity.saturating_add(window)
+    }
+
+    pub fn has_room(&self, window: u32) -> bool {
+        !self.draining && self.capacity > 0 && self.outstanding < self.limit(window)
+    }
+
+    /// Right group (or a subgroup of it) and every required label.
+    pub fn is_eligible(&self, task: &ReadyTask) -> bool {
+        self.groups.iter().any(|g| g.is_within(&task.group))
+            && task
+                .labels
+                .iter()
+                .all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+
+    /// Whether `self` is less loaded than `other`, relative to capacity:
+    /// outstanding/capacity compared by cross-multiplication to stay in integers.
+    fn less_loaded_than(&self, other: &ExecutorView) -> bool {
+        let a = u64::from(self.outstanding) * u64::from(other.capacity);
+        let b = u64::from(other.outstanding) * u64::from(self.capacity);
+        a < b || (a == b && (self.capacity, &other.id) > (other.capacity, &self.id))
+    }
+}
+
+/// Free slots across all executors, the most ready tasks worth fetching for one round.
+pub fn free_slots(executors: &[ExecutorView], window: u32) -> u32 {
+    executors
+        .iter()
+        .filter(|e| e.has_room(window))
+        .map(|e| e.limit(window) - e.outstanding)
+        .sum()
+}
+
+/// Gives each task, in the order given (highest priority, then oldest, first), to the
+/// eligible executor with room and the smallest outstanding/capacity ratio. Tasks no
+/// executor can take now are skipped, so they do not block the ones behind them.
+/// `executors[i].outstanding` is updated as work is handed out.
+pub fn assign(
+    ready: &[ReadyTask],
+    executors: &mut [ExecutorView],
+    window: u32,
+) -> Vec<(TaskId, ExecutorId)> {
+    let mut out = Vec::new();
+    for task in ready {
+        let mut best: Option<usize> = None;
+        for (i, e) in executors.iter().enumerate() {
+            if !e.has_room(window) || !e.is_eligible(task) {
+                continue;
+            }
+            if best.is_none_or(|b| e.less_loaded_than(&executors[b])) {
+                best = Some(i);
+            }
+        }
+        if let Some(b) = best {
+            executors[b].outstanding += 1;
+            out.push((task.id, executors[b].id.clone()));
+            if free_slots(executors, window) == 0 {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(id: &str, groups: &[&str], cap: u32, out: u32) -> ExecutorView {
+        ExecutorView {
+            id: ExecutorId::parse(id).expect("id"),
+            groups: groups
+                .iter()
+                .map(|g| GroupName::parse(g).expect("g"))
+                .collect(),
+            labels: BTreeMap::new(),
+            capacity: cap,
+            outstanding: out,
+            draining: false,
+        }
+    }
+
+    fn task(group: &str) -> ReadyTask {
+        ReadyTask {
+            id: TaskId::new(),
+            group: GroupName::parse(group).expect("g"),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn count_for(assigned: &[(TaskId, ExecutorId)], id: &str) -> usize {
+        assigned.iter().filter(|(_, e)| e.as_str() == id).count()
+    }
+
+    #[test]
+    fn work_spreads_evenly_over_equal_executors() {
+        let mut ex = vec![
+            exec("a", &["cpu"], 4, 0),
+            exec("b", &["cpu"], 4, 0),
+            exec("c", &["cpu"], 4, 0),
+        ];
+        let tasks: Vec<_> = (0..12).map(|_| task("cpu")).collect();
+        let got = assign(&tasks, &mut ex, 0);
+        assert_eq!(got.len(), 12);
+        for id in ["a", "b", "c"] {
+            assert_eq!(count_for(&got, id), 4);
+        }
+    }
+
+    #[test]
+    fn outstanding_is_capped_at_capacity_plus_window() {
+        let mut ex = vec![exec("a", &["cpu"], 2, 1)];
+        let tasks: Vec<_> = (0..10).map(|_| task("cpu")).collect();
+        let got = assign(&tasks, &mut ex, 2);
+        assert_eq!(got.len(), 3);
+        assert_eq!(ex[0].outstanding, 4);
+        assert!(assign(&tasks, &mut ex, 2).is_empty());
+    }
+
+    #[test]
+    fn the_least_loaded_relative_to_capacity_gets_the_task() {
+        // b holds 2 of 8 (25 %), a holds 1 of 2 (50 %): b is less loaded.
+        let mut ex = vec![exec("a", &["cpu"], 2, 1), exec("b", &["cpu"], 8, 2)];
+        let got = assign(&[task("cpu")], &mut ex, 0);
+        assert_eq!(got[0].1.as_str(), "b");
+    }
+
+    #[test]
+    fn only_members_of_the_group_or_its_subgroups_are_eligible() {
+        let mut ex = vec![
+            exec("web", &["site.web"], 4, 0),
+            exec("db", &["site.db"], 4, 0),
+            exec("other", &["cpu"], 4, 0),
+        ];
+        let tasks: Vec<_> = (0..6).map(|_| task("site")).collect();
+        let got = assign(&tasks, &mut ex, 0);
+        assert_eq!(count_for(&got, "other"), 0);
+        assert_eq!(count_for(&got, "web") + count_for(&got, "db"), 6);
+
+        let got = assign(&[task("site.web"), task("site.web")], &mut ex, 4);
+        assert!(got.iter().all(|(_, e)| e.as_str() == "web"));
+    }
+
+    #[test]
+    fn required_labels_must_all_match() {
+        let mut gpu = exec("gpu", &["lab.gpu"], 1, 0);
+        gpu.labels.insert("gpu".into(), "yes".into());
+        let mut ex = vec![exec("cpu", &["lab"], 8, 0), gpu];
+        let mut t = task("lab");
+        t.labels.insert("gpu".into(), "yes".into());
+        let got = assign(&[t.clone(), t.clone(), t], &mut ex, 1);
+        assert_eq!(got.len(), 2, "gpu executor holds capacity 1 + window 1");
+        assert!(got.iter().all(|(_, e)| e.as_str() == "gpu"));
+    }
+
+    #[test]
+    fn draining_executors_take_nothing_and_ineligible_tasks_do_not_block_others() {
+        let mut a = exec("a", &["cpu"], 4, 0);
+        a.draining = true;
+        let mut ex = vec![a, exec("b", &["cpu"], 4, 0)];
+        let tasks = vec![task("nowhere"), task("cpu")];
+        let got = assign(&tasks, &mut ex, 0);
+        assert_eq!(got, vec![(tasks[1].id, ex[1].id.clone())]);
+    }
+
+    #[test]
+    fn free_slots_count_only_executors_with_room() {
+        let mut d = exec("d", &["cpu"], 4, 0);
+        d.draining = true;
+        let ex = vec![exec("a", &["cpu"], 4, 1), exec("b", &["cpu"], 2, 5), d];
+        assert_eq!(free_slots(&ex, 2), 5);
+    }
+}

@@ -1,0 +1,404 @@
+//! The wire contract: every message is a JSON object with a `type` tag and a `v` version.
+//! Decoding is defensive: an oversize body, malformed JSON, an unknown type or a newer
+//! version is an error value that the consumer dead-letters, never a panic.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::group::GroupName;
+use crate::id::{ExecutorId, JobId, TaskId};
+use crate::job::JobSpec;
+
+/// The largest message a consumer will parse. Results carry capped output, so this
+/// bounds memory per delivery without refusing legitimate traffic.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A message type on the wire.
+pub trait Wire: Serialize + DeserializeOwned {
+    const TYPE: &'static str;
+    /// The newest version this build writes and understands.
+    const V: u32;
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("unexpected message type {found:?}, expected {expected:?}")]
+    UnknownType {
+        found: String,
+        expected: &'static str,
+    },
+    #[error("message version {found} of {kind:?} is newer than the supported {supported}")]
+    NewerVersion {
+        kind: &'static str,
+        found: u32,
+        supported: u32,
+    },
+    #[error("invalid field {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl DecodeError {
+    /// A short, stable reason for dead-letter headers and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge(_) => "too_large",
+            Self::Malformed(_) => "malformed",
+            Self::UnknownType { .. } => "unknown_type",
+            Self::NewerVersion { .. } => "newer_version",
+            Self::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: String,
+    v: u32,
+}
+
+pub fn encode<T: Wire>(msg: &T) -> Vec<u8> {
+    let mut value = match serde_json::to_value(msg) {
+        Ok(serde_json::Value::Object(map)) => map,
+        // Every Wire type is a struct with string keys, so this arm is unreachable in
+        // practice; an empty object still carries the head and will be dead-lettered.
+        _ => serde_json::Map::new(),
+    };
+    value.insert("type".into(), T::TYPE.into());
+    value.insert("v".into(), T::V.into());
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    // serde_json's recursion limit (128) caps nesting depth.
+    let head: Head =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if head.kind != T::TYPE {
+        return Err(DecodeError::UnknownType {
+            found: head.kind,
+            expected: T::TYPE,
+        });
+    }
+    if head.v > T::V {
+        return Err(DecodeError::NewerVersion {
+            kind: T::TYPE,
+            found: head.v,
+            supported: T::V,
+        });
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        DecodeError::Invalid {
+            field,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// One attempt an executor holds: received, and maybe started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldAttempt {
+    pub task_id: TaskId,
+    pub attempt: i32,
+    pub running: bool,
+}
+
+/// Executor -> dispatcher: the heartbeat and the queue-depth report at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub executor_id: ExecutorId,
+    pub groups: Vec<GroupName>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    pub running: u32,
+    pub queued: u32,
+    pub in_flight: Vec<HeldAttempt>,
+    pub draining: bool,
+    pub sent_at: DateTime<Utc>,
+}
+impl Wire for Info {
+    const TYPE: &'static str = "info";
+    const V: u32 = 1;
+}
+
+/// Dispatcher -> one executor: run this attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub task_id: TaskId,
+    pub attempt: i32,
+    pub job_id: JobId,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    pub timeout_secs: u64,
+    pub lease_deadline: DateTime<Utc>,
+}
+impl Wire for Request {
+    const TYPE: &'static str = "request";
+    const V: u32 = 1;
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exited with status 0.
+    Succeeded,
+    /// Exited non-zero or was killed by a signal it did not get from us.
+    Failed,
+    /// Ran past its timeout; its whole process group was killed.
+    TimedOut,
+    /// Could not be started (no such command, bad cwd, ...).
+    SpawnFailed,
+    Cancelled,
+    /// Its executor stopped reporting it before its lease ran out (recorded by the dispatcher).
+    Lost,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::SpawnFailed => "spawn_failed",
+            Self::Cancelled => "cancelled",
+            Self::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "timed_out" => Self::TimedOut,
+            "spawn_failed" => Self::SpawnFailed,
+            "cancelled" => Self::Cancelled,
+            "lost" => Self::Lost,
+            _ => return None,
+        })
+    }
+}
+
+/// Executor -> collector: one attempt's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub task_id: TaskId,
+    pub attempt: i32,
+    pub job_id: JobId,
+    pub executor_id: ExecutorId,
+    pub outcome: Outcome,
+    /// The exit code when the process exited; `None` when a signal ended it.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process, kept apart from the exit code.
+    pub signal: Option<i32>,
+    /// Why the attempt did not run or was cut short (spawn error, timeout).
+    pub error: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: DateTime<Utc>,
+}
+impl Wire for TaskResult {
+    const TYPE: &'static str = "result";
+    const V: u32 = 1;
+}
+
+/// Executor -> collector: a chunk of live output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub task_id: TaskId,
+    pub attempt: i32,
+    pub executor_id: ExecutorId,
+    pub seq: u64,
+    pub stream: String,
+    pub data: String,
+}
+impl Wire for LogChunk {
+    const TYPE: &'static str = "log";
+    const V: u32 = 1;
+}
+
+/// Operators -> executors of a group, or one executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ControlAction {
+    Cancel { task_id: TaskId, attempt: i32 },
+    Drain,
+    Resume,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    #[serde(flatten)]
+    pub action: ControlAction,
+}
+impl Wire for Control {
+    const TYPE: &'static str = "control";
+    const V: u32 = 1;
+}
+
+/// Collector -> other systems.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `job.accepted`, `job.started`, `job.succeeded`, `job.failed`, `job.cancelled`,
+    /// `task.finished`; also the routing key on `<prefix>.events`.
+    pub event: String,
+    pub job_id: JobId,
+    #[serde(default)]
+    pub task_id: Option<TaskId>,
+    pub state: String,
+    pub at: DateTime<Utc>,
+}
+impl Wire for Event {
+    const TYPE: &'static str = "event";
+    const V: u32 = 1;
+}
+
+/// Other systems -> submitter: a job, answered on `reply_to` with a [`SubmitReply`].
+/// The AMQP `message_id` is the idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submit {
+    pub job: JobSpec,
+}
+impl Wire for Submit {
+    const TYPE: &'static str = "submit";
+    const V: u32 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitReply {
+    pub accepted: bool,
+    #[serde(default)]
+    pub job_id: Option<JobId>,
+    /// False when the idempotency key named a job that already existed.
+    #[serde(default)]
+    pub created: bool,
+    #[serde(default)]
+    pub error: Option<crate::error::ErrorBody>,
+}
+impl Wire for SubmitReply {
+    const TYPE: &'static str = "submit_reply";
+    const V: u32 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> Info {
+        Info {
+            executor_id: ExecutorId::parse("cpu-1").expect("valid"),
+            groups: vec![GroupName::parse("cpu").expect("valid")],
+            labels: BTreeMap::from([("gpu".into(), "yes".into())]),
+            capacity: 4,
+            running: 1,
+            queued: 2,
+            in_flight: vec![HeldAttempt {
+                task_id: TaskId::new(),
+                attempt: 1,
+                running: true,
+            }],
+            draining: false,
+            sent_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_with_type_and_version() {
+        let msg = info();
+        let bytes = encode(&msg);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(value["type"], "info");
+        assert_eq!(value["v"], 1);
+        assert_eq!(decode::<Info>(&bytes), Ok(msg));
+    }
+
+    #[test]
+    fn a_message_of_another_type_is_refused_by_name() {
+        let bytes = encode(&info());
+        match decode::<TaskResult>(&bytes) {
+            Err(DecodeError::UnknownType { found, expected }) => {
+                assert_eq!(found, "info");
+                assert_eq!(expected, "result");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_newer_version_is_refused() {
+        let mut value = serde_json::to_value(info()).expect("value");
+        value["type"] = "info".into();
+        value["v"] = 2.into();
+        let bytes = serde_json::to_vec(&value).expect("bytes");
+        assert!(matches!(
+            decode::<Info>(&bytes),
+            Err(DecodeError::NewerVersion {
+                found: 2,
+                supported: 1,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn malformed_and_oversize_bodies_are_errors_not_panics() {
+        assert_eq!(
+            decode::<Info>(b"{not json").map_err(|e| e.reason()),
+            Err("malformed")
+        );
+        assert_eq!(
+            decode::<Info>(b"[]").map_err(|e| e.reason()),
+            Err("malformed")
+        );
+        let deep = "[".repeat(10_000);
+        assert_eq!(
+            decode::<Info>(deep.as_bytes()).map_err(|e| e.reason()),
+            Err("malformed")
+        );
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            decode::<Info>(&huge),
+            Err(DecodeError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn a_bad_field_is_named_in_the_error() {
+        let bytes = br#"{"type":"info","v":1,"executor_id":"cpu-1","groups":["cpu"],"labels":{},
+            "capacity":"four","running":0,"queued":0,"in_flight":[],"draining":false,
+            "sent_at":"2026-01-01T00:00:00Z"}"#;
+        match decode::<Info>(bytes) {
+            Err(DecodeError::Invalid { field, .. }) => assert_eq!(field, "capacity"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn control_actions_are_tagged() {
+        let c = Control {
+            action: ControlAction::Drain,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&encode(&c)).expect("json");
+        assert_eq!(value["action"], "drain");
+        assert_eq!(decode::<Control>(&encode(&c)), Ok(c));
+    }
+}

@@ -1,0 +1,285 @@
+//! Task and job states and the rules that move them. Pure: the services apply the
+//! answer with conditional SQL, so that a stale writer's update matches no row.
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::Outcome;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Not runnable yet: waiting on dependencies.
+    Waiting,
+    /// Runnable, in PostgreSQL, waiting for a free executor.
+    Ready,
+    /// Handed to an executor, not yet reported started.
+    Assigned,
+    /// Reported started by its executor.
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Ready => "ready",
+            Self::Assigned => "assigned",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "waiting" => Self::Waiting,
+            "ready" => Self::Ready,
+            "assigned" => Self::Assigned,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    /// Held by an executor: its fate depends on that executor's reports.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Assigned | Self::Running)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEvent {
+    /// Every dependency succeeded.
+    DependenciesMet,
+    /// A dependency ended other than succeeded.
+    DependencyFailed,
+    /// The dispatcher handed it to an executor.
+    Assigned,
+    /// Its executor reported it started.
+    Started,
+    /// Its current attempt ended. `attempts_used` counts this attempt.
+    AttemptEnded {
+        outcome: Outcome,
+        attempts_used: u32,
+        max_attempts: u32,
+    },
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("task in state {from:?} cannot take {event:?}")]
+pub struct TransitionError {
+    pub from: TaskState,
+    pub event: TaskEvent,
+}
+
+/// Only a lost attempt is retried: the command never got to report, so running it again
+/// is the at-least-once promise. A command that ran and failed is the user's answer.
+pub fn is_retryable(outcome: Outcome) -> bool {
+    outcome == Outcome::Lost
+}
+
+pub fn transition(from: TaskState, event: TaskEvent) -> Result<TaskState, TransitionError> {
+    use TaskState::*;
+    let to = match (from, event) {
+        (Waiting, TaskEvent::DependenciesMet) => Ready,
+        (Waiting, TaskEvent::DependencyFailed) => Cancelled,
+        (Ready, TaskEvent::Assigned) => Assigned,
+        (Assigned, TaskEvent::Started) => Running,
+        (
+            Assigned | Running,
+            TaskEvent::AttemptEnded {
+                outcome,
+                attempts_used,
+                max_attempts,
+            },
+        ) => match outcome {
+            Outcome::Succeeded => Succeeded,
+            Outcome::Cancelled => Cancelled,
+            o if is_retryable(o) && attempts_used < max_attempts => Ready,
+            _ => Failed,
+        },
+        (Waiting | Ready | Assigned | Running, TaskEvent::Cancel) => Cancelled,
+        _ => return Err(TransitionError { from, event }),
+    };
+    Ok(to)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Accepted; no task has been handed out yet.
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// How many of a job's tasks are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub total: u64,
+    /// Waiting or ready, never handed out in their current life.
+    pub queued: u64,
+    pub active: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// Whether any task has ever been handed to an executor.
+    pub started_any: bool,
+}
+
+impl TaskCounts {
+    pub fn done(&self) -> u64 {
+        self.succeeded + self.failed + self.cancelled
+    }
+}
+
+/// A job's state follows from its tasks: done when all are, failed if any failed.
+pub fn job_state(c: &TaskCounts) -> JobState {
+    if c.total == 0 {
+        return JobState::Pending;
+    }
+    if c.done() < c.total {
+        return if c.active > 0 || c.started_any || c.done() > 0 {
+            JobState::Running
+        } else {
+            JobState::Pending
+        };
+    }
+    if c.failed > 0 {
+        JobState::Failed
+    } else if c.cancelled > 0 {
+        JobState::Cancelled
+    } else {
+        JobState::Succeeded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState::*;
+
+    fn ended(outcome: Outcome, used: u32, max: u32) -> TaskEvent {
+        TaskEvent::AttemptEnded {
+            outcome,
+            attempts_used: used,
+            max_attempts: max,
+        }
+    }
+
+    #[test]
+    fn the_happy_path() {
+        let s = transition(Waiting, TaskEvent::DependenciesMet).expect("ok");
+        let s = transition(s, TaskEvent::Assigned).expect("ok");
+        let s = transition(s, TaskEvent::Started).expect("ok");
+        assert_eq!(
+            transition(s, ended(Outcome::Succeeded, 1, 3)),
+            Ok(Succeeded)
+        );
+    }
+
+    #[test]
+    fn a_lost_attempt_goes_back_to_ready_while_attempts_remain() {
+        assert_eq!(transition(Running, ended(Outcome::Lost, 1, 3)), Ok(Ready));
+        assert_eq!(transition(Assigned, ended(Outcome::Lost, 2, 3)), Ok(Ready));
+        assert_eq!(transition(Running, ended(Outcome::Lost, 3, 3)), Ok(Failed));
+    }
+
+    #[test]
+    fn a_command_that_ran_and_failed_is_not_retried() {
+        for o in [Outcome::Failed, Outcome::TimedOut, Outcome::SpawnFailed] {
+            assert_eq!(transition(Running, ended(o, 1, 3)), Ok(Failed), "{o:?}");
+        }
+        assert_eq!(
+            transition(Running, ended(Outcome::Cancelled, 1, 3)),
+            Ok(Cancelled)
+        );
+    }
+
+    #[test]
+    fn a_finished_task_takes_no_second_outcome() {
+        for s in [Succeeded, Failed, Cancelled] {
+            assert!(transition(s, ended(Outcome::Succeeded, 2, 3)).is_err());
+            assert!(transition(s, TaskEvent::Assigned).is_err());
+            assert!(transition(s, TaskEvent::Cancel).is_err());
+        }
+        assert!(transition(Waiting, TaskEvent::Assigned).is_err());
+        assert!(transition(Ready, ended(Outcome::Succeeded, 1, 3)).is_err());
+    }
+
+    #[test]
+    fn a_failed_dependency_cancels_the_dependent() {
+        assert_eq!(
+            transition(Waiting, TaskEvent::DependencyFailed),
+            Ok(Cancelled)
+        );
+    }
+
+    #[test]
+    fn job_state_derives_from_task_counts() {
+        let c = |total, queued, active, ok, failed, cancelled, started_any| TaskCounts {
+            total,
+            queued,
+            active,
+            succeeded: ok,
+            failed,
+            cancelled,
+            started_any,
+        };
+        assert_eq!(job_state(&c(3, 3, 0, 0, 0, 0, false)), JobState::Pending);
+        assert_eq!(job_state(&c(3, 2, 1, 0, 0, 0, true)), JobState::Running);
+        assert_eq!(job_state(&c(3, 2, 0, 1, 0, 0, true)), JobState::Running);
+        assert_eq!(job_state(&c(3, 0, 0, 3, 0, 0, true)), JobState::Succeeded);
+        assert_eq!(job_state(&c(3, 0, 0, 1, 1, 1, true)), JobState::Failed);
+        assert_eq!(job_state(&c(2, 0, 0, 1, 0, 1, true)), JobState::Cancelled);
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for s in [
+            Waiting, Ready, Assigned, Running, Succeeded, Failed, Cancelled,
+        ] {
+            assert_eq!(TaskState::parse(s.as_str()), Some(s));
+        }
+    }
+}
