@@ -2,10 +2,15 @@
 //! policy and job validation (pure, tested without services), then the adapters that
 //! speak to PostgreSQL, RabbitMQ and HTTP.
 
+pub mod amqp;
+pub mod config;
+pub mod db;
 pub mod error;
 pub mod group;
+pub mod http;
 pub mod id;
 pub mod job;
 pub mod policy;
 pub mod proto;
 pub mod state;
+pub mod svc;

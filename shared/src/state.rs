@@ -194,6 +194,51 @@ pub fn job_state(c: &TaskCounts) -> JobState {
     }
 }
 
+/// A task of one job as dependency resolution sees it; its index is its `idx`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepNode {
+    pub state: TaskState,
+    pub depends_on: Vec<usize>,
+}
+
+/// The waiting tasks of a job that can move: to ready once every dependency succeeded,
+/// to cancelled once any dependency ended otherwise (which cascades to their own
+/// dependents). Returns (index, new state) for each task that moves.
+pub fn resolve_dependencies(nodes: &[DepNode]) -> Vec<(usize, TaskState)> {
+    let mut states: Vec<TaskState> = nodes.iter().map(|n| n.state).collect();
+    let mut moved = Vec::new();
+    loop {
+        let mut changed = false;
+        for (i, node) in nodes.iter().enumerate() {
+            if states[i] != TaskState::Waiting {
+                continue;
+            }
+            let dep_states = node
+                .depends_on
+                .iter()
+                .filter_map(|&d| states.get(d).copied());
+            let event = if dep_states
+                .clone()
+                .any(|s| matches!(s, TaskState::Failed | TaskState::Cancelled))
+            {
+                TaskEvent::DependencyFailed
+            } else if dep_states.clone().all(|s| s == TaskState::Succeeded) {
+                TaskEvent::DependenciesMet
+            } else {
+                continue;
+            };
+            if let Ok(to) = transition(TaskState::Waiting, event) {
+                states[i] = to;
+                moved.push((i, to));
+                changed = true;
+            }
+        }
+        if !changed {
+            return moved;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +290,26 @@ mod tests {
         }
         assert!(transition(Waiting, TaskEvent::Assigned).is_err());
         assert!(transition(Ready, ended(Outcome::Succeeded, 1, 3)).is_err());
+    }
+
+    #[test]
+    fn dependents_become_ready_or_cancelled_in_cascade() {
+        let n = |state, deps: &[usize]| DepNode {
+            state,
+            depends_on: deps.to_vec(),
+        };
+        // 0 succeeded, 1 failed; 2 needs 0 (ready); 3 needs 1 (cancelled); 4 needs 3.
+        let nodes = vec![
+            n(Succeeded, &[]),
+            n(Failed, &[]),
+            n(Waiting, &[0]),
+            n(Waiting, &[1]),
+            n(Waiting, &[3]),
+            n(Waiting, &[0, 2]),
+        ];
+        let mut moved = resolve_dependencies(&nodes);
+        moved.sort_by_key(|m| m.0);
+        assert_eq!(moved, vec![(2, Ready), (3, Cancelled), (4, Cancelled)]);
     }
 
     #[test]

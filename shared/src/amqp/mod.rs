@@ -1,0 +1,502 @@
+//! The RabbitMQ layer: connecting with deadlines and backoff, declaring the topology,
+//! publishing in confirmed batches, consuming in batches, dead-lettering.
+
+pub mod names;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use tokio_util::sync::CancellationToken;
+
+pub use lapin::message::Delivery;
+pub use names::{keys, Names};
+
+use crate::config::AmqpConfig;
+use crate::error::Transience;
+use crate::group::GroupName;
+use crate::id::ExecutorId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("broker: {0}")]
+    Lapin(#[from] lapin::Error),
+    #[error("broker did not answer {0} in time")]
+    Timeout(&'static str),
+    #[error("broker refused (nack) a message to {exchange}/{key}")]
+    Nacked { exchange: String, key: String },
+    #[error("no queue is bound for {exchange}/{key}")]
+    Unroutable { exchange: String, key: String },
+}
+
+impl Transience for AmqpError {
+    fn is_transient(&self) -> bool {
+        !matches!(self, Self::Unroutable { .. })
+    }
+}
+
+async fn deadline<T>(
+    what: &'static str,
+    d: Duration,
+    fut: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, AmqpError> {
+    match tokio::time::timeout(d, fut).await {
+        Ok(r) => r.map_err(AmqpError::from),
+        Err(_) => Err(AmqpError::Timeout(what)),
+    }
+}
+
+pub async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, AmqpError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    deadline(
+        "connect",
+        cfg.connect_timeout(),
+        Connection::connect(&cfg.url, props),
+    )
+    .await
+}
+
+/// Exponential backoff with a cap, for reconnect loops that must never spin.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self { next: first, max }
+    }
+
+    pub fn reset(&mut self, first: Duration) {
+        self.next = first;
+    }
+
+    /// Sleeps for the current delay, unless cancelled first (then returns false).
+    pub async fn wait(&mut self, token: &CancellationToken) -> bool {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = token.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+/// Connects, retrying with backoff until it succeeds or the token is cancelled.
+pub async fn connect_with_backoff(
+    cfg: &AmqpConfig,
+    name: &str,
+    token: &CancellationToken,
+) -> Option<Connection> {
+    let mut backoff = Backoff::default();
+    loop {
+        match connect(cfg, name).await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the broker; retrying");
+                if !backoff.wait(token).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn topic() -> ExchangeKind {
+    ExchangeKind::Topic
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+/// Exchanges every service relies on: submit intake, events, dead letters (with the
+/// queue that keeps them), and the root group exchange.
+pub async fn declare_core(ch: &Channel, n: &Names) -> Result<(), AmqpError> {
+    for ex in [
+        n.submit_exchange(),
+        n.events_exchange(),
+        n.dlx(),
+        n.root_exchange(),
+    ] {
+        deadline(
+            "exchange.declare",
+            DECLARE_TIMEOUT,
+            ch.exchange_declare(
+                ex.as_str().into(),
+                topic(),
+                durable_exchange(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
+    declare_queue(ch, &n.dead_queue(), QueueKind::Quorum, None).await?;
+    bind_queue(ch, &n.dead_queue(), &n.dlx(), "#").await
+}
+
+/// Declares a group's exchange and those of its ancestors, bound so that requests and
+/// control messages flow down to subgroups and INFO, results and logs flow up to
+/// `default`, where the dispatcher and collector listen.
+pub async fn declare_group(ch: &Channel, n: &Names, group: &GroupName) -> Result<(), AmqpError> {
+    let lineage = group.lineage();
+    for g in &lineage {
+        deadline(
+            "exchange.declare",
+            DECLARE_TIMEOUT,
+            ch.exchange_declare(
+                n.group_exchange(g).as_str().into(),
+                topic(),
+                durable_exchange(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
+    for pair in lineage.windows(2) {
+        let (child, parent) = (n.group_exchange(&pair[0]), n.group_exchange(&pair[1]));
+        for key in keys::DOWNWARD {
+            bind_exchange(ch, &child, &parent, key).await?;
+        }
+        for key in keys::UPWARD {
+            bind_exchange(ch, &parent, &child, key).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn bind_exchange(
+    ch: &Channel,
+    destination: &str,
+    source: &str,
+    key: &str,
+) -> Result<(), AmqpError> {
+    deadline(
+        "exchange.bind",
+        DECLARE_TIMEOUT,
+        ch.exchange_bind(
+            destination.into(),
+            source.into(),
+            key.into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// Shared, replicated queues (dispatcher INFO, collector results, submit intake).
+    Quorum,
+    /// An executor's own queue.
+    Classic,
+}
+
+/// How many times a quorum queue redelivers a message that its consumers keep failing
+/// on (crashing, say) before it is dead-lettered: a poison message never loops forever.
+pub const DELIVERY_LIMIT: i64 = 10;
+
+pub async fn declare_queue(
+    ch: &Channel,
+    name: &str,
+    kind: QueueKind,
+    dlx: Option<&str>,
+) -> Result<(), AmqpError> {
+    let mut args = FieldTable::default();
+    if kind == QueueKind::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+    }
+    if let Some(dlx) = dlx {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.into()),
+        );
+    }
+    let opts = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    deadline(
+        "queue.declare",
+        DECLARE_TIMEOUT,
+        ch.queue_declare(name.into(), opts, args),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn bind_queue(
+    ch: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), AmqpError> {
+    deadline(
+        "queue.bind",
+        DECLARE_TIMEOUT,
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+}
+
+/// An executor's queue: bound on each of its groups for its own requests and control
+/// messages, and for control messages to everyone in the group.
+pub async fn declare_executor_queue(
+    ch: &Channel,
+    n: &Names,
+    id: &ExecutorId,
+    groups: &[GroupName],
+) -> Result<(), AmqpError> {
+    let q = n.executor_queue(id);
+    declare_queue(ch, &q, QueueKind::Classic, Some(&n.dlx())).await?;
+    for g in groups {
+        declare_group(ch, n, g).await?;
+        let ex = n.group_exchange(g);
+        for key in [
+            keys::request(id),
+            keys::control(id),
+            keys::CONTROL_ALL.to_owned(),
+        ] {
+            bind_queue(ch, &q, &ex, &key).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    pub properties: BasicProperties,
+    /// Whether having no queue to go to is a failure (requests: yes; events: no).
+    pub mandatory: bool,
+}
+
+impl Outgoing {
+    pub fn new(
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+        payload: Vec<u8>,
+    ) -> Self {
+        Self {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            payload,
+            properties: json_properties(),
+            mandatory: false,
+        }
+    }
+
+    pub fn mandatory(mut self) -> Self {
+        self.mandatory = true;
+        self
+    }
+
+    pub fn with_properties(mut self, p: BasicProperties) -> Self {
+        self.properties = p;
+        self
+    }
+}
+
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// A channel in confirm mode. Publishes a batch, then waits once for all the confirms:
+/// the batch is durable at the broker when `publish_all` returns Ok.
+#[derive(Clone)]
+pub struct Publisher {
+    ch: Channel,
+    confirm_timeout: Duration,
+}
+
+impl Publisher {
+    pub async fn new(conn: &Connection, cfg: &AmqpConfig) -> Result<Self, AmqpError> {
+        let ch = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
+        deadline(
+            "confirm.select",
+            DECLARE_TIMEOUT,
+            ch.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        Ok(Self {
+            ch,
+            confirm_timeout: cfg.confirm_timeout(),
+        })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.ch
+    }
+
+    pub async fn publish(&self, msg: Outgoing) -> Result<(), AmqpError> {
+        self.publish_all(vec![msg]).await
+    }
+
+    pub async fn publish_all(&self, msgs: Vec<Outgoing>) -> Result<(), AmqpError> {
+        let deadline_at = tokio::time::Instant::now() + self.confirm_timeout;
+        let mut pending = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let opts = BasicPublishOptions {
+                mandatory: m.mandatory,
+                ..BasicPublishOptions::default()
+            };
+            let confirm = tokio::time::timeout_at(
+                deadline_at,
+                self.ch.basic_publish(
+                    ShortString::from(m.exchange.as_str()),
+                    ShortString::from(m.routing_key.as_str()),
+                    opts,
+                    &m.payload,
+                    m.properties,
+                ),
+            )
+            .await
+            .map_err(|_| AmqpError::Timeout("basic.publish"))??;
+            pending.push((m.exchange, m.routing_key, confirm));
+        }
+        for (exchange, key, confirm) in pending {
+            let c = tokio::time::timeout_at(deadline_at, confirm)
+                .await
+                .map_err(|_| AmqpError::Timeout("publisher confirm"))??;
+            match c {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(_)) => return Err(AmqpError::Unroutable { exchange, key }),
+                Confirmation::Nack(_) => return Err(AmqpError::Nacked { exchange, key }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens a channel with a prefetch and starts consuming `queue`.
+pub async fn consume(
+    conn: &Connection,
+    queue: &str,
+    tag: &str,
+    prefetch: u16,
+) -> Result<(Channel, Consumer), AmqpError> {
+    let ch = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
+    deadline(
+        "basic.qos",
+        DECLARE_TIMEOUT,
+        ch.basic_qos(prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let consumer = deadline(
+        "basic.consume",
+        DECLARE_TIMEOUT,
+        ch.basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok((ch, consumer))
+}
+
+/// What a batch read ended with.
+pub enum Batch {
+    Messages(Vec<Delivery>),
+    /// The consumer failed or was cancelled by the broker: reconnect.
+    Broken(AmqpError),
+    /// The token was cancelled.
+    Shutdown,
+}
+
+/// Waits for one delivery, then takes whatever else arrives within `linger`, up to `max`.
+pub async fn next_batch(
+    consumer: &mut Consumer,
+    max: usize,
+    linger: Duration,
+    token: &CancellationToken,
+) -> Batch {
+    let first = tokio::select! {
+        _ = token.cancelled() => return Batch::Shutdown,
+        d = consumer.next() => d,
+    };
+    let mut out = match first {
+        Some(Ok(d)) => vec![d],
+        Some(Err(e)) => return Batch::Broken(e.into()),
+        None => return Batch::Broken(AmqpError::Timeout("consumer ended")),
+    };
+    let until = tokio::time::Instant::now() + linger;
+    while out.len() < max {
+        match tokio::time::timeout_at(until, consumer.next()).await {
+            Ok(Some(Ok(d))) => out.push(d),
+            Ok(Some(Err(e))) => {
+                // Deliveries already taken were not acked; the broker will redeliver them.
+                return Batch::Broken(e.into());
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Batch::Messages(out)
+}
+
+/// Acks every delivery up to and including `last` on its channel.
+pub async fn ack_through(last: &Delivery) -> Result<(), AmqpError> {
+    let opts = lapin::options::BasicAckOptions { multiple: true };
+    deadline("basic.ack", DECLARE_TIMEOUT, last.acker.ack(opts)).await?;
+    Ok(())
+}
+
+/// A dead letter: the original body, with why it was refused in its headers.
+pub fn dead_letter(n: &Names, d: &Delivery, source: &str, reason: &str, detail: &str) -> Outgoing {
+    let mut headers = d.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-fleet-reason".into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        "x-fleet-detail".into(),
+        AMQPValue::LongString(detail.into()),
+    );
+    headers.insert(
+        "x-fleet-source".into(),
+        AMQPValue::LongString(source.into()),
+    );
+    let props = d.properties.clone().with_headers(headers);
+    metrics::counter!("fleet_dead_letters_total", "source" => source.to_owned(), "reason" => reason.to_owned())
+        .increment(1);
+    tracing::warn!(source, reason, detail, "dead-lettering a message");
+    Outgoing::new(n.dlx(), source.to_owned(), d.data.clone()).with_properties(props)
+}

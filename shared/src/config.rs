@@ -1,0 +1,409 @@
+//! Configuration: defaults that work on a developer machine, then an optional file, then
+//! `FLEET_<SECTION>__<KEY>` environment variables (`FLEET_EXECUTOR__CAPACITY=4`). Unknown
+//! keys are errors, so a typo is caught at start-up instead of silently ignored.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::group::GroupName;
+use crate::id::ExecutorId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub amqp: AmqpConfig,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub submitter: SubmitterConfig,
+    pub dispatcher: DispatcherConfig,
+    pub executor: ExecutorConfig,
+    pub collector: CollectorConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    pub url: String,
+    /// Every exchange and queue name starts with it, so deployments and test runs can
+    /// share one broker.
+    pub prefix: String,
+    pub connect_timeout_ms: u64,
+    /// How long a publish may wait for the broker's confirm.
+    pub confirm_timeout_ms: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: "fleet".into(),
+            connect_timeout_ms: 5_000,
+            confirm_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: String,
+    /// The schema holding Fleet's tables; tests use one schema each.
+    pub schema: String,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    /// How long a caller waits for a pooled connection before failing fast.
+    pub pool_wait_ms: u64,
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/fleet".into(),
+            schema: "public".into(),
+            pool_size: 8,
+            connect_timeout_ms: 5_000,
+            pool_wait_ms: 5_000,
+            statement_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `/healthz`, `/readyz`, `/metrics` (and the API, on the submitter). Each service
+    /// has its own default.
+    pub addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmitterConfig {
+    pub max_body_bytes: usize,
+    /// Submit messages handled per database transaction.
+    pub batch_size: usize,
+}
+
+impl Default for SubmitterConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            batch_size: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    /// Work queued on an executor beyond its capacity, so it never idles between tasks.
+    pub window: u32,
+    /// Rounds run at least this often even without a wake-up.
+    pub tick_ms: u64,
+    /// An attempt whose executor has not reported it for this long is lost.
+    pub lease_timeout_secs: u64,
+    /// An executor not heard from for this long gets no new work.
+    pub executor_timeout_secs: u64,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            window: 2,
+            tick_ms: 500,
+            lease_timeout_secs: 15,
+            executor_timeout_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// Stable id; defaults to the host name.
+    pub id: Option<String>,
+    /// Slots; defaults to the number of CPUs.
+    pub capacity: Option<u32>,
+    pub groups: Vec<String>,
+    /// `key=value` pairs.
+    pub labels: Vec<String>,
+    pub info_interval_ms: u64,
+    /// Bytes of stdout (and of stderr) kept per attempt; the rest is counted, not kept.
+    pub max_output_bytes: usize,
+    /// How long a draining executor waits for its running tasks on SIGTERM.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            capacity: None,
+            groups: vec!["default".into()],
+            labels: Vec::new(),
+            info_interval_ms: 1_000,
+            max_output_bytes: 256 * 1024,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Results recorded per database transaction.
+    pub batch_size: usize,
+    /// How long a partial batch waits for more results.
+    pub linger_ms: u64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            linger_ms: 5,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `FLEET_*__*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let defaults = config::Config::try_from(&Config::default())?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        // Only sectioned variables (FLEET_EXECUTOR__ID) are configuration; FLEET_ADDR and
+        // FLEET_TOKEN belong to fleetctl and must not trip the unknown-key check.
+        let vars: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("FLEET_") && k.contains("__"))
+            .collect();
+        let env_source = config::Environment::with_prefix("FLEET")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("executor.groups")
+            .with_list_parse_key("executor.labels")
+            .source(Some(vars));
+        let cfg: Config = builder.add_source(env_source).build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_process_env(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load(file, std::env::vars())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.amqp.prefix;
+        if p.is_empty()
+            || p.len() > 64
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "amqp.prefix",
+                "1 to 64 characters of a-z, A-Z, 0-9, '-', '_'",
+            ));
+        }
+        let s = &self.database.schema;
+        if s.is_empty()
+            || s.len() > 63
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || s.as_bytes()[0].is_ascii_digit()
+        {
+            return Err(invalid("database.schema", "a lower-case SQL identifier"));
+        }
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        self.database
+            .url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| invalid("database.url", e.to_string()))?;
+        if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
+            return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+        }
+        if let Some(addr) = &self.http.addr {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("http.addr", format!("{addr:?}: {e}")))?;
+        }
+        if self.dispatcher.tick_ms == 0 || self.executor.info_interval_ms == 0 {
+            return Err(invalid("dispatcher.tick_ms", "intervals must be positive"));
+        }
+        if self.dispatcher.lease_timeout_secs == 0 {
+            return Err(invalid("dispatcher.lease_timeout_secs", "must be positive"));
+        }
+        if self.collector.batch_size == 0 || self.submitter.batch_size == 0 {
+            return Err(invalid(
+                "collector.batch_size",
+                "batch sizes must be positive",
+            ));
+        }
+        if let Some(id) = &self.executor.id {
+            ExecutorId::parse(id).map_err(|e| invalid("executor.id", e.to_string()))?;
+        }
+        if self.executor.capacity == Some(0) {
+            return Err(invalid("executor.capacity", "must be at least 1"));
+        }
+        self.executor_groups()?;
+        self.executor_labels()?;
+        Ok(())
+    }
+
+    pub fn executor_groups(&self) -> Result<Vec<GroupName>, ConfigError> {
+        let mut groups = Vec::new();
+        for g in &self.executor.groups {
+            let g = GroupName::parse(g.trim())
+                .map_err(|e| invalid("executor.groups", e.to_string()))?;
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        if groups.is_empty() {
+            groups.push(GroupName::default_group());
+        }
+        Ok(groups)
+    }
+
+    pub fn executor_labels(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+        self.executor
+            .labels
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| match l.trim().split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                _ => Err(invalid(
+                    "executor.labels",
+                    format!("{l:?} is not key=value"),
+                )),
+            })
+            .collect()
+    }
+
+    /// The configuration as JSON with the passwords in URLs replaced, for `--print-config`.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut c = self.clone();
+        c.amqp.url = redact_url(&c.amqp.url);
+        c.database.url = redact_url(&c.database.url);
+        serde_json::to_value(&c).unwrap_or_default()
+    }
+}
+
+impl AmqpConfig {
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// `scheme://user:secret@host` -> `scheme://user:***@host`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((creds, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[])).expect("defaults load");
+        assert_eq!(c.amqp.prefix, "fleet");
+        assert_eq!(
+            c.executor_groups().expect("groups"),
+            vec![GroupName::default_group()]
+        );
+    }
+
+    #[test]
+    fn environment_overrides_and_lists_parse() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLEET_AMQP__PREFIX", "t1"),
+                ("FLEET_EXECUTOR__CAPACITY", "3"),
+                ("FLEET_EXECUTOR__GROUPS", "cpu,lab.gpu"),
+                ("FLEET_EXECUTOR__LABELS", "gpu=yes,os=linux"),
+                ("FLEET_ADDR", "http://ignored"),
+                ("FLEET_TOKEN", "ignored"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.amqp.prefix, "t1");
+        assert_eq!(c.executor.capacity, Some(3));
+        assert_eq!(c.executor_groups().expect("groups").len(), 2);
+        assert_eq!(c.executor_labels().expect("labels")["gpu"], "yes");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let err = Config::load(None, env(&[("FLEET_EXECUTOR__CAPACITY", "lots")]))
+            .expect_err("not a number");
+        assert!(err.to_string().contains("capacity"), "{err}");
+        let err = Config::load(None, env(&[("FLEET_EXECUTOR__CAPCITY", "3")])).expect_err("typo");
+        assert!(err.to_string().contains("capcity"), "{err}");
+        let err = Config::load(None, env(&[("FLEET_EXECUTOR__ID", "Bad Id")])).expect_err("id");
+        assert!(err.to_string().contains("executor.id"), "{err}");
+        let err = Config::load(None, env(&[("FLEET_EXECUTOR__LABELS", "gpu")])).expect_err("label");
+        assert!(err.to_string().contains("executor.labels"), "{err}");
+        let err = Config::load(None, env(&[("FLEET_HTTP__ADDR", "nowhere")])).expect_err("addr");
+        assert!(err.to_string().contains("http.addr"), "{err}");
+    }
+
+    #[test]
+    fn printed_configuration_hides_passwords() {
+        let mut c = Config::default();
+        c.amqp.url = "amqp://guest:hunter2@rabbit:5672/%2f".into();
+        let shown = c.redacted().to_string();
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("guest:***@rabbit"));
+    }
+}

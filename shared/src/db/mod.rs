@@ -1,0 +1,145 @@
+//! The PostgreSQL layer: the pool, migrations, and one module of statements per owner
+//! (see docs/design.md). Every statement on a hot path is batched: one round trip per
+//! batch of jobs, assignments or results, never one per task.
+
+pub mod collect;
+pub mod dispatch;
+pub mod read;
+pub mod submit;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseConfig;
+use crate::error::Transience;
+
+pub use deadpool_postgres::{Object as Client, Transaction};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database pool setup: {0}")]
+    Build(String),
+    #[error("database row: {0}")]
+    Row(String),
+}
+
+impl Transience for DbError {
+    fn is_transient(&self) -> bool {
+        match self {
+            // Pool timeouts and lost connections pass; a constraint violation does not.
+            Self::Pool(_) => true,
+            Self::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_none_or(|c| {
+                        let c = c.code();
+                        c.starts_with("08")
+                            || c.starts_with("57")
+                            || c.starts_with("53")
+                            || c == "40001"
+                            || c == "40P01"
+                    })
+            }
+            Self::Build(_) | Self::Row(_) => false,
+        }
+    }
+}
+
+/// A pool whose waits are bounded: when PostgreSQL is down or the pool is exhausted,
+/// callers fail fast with a transient error instead of hanging.
+pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
+    let mut pg: tokio_postgres::Config = cfg
+        .url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Build(e.to_string()))?;
+    pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+    pg.keepalives(true);
+    pg.options(format!(
+        "-c search_path={} -c statement_timeout={}",
+        cfg.schema, cfg.statement_timeout_ms
+    ));
+    pg.application_name("fleet");
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let wait = Duration::from_millis(cfg.pool_wait_ms);
+    Pool::builder(mgr)
+        .max_size(cfg.pool_size)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
+        .recycle_timeout(Some(wait))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Build(e.to_string()))
+}
+
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_init.sql"))];
+
+/// Creates the schema and applies missing migrations, all in one transaction under an
+/// advisory lock, so services starting together neither race nor half-apply.
+pub async fn migrate(pool: &Pool, schema: &str) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('fleet-migrate:' || $1::text))",
+        &[&schema],
+    )
+    .await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+         CREATE TABLE IF NOT EXISTS \"{schema}\".schema_migrations (
+             version int PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tracing::info!(version, schema, "applying migration");
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The NOTIFY channel that wakes the dispatcher; per schema, so test runs sharing a
+/// database do not wake each other.
+pub fn wake_channel(schema: &str) -> String {
+    format!("{schema}_fleet_wake")
+}
+
+/// Queues a wake-up that PostgreSQL delivers when (and only if) the transaction commits:
+/// there is no window in which a row is committed and its wake-up is lost.
+pub async fn notify_wake(tx: &Transaction<'_>, schema: &str) -> Result<(), DbError> {
+    tx.execute("SELECT pg_notify($1, '')", &[&wake_channel(schema)])
+        .await?;
+    Ok(())
+}
+
+/// Cheap liveness probe for `/readyz`.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}

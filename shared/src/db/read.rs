@@ -1,0 +1,245 @@
+//! Read-only views for the HTTP API. The submitter serves them; it reads the other
+//! services' tables but never writes them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Client, DbError};
+use crate::id::{JobId, TaskId};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub job_id: JobId,
+    pub name: Option<String>,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub counts: CountsView,
+    pub tasks: Vec<TaskView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CountsView {
+    pub total: u64,
+    pub done: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskView {
+    pub task_id: TaskId,
+    pub index: i32,
+    pub name: String,
+    /// The task state, or `unknown` while it is held by an executor that stopped
+    /// reporting (its fate is settled when the lease runs out).
+    pub state: String,
+    pub attempts: i32,
+    pub executor_id: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<String>,
+}
+
+const LOST_ERROR: &str = "attempt lost: its executor stopped reporting before the lease ran out";
+
+/// `silent_after_secs`: an executor not heard from for this long makes the tasks it
+/// holds show as `unknown`.
+pub async fn job(
+    client: &Client,
+    id: JobId,
+    silent_after_secs: f64,
+) -> Result<Option<JobView>, DbError> {
+    let Some(j) = client
+        .query_opt(
+            "SELECT name, state, created_at, finished_at FROM jobs WHERE id = $1",
+            &[&id.uuid()],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let rows = client
+        .query(
+            "SELECT t.id, t.idx, t.name, t.state, t.attempts, a.executor_id,
+                    r.exit_code, r.signal,
+                    coalesce(r.error, CASE WHEN a.state = 'lost' AND t.state = 'failed' THEN $3 END),
+                    t.state IN ('assigned', 'running')
+                      AND (e.last_info_at IS NULL
+                           OR e.last_info_at < clock_timestamp() - make_interval(secs => $2))
+             FROM tasks t
+             LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempts
+             LEFT JOIN results r ON r.task_id = t.id AND r.attempt = t.final_attempt
+             LEFT JOIN executors e ON e.id = a.executor_id
+             WHERE t.job_id = $1
+             ORDER BY t.idx",
+            &[&id.uuid(), &silent_after_secs, &LOST_ERROR],
+        )
+        .await?;
+    let mut counts = CountsView::default();
+    let tasks = rows
+        .iter()
+        .map(|r| {
+            let state: String = r.get(3);
+            counts.total += 1;
+            match state.as_str() {
+                "succeeded" => counts.succeeded += 1,
+                "failed" => counts.failed += 1,
+                "cancelled" => counts.cancelled += 1,
+                _ => {}
+            }
+            let silent: bool = r.get(9);
+            TaskView {
+                task_id: TaskId::from_uuid(r.get(0)),
+                index: r.get(1),
+                name: r.get(2),
+                state: if silent { "unknown".into() } else { state },
+                attempts: r.get(4),
+                executor_id: r.get(5),
+                exit_code: r.get(6),
+                signal: r.get(7),
+                error: r.get(8),
+            }
+        })
+        .collect();
+    counts.done = counts.succeeded + counts.failed + counts.cancelled;
+    Ok(Some(JobView {
+        job_id: id,
+        name: j.get(0),
+        state: j.get(1),
+        created_at: j.get(2),
+        finished_at: j.get(3),
+        counts,
+        tasks,
+    }))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultView {
+    pub task_id: TaskId,
+    pub index: i32,
+    pub name: String,
+    pub attempt: i32,
+    pub executor_id: String,
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub recorded_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultsView {
+    pub job_id: JobId,
+    pub results: Vec<ResultView>,
+}
+
+/// The deciding result of each finished task of a job; `None` if the job does not exist.
+pub async fn results(client: &Client, id: JobId) -> Result<Option<ResultsView>, DbError> {
+    if client
+        .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id.uuid()])
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT t.id, t.idx, t.name, t.final_attempt, a.executor_id, a.state,
+                    r.exit_code, r.signal,
+                    coalesce(r.error, CASE WHEN a.state = 'lost' THEN $2 END),
+                    coalesce(r.stdout, ''), coalesce(r.stderr, ''),
+                    coalesce(r.stdout_truncated, false), coalesce(r.stderr_truncated, false),
+                    coalesce(r.started_at, a.started_at), coalesce(r.finished_at, a.finished_at),
+                    coalesce(r.recorded_at, a.finished_at)
+             FROM tasks t
+             JOIN attempts a ON a.task_id = t.id AND a.attempt = t.final_attempt
+             LEFT JOIN results r ON r.task_id = t.id AND r.attempt = t.final_attempt
+             WHERE t.job_id = $1
+             ORDER BY t.idx",
+            &[&id.uuid(), &LOST_ERROR],
+        )
+        .await?;
+    let results = rows
+        .iter()
+        .map(|r| ResultView {
+            task_id: TaskId::from_uuid(r.get(0)),
+            index: r.get(1),
+            name: r.get(2),
+            attempt: r.get(3),
+            executor_id: r.get(4),
+            outcome: r.get(5),
+            exit_code: r.get(6),
+            signal: r.get(7),
+            error: r.get(8),
+            stdout: r.get(9),
+            stderr: r.get(10),
+            stdout_truncated: r.get(11),
+            stderr_truncated: r.get(12),
+            started_at: r.get(13),
+            finished_at: r.get(14),
+            recorded_at: r.get(15),
+        })
+        .collect();
+    Ok(Some(ResultsView {
+        job_id: id,
+        results,
+    }))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutorView {
+    pub executor_id: String,
+    pub groups: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: i32,
+    pub running: i32,
+    pub queued: i32,
+    pub draining: bool,
+    pub last_info_at: DateTime<Utc>,
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutorsView {
+    pub executors: Vec<ExecutorView>,
+}
+
+pub async fn executors(client: &Client, silent_after_secs: f64) -> Result<ExecutorsView, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, groups, labels, capacity, running, queued, draining, last_info_at,
+                    last_info_at >= clock_timestamp() - make_interval(secs => $1)
+             FROM executors ORDER BY id",
+            &[&silent_after_secs],
+        )
+        .await?;
+    let executors = rows
+        .iter()
+        .map(|r| {
+            Ok(ExecutorView {
+                executor_id: r.get(0),
+                groups: serde_json::from_value(r.get(1))
+                    .map_err(|e| DbError::Row(e.to_string()))?,
+                labels: serde_json::from_value(r.get(2))
+                    .map_err(|e| DbError::Row(e.to_string()))?,
+                capacity: r.get(3),
+                running: r.get(4),
+                queued: r.get(5),
+                draining: r.get(6),
+                last_info_at: r.get(7),
+                alive: r.get(8),
+            })
+        })
+        .collect::<Result<_, DbError>>()?;
+    Ok(ExecutorsView { executors })
+}
