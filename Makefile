@@ -1,0 +1,50 @@
+# Fleet: developer entry points. `make` (or `make help`) lists the targets.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+# Number of jobs for `make bench`; extra arguments for fleet-bench go in BENCH_ARGS.
+N ?= 5000
+BENCH_ARGS ?=
+
+.PHONY: help demo test lint fmt bench services status stop-services compose-check ci
+
+help: ## List the targets
+	@echo "Fleet make targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-15s %s\n", $$1, $$2 }'
+	@echo "Variables: N=$(N) (bench jobs), BENCH_ARGS='$(BENCH_ARGS)', CARGO=$(CARGO)"
+
+demo: ## Build and run a local fleet (3 executors) and a demo job (infra/demo.sh)
+	infra/demo.sh
+
+test: ## Start RabbitMQ/PostgreSQL, then cargo test --workspace --all-targets
+	infra/services.sh up
+	$(CARGO) test --workspace --all-targets
+
+lint: ## cargo fmt --check and cargo clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code (cargo fmt --all)
+	$(CARGO) fmt --all
+
+bench: ## Start services, run fleet-bench in release with N jobs (make bench N=20000 BENCH_ARGS=...)
+	infra/services.sh up
+	$(CARGO) run --release -p fleet-tests --bin fleet-bench -- --jobs $(N) $(BENCH_ARGS)
+
+services: ## Install/start RabbitMQ and PostgreSQL and create the database (idempotent)
+	infra/services.sh up
+
+status: ## Report whether RabbitMQ and PostgreSQL are ready
+	infra/services.sh status
+
+stop-services: ## Stop RabbitMQ and PostgreSQL (to test start-up from stopped services)
+	infra/stop-services.sh all
+
+compose-check: ## Validate docker-compose.yml (docker-compose config -q)
+	docker-compose config -q
+
+ci: ## What CI runs: .ci/run (install what is missing, services, lint, test)
+	.ci/run

@@ -1,0 +1,250 @@
+//! The API's JSON as the CLI reads and writes it (docs/api.md), kept apart from the
+//! server's own types so the CLI builds on its own.
+//!
+//! Reading is lenient on purpose: states stay strings and most fields default, so a server
+//! that grows a new state or field does not break an older CLI.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Body of POST /v1/jobs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub tasks: Vec<TaskSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TaskSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub argv: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// Answer of POST /v1/jobs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Submitted {
+    pub job_id: String,
+    #[serde(default = "yes")]
+    pub created: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Answer of GET /v1/jobs/{job_id}.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Job {
+    pub job_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub state: String,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub counts: Counts,
+    #[serde(default)]
+    pub tasks: Vec<TaskStatus>,
+}
+
+impl Job {
+    /// A job in one of these states will not change any more.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Counts {
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub done: u64,
+    #[serde(default)]
+    pub succeeded: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskStatus {
+    #[serde(default)]
+    pub index: u64,
+    #[serde(default)]
+    pub name: String,
+    pub state: String,
+    #[serde(default)]
+    pub attempts: u64,
+    #[serde(default)]
+    pub executor_id: Option<String>,
+    #[serde(flatten)]
+    pub end: Ending,
+}
+
+/// How a task (or one attempt of it) ended, as far as it is known.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Ending {
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub signal: Option<Signal>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The API gives signals as numbers; a name is accepted too so a server that sends
+/// "SIGKILL" is still shown rather than rejected.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Signal {
+    Number(i64),
+    Name(String),
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Signal::Number(n) => write!(f, "{n}"),
+            Signal::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Answer of GET /v1/jobs/{job_id}/results.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Results {
+    pub job_id: String,
+    #[serde(default)]
+    pub results: Vec<TaskResult>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskResult {
+    #[serde(default)]
+    pub index: u64,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub attempt: u64,
+    #[serde(default)]
+    pub executor_id: Option<String>,
+    pub outcome: String,
+    #[serde(flatten)]
+    pub end: Ending,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Answer of GET /v1/executors.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Executors {
+    #[serde(default)]
+    pub executors: Vec<Executor>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Executor {
+    pub executor_id: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub capacity: u64,
+    #[serde(default)]
+    pub running: u64,
+    #[serde(default)]
+    pub queued: u64,
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub last_info_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub alive: bool,
+}
+
+/// The error body every endpoint uses: `{"error": {...}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ErrorDetail {
+    // `code` is left unread: the message is what users act on, and exit codes do not
+    // depend on it.
+    pub message: String,
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_documented_job_shape() -> Result<(), serde_json::Error> {
+        let job: Job = serde_json::from_str(
+            r#"{"job_id":"j","name":"n","state":"running",
+                "created_at":"2024-05-01T12:00:00Z","finished_at":null,
+                "counts":{"total":3,"done":1,"succeeded":1,"failed":0,"cancelled":0},
+                "tasks":[{"task_id":"t","index":0,"name":"a","state":"succeeded",
+                          "attempts":1,"executor_id":"e","exit_code":0,"signal":null,"error":null}]}"#,
+        )?;
+        assert_eq!(job.counts.total, 3);
+        assert!(!job.is_finished());
+        assert_eq!(job.tasks[0].end.exit_code, Some(0));
+        Ok(())
+    }
+
+    #[test]
+    fn task_spec_leaves_out_what_was_not_given() -> Result<(), serde_json::Error> {
+        let spec = JobSpec {
+            name: None,
+            tasks: vec![TaskSpec {
+                argv: vec!["true".into()],
+                ..TaskSpec::default()
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(&spec)?,
+            serde_json::json!({"tasks": [{"argv": ["true"]}]})
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,271 @@
+//! Command-line syntax: global flags, subcommands and their help texts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+use crate::{duration, jobspec};
+
+/// Global flags are listed apart so a subcommand's own flags stand out in its help.
+const GLOBAL: &str = "Global options";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetctl",
+    version,
+    about = "Command-line client of the Fleet job system",
+    long_about = "Command-line client of the Fleet job system: submit jobs to the submitter's \
+                  HTTP API, follow them, read their results and look at the executors.",
+    after_help = "Examples:\n  \
+        fleetctl submit --wait -- sha256sum README.md\n  \
+        fleetctl status 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+        FLEET_ADDR=http://fleet.internal:7070 fleetctl executors -o json"
+)]
+pub struct Cli {
+    /// Base URL of the Fleet API (the submitter)
+    #[arg(
+        long,
+        env = "FLEET_ADDR",
+        default_value = "http://127.0.0.1:7070",
+        value_parser = parse_addr,
+        global = true,
+        help_heading = GLOBAL
+    )]
+    pub addr: String,
+
+    /// Bearer token sent with every request
+    #[arg(long, env = "FLEET_TOKEN", hide_env_values = true, global = true, help_heading = GLOBAL)]
+    pub token: Option<String>,
+
+    /// Output format; json prints the API's answer as is
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text, global = true, help_heading = GLOBAL)]
+    pub output: Output,
+
+    /// Deadline for each HTTP request (e.g. 10s, 500ms, 1m)
+    #[arg(long, default_value = "10s", value_parser = duration::parse, global = true, help_heading = GLOBAL)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a job: one command after `--`, or a JSON job file
+    #[command(
+        override_usage = "fleetctl submit [OPTIONS] -- <COMMAND> [ARGS]...\n       \
+                          fleetctl submit [OPTIONS] -f <PATH>",
+        long_about = "Submit a job. Either give one command after `--` (a job of one task, \
+                      shaped by the task flags), or a whole job as JSON with -f (the body \
+                      POST /v1/jobs takes; `-f -` reads it from stdin).\n\n\
+                      Prints the job id, or the API's answer with -o json. With --wait, \
+                      follows the job on stderr, prints its results when it ends and exits \
+                      with its status: 0 if it succeeded, else the exit code of the first \
+                      failed task (1 when that has none in 1..=255). With -o json and --wait, \
+                      stdout gets the results JSON only (it names the job).",
+        after_help = "Examples:\n  \
+            fleetctl submit -- sha256sum README.md\n  \
+            fleetctl submit --name build --group cpu --label arch=x86_64 --env RUST_LOG=debug \\\n      \
+                --timeout-secs 600 --wait -- make -j4\n  \
+            fleetctl submit -f job.json --idempotency-key nightly-2024-05-01\n  \
+            generate-job | fleetctl submit -f - --wait --wait-timeout 300"
+    )]
+    Submit(Box<SubmitArgs>),
+
+    /// Show a job's state, counts and tasks
+    #[command(after_help = "Examples:\n  \
+        fleetctl status 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+        fleetctl status -o json 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b | jq .counts")]
+    Status(JobArg),
+
+    /// Show each task's result: outcome, times, stdout and stderr
+    #[command(
+        long_about = "Show the result that counted for each task of a job: executor, outcome, \
+                      exit code or signal or error, times, then stdout and stderr. Tasks that \
+                      have no result yet are left out.",
+        after_help = "Examples:\n  \
+            fleetctl results 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+            fleetctl results -o json 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b | jq -r '.results[0].stdout'"
+    )]
+    Results(JobArg),
+
+    /// List the executors the dispatcher knows about
+    #[command(after_help = "Examples:\n  \
+        fleetctl executors\n  \
+        fleetctl executors -o json | jq '.executors[] | select(.alive | not)'")]
+    Executors,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArg {
+    /// The job's id, as printed by `fleetctl submit`
+    #[arg(value_name = "JOB_ID")]
+    pub job_id: Uuid,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["command", "file"])))]
+pub struct SubmitArgs {
+    /// Read the whole job as JSON from PATH (`-` for stdin) instead of a command line
+    #[arg(short = 'f', long, value_name = "PATH", conflicts_with = "TaskOptions")]
+    pub file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub task: TaskOptions,
+
+    /// Send as Idempotency-Key: submitting again with the same key yields the same job
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+
+    /// Follow the job until it ends, print its results and exit with its status
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait, give up after this long and exit 124 (e.g. 300, 5m)
+    #[arg(long, value_name = "SECS", requires = "wait", value_parser = duration::parse)]
+    pub wait_timeout: Option<Duration>,
+
+    /// The command to run and its arguments, after `--`
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Flags that shape the single task built from a command line.
+#[derive(Debug, Default, Args)]
+pub struct TaskOptions {
+    /// Name of the job (and of its task)
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Executor group to run on (server default: "default")
+    #[arg(long)]
+    pub group: Option<String>,
+
+    /// Executor label the task requires (repeatable)
+    #[arg(long = "label", value_name = "K=V", value_parser = jobspec::parse_key_value)]
+    pub labels: Vec<(String, String)>,
+
+    /// Environment variable for the command (repeatable)
+    #[arg(long = "env", value_name = "K=V", value_parser = jobspec::parse_key_value)]
+    pub env: Vec<(String, String)>,
+
+    /// Working directory on the executor
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+
+    /// Kill the command after this many seconds (server default: 3600)
+    #[arg(long, value_name = "SECS")]
+    pub timeout_secs: Option<u64>,
+
+    /// Higher runs first, -1000..=1000 (server default: 0)
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i64>,
+
+    /// How many times the task may be tried, 1..=20 (server default: 3)
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+
+    /// Feed this file's contents to the command's stdin (`-` for fleetctl's own stdin)
+    #[arg(long, value_name = "PATH")]
+    pub stdin_file: Option<PathBuf>,
+}
+
+/// Accepts `host:port` as well as a URL, since that is what people type; the plain-HTTP
+/// build refuses https up front rather than failing obscurely on the first request.
+fn parse_addr(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let with_scheme = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    };
+    let url = reqwest::Url::parse(&with_scheme).map_err(|err| format!("not a URL: {err}"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err("https is not supported: this build of fleetctl speaks plain HTTP".into())
+        }
+        other => return Err(format!("unsupported scheme `{other}` (use http://)")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the address has no host".into());
+    }
+    Ok(with_scheme.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn addr_accepts_host_port_and_drops_trailing_slash() {
+        assert_eq!(parse_addr("fleet:7070").as_deref(), Ok("http://fleet:7070"));
+        assert_eq!(
+            parse_addr("http://10.0.0.1:7070/").as_deref(),
+            Ok("http://10.0.0.1:7070")
+        );
+        assert!(parse_addr("https://fleet").is_err());
+        assert!(parse_addr("ftp://fleet").is_err());
+    }
+
+    #[test]
+    fn submit_needs_a_command_or_a_file_but_not_both() {
+        assert!(Cli::try_parse_from(["fleetctl", "submit"]).is_err());
+        assert!(Cli::try_parse_from(["fleetctl", "submit", "-f", "j.json", "--", "true"]).is_err());
+        assert!(
+            Cli::try_parse_from(["fleetctl", "submit", "-f", "j.json", "--env", "A=1"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["fleetctl", "submit", "-f", "j.json", "--wait"]).is_ok());
+    }
+
+    #[test]
+    fn submit_takes_everything_after_the_double_dash_as_the_command() -> Result<(), clap::Error> {
+        let cli = Cli::try_parse_from([
+            "fleetctl",
+            "submit",
+            "--priority",
+            "-5",
+            "--env",
+            "A=1",
+            "--",
+            "ls",
+            "-o",
+            "--wait",
+        ])?;
+        let Command::Submit(args) = cli.command else {
+            panic!("expected submit");
+        };
+        assert_eq!(args.command, ["ls", "-o", "--wait"]);
+        assert_eq!(args.task.priority, Some(-5));
+        assert!(!args.wait);
+        assert_eq!(cli.output, Output::Text);
+        Ok(())
+    }
+
+    #[test]
+    fn wait_timeout_needs_wait() {
+        assert!(
+            Cli::try_parse_from(["fleetctl", "submit", "--wait-timeout", "5", "--", "true"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn job_id_must_be_a_uuid() {
+        assert!(Cli::try_parse_from(["fleetctl", "status", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! HTTP client for the Fleet API: every call has a deadline, answers come back as the JSON
+//! text the server sent (so `-o json` can print it untouched) and failures as `CliError`s.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::RequestBuilder;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::api::ErrorBody;
+use crate::error::CliError;
+
+/// How much of a non-JSON error body is worth showing: enough to recognise a proxy's
+/// error page, not a screenful of HTML.
+const BODY_SNIPPET_CHARS: usize = 200;
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    timeout: Duration,
+}
+
+impl Client {
+    /// `base` is a validated `http://host[:port][/prefix]` without a trailing slash.
+    pub fn new(base: &str, token: Option<&str>, timeout: Duration) -> Result<Self, CliError> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow!("the token (--token / FLEET_TOKEN) holds characters that cannot go in an HTTP header"))?;
+            // Keeps the token out of debug output and lets HTTP/2 avoid indexing it.
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .context("could not set up the HTTP client")?;
+        Ok(Client {
+            http,
+            base: base.to_string(),
+            timeout,
+        })
+    }
+
+    pub async fn submit(
+        &self,
+        job: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, CliError> {
+        let mut request = self.http.post(self.url("/v1/jobs")).json(job);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.send(request).await
+    }
+
+    pub async fn job(&self, job_id: &Uuid) -> Result<Answer, CliError> {
+        self.send(self.http.get(self.url(&format!("/v1/jobs/{job_id}"))))
+            .await
+    }
+
+    pub async fn results(&self, job_id: &Uuid) -> Result<Answer, CliError> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/jobs/{job_id}/results"))),
+        )
+        .await
+    }
+
+    pub async fn executors(&self) -> Result<Answer, CliError> {
+        self.send(self.http.get(self.url("/v1/executors"))).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: RequestBuilder) -> Result<Answer, CliError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|err| self.transport_error(&err))?;
+        let status = response.status();
+        // The body is read under the same deadline as the request (reqwest's timeout
+        // covers both), so a server that stalls mid-answer still ends in a Timeout.
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| self.transport_error(&err))?;
+
+        if status.is_success() {
+            // Checked once here so every later view can rely on well-formed JSON; a valid
+            // JSON document is valid UTF-8, so the conversion cannot lose anything.
+            return match serde_json::from_slice::<IgnoredAny>(&body) {
+                Ok(_) => Ok(Answer(String::from_utf8_lossy(&body).into_owned())),
+                Err(err) => Err(CliError::Other(anyhow!(
+                    "the server at {} answered HTTP {status} with something that is not JSON ({err}); \
+                     is FLEET_ADDR pointing at the Fleet submitter?",
+                    self.base
+                ))),
+            };
+        }
+        if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&body) {
+            return Err(CliError::Api {
+                message: error.message,
+                field: error.field,
+            });
+        }
+        Err(CliError::Http {
+            status: status.as_u16(),
+            body: snippet(&String::from_utf8_lossy(&body)),
+        })
+    }
+
+    fn transport_error(&self, err: &reqwest::Error) -> CliError {
+        if err.is_timeout() {
+            CliError::Timeout {
+                addr: self.base.clone(),
+                after: self.timeout,
+            }
+        } else if err.is_connect() {
+            CliError::Unreachable {
+                addr: self.base.clone(),
+                reason: root_cause(err),
+            }
+        } else {
+            CliError::Other(anyhow!(
+                "request to the Fleet API at {} failed: {}",
+                self.base,
+                root_cause(err)
+            ))
+        }
+    }
+}
+
+/// A successful answer: JSON text exactly as the server sent it.
+#[derive(Debug, Clone)]
+pub struct Answer(String);
+
+impl Answer {
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+
+    /// Reads the answer into the shape a text view needs; `what` names it in the error.
+    pub fn decode<T: DeserializeOwned>(&self, what: &str) -> Result<T, CliError> {
+        serde_json::from_str(&self.0).map_err(|err| {
+            CliError::Other(anyhow!(
+                "unexpected {what} from the server ({err}); try -o json to see it as sent"
+            ))
+        })
+    }
+}
+
+/// reqwest's own message ("error sending request for url …") says nothing useful; the
+/// innermost cause ("Connection refused", "failed to lookup address") does.
+fn root_cause(err: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn snippet(body: &str) -> String {
+    let body = body.trim();
+    let mut out: String = body.chars().take(BODY_SNIPPET_CHARS).collect();
+    if out.len() < body.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_bodies_are_cut() {
+        assert_eq!(snippet("  short \n"), "short");
+        let long = "x".repeat(BODY_SNIPPET_CHARS + 10);
+        assert_eq!(snippet(&long).chars().count(), BODY_SNIPPET_CHARS + 1);
+    }
+}

@@ -1,0 +1,20 @@
+//! The subcommands: each takes its parsed flags, talks to the API and returns an exit code.
+
+mod executors;
+mod results;
+mod status;
+mod submit;
+
+use crate::cli::{Cli, Command};
+use crate::client::Client;
+use crate::error::CliError;
+
+pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    let client = Client::new(&cli.addr, cli.token.as_deref(), cli.timeout)?;
+    match cli.command {
+        Command::Submit(args) => submit::run(&client, *args, cli.output).await,
+        Command::Status(arg) => status::run(&client, &arg.job_id, cli.output).await,
+        Command::Results(arg) => results::run(&client, &arg.job_id, cli.output).await,
+        Command::Executors => executors::run(&client, cli.output).await,
+    }
+}

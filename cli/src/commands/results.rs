@@ -1,0 +1,26 @@
+//! `fleetctl results`: each task's outcome and captured output.
+
+use uuid::Uuid;
+
+use crate::api::Results;
+use crate::cli::Output;
+use crate::client::{Answer, Client};
+use crate::error::CliError;
+use crate::output;
+
+pub async fn run(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, CliError> {
+    let answer = client.results(job_id).await?;
+    print(&answer, format)?;
+    Ok(0)
+}
+
+/// Shared with `submit --wait`, which ends by showing the results the same way.
+pub fn print(answer: &Answer, format: Output) -> Result<(), CliError> {
+    match format {
+        Output::Json => output::emit_json(answer),
+        Output::Text => {
+            let results: Results = answer.decode("job results")?;
+            output::emit(&output::render_results(&results))
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Turning `submit` flags into the JSON job POST /v1/jobs takes.
+
+use std::collections::BTreeMap;
+
+use crate::api::{JobSpec, TaskSpec};
+use crate::cli::TaskOptions;
+
+/// Parses a `K=V` flag value. Splits at the first `=` so values may hold `=` themselves
+/// (`--env OPTS=a=b`); an empty value is allowed, an empty key is not.
+pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected K=V, got `{text}`"))?;
+    if key.is_empty() {
+        return Err(format!("empty key in `{text}`"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Builds a one-task job from a command line. `stdin` is the already-read contents of
+/// `--stdin-file`, kept out of here so this stays free of I/O.
+pub fn build_job(opts: &TaskOptions, argv: &[String], stdin: Option<String>) -> JobSpec {
+    JobSpec {
+        name: opts.name.clone(),
+        tasks: vec![TaskSpec {
+            // The one task carries the job's name so results read as something meaningful
+            // instead of the server's default "task-0".
+            name: opts.name.clone(),
+            argv: argv.to_vec(),
+            // Repeated keys: the last one wins, as with shells and `docker run -e`.
+            env: to_map(&opts.env),
+            cwd: opts.cwd.clone(),
+            stdin,
+            timeout_secs: opts.timeout_secs,
+            priority: opts.priority,
+            group: opts.group.clone(),
+            labels: to_map(&opts.labels),
+            max_attempts: opts.max_attempts,
+        }],
+    }
+}
+
+fn to_map(pairs: &[(String, String)]) -> BTreeMap<String, String> {
+    pairs.iter().cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kv(k: &str, v: &str) -> (String, String) {
+        (k.to_string(), v.to_string())
+    }
+
+    #[test]
+    fn key_value_splits_at_the_first_equals() {
+        assert_eq!(parse_key_value("gpu=yes"), Ok(kv("gpu", "yes")));
+        assert_eq!(parse_key_value("OPTS=a=b"), Ok(kv("OPTS", "a=b")));
+        assert_eq!(parse_key_value("EMPTY="), Ok(kv("EMPTY", "")));
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=v").is_err());
+    }
+
+    #[test]
+    fn minimal_command_gives_only_argv() -> Result<(), serde_json::Error> {
+        let job = build_job(&TaskOptions::default(), &["true".to_string()], None);
+        assert_eq!(
+            serde_json::to_value(&job)?,
+            json!({"tasks": [{"argv": ["true"]}]})
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn every_flag_lands_in_the_task() -> Result<(), serde_json::Error> {
+        let opts = TaskOptions {
+            name: Some("build".into()),
+            group: Some("cpu".into()),
+            labels: vec![kv("arch", "x86_64")],
+            env: vec![kv("A", "1"), kv("B", "2"), kv("A", "3")],
+            cwd: Some("/src".into()),
+            timeout_secs: Some(600),
+            priority: Some(-5),
+            max_attempts: Some(2),
+            stdin_file: None,
+        };
+        let argv = ["make".to_string(), "-j4".to_string()];
+        let job = build_job(&opts, &argv, Some("input".into()));
+        assert_eq!(
+            serde_json::to_value(&job)?,
+            json!({
+                "name": "build",
+                "tasks": [{
+                    "name": "build",
+                    "argv": ["make", "-j4"],
+                    "env": {"A": "3", "B": "2"},
+                    "cwd": "/src",
+                    "stdin": "input",
+                    "timeout_secs": 600,
+                    "priority": -5,
+                    "group": "cpu",
+                    "labels": {"arch": "x86_64"},
+                    "max_attempts": 2
+                }]
+            })
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,404 @@
+//! Text views of API answers (tables, results, progress lines) and writing them to stdout.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::api::{Counts, Ending, Executors, Job, Results, TaskResult};
+use crate::client::Answer;
+use crate::duration;
+use crate::error::CliError;
+
+/// Writes to stdout. A closed pipe (`fleetctl results … | head`) is the reader saying it
+/// has seen enough, not an error worth a message or a panic.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(CliError::Other(
+            anyhow::Error::new(err).context("could not write to stdout"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Prints an API answer as is, pretty, for `-o json`.
+pub fn emit_json(answer: &Answer) -> Result<(), CliError> {
+    let mut text = pretty_json(answer.text());
+    text.push('\n');
+    emit(&text)
+}
+
+/// Re-indents JSON text the way `serde_json::to_string_pretty` would, but without going
+/// through a `Value`: that would sort object keys, and `-o json` promises the server's
+/// answer as sent. Expects well-formed JSON (the client checks every answer).
+pub fn pretty_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                let close = if c == '{' { '}' } else { ']' };
+                let rest = text.get(i + 1..).unwrap_or_default().trim_start();
+                if rest.starts_with(close) {
+                    // Empty containers stay on one line: `{}` and `[]`.
+                    out.push(c);
+                    out.push(close);
+                    for (_, skipped) in chars.by_ref() {
+                        if skipped == close {
+                            break;
+                        }
+                    }
+                } else {
+                    depth += 1;
+                    out.push(c);
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn newline(out: &mut String, depth: usize) {
+    out.push('\n');
+    for _ in 0..depth {
+        out.push_str("  ");
+    }
+}
+
+/// The one-line summary `submit --wait` keeps up to date:
+/// `job <id>: running 3/10 done (1 failed)`.
+pub fn progress_line(job_id: &str, state: &str, counts: &Counts) -> String {
+    let mut line = format!(
+        "job {job_id}: {state} {}/{} done",
+        counts.done, counts.total
+    );
+    let mut bad = Vec::new();
+    if counts.failed > 0 {
+        bad.push(format!("{} failed", counts.failed));
+    }
+    if counts.cancelled > 0 {
+        bad.push(format!("{} cancelled", counts.cancelled));
+    }
+    if !bad.is_empty() {
+        line.push_str(&format!(" ({})", bad.join(", ")));
+    }
+    line
+}
+
+pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
+    let c = &job.counts;
+    let mut out = format!("job:      {}\n", job.job_id);
+    if let Some(name) = job.name.as_deref().filter(|n| !n.is_empty()) {
+        out.push_str(&format!("name:     {name}\n"));
+    }
+    out.push_str(&format!("state:    {}\n", job.state));
+    out.push_str(&format!("created:  {}\n", with_age(job.created_at, now)));
+    out.push_str(&format!("finished: {}\n", with_age(job.finished_at, now)));
+    out.push_str(&format!(
+        "tasks:    {} total, {} done: {} succeeded, {} failed, {} cancelled\n",
+        c.total, c.done, c.succeeded, c.failed, c.cancelled
+    ));
+
+    let mut tasks: Vec<_> = job.tasks.iter().collect();
+    tasks.sort_by_key(|t| t.index);
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.index.to_string(),
+                t.name.clone(),
+                t.state.clone(),
+                t.attempts.to_string(),
+                t.executor_id.clone().unwrap_or_else(|| "-".into()),
+                or_dash(ending_parts(&t.end).join("; ")),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["INDEX", "NAME", "STATE", "ATTEMPTS", "EXECUTOR", "RESULT"],
+            &rows,
+        ));
+    }
+    out
+}
+
+pub fn render_results(results: &Results) -> String {
+    if results.results.is_empty() {
+        return format!("job {}: no task results yet\n", results.job_id);
+    }
+    let mut sorted: Vec<_> = results.results.iter().collect();
+    sorted.sort_by_key(|r| r.index);
+    let blocks: Vec<String> = sorted.into_iter().map(render_result).collect();
+    blocks.join("\n")
+}
+
+fn render_result(r: &TaskResult) -> String {
+    let parts = ending_parts(&r.end);
+    let outcome = if parts.is_empty() {
+        r.outcome.clone()
+    } else {
+        format!("{} ({})", r.outcome, parts.join("; "))
+    };
+    let took = match (r.started_at, r.finished_at) {
+        (Some(start), Some(end)) => (end - start)
+            .to_std()
+            .map(|d| format!(" (took {})", duration::human(d)))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let mut out = format!("task {} {}: {outcome}\n", r.index, r.name);
+    out.push_str(&format!(
+        "  executor: {} (attempt {})\n",
+        r.executor_id.as_deref().unwrap_or("-"),
+        r.attempt
+    ));
+    out.push_str(&format!("  started:  {}\n", timestamp(r.started_at)));
+    out.push_str(&format!("  finished: {}{took}\n", timestamp(r.finished_at)));
+    out.push_str(&stream("stdout", &r.stdout, r.stdout_truncated));
+    out.push_str(&stream("stderr", &r.stderr, r.stderr_truncated));
+    out
+}
+
+/// One captured stream, indented so it cannot be mistaken for fleetctl's own lines.
+fn stream(label: &str, text: &str, truncated: bool) -> String {
+    if text.is_empty() && !truncated {
+        return format!("  {label}: (empty)\n");
+    }
+    let mut out = format!("  {label}:\n");
+    for line in text.lines() {
+        out.push_str("    ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    if truncated {
+        out.push_str("    [truncated]\n");
+    }
+    out
+}
+
+pub fn render_executors(list: &Executors, now: DateTime<Utc>) -> String {
+    if list.executors.is_empty() {
+        return "no executors\n".into();
+    }
+    let mut executors: Vec<_> = list.executors.iter().collect();
+    executors.sort_by(|a, b| a.executor_id.cmp(&b.executor_id));
+    let rows: Vec<Vec<String>> = executors
+        .iter()
+        .map(|e| {
+            let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                e.executor_id.clone(),
+                or_dash(e.groups.join(",")),
+                or_dash(labels.join(",")),
+                e.capacity.to_string(),
+                e.running.to_string(),
+                e.queued.to_string(),
+                yes_no(e.draining),
+                yes_no(e.alive),
+                e.last_info_at.map_or_else(|| "-".into(), |t| age(t, now)),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "GROUPS",
+            "LABELS",
+            "CAPACITY",
+            "RUNNING",
+            "QUEUED",
+            "DRAINING",
+            "ALIVE",
+            "LAST INFO",
+        ],
+        &rows,
+    )
+}
+
+/// What is known of how something ended: "exit 2", "signal 9", the error text.
+fn ending_parts(end: &Ending) -> Vec<String> {
+    let mut parts = Vec::new();
+    if let Some(code) = end.exit_code {
+        parts.push(format!("exit {code}"));
+    }
+    if let Some(signal) = &end.signal {
+        parts.push(format!("signal {signal}"));
+    }
+    if let Some(error) = end.error.as_deref().filter(|e| !e.is_empty()) {
+        parts.push(error.to_string());
+    }
+    parts
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded so lines carry
+/// no trailing blanks.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i < last {
+                let width = widths.get(i).copied().unwrap_or(0);
+                let pad = width.saturating_sub(cell.chars().count());
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn timestamp(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(
+        || "-".into(),
+        |t| t.to_rfc3339_opts(SecondsFormat::Secs, true),
+    )
+}
+
+fn with_age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match t {
+        Some(t) => format!("{} ({})", timestamp(Some(t)), age(t, now)),
+        None => "-".into(),
+    }
+}
+
+fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    // Clocks of client and server differ; a timestamp slightly in the future reads as now.
+    let elapsed = (now - t).to_std().unwrap_or(Duration::ZERO);
+    format!("{} ago", duration::human(elapsed))
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text
+    }
+}
+
+fn yes_no(flag: bool) -> String {
+    if flag { "yes" } else { "no" }.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Signal;
+
+    fn counts(total: u64, done: u64, failed: u64, cancelled: u64) -> Counts {
+        Counts {
+            total,
+            done,
+            succeeded: done - failed - cancelled,
+            failed,
+            cancelled,
+        }
+    }
+
+    #[test]
+    fn progress_line_mentions_failures_only_when_there_are_some() {
+        assert_eq!(
+            progress_line("j1", "running", &counts(10, 3, 1, 0)),
+            "job j1: running 3/10 done (1 failed)"
+        );
+        assert_eq!(
+            progress_line("j1", "pending", &counts(10, 0, 0, 0)),
+            "job j1: pending 0/10 done"
+        );
+        assert_eq!(
+            progress_line("j1", "cancelled", &counts(4, 4, 1, 2)),
+            "job j1: cancelled 4/4 done (1 failed, 2 cancelled)"
+        );
+    }
+
+    #[test]
+    fn pretty_json_keeps_key_order_and_matches_serde_layout() -> Result<(), serde_json::Error> {
+        let raw = r#"{"job_id":"j","created":true,"tasks":[ ],"m":{},"s":"a, \"b\": [c] {d}\\","n":[1,{"z":null,"a":-2.5e3}]}"#;
+        let pretty = pretty_json(raw);
+        assert!(pretty.starts_with("{\n  \"job_id\": \"j\",\n  \"created\": true,"));
+        // Same text serde_json produces for the parsed value, apart from key order.
+        let ours: serde_json::Value = serde_json::from_str(&pretty)?;
+        let theirs: serde_json::Value = serde_json::from_str(raw)?;
+        assert_eq!(ours, theirs);
+        let sorted = r#"{"a":[1,2],"b":{"c":[]},"d":"x:y,z"}"#;
+        let value: serde_json::Value = serde_json::from_str(sorted)?;
+        assert_eq!(pretty_json(sorted), serde_json::to_string_pretty(&value)?);
+        Ok(())
+    }
+
+    #[test]
+    fn table_aligns_columns_without_trailing_blanks() {
+        let rows = vec![
+            vec!["0".to_string(), "alpha".to_string(), "x".to_string()],
+            vec!["12".to_string(), "b".to_string(), "yy".to_string()],
+        ];
+        assert_eq!(
+            table(&["IDX", "NAME", "END"], &rows),
+            "IDX  NAME   END\n0    alpha  x\n12   b      yy\n"
+        );
+    }
+
+    #[test]
+    fn ending_lists_what_is_known() {
+        let end = Ending {
+            exit_code: None,
+            signal: Some(Signal::Number(9)),
+            error: Some("timed out after 60s".into()),
+        };
+        assert_eq!(ending_parts(&end), ["signal 9", "timed out after 60s"]);
+        assert!(ending_parts(&Ending::default()).is_empty());
+    }
+
+    #[test]
+    fn streams_are_indented_and_marked_when_truncated() {
+        assert_eq!(stream("stdout", "", false), "  stdout: (empty)\n");
+        assert_eq!(
+            stream("stderr", "a\nb\n", true),
+            "  stderr:\n    a\n    b\n    [truncated]\n"
+        );
+    }
+}
