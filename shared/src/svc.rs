@@ -53,3 +53,38 @@ pub fn shutdown_token() -> CancellationToken {
     });
     token
 }
+
+/// Binds the service's HTTP address: the configured one, else the service's default.
+pub async fn bind(cfg: &Config, default_addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let addr = cfg.http.addr.as_deref().unwrap_or(default_addr);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
+    Ok(listener)
+}
+
+/// Retries `f` with backoff while its error is transient; gives up on a permanent error
+/// or when the token is cancelled (then returns `None`).
+pub async fn retry<T, E, F, Fut>(
+    what: &str,
+    token: &CancellationToken,
+    mut f: F,
+) -> Option<Result<T, E>>
+where
+    E: crate::error::Transience + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = crate::amqp::Backoff::default();
+    loop {
+        match f().await {
+            Ok(v) => return Some(Ok(v)),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                if !backoff.wait(token).await {
+                    return None;
+                }
+            }
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}

@@ -9,13 +9,13 @@ pub mod submit;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::config::DatabaseConfig;
 use crate::error::Transience;
 
-pub use deadpool_postgres::{Object as Client, Transaction};
+pub use deadpool_postgres::{Object as Client, Pool, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -53,17 +53,7 @@ impl Transience for DbError {
 /// A pool whose waits are bounded: when PostgreSQL is down or the pool is exhausted,
 /// callers fail fast with a transient error instead of hanging.
 pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
-    let mut pg: tokio_postgres::Config = cfg
-        .url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| DbError::Build(e.to_string()))?;
-    pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
-    pg.keepalives(true);
-    pg.options(format!(
-        "-c search_path={} -c statement_timeout={}",
-        cfg.schema, cfg.statement_timeout_ms
-    ));
-    pg.application_name("fleet");
+    let pg = pg_config(cfg)?;
     let mgr = Manager::from_config(
         pg,
         NoTls,
@@ -80,6 +70,21 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| DbError::Build(e.to_string()))
+}
+
+fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
+    let mut pg: tokio_postgres::Config = cfg
+        .url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Build(e.to_string()))?;
+    pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+    pg.keepalives(true);
+    pg.options(format!(
+        "-c search_path={} -c statement_timeout={}",
+        cfg.schema, cfg.statement_timeout_ms
+    ));
+    pg.application_name("fleet");
+    Ok(pg)
 }
 
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_init.sql"))];
@@ -142,4 +147,63 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
     let client = pool.get().await?;
     client.simple_query("SELECT 1").await?;
     Ok(())
+}
+
+/// Listens on the wake channel on a dedicated connection, calling `wake.notify_one()` for
+/// each notification, and reconnecting with backoff; returns when `token` is cancelled.
+/// A wake-up lost while reconnecting only costs latency: the dispatcher also ticks.
+pub async fn listen_for_wakes(
+    cfg: DatabaseConfig,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    use futures_util::StreamExt;
+    let channel = wake_channel(&cfg.schema);
+    let mut backoff = crate::amqp::Backoff::default();
+    while !token.is_cancelled() {
+        let session = async {
+            let pg = pg_config(&cfg)?;
+            let (client, mut connection) = pg.connect(NoTls).await?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let driver = tokio::spawn(async move {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(m) = messages.next().await {
+                    match m {
+                        Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                            let _ = tx.send(());
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "wake-up listener connection failed");
+                            break;
+                        }
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN \"{channel}\""))
+                .await?;
+            backoff.reset(Duration::from_millis(100));
+            // A wake-up may have been sent while we were not listening.
+            wake.notify_one();
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    m = rx.recv() => match m {
+                        Some(()) => wake.notify_one(),
+                        None => break,
+                    },
+                }
+            }
+            driver.abort();
+            Ok::<(), DbError>(())
+        };
+        if let Err(e) = session.await {
+            tracing::warn!(error = %e, "cannot listen for wake-ups; retrying");
+        }
+        if !backoff.wait(&token).await {
+            break;
+        }
+    }
 }

@@ -1,0 +1,191 @@
+//! The collector: consumes results in batches, records each once, settles the tasks and
+//! jobs they decide, wakes the dispatcher (slots freed) and announces events. A batch is
+//! acked only after its transaction committed and its events were confirmed, so a crash
+//! anywhere means redelivery, and redelivery is a no-op on (task, attempt).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use fleet_shared::amqp::{self, Batch, Delivery, Names, Outgoing, Publisher, QueueKind};
+use fleet_shared::config::Config;
+use fleet_shared::db::{self, collect, DbError, Pool};
+use fleet_shared::http::{self, Health};
+use fleet_shared::proto::{self, Event, TaskResult};
+use fleet_shared::svc;
+use lapin::Connection;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7072";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> Result<(), Error> {
+    let pool = db::pool(&cfg.database)?;
+    let schema = cfg.database.schema.clone();
+    match svc::retry("migrating the database", &token, || {
+        db::migrate(&pool, &schema)
+    })
+    .await
+    {
+        None => return Ok(()),
+        Some(r) => r?,
+    }
+    let health = Health::new(Some(pool.clone()));
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::health_routes(health.clone()),
+        token.clone(),
+    ));
+    let mut backoff = amqp::Backoff::default();
+    while !token.is_cancelled() {
+        let Some(conn) = amqp::connect_with_backoff(&cfg.amqp, "fleet-collector", &token).await
+        else {
+            break;
+        };
+        match session(&cfg, &pool, &health, &conn, &token).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "collector session ended; reconnecting"),
+        }
+        health.set_broker_up(false);
+        let _ = conn.close(200, "reconnecting".into()).await;
+        if !backoff.wait(&token).await {
+            break;
+        }
+    }
+    token.cancel();
+    let _ = server.await;
+    Ok(())
+}
+
+async fn session(
+    cfg: &Config,
+    pool: &Pool,
+    health: &Health,
+    conn: &Connection,
+    token: &CancellationToken,
+) -> Result<(), amqp::AmqpError> {
+    let n = Names::new(&cfg.amqp.prefix);
+    let publisher = Publisher::new(conn, &cfg.amqp).await?;
+    let ch = publisher.channel();
+    amqp::declare_core(ch, &n).await?;
+    amqp::declare_queue(ch, &n.results_queue(), QueueKind::Quorum, Some(&n.dlx())).await?;
+    amqp::bind_queue(
+        ch,
+        &n.results_queue(),
+        &n.root_exchange(),
+        amqp::keys::ANY_RESULT,
+    )
+    .await?;
+    let batch = cfg.collector.batch_size;
+    let linger = Duration::from_millis(cfg.collector.linger_ms);
+    let prefetch = u16::try_from(batch * 2).unwrap_or(u16::MAX);
+    let (_ch, mut consumer) =
+        amqp::consume(conn, &n.results_queue(), "fleet-collector", prefetch).await?;
+    health.set_broker_up(true);
+    loop {
+        let deliveries = match amqp::next_batch(&mut consumer, batch, linger, token).await {
+            Batch::Messages(d) => d,
+            Batch::Broken(e) => return Err(e),
+            Batch::Shutdown => return Ok(()),
+        };
+        let Some(out) = handle_batch(cfg, pool, &n, &deliveries, token).await else {
+            return Ok(());
+        };
+        publisher.publish_all(out).await?;
+        if let Some(last) = deliveries.last() {
+            amqp::ack_through(last).await?;
+        }
+    }
+}
+
+/// Records a batch; returns the events and dead letters to publish, or `None` on
+/// shutdown (the batch stays unacked and is redelivered).
+async fn handle_batch(
+    cfg: &Config,
+    pool: &Pool,
+    n: &Names,
+    deliveries: &[Delivery],
+    token: &CancellationToken,
+) -> Option<Vec<Outgoing>> {
+    let source = n.results_queue();
+    let mut out = Vec::new();
+    let mut results = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        match proto::decode::<TaskResult>(&d.data) {
+            Ok(r) => results.push(r),
+            Err(e) => out.push(amqp::dead_letter(n, d, &source, e.reason(), &e.to_string())),
+        }
+    }
+    if results.is_empty() {
+        return Some(out);
+    }
+    let schema = &cfg.database.schema;
+    let settled = match svc::retry("recording results", token, || {
+        record(pool, schema, &results)
+    })
+    .await
+    {
+        None => return None,
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot record results");
+            return None;
+        }
+    };
+    metrics::counter!("fleet_collector_results_total").increment(results.len() as u64);
+    let now = Utc::now();
+    for (job_id, task_id, state) in &settled.finished {
+        let ev = Event {
+            event: "task.finished".into(),
+            job_id: *job_id,
+            task_id: Some(*task_id),
+            state: state.as_str().into(),
+            at: now,
+        };
+        out.push(Outgoing::new(
+            n.events_exchange(),
+            ev.event.clone(),
+            proto::encode(&ev),
+        ));
+    }
+    for (job_id, state) in &settled.jobs {
+        let ev = Event {
+            event: format!("job.{}", state.as_str()),
+            job_id: *job_id,
+            task_id: None,
+            state: state.as_str().into(),
+            at: now,
+        };
+        out.push(Outgoing::new(
+            n.events_exchange(),
+            ev.event.clone(),
+            proto::encode(&ev),
+        ));
+    }
+    Some(out)
+}
+
+async fn record(
+    pool: &Pool,
+    schema: &str,
+    results: &[TaskResult],
+) -> Result<collect::Settled, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let settled = collect::record_results(&tx, results).await?;
+    // Every recorded result frees a slot on its executor: let the dispatcher refill it.
+    db::notify_wake(&tx, schema).await?;
+    tx.commit().await?;
+    Ok(settled)
+}

@@ -1,0 +1,322 @@
+//! The dispatcher: a loop around [`Dispatcher::run_once`], woken by PostgreSQL
+//! notifications (new or freed work), INFO heartbeats, and a tick. Each round records the
+//! heartbeats, expires lost leases, and hands ready tasks to executors through the
+//! balancing policy. It owns executors and attempts (the leases).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleet_shared::amqp::{self, keys, Names, Outgoing, Publisher, QueueKind};
+use fleet_shared::config::Config;
+use fleet_shared::db::{self, dispatch, DbError, Pool};
+use fleet_shared::http::{self, Health};
+use fleet_shared::id::ExecutorId;
+use fleet_shared::policy::{self, ExecutorView, ReadyTask};
+use fleet_shared::proto::{self, Info, Request};
+use fleet_shared::svc;
+use futures_util::{FutureExt, StreamExt};
+use lapin::Connection;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7071";
+/// Ready tasks read per page; a round reads pages until the free slots are filled.
+const PAGE: i64 = 1000;
+const MAX_PAGES_PER_ROUND: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Amqp(#[from] amqp::AmqpError),
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What one round did; the unit of observation for tests and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub heartbeats: usize,
+    pub lost: usize,
+    pub assigned: usize,
+}
+
+struct Seen {
+    info: Info,
+    at: Instant,
+}
+
+pub struct Dispatcher {
+    cfg: Config,
+    pool: Pool,
+    names: Names,
+    executors: HashMap<ExecutorId, Seen>,
+    heartbeats: Vec<(Info, DateTime<Utc>)>,
+}
+
+impl Dispatcher {
+    pub fn new(cfg: Config, pool: Pool) -> Self {
+        let names = Names::new(&cfg.amqp.prefix);
+        Self {
+            cfg,
+            pool,
+            names,
+            executors: HashMap::new(),
+            heartbeats: Vec::new(),
+        }
+    }
+
+    /// Takes an INFO heartbeat into account (recorded at the next round).
+    pub fn heard(&mut self, info: Info) {
+        let keep = self
+            .executors
+            .get(&info.executor_id)
+            .is_none_or(|s| s.info.sent_at <= info.sent_at);
+        if keep {
+            self.executors.insert(
+                info.executor_id.clone(),
+                Seen {
+                    info: info.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+        self.heartbeats.push((info, Utc::now()));
+    }
+
+    fn lease_secs(&self) -> f64 {
+        self.cfg.dispatcher.lease_timeout_secs as f64
+    }
+
+    pub async fn run_once(&mut self, publisher: &Publisher) -> Result<Report, Error> {
+        let mut report = Report::default();
+        let mut client = self.pool.get().await.map_err(DbError::from)?;
+
+        if !self.heartbeats.is_empty() {
+            let tx = client.transaction().await.map_err(DbError::from)?;
+            dispatch::apply_infos(&tx, &self.heartbeats, self.lease_secs()).await?;
+            tx.commit().await.map_err(DbError::from)?;
+            report.heartbeats = self.heartbeats.len();
+            self.heartbeats.clear();
+        }
+
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let settled = dispatch::sweep_leases(&tx).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        report.lost = settled.finished.len() + settled.readied;
+        metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
+
+        let outstanding = dispatch::outstanding(&client).await?;
+        let alive_for = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
+        let mut views: Vec<ExecutorView> = self
+            .executors
+            .values()
+            .filter(|s| s.at.elapsed() < alive_for)
+            .map(|s| ExecutorView {
+                id: s.info.executor_id.clone(),
+                groups: s.info.groups.clone(),
+                labels: s.info.labels.clone(),
+                capacity: s.info.capacity,
+                outstanding: outstanding
+                    .get(s.info.executor_id.as_str())
+                    .copied()
+                    .unwrap_or(0),
+                draining: s.info.draining,
+            })
+            .collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        let window = self.cfg.dispatcher.window;
+        if policy::free_slots(&views, window) == 0 {
+            return Ok(report);
+        }
+
+        let mut rows = HashMap::new();
+        let mut pairs = Vec::new();
+        let mut cursor = None;
+        for _ in 0..MAX_PAGES_PER_ROUND {
+            let page = dispatch::ready_page(&client, cursor, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            cursor = Some((last.priority, last.seq));
+            let ready: Vec<ReadyTask> = page
+                .iter()
+                .map(|r| ReadyTask {
+                    id: r.id,
+                    group: r.group.clone(),
+                    labels: r.labels.clone(),
+                })
+                .collect();
+            pairs.extend(policy::assign(&ready, &mut views, window));
+            let full = page.len() as i64 == PAGE;
+            rows.extend(page.into_iter().map(|r| (r.id, r)));
+            if !full || policy::free_slots(&views, window) == 0 {
+                break;
+            }
+        }
+        if pairs.is_empty() {
+            return Ok(report);
+        }
+
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let assignments = dispatch::assign(&tx, &pairs, self.lease_secs()).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        drop(client);
+        report.assigned = assignments.len();
+        metrics::counter!("fleet_dispatcher_assigned_total").increment(assignments.len() as u64);
+
+        let root = self.names.root_exchange();
+        let out: Vec<Outgoing> = assignments
+            .iter()
+            .filter_map(|a| {
+                let row = rows.get(&a.task_id)?;
+                let req = Request {
+                    task_id: a.task_id,
+                    attempt: a.attempt,
+                    job_id: row.job_id,
+                    argv: row.argv.clone(),
+                    env: row.env.clone(),
+                    cwd: row.cwd.clone(),
+                    stdin: row.stdin.clone(),
+                    timeout_secs: row.timeout_secs,
+                    lease_deadline: a.lease_deadline,
+                };
+                Some(
+                    Outgoing::new(
+                        root.clone(),
+                        keys::request(&a.executor_id),
+                        proto::encode(&req),
+                    )
+                    .mandatory(),
+                )
+            })
+            .collect();
+        // If this fails after the commit, the attempts' leases run out and the tasks go
+        // back to ready: late, never lost.
+        publisher.publish_all(out).await?;
+        Ok(report)
+    }
+}
+
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> Result<(), Error> {
+    let pool = db::pool(&cfg.database)?;
+    let schema = cfg.database.schema.clone();
+    match svc::retry("migrating the database", &token, || {
+        db::migrate(&pool, &schema)
+    })
+    .await
+    {
+        None => return Ok(()),
+        Some(r) => r?,
+    }
+    let health = Health::new(Some(pool.clone()));
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::health_routes(health.clone()),
+        token.clone(),
+    ));
+    let wake = Arc::new(Notify::new());
+    let listener_task = tokio::spawn(db::listen_for_wakes(
+        cfg.database.clone(),
+        wake.clone(),
+        token.clone(),
+    ));
+    let mut dispatcher = Dispatcher::new(cfg.clone(), pool);
+    let mut backoff = amqp::Backoff::default();
+    while !token.is_cancelled() {
+        let Some(conn) = amqp::connect_with_backoff(&cfg.amqp, "fleet-dispatcher", &token).await
+        else {
+            break;
+        };
+        match session(&mut dispatcher, &health, &conn, &wake, &token).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "dispatcher session ended; reconnecting"),
+        }
+        health.set_broker_up(false);
+        let _ = conn.close(200, "reconnecting".into()).await;
+        if !backoff.wait(&token).await {
+            break;
+        }
+    }
+    token.cancel();
+    let _ = listener_task.await;
+    let _ = server.await;
+    Ok(())
+}
+
+async fn session(
+    d: &mut Dispatcher,
+    health: &Health,
+    conn: &Connection,
+    wake: &Notify,
+    token: &CancellationToken,
+) -> Result<(), Error> {
+    let n = d.names.clone();
+    let publisher = Publisher::new(conn, &d.cfg.amqp).await?;
+    let ch = publisher.channel();
+    amqp::declare_core(ch, &n).await?;
+    amqp::declare_queue(ch, &n.info_queue(), QueueKind::Quorum, Some(&n.dlx())).await?;
+    amqp::bind_queue(ch, &n.info_queue(), &n.root_exchange(), keys::ANY_INFO).await?;
+    let (_ch, mut consumer) = amqp::consume(conn, &n.info_queue(), "fleet-dispatcher", 512).await?;
+    health.set_broker_up(true);
+    let mut tick = tokio::time::interval(Duration::from_millis(d.cfg.dispatcher.tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut db_backoff = amqp::Backoff::default();
+    loop {
+        let mut last = None;
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = wake.notified() => {}
+            _ = tick.tick() => {}
+            first = consumer.next() => {
+                // Take what else is already here without waiting: one round per burst.
+                let mut next = first;
+                loop {
+                    match next {
+                        Some(Ok(delivery)) => {
+                            match proto::decode::<Info>(&delivery.data) {
+                                Ok(info) => d.heard(info),
+                                Err(e) => publisher
+                                    .publish(amqp::dead_letter(&n, &delivery, &n.info_queue(), e.reason(), &e.to_string()))
+                                    .await?,
+                            }
+                            last = Some(delivery);
+                        }
+                        Some(Err(e)) => return Err(amqp::AmqpError::from(e).into()),
+                        None => return Err(amqp::AmqpError::Timeout("consumer ended").into()),
+                    }
+                    match consumer.next().now_or_never() {
+                        Some(n) => next = n,
+                        None => break,
+                    }
+                }
+            }
+        }
+        match d.run_once(&publisher).await {
+            Ok(report) => {
+                db_backoff.reset(Duration::from_millis(100));
+                if report.assigned > 0 || report.lost > 0 {
+                    tracing::debug!(?report, "round");
+                }
+            }
+            Err(Error::Amqp(e)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatch round failed; backing off");
+                if !db_backoff.wait(token).await {
+                    return Ok(());
+                }
+            }
+        }
+        // Heartbeats are ephemeral: one lost to a crash is replaced by the next.
+        if let Some(last) = last {
+            amqp::ack_through(&last).await?;
+        }
+    }
+}

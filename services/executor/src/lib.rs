@@ -1,0 +1,452 @@
+//! The executor: stateless. It consumes requests from its own queue, runs each as a
+//! child process within its slots, publishes the result (confirmed) and only then acks
+//! the request; it reports INFO every interval and at once on change. A request
+//! redelivered after a reconnect is recognised by (task, attempt) and not run twice.
+
+pub mod run;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use fleet_shared::amqp::{self, keys, Delivery, Names, Outgoing, Publisher};
+use fleet_shared::config::{Config, ConfigError};
+use fleet_shared::group::GroupName;
+use fleet_shared::http::{self, Health};
+use fleet_shared::id::{ExecutorId, TaskId};
+use fleet_shared::proto::{self, HeldAttempt, Info, Request, TaskResult};
+use futures_util::StreamExt;
+use lapin::options::BasicCancelOptions;
+use lapin::Connection;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:0";
+/// Finished attempts remembered to recognise redeliveries.
+const REMEMBERED: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Who this executor is, resolved from configuration.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub id: ExecutorId,
+    pub groups: Vec<GroupName>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+}
+
+impl Identity {
+    pub fn from_config(cfg: &Config) -> Result<Self, ConfigError> {
+        let id = match &cfg.executor.id {
+            Some(id) => ExecutorId::parse(id),
+            None => ExecutorId::parse(&host_name()),
+        }
+        .map_err(|e| ConfigError::Invalid {
+            key: "executor.id",
+            message: e.to_string(),
+        })?;
+        let capacity = cfg.executor.capacity.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+        });
+        Ok(Self {
+            id,
+            groups: cfg.executor_groups()?,
+            labels: cfg.executor_labels()?,
+            capacity,
+        })
+    }
+}
+
+/// The host name, made into a valid executor id.
+fn host_name() -> String {
+    let raw =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "executor".into());
+    let mut id: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if id.is_empty() {
+        id = "executor".into();
+    }
+    id
+}
+
+type AttemptKey = (TaskId, i32);
+
+#[derive(Default)]
+struct Attempts {
+    /// Received and not finished; true once started.
+    held: HashMap<AttemptKey, bool>,
+    done: HashSet<AttemptKey>,
+    done_order: VecDeque<AttemptKey>,
+}
+
+impl Attempts {
+    fn finish(&mut self, key: AttemptKey) {
+        self.held.remove(&key);
+        if self.done.insert(key) {
+            self.done_order.push_back(key);
+            if self.done_order.len() > REMEMBERED {
+                if let Some(old) = self.done_order.pop_front() {
+                    self.done.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+struct Shared {
+    me: Identity,
+    names: Names,
+    cfg: Config,
+    attempts: Mutex<Attempts>,
+    draining: AtomicBool,
+    changed: Notify,
+    slots: Semaphore,
+    /// The current session's publisher; `None` while reconnecting.
+    publisher: watch::Sender<Option<Publisher>>,
+    /// Stop starting new attempts (SIGTERM).
+    stop_starting: CancellationToken,
+    /// Kill running attempts (the drain deadline passed).
+    kill: CancellationToken,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Attempts> {
+        // A panic while holding this lock cannot leave the maps inconsistent in a way
+        // worse than a lost entry, so recover the guard rather than propagate the poison.
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn info(&self) -> Info {
+        let a = self.lock();
+        let running = a.held.values().filter(|r| **r).count();
+        Info {
+            executor_id: self.me.id.clone(),
+            groups: self.me.groups.clone(),
+            labels: self.me.labels.clone(),
+            capacity: self.me.capacity,
+            running: u32::try_from(running).unwrap_or(u32::MAX),
+            queued: u32::try_from(a.held.len() - running).unwrap_or(u32::MAX),
+            in_flight: a
+                .held
+                .iter()
+                .map(|(&(task_id, attempt), &running)| HeldAttempt {
+                    task_id,
+                    attempt,
+                    running,
+                })
+                .collect(),
+            draining: self.draining.load(Ordering::Relaxed),
+            sent_at: Utc::now(),
+        }
+    }
+
+    /// Publishes on the current session, waiting out reconnects; gives up only when
+    /// running attempts are being killed (shutdown past its drain deadline).
+    async fn publish_reliably(&self, msg: Outgoing) -> bool {
+        let mut rx = self.publisher.subscribe();
+        let mut backoff = amqp::Backoff::default();
+        loop {
+            let current = rx.borrow_and_update().clone();
+            match current {
+                Some(p) => match p.publish(msg.clone()).await {
+                    Ok(()) => return true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "publishing a result failed; retrying");
+                        if !backoff.wait(&self.kill).await {
+                            return false;
+                        }
+                    }
+                },
+                None => {
+                    tokio::select! {
+                        _ = self.kill.cancelled() => return false,
+                        _ = rx.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> Result<(), Error> {
+    let me = Identity::from_config(&cfg)?;
+    tracing::info!(executor_id = %me.id, capacity = me.capacity, groups = ?me.groups, "executor starting");
+    let health = Health::new(None);
+    let server_token = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::health_routes(health.clone()),
+        server_token.clone(),
+    ));
+    let (publisher, _) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        slots: Semaphore::new(me.capacity as usize),
+        me,
+        names: Names::new(&cfg.amqp.prefix),
+        cfg: cfg.clone(),
+        attempts: Mutex::default(),
+        draining: AtomicBool::new(false),
+        changed: Notify::new(),
+        publisher,
+        stop_starting: token.child_token(),
+        kill: CancellationToken::new(),
+    });
+    let tracker = TaskTracker::new();
+    let heartbeat_stop = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat(shared.clone(), heartbeat_stop.clone()));
+
+    let mut backoff = amqp::Backoff::default();
+    let mut conn_slot: Option<Connection> = None;
+    while !token.is_cancelled() {
+        let Some(conn) = amqp::connect_with_backoff(
+            &cfg.amqp,
+            &format!("fleet-executor-{}", shared.me.id),
+            &token,
+        )
+        .await
+        else {
+            break;
+        };
+        match session(&shared, &health, &conn, &tracker, &token).await {
+            Ok(()) => {
+                conn_slot = Some(conn);
+                break;
+            }
+            Err(e) => tracing::warn!(error = %e, "executor session ended; reconnecting"),
+        }
+        shared.publisher.send_replace(None);
+        health.set_broker_up(false);
+        let _ = conn.close(200, "reconnecting".into()).await;
+        if !backoff.wait(&token).await {
+            break;
+        }
+    }
+
+    // Drain: take nothing new, say so, let running attempts finish within the deadline.
+    shared.draining.store(true, Ordering::Relaxed);
+    shared.changed.notify_one();
+    tracker.close();
+    let drain = Duration::from_secs(cfg.executor.drain_timeout_secs);
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            "drain deadline passed; killing running attempts (their leases will expire)"
+        );
+        shared.kill.cancel();
+        tracker.wait().await;
+    }
+    heartbeat_stop.cancel();
+    let _ = heartbeat.await;
+    if let Some(conn) = conn_slot {
+        // Closing returns the requests received but not started to the queue.
+        let _ = conn.close(200, "shutdown".into()).await;
+    }
+    server_token.cancel();
+    let _ = server.await;
+    Ok(())
+}
+
+async fn session(
+    shared: &Arc<Shared>,
+    health: &Health,
+    conn: &Connection,
+    tracker: &TaskTracker,
+    token: &CancellationToken,
+) -> Result<(), amqp::AmqpError> {
+    let n = &shared.names;
+    let publisher = Publisher::new(conn, &shared.cfg.amqp).await?;
+    amqp::declare_core(publisher.channel(), n).await?;
+    amqp::declare_executor_queue(publisher.channel(), n, &shared.me.id, &shared.me.groups).await?;
+    // The dispatcher bounds what it sends us to capacity + window; the prefetch only
+    // needs to be no smaller than that.
+    let prefetch =
+        u16::try_from(shared.me.capacity.saturating_mul(4).saturating_add(64)).unwrap_or(u16::MAX);
+    let queue = n.executor_queue(&shared.me.id);
+    let tag = format!("fleet-executor-{}", shared.me.id);
+    let (ch, mut consumer) = amqp::consume(conn, &queue, &tag, prefetch).await?;
+    shared.publisher.send_replace(Some(publisher.clone()));
+    health.set_broker_up(true);
+    shared.changed.notify_one();
+    loop {
+        let delivery = tokio::select! {
+            _ = token.cancelled() => {
+                let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                return Ok(());
+            }
+            d = consumer.next() => match d {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(amqp::AmqpError::Timeout("consumer ended")),
+            },
+        };
+        let req = match proto::decode::<Request>(&delivery.data) {
+            Ok(r) => r,
+            Err(e) => {
+                publisher
+                    .publish(amqp::dead_letter(
+                        n,
+                        &delivery,
+                        &queue,
+                        e.reason(),
+                        &e.to_string(),
+                    ))
+                    .await?;
+                amqp::ack_through(&delivery).await?;
+                continue;
+            }
+        };
+        let key = (req.task_id, req.attempt);
+        let duplicate = {
+            let mut a = shared.lock();
+            if a.held.contains_key(&key) || a.done.contains(&key) {
+                true
+            } else {
+                a.held.insert(key, false);
+                false
+            }
+        };
+        if duplicate {
+            // Already running or done here: a redelivery after a reconnect.
+            let _ = delivery
+                .acker
+                .ack(lapin::options::BasicAckOptions::default())
+                .await;
+            continue;
+        }
+        shared.changed.notify_one();
+        tracker.spawn(attempt(shared.clone(), req, delivery));
+    }
+}
+
+async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
+    let key = (req.task_id, req.attempt);
+    let permit = tokio::select! {
+        p = shared.slots.acquire() => p,
+        _ = shared.stop_starting.cancelled() => {
+            // Not started: leave it unacked, so the broker gives it back on close.
+            shared.lock().held.remove(&key);
+            return;
+        }
+    };
+    let Ok(_permit) = permit else { return };
+    if let Some(r) = shared.lock().held.get_mut(&key) {
+        *r = true;
+    }
+    shared.changed.notify_one();
+    tracing::debug!(task_id = %req.task_id, attempt = req.attempt, "starting");
+    let spec = run::Spec {
+        argv: req.argv.clone(),
+        env: req.env.clone(),
+        cwd: req.cwd.clone(),
+        stdin: req.stdin.clone(),
+        timeout: Duration::from_secs(req.timeout_secs),
+        max_output: shared.cfg.executor.max_output_bytes,
+    };
+    let ran = run::run(&spec, &shared.kill).await;
+    if shared.kill.is_cancelled() {
+        // Killed by our own shutdown, not the user's cancel: report nothing and let the
+        // lease send the task elsewhere.
+        shared.lock().held.remove(&key);
+        return;
+    }
+    metrics::counter!("fleet_executor_attempts_total", "outcome" => ran.outcome.as_str())
+        .increment(1);
+    let result = TaskResult {
+        task_id: req.task_id,
+        attempt: req.attempt,
+        job_id: req.job_id,
+        executor_id: shared.me.id.clone(),
+        outcome: ran.outcome,
+        exit_code: ran.exit_code,
+        signal: ran.signal,
+        error: ran.error,
+        stdout: ran.stdout,
+        stderr: ran.stderr,
+        stdout_truncated: ran.stdout_truncated,
+        stderr_truncated: ran.stderr_truncated,
+        started_at: ran.started_at,
+        finished_at: ran.finished_at,
+    };
+    let group = shared
+        .me
+        .groups
+        .first()
+        .cloned()
+        .unwrap_or_else(GroupName::default_group);
+    let msg = Outgoing::new(
+        shared.names.group_exchange(&group),
+        keys::result(&shared.me.id),
+        proto::encode(&result),
+    );
+    if shared.publish_reliably(msg).await {
+        shared.lock().finish(key);
+        // If the channel this came on is gone, the ack fails; the redelivery is then
+        // recognised as done and acked without running again.
+        let _ = delivery
+            .acker
+            .ack(lapin::options::BasicAckOptions::default())
+            .await;
+    } else {
+        shared.lock().held.remove(&key);
+    }
+    shared.changed.notify_one();
+}
+
+/// INFO every interval, and promptly (debounced) when what we hold changes.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = Duration::from_millis(shared.cfg.executor.info_interval_ms);
+    let group = shared
+        .me
+        .groups
+        .first()
+        .cloned()
+        .unwrap_or_else(GroupName::default_group);
+    let exchange = shared.names.group_exchange(&group);
+    let key = keys::info(&shared.me.id);
+    let mut rx = shared.publisher.subscribe();
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(every) => false,
+            _ = shared.changed.notified() => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                false
+            }
+        };
+        let current = rx.borrow_and_update().clone();
+        if let Some(p) = current {
+            let msg = Outgoing::new(exchange.clone(), key.clone(), proto::encode(&shared.info()));
+            if let Err(e) = p.publish(msg).await {
+                tracing::debug!(error = %e, "INFO not sent");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}

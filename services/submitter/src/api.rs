@@ -1,0 +1,204 @@
+//! The HTTP API: submit a job, read a job, its results, the executors.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fleet_shared::config::Config;
+use fleet_shared::db::Pool;
+use fleet_shared::db::{read, submit, DbError};
+use fleet_shared::error::Transience;
+use fleet_shared::http::error_response;
+use fleet_shared::id::JobId;
+use fleet_shared::job::{FieldError, JobSpec};
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    pool: Pool,
+    schema: String,
+    max_body: usize,
+    /// An executor silent this long shows as not alive, its tasks as `unknown`.
+    silent_after_secs: f64,
+}
+
+impl AppState {
+    pub fn new(cfg: &Config, pool: Pool) -> Self {
+        Self(Arc::new(Inner {
+            pool,
+            schema: cfg.database.schema.clone(),
+            max_body: cfg.submitter.max_body_bytes,
+            silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
+        }))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.0.max_body;
+    Router::new()
+        .route("/v1/jobs", post(submit_job))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/results", get(get_results))
+        .route("/v1/executors", get(get_executors))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// The API's error boundary: every variant is a status and a JSON body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Invalid(e) => error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                e.to_string(),
+                Some(e.field),
+            ),
+            Self::NotFound(what) => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such {what}"),
+                None,
+            ),
+            Self::Db(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "database unavailable");
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; retry later",
+                    None,
+                )
+            }
+            // Details stay in the log: a 500 leaks nothing.
+            Self::Db(e) => {
+                tracing::error!(error = %e, "database error");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                    None,
+                )
+            }
+        }
+    }
+}
+
+/// Parses a job, naming the field that is wrong (`tasks[0].argv`) on failure.
+pub fn parse_job(body: &[u8]) -> Result<JobSpec, FieldError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        FieldError {
+            field: if path == "." { "body".into() } else { path },
+            message: inner.to_string(),
+        }
+    })
+}
+
+fn bad_id(_: uuid::Error) -> ApiError {
+    ApiError::Invalid(FieldError {
+        field: "job_id".into(),
+        message: "not a UUID".into(),
+    })
+}
+
+async fn submit_job(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let spec = parse_job(&body).map_err(ApiError::Invalid)?;
+    let job = spec.validate().map_err(ApiError::Invalid)?;
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Some(k.to_owned()),
+        Some(_) => {
+            return Err(ApiError::Invalid(FieldError {
+                field: "Idempotency-Key".into(),
+                message: "must be 1 to 200 visible ASCII characters".into(),
+            }))
+        }
+    };
+    let new = submit::NewJob {
+        id: JobId::new(),
+        idempotency_key: key,
+        job,
+    };
+    let mut client = s.0.pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let tickets = submit::insert_jobs(&tx, &s.0.schema, std::slice::from_ref(&new)).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    let t = tickets
+        .first()
+        .copied()
+        .ok_or(DbError::Row("no ticket".into()))?;
+    metrics::counter!("fleet_submitter_jobs_total", "via" => "http", "created" => t.created.to_string()).increment(1);
+    let status = if t.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({"job_id": t.job_id, "created": t.created})),
+    )
+        .into_response())
+}
+
+async fn get_job(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<read::JobView>, ApiError> {
+    let id: JobId = id.parse().map_err(bad_id)?;
+    let client = s.0.pool.get().await.map_err(DbError::from)?;
+    read::job(&client, id, s.0.silent_after_secs)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("job"))
+}
+
+async fn get_results(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<read::ResultsView>, ApiError> {
+    let id: JobId = id.parse().map_err(bad_id)?;
+    let client = s.0.pool.get().await.map_err(DbError::from)?;
+    read::results(&client, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("job"))
+}
+
+async fn get_executors(State(s): State<AppState>) -> Result<Json<read::ExecutorsView>, ApiError> {
+    let client = s.0.pool.get().await.map_err(DbError::from)?;
+    Ok(Json(read::executors(&client, s.0.silent_after_secs).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrongly_typed_field_is_named() {
+        let e = parse_job(br#"{"tasks":[{"argv":"echo hi"}]}"#).expect_err("argv must be a list");
+        assert_eq!(e.field, "tasks[0].argv");
+        let e = parse_job(b"not json").expect_err("not json");
+        assert_eq!(e.field, "body");
+    }
+}

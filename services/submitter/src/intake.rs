@@ -1,0 +1,197 @@
+//! AMQP intake: `submit` messages from other systems, recorded in batches and answered
+//! on their `reply_to`. Acked only after the jobs are committed and the replies confirmed.
+
+use std::time::Duration;
+
+use fleet_shared::amqp::{self, Batch, Delivery, Names, Outgoing, Publisher, QueueKind};
+use fleet_shared::config::Config;
+use fleet_shared::db::Pool;
+use fleet_shared::db::{submit, DbError};
+use fleet_shared::error::ErrorBody;
+use fleet_shared::http::Health;
+use fleet_shared::id::JobId;
+use fleet_shared::proto::{self, Submit, SubmitReply};
+use fleet_shared::svc;
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(cfg: Config, pool: Pool, health: Health, token: CancellationToken) {
+    let mut backoff = amqp::Backoff::default();
+    while !token.is_cancelled() {
+        let Some(conn) = amqp::connect_with_backoff(&cfg.amqp, "fleet-submitter", &token).await
+        else {
+            break;
+        };
+        match session(&cfg, &pool, &health, &conn, &token).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "intake session ended; reconnecting"),
+        }
+        health.set_broker_up(false);
+        let _ = conn.close(200, "reconnecting".into()).await;
+        if !backoff.wait(&token).await {
+            break;
+        }
+    }
+    health.set_broker_up(false);
+}
+
+async fn session(
+    cfg: &Config,
+    pool: &Pool,
+    health: &Health,
+    conn: &Connection,
+    token: &CancellationToken,
+) -> Result<(), amqp::AmqpError> {
+    let n = Names::new(&cfg.amqp.prefix);
+    let publisher = Publisher::new(conn, &cfg.amqp).await?;
+    amqp::declare_core(publisher.channel(), &n).await?;
+    amqp::declare_queue(
+        publisher.channel(),
+        &n.submit_queue(),
+        QueueKind::Quorum,
+        Some(&n.dlx()),
+    )
+    .await?;
+    amqp::bind_queue(
+        publisher.channel(),
+        &n.submit_queue(),
+        &n.submit_exchange(),
+        "#",
+    )
+    .await?;
+    let batch_size = cfg.submitter.batch_size;
+    let prefetch = u16::try_from(batch_size * 2).unwrap_or(u16::MAX);
+    let (_ch, mut consumer) =
+        amqp::consume(conn, &n.submit_queue(), "fleet-submitter", prefetch).await?;
+    health.set_broker_up(true);
+    loop {
+        let deliveries = match amqp::next_batch(
+            &mut consumer,
+            batch_size,
+            Duration::from_millis(5),
+            token,
+        )
+        .await
+        {
+            Batch::Messages(d) => d,
+            Batch::Broken(e) => return Err(e),
+            Batch::Shutdown => return Ok(()),
+        };
+        // A shutdown while the database is down leaves the batch unacked: redelivered later.
+        let Some(out) = handle_batch(cfg, pool, &n, &deliveries, token).await else {
+            return Ok(());
+        };
+        publisher.publish_all(out).await?;
+        if let Some(last) = deliveries.last() {
+            amqp::ack_through(last).await?;
+        }
+    }
+}
+
+fn reply_to(d: &Delivery, reply: &SubmitReply) -> Option<Outgoing> {
+    let to = d.properties.reply_to().as_ref()?;
+    let mut props = amqp::json_properties();
+    if let Some(c) = d.properties.correlation_id() {
+        props = props.with_correlation_id(c.clone());
+    }
+    Some(Outgoing::new("", to.as_str(), proto::encode(reply)).with_properties(props))
+}
+
+fn rejection(code: &str, message: String, field: Option<String>) -> SubmitReply {
+    SubmitReply {
+        accepted: false,
+        job_id: None,
+        created: false,
+        error: Some(ErrorBody {
+            code: code.into(),
+            message,
+            field,
+        }),
+    }
+}
+
+/// Returns the messages to publish (replies and dead letters), or `None` on shutdown.
+async fn handle_batch(
+    cfg: &Config,
+    pool: &Pool,
+    n: &Names,
+    deliveries: &[Delivery],
+    token: &CancellationToken,
+) -> Option<Vec<Outgoing>> {
+    let source = n.submit_queue();
+    let mut out = Vec::new();
+    let mut jobs = Vec::new();
+    let mut accepted_from = Vec::new();
+    for d in deliveries {
+        let parsed = proto::decode::<Submit>(&d.data).map_err(|e| {
+            let field = match &e {
+                proto::DecodeError::Invalid { field, .. } => Some(field.clone()),
+                _ => None,
+            };
+            (e.reason(), e.to_string(), field)
+        });
+        let valid = parsed.and_then(|s| {
+            s.job
+                .validate()
+                .map_err(|f| ("invalid", f.to_string(), Some(format!("job.{}", f.field))))
+        });
+        match valid {
+            Ok(job) => {
+                let key = d.properties.message_id().as_ref().map(|m| m.to_string());
+                jobs.push(submit::NewJob {
+                    id: JobId::new(),
+                    idempotency_key: key.map(|k| format!("amqp:{k}")),
+                    job,
+                });
+                accepted_from.push(d);
+            }
+            Err((reason, message, field)) => {
+                out.push(amqp::dead_letter(n, d, &source, reason, &message));
+                out.extend(reply_to(d, &rejection("invalid_request", message, field)));
+            }
+        }
+    }
+    if !jobs.is_empty() {
+        let schema = &cfg.database.schema;
+        let tickets = match svc::retry("recording submitted jobs", token, || {
+            insert(pool, schema, &jobs)
+        })
+        .await
+        {
+            None => return None,
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                // Permanent database errors are not the publisher's fault; keep the
+                // messages (redelivery, then the delivery limit) rather than lose them.
+                tracing::error!(error = %e, "cannot record submitted jobs");
+                return None;
+            }
+        };
+        for (d, t) in accepted_from.iter().zip(tickets) {
+            metrics::counter!("fleet_submitter_jobs_total", "via" => "amqp", "created" => t.created.to_string())
+                .increment(1);
+            out.extend(reply_to(
+                d,
+                &SubmitReply {
+                    accepted: true,
+                    job_id: Some(t.job_id),
+                    created: t.created,
+                    error: None,
+                },
+            ));
+        }
+    }
+    Some(out)
+}
+
+async fn insert(
+    pool: &Pool,
+    schema: &str,
+    jobs: &[submit::NewJob],
+) -> Result<Vec<submit::Ticket>, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let tickets = submit::insert_jobs(&tx, schema, jobs).await?;
+    tx.commit().await?;
+    Ok(tickets)
+}

@@ -1,0 +1,53 @@
+//! The submitter: validates and records jobs (HTTP and AMQP, idempotently), and serves
+//! the read API. It owns the jobs and tasks it inserts.
+
+mod api;
+mod intake;
+
+use fleet_shared::config::Config;
+use fleet_shared::db::{self, DbError};
+use fleet_shared::http::{self, Health};
+use fleet_shared::svc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7070";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs until `token` is cancelled: the HTTP API on `listener` and the AMQP intake.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> Result<(), Error> {
+    let pool = db::pool(&cfg.database)?;
+    let schema = cfg.database.schema.clone();
+    match svc::retry("migrating the database", &token, || {
+        db::migrate(&pool, &schema)
+    })
+    .await
+    {
+        None => return Ok(()),
+        Some(r) => r?,
+    }
+    let health = Health::new(Some(pool.clone()));
+    let intake = tokio::spawn(intake::run(
+        cfg.clone(),
+        pool.clone(),
+        health.clone(),
+        token.clone(),
+    ));
+    let router = api::router(api::AppState::new(&cfg, pool)).merge(http::health_routes(health));
+    let served = http::serve(listener, router, token.clone()).await;
+    token.cancel();
+    let _ = intake.await;
+    served?;
+    Ok(())
+}

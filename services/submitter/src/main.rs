@@ -1,0 +1,39 @@
+//! fleet-submitter: accepts jobs over HTTP and from `<prefix>.submit`, records them, and
+//! serves the read API.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fleet_shared::{http, svc};
+
+/// Accepts jobs (HTTP POST /v1/jobs and AMQP submit messages) and serves the HTTP API.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Configuration: FLEET_AMQP__URL, FLEET_DATABASE__URL, FLEET_HTTP__ADDR (default 127.0.0.1:7070), ...; see --print-config."
+)]
+struct Args {
+    #[command(flatten)]
+    common: svc::CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = svc::load_or_exit(&args.common);
+    http::init_tracing();
+    let listener = match svc::bind(&cfg, fleet_submitter::DEFAULT_ADDR).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot bind the HTTP address: {e}");
+            return ExitCode::from(svc::EXIT_BAD_CONFIG as u8);
+        }
+    };
+    match fleet_submitter::run(cfg, listener, svc::shutdown_token()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "submitter stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
