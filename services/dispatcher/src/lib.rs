@@ -56,7 +56,8 @@ pub struct Dispatcher {
     pool: Pool,
     names: Names,
     executors: HashMap<ExecutorId, Seen>,
-    heartbeats: Vec<(Info, DateTime<Utc>)>,
+    /// The latest INFO of each executor heard since the last round.
+    heartbeats: HashMap<ExecutorId, (Info, DateTime<Utc>)>,
 }
 
 impl Dispatcher {
@@ -67,26 +68,28 @@ impl Dispatcher {
             pool,
             names,
             executors: HashMap::new(),
-            heartbeats: Vec::new(),
+            heartbeats: HashMap::new(),
         }
     }
 
     /// Takes an INFO heartbeat into account (recorded at the next round).
     pub fn heard(&mut self, info: Info) {
-        let keep = self
+        let newer = self
             .executors
             .get(&info.executor_id)
             .is_none_or(|s| s.info.sent_at <= info.sent_at);
-        if keep {
-            self.executors.insert(
-                info.executor_id.clone(),
-                Seen {
-                    info: info.clone(),
-                    at: Instant::now(),
-                },
-            );
+        if !newer {
+            return;
         }
-        self.heartbeats.push((info, Utc::now()));
+        self.executors.insert(
+            info.executor_id.clone(),
+            Seen {
+                info: info.clone(),
+                at: Instant::now(),
+            },
+        );
+        self.heartbeats
+            .insert(info.executor_id.clone(), (info, Utc::now()));
     }
 
     fn lease_secs(&self) -> f64 {
@@ -99,7 +102,8 @@ impl Dispatcher {
 
         if !self.heartbeats.is_empty() {
             let tx = client.transaction().await.map_err(DbError::from)?;
-            dispatch::apply_infos(&tx, &self.heartbeats, self.lease_secs()).await?;
+            let beats: Vec<_> = self.heartbeats.values().cloned().collect();
+            dispatch::apply_infos(&tx, &beats, self.lease_secs()).await?;
             tx.commit().await.map_err(DbError::from)?;
             report.heartbeats = self.heartbeats.len();
             self.heartbeats.clear();

@@ -19,7 +19,7 @@ pub use deadpool_postgres::{Object as Client, Pool, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("database: {0}")]
+    #[error("database: {}", postgres_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -27,6 +27,15 @@ pub enum DbError {
     Build(String),
     #[error("database row: {0}")]
     Row(String),
+}
+
+/// tokio-postgres' Display says only "db error" for a server error; the server's own
+/// message is what an operator needs.
+fn postgres_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl Transience for DbError {

@@ -1,0 +1,458 @@
+//! The test harness: a [`TestFleet`] runs the real services in-process against the real
+//! RabbitMQ and PostgreSQL, isolated by its own prefix (exchanges, queues) and schema, so
+//! tests run in parallel. Waiting is always on a condition with a deadline.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fleet_shared::config::Config;
+use fleet_shared::db::read::{ExecutorsView, JobView, ResultsView};
+use fleet_shared::db::{self, Pool};
+use fleet_shared::id::JobId;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Polls `check` until it returns `Some`, failing with `what` after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= until {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// A unique, valid prefix and schema name: `t_<hint>_<random>`.
+pub fn unique_name(hint: &str) -> String {
+    let hint: String = hint
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("t_{hint}_{}", &rand[..8])
+}
+
+/// The configuration a test fleet runs with: fast ticks and heartbeats.
+pub fn test_config(name: &str) -> Config {
+    let mut cfg = Config::default();
+    if let Ok(url) = std::env::var("FLEET_TEST_AMQP_URL") {
+        cfg.amqp.url = url;
+    }
+    if let Ok(url) = std::env::var("FLEET_TEST_DATABASE_URL") {
+        cfg.database.url = url;
+    }
+    cfg.amqp.prefix = name.to_owned();
+    cfg.database.schema = name.to_owned();
+    cfg.database.pool_size = 4;
+    cfg.dispatcher.tick_ms = 100;
+    cfg.executor.info_interval_ms = 200;
+    cfg.executor.drain_timeout_secs = 5;
+    cfg
+}
+
+struct Running {
+    token: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.handle).await;
+    }
+}
+
+pub struct ExecutorSpec {
+    pub id: String,
+    pub groups: Vec<String>,
+    pub labels: Vec<String>,
+    pub capacity: u32,
+}
+
+impl ExecutorSpec {
+    pub fn new(id: &str, groups: &[&str], capacity: u32) -> Self {
+        Self {
+            id: id.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            labels: Vec::new(),
+            capacity,
+        }
+    }
+
+    pub fn label(mut self, kv: &str) -> Self {
+        self.labels.push(kv.into());
+        self
+    }
+}
+
+pub struct TestFleet {
+    pub name: String,
+    pub cfg: Config,
+    /// The submitter's base URL.
+    pub api: String,
+    pub http: reqwest::Client,
+    pub pool: Pool,
+    services: Vec<Running>,
+    executors: BTreeMap<String, Running>,
+}
+
+impl TestFleet {
+    /// Starts a submitter, a dispatcher and a collector; no executors yet.
+    pub async fn start(hint: &str) -> Result<Self> {
+        Self::start_with(hint, |_| {}).await
+    }
+
+    pub async fn start_with(hint: &str, tweak: impl FnOnce(&mut Config)) -> Result<Self> {
+        init_logging();
+        let name = unique_name(hint);
+        let mut cfg = test_config(&name);
+        tweak(&mut cfg);
+        let pool = db::pool(&cfg.database)?;
+        // Migrate before the services start, so the test can query at once.
+        db::migrate(&pool, &cfg.database.schema)
+            .await
+            .context("migrating the test schema")?;
+
+        let mut services = Vec::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", listener.local_addr()?);
+        services.push(
+            spawn_service(cfg.clone(), listener, |c, l, t| async move {
+                if let Err(e) = fleet_submitter::run(c, l, t).await {
+                    tracing::error!(error = %e, "submitter failed");
+                }
+            })
+            .await?,
+        );
+        services.push(
+            spawn_service(
+                cfg.clone(),
+                TcpListener::bind("127.0.0.1:0").await?,
+                |c, l, t| async move {
+                    if let Err(e) = fleet_dispatcher::run(c, l, t).await {
+                        tracing::error!(error = %e, "dispatcher failed");
+                    }
+                },
+            )
+            .await?,
+        );
+        services.push(
+            spawn_service(
+                cfg.clone(),
+                TcpListener::bind("127.0.0.1:0").await?,
+                |c, l, t| async move {
+                    if let Err(e) = fleet_collector::run(c, l, t).await {
+                        tracing::error!(error = %e, "collector failed");
+                    }
+                },
+            )
+            .await?,
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let fleet = Self {
+            name,
+            cfg,
+            api,
+            http,
+            pool,
+            services,
+            executors: BTreeMap::new(),
+        };
+        let api = fleet.api.clone();
+        let http = fleet.http.clone();
+        wait_for("the submitter to be ready", Duration::from_secs(30), || {
+            let (api, http) = (api.clone(), http.clone());
+            async move {
+                Ok(match http.get(format!("{api}/readyz")).send().await {
+                    Ok(r) if r.status().is_success() => Some(()),
+                    _ => None,
+                })
+            }
+        })
+        .await?;
+        Ok(fleet)
+    }
+
+    pub async fn add_executor(&mut self, spec: ExecutorSpec) -> Result<()> {
+        let mut cfg = self.cfg.clone();
+        cfg.executor.id = Some(spec.id.clone());
+        cfg.executor.groups = spec.groups;
+        cfg.executor.labels = spec.labels;
+        cfg.executor.capacity = Some(spec.capacity);
+        let running = spawn_service(
+            cfg,
+            TcpListener::bind("127.0.0.1:0").await?,
+            |c, l, t| async move {
+                if let Err(e) = fleet_executor::run(c, l, t).await {
+                    tracing::error!(error = %e, "executor failed");
+                }
+            },
+        )
+        .await?;
+        self.executors.insert(spec.id, running);
+        Ok(())
+    }
+
+    /// Waits until the API lists these executors as alive.
+    pub async fn wait_executors(&self, ids: &[&str]) -> Result<()> {
+        wait_for("executors to report", Duration::from_secs(30), || async {
+            let view: ExecutorsView = self.get_json("/v1/executors").await?;
+            let alive = ids.iter().all(|id| {
+                view.executors
+                    .iter()
+                    .any(|e| e.executor_id == *id && e.alive)
+            });
+            Ok(alive.then_some(()))
+        })
+        .await
+    }
+
+    pub async fn stop_executor(&mut self, id: &str) {
+        if let Some(r) = self.executors.remove(id) {
+            r.stop().await;
+        }
+    }
+
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.http.get(format!("{}{path}", self.api)).send().await?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {body}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("GET {path}: {body}"))
+    }
+
+    /// POSTs a job; returns the status and the JSON body.
+    pub async fn post_job(&self, job: &Value, key: Option<&str>) -> Result<(u16, Value)> {
+        let mut req = self.http.post(format!("{}/v1/jobs", self.api)).json(job);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await?))
+    }
+
+    pub async fn submit(&self, job: &Value) -> Result<JobId> {
+        let (status, body) = self.post_job(job, None).await?;
+        if status != 201 {
+            bail!("submit answered {status}: {body}");
+        }
+        Ok(serde_json::from_value(body["job_id"].clone())?)
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<JobView> {
+        self.get_json(&format!("/v1/jobs/{id}")).await
+    }
+
+    pub async fn results(&self, id: JobId) -> Result<ResultsView> {
+        self.get_json(&format!("/v1/jobs/{id}/results")).await
+    }
+
+    /// Waits until the job is finished; returns its final view.
+    pub async fn wait_job(&self, id: JobId, deadline: Duration) -> Result<JobView> {
+        wait_for(&format!("job {id} to finish"), deadline, || async {
+            let j = self.job(id).await?;
+            Ok(matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled").then_some(j))
+        })
+        .await
+    }
+
+    /// Stops every service, then removes the test's schema and broker objects. Called at
+    /// the end of a passing test; a failing one leaves them to inspect.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let executors: Vec<String> = self.executors.keys().cloned().collect();
+        for id in &executors {
+            self.stop_executor(id).await;
+        }
+        for s in self.services.drain(..) {
+            s.stop().await;
+        }
+        let client = self.pool.get().await?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
+            .await?;
+        cleanup_broker(&self.cfg, &executors).await
+    }
+}
+
+async fn spawn_service<F, Fut>(cfg: Config, listener: TcpListener, f: F) -> Result<Running>
+where
+    F: FnOnce(Config, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(f(cfg, listener, token.clone()));
+    Ok(Running { token, handle })
+}
+
+async fn cleanup_broker(cfg: &Config, executors: &[String]) -> Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let n = fleet_shared::amqp::Names::new(&cfg.amqp.prefix);
+    let conn = fleet_shared::amqp::connect(&cfg.amqp, "fleet-test-cleanup").await?;
+    let ch = conn.create_channel().await?;
+    let mut queues = vec![
+        n.dead_queue(),
+        n.info_queue(),
+        n.results_queue(),
+        n.submit_queue(),
+    ];
+    for e in executors {
+        if let Ok(id) = fleet_shared::id::ExecutorId::parse(e) {
+            queues.push(n.executor_queue(&id));
+        }
+    }
+    for q in queues {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let mut exchanges = vec![n.submit_exchange(), n.events_exchange(), n.dlx()];
+    for g in [
+        "default", "cpu", "lab", "lab.gpu", "site", "site.web", "site.db",
+    ] {
+        if let Ok(g) = fleet_shared::group::GroupName::parse(g) {
+            exchanges.push(n.group_exchange(&g));
+        }
+    }
+    for ex in exchanges {
+        let _ = ch
+            .exchange_delete(ex.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// A job of `n` tasks each running `argv`.
+pub fn job_of(n: usize, argv: &[&str], extra: Value) -> Value {
+    let tasks: Vec<Value> = (0..n)
+        .map(|_| {
+            let mut t = serde_json::json!({ "argv": argv });
+            if let (Some(t), Some(extra)) = (t.as_object_mut(), extra.as_object()) {
+                t.extend(extra.clone());
+            }
+            t
+        })
+        .collect();
+    serde_json::json!({ "tasks": tasks })
+}
+
+impl TestFleet {
+    /// Publishes raw bytes to `<prefix>.submit` as another system would, and waits for
+    /// the reply on a private queue.
+    pub async fn submit_amqp(&self, body: &[u8], message_id: Option<&str>) -> Result<Value> {
+        use futures_util::StreamExt;
+        use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let n = fleet_shared::amqp::Names::new(&self.cfg.amqp.prefix);
+        let conn = fleet_shared::amqp::connect(&self.cfg.amqp, "fleet-test-client").await?;
+        let ch = conn.create_channel().await?;
+        let reply = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut consumer = ch
+            .basic_consume(
+                reply.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let correlation = uuid::Uuid::new_v4().to_string();
+        let mut props = fleet_shared::amqp::json_properties()
+            .with_reply_to(reply.name().clone())
+            .with_correlation_id(correlation.as_str().into());
+        if let Some(m) = message_id {
+            props = props.with_message_id(m.into());
+        }
+        // The intake queue is declared by the submitter; wait until it exists so the
+        // message is routed rather than dropped.
+        wait_for(
+            "the submit intake queue",
+            Duration::from_secs(30),
+            || async {
+                let probe = conn.create_channel().await?;
+                let ok = probe
+                    .queue_declare(
+                        n.submit_queue().as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .is_ok();
+                Ok(ok.then_some(()))
+            },
+        )
+        .await?;
+        ch.basic_publish(
+            n.submit_exchange().as_str().into(),
+            "jobs".into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await?
+        .await?;
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .context("no reply within 30s")?
+            .context("reply consumer ended")??;
+        let got = delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.to_string());
+        if got.as_deref() != Some(correlation.as_str()) {
+            bail!("reply carries correlation id {got:?}, expected {correlation}");
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(serde_json::from_slice(&delivery.data)?)
+    }
+
+    /// A SQL count over the test's schema, for assertions the API does not expose.
+    pub async fn count(&self, sql: &str) -> Result<i64> {
+        let client = self.pool.get().await?;
+        Ok(client.query_one(sql, &[]).await?.get(0))
+    }
+}
