@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use fleet_shared::amqp::{self, Batch, Delivery, Names, Outgoing, Publisher, QueueKind};
+use fleet_shared::amqp::{self, Batch, Delivery, Handled, Names, Outgoing, Publisher, QueueKind};
 use fleet_shared::config::Config;
 use fleet_shared::db::{self, collect, DbError, Pool};
 use fleet_shared::http::{self, Health};
@@ -93,31 +93,41 @@ async fn session(
     let (_ch, mut consumer) =
         amqp::consume(conn, &n.results_queue(), "fleet-collector", prefetch).await?;
     health.set_broker_up(true);
+    let mut give_back = amqp::Backoff::default();
     loop {
         let deliveries = match amqp::next_batch(&mut consumer, batch, linger, token).await {
             Batch::Messages(d) => d,
             Batch::Broken(e) => return Err(e),
             Batch::Shutdown => return Ok(()),
         };
-        let Some(out) = handle_batch(cfg, pool, &n, &deliveries, token).await else {
-            return Ok(());
+        let Some(last) = deliveries.last() else {
+            continue;
         };
-        publisher.publish_all(out).await?;
-        if let Some(last) = deliveries.last() {
-            amqp::ack_through(last).await?;
+        match handle_batch(cfg, pool, &n, &deliveries, token).await {
+            Handled::Publish(out) => {
+                publisher.publish_all(out).await?;
+                amqp::ack_through(last).await?;
+                give_back.reset(Duration::from_millis(100));
+            }
+            Handled::GiveBack => {
+                amqp::requeue_through(last).await?;
+                if !give_back.wait(token).await {
+                    return Ok(());
+                }
+            }
+            Handled::Shutdown => return Ok(()),
         }
     }
 }
 
-/// Records a batch; returns the events and dead letters to publish, or `None` on
-/// shutdown (the batch stays unacked and is redelivered).
+/// Records a batch; says what to publish (events, dead letters) before the ack.
 async fn handle_batch(
     cfg: &Config,
     pool: &Pool,
     n: &Names,
     deliveries: &[Delivery],
     token: &CancellationToken,
-) -> Option<Vec<Outgoing>> {
+) -> Handled {
     let source = n.results_queue();
     let mut out = Vec::new();
     let mut results = Vec::with_capacity(deliveries.len());
@@ -128,7 +138,7 @@ async fn handle_batch(
         }
     }
     if results.is_empty() {
-        return Some(out);
+        return Handled::Publish(out);
     }
     let schema = &cfg.database.schema;
     let settled = match svc::retry("recording results", token, || {
@@ -136,11 +146,11 @@ async fn handle_batch(
     })
     .await
     {
-        None => return None,
+        None => return Handled::Shutdown,
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             tracing::error!(error = %e, "cannot record results");
-            return None;
+            return Handled::GiveBack;
         }
     };
     metrics::counter!("fleet_collector_results_total").increment(results.len() as u64);
@@ -173,7 +183,7 @@ async fn handle_batch(
             proto::encode(&ev),
         ));
     }
-    Some(out)
+    Handled::Publish(out)
 }
 
 async fn record(

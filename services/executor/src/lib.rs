@@ -402,7 +402,10 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
         shared.names.group_exchange(&group),
         keys::result(&shared.me.id),
         proto::encode(&result),
-    );
+    )
+    // Until a collector has declared its queue a result has nowhere to go; mandatory
+    // makes that an error to retry rather than a silent drop.
+    .mandatory();
     if shared.publish_reliably(msg).await {
         shared.lock().finish(key);
         // If the channel this came on is gone, the ack fails; the redelivery is then

@@ -76,6 +76,13 @@ pub async fn run(spec: &Spec, cancel: &CancellationToken) -> Ran {
         return spawn_failed(started, "empty command".into());
     };
     let mut cmd = tokio::process::Command::new(program);
+    // The executor's own configuration (broker and database URLs, with passwords) is
+    // not the task's business.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FLEET_") {
+            cmd.env_remove(k);
+        }
+    }
     cmd.args(&spec.argv[1..])
         .envs(&spec.env)
         .stdin(if spec.stdin.is_some() {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet_shared::amqp::{self, Batch, Delivery, Names, Outgoing, Publisher, QueueKind};
+use fleet_shared::amqp::{self, Batch, Delivery, Handled, Names, Outgoing, Publisher, QueueKind};
 use fleet_shared::config::Config;
 use fleet_shared::db::Pool;
 use fleet_shared::db::{submit, DbError};
@@ -64,6 +64,7 @@ async fn session(
     let (_ch, mut consumer) =
         amqp::consume(conn, &n.submit_queue(), "fleet-submitter", prefetch).await?;
     health.set_broker_up(true);
+    let mut give_back = amqp::Backoff::default();
     loop {
         let deliveries = match amqp::next_batch(
             &mut consumer,
@@ -78,12 +79,22 @@ async fn session(
             Batch::Shutdown => return Ok(()),
         };
         // A shutdown while the database is down leaves the batch unacked: redelivered later.
-        let Some(out) = handle_batch(cfg, pool, &n, &deliveries, token).await else {
-            return Ok(());
+        let Some(last) = deliveries.last() else {
+            continue;
         };
-        publisher.publish_all(out).await?;
-        if let Some(last) = deliveries.last() {
-            amqp::ack_through(last).await?;
+        match handle_batch(cfg, pool, &n, &deliveries, token).await {
+            Handled::Publish(out) => {
+                publisher.publish_all(out).await?;
+                amqp::ack_through(last).await?;
+                give_back.reset(Duration::from_millis(100));
+            }
+            Handled::GiveBack => {
+                amqp::requeue_through(last).await?;
+                if !give_back.wait(token).await {
+                    return Ok(());
+                }
+            }
+            Handled::Shutdown => return Ok(()),
         }
     }
 }
@@ -110,14 +121,14 @@ fn rejection(code: &str, message: String, field: Option<String>) -> SubmitReply 
     }
 }
 
-/// Returns the messages to publish (replies and dead letters), or `None` on shutdown.
+/// Records a batch; says what to publish (replies, dead letters) before the ack.
 async fn handle_batch(
     cfg: &Config,
     pool: &Pool,
     n: &Names,
     deliveries: &[Delivery],
     token: &CancellationToken,
-) -> Option<Vec<Outgoing>> {
+) -> Handled {
     let source = n.submit_queue();
     let mut out = Vec::new();
     let mut jobs = Vec::new();
@@ -158,13 +169,13 @@ async fn handle_batch(
         })
         .await
         {
-            None => return None,
+            None => return Handled::Shutdown,
             Some(Ok(t)) => t,
             Some(Err(e)) => {
                 // Permanent database errors are not the publisher's fault; keep the
                 // messages (redelivery, then the delivery limit) rather than lose them.
                 tracing::error!(error = %e, "cannot record submitted jobs");
-                return None;
+                return Handled::GiveBack;
             }
         };
         for (d, t) in accepted_from.iter().zip(tickets) {
@@ -181,7 +192,7 @@ async fn handle_batch(
             ));
         }
     }
-    Some(out)
+    Handled::Publish(out)
 }
 
 async fn insert(

@@ -479,6 +479,27 @@ pub async fn ack_through(last: &Delivery) -> Result<(), AmqpError> {
     Ok(())
 }
 
+/// Returns every delivery up to and including `last` to its queue. On a quorum queue each
+/// return counts toward the delivery limit, after which the message is dead-lettered.
+pub async fn requeue_through(last: &Delivery) -> Result<(), AmqpError> {
+    let opts = lapin::options::BasicNackOptions {
+        multiple: true,
+        requeue: true,
+    };
+    deadline("basic.nack", DECLARE_TIMEOUT, last.acker.nack(opts)).await?;
+    Ok(())
+}
+
+/// What handling a batch came to.
+pub enum Handled {
+    /// Done: publish these (replies, events, dead letters), then ack the batch.
+    Publish(Vec<Outgoing>),
+    /// Could not be done for good (a permanent error): requeue the batch and back off.
+    GiveBack,
+    /// Shutting down: leave the batch unacked; the broker redelivers it.
+    Shutdown,
+}
+
 /// A dead letter: the original body, with why it was refused in its headers.
 pub fn dead_letter(n: &Names, d: &Delivery, source: &str, reason: &str, detail: &str) -> Outgoing {
     let mut headers = d.properties.headers().clone().unwrap_or_default();

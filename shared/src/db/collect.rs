@@ -164,6 +164,18 @@ pub async fn settle(tx: &Transaction<'_>, ended: &[Ended]) -> Result<Settled, Db
     Ok(settled)
 }
 
+/// Locks the jobs (in id order, so concurrent settlers cannot deadlock) before their
+/// tasks are read for dependencies and job state: two transactions settling tasks of one
+/// job then run one after the other, and the second sees the first's committed states.
+async fn lock_jobs(tx: &Transaction<'_>, ids: &[uuid::Uuid]) -> Result<(), DbError> {
+    tx.execute(
+        "SELECT 1 FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
+    )
+    .await?;
+    Ok(())
+}
+
 async fn apply_task_states(
     tx: &Transaction<'_>,
     updates: Vec<serde_json::Value>,
@@ -192,6 +204,7 @@ async fn resolve_jobs(
         return Ok(());
     }
     let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.uuid()).collect();
+    lock_jobs(tx, &ids).await?;
     let rows = tx
         .query(
             "SELECT job_id, id, idx, state, depends_on, attempts FROM tasks

@@ -190,10 +190,7 @@ pub async fn assign(
                                     updated_at = clock_timestamp()
                  FROM jsonb_to_recordset($1::jsonb) AS x(task_id uuid, executor_id text)
                  WHERE t.id = x.task_id AND t.state = 'ready'
-                 RETURNING t.id, t.job_id, t.attempts, x.executor_id),
-             started_jobs AS (
-                 UPDATE jobs SET state = 'running'
-                 WHERE id IN (SELECT job_id FROM picked) AND state = 'pending')
+                 RETURNING t.id, t.attempts, x.executor_id)
              INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline)
              SELECT id, attempts, executor_id, 'assigned',
                     clock_timestamp() + make_interval(secs => $2)

@@ -55,7 +55,14 @@ pub async fn job(
 ) -> Result<Option<JobView>, DbError> {
     let Some(j) = client
         .query_opt(
-            "SELECT name, state, created_at, finished_at FROM jobs WHERE id = $1",
+            // The collector records a job's state as its results come in; before the
+            // first one, a job some of whose tasks were handed out is running.
+            "SELECT name,
+                    CASE WHEN state = 'pending'
+                              AND EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND attempts > 0)
+                         THEN 'running' ELSE state END,
+                    created_at, finished_at
+             FROM jobs WHERE id = $1",
             &[&id.uuid()],
         )
         .await?
