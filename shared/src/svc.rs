@@ -88,3 +88,119 @@ where
         }
     }
 }
+
+/// The whole of a service's `main` after argument parsing: configuration (exit 64 when
+/// bad, before anything binds), logging, the HTTP listener, and `run` until SIGTERM.
+pub async fn main<F, Fut, E>(
+    common: &CommonArgs,
+    default_addr: &str,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(Config, tokio::net::TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let cfg = load_or_exit(common);
+    crate::http::init_tracing();
+    let listener = match bind(&cfg, default_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot bind the HTTP address: {e}");
+            // EX_UNAVAILABLE: the address is taken or not ours, not a bad configuration.
+            return std::process::ExitCode::from(69);
+        }
+    };
+    match run(cfg, listener, shutdown_token()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Keeps a broker session going, as a loop in the caller:
+///
+/// ```ignore
+/// let mut sup = Supervisor::new(&cfg.amqp, "fleet-collector", &health);
+/// while let Some(conn) = sup.connect(&token).await {
+///     let ended = session(&conn).await;
+///     if let Some(conn) = sup.ended(conn, ended, &token).await { /* drain, close */ break; }
+/// }
+/// ```
+///
+/// Connecting backs off while the broker is unreachable; a session that fails marks the
+/// broker down, is closed, and is followed by another after a backoff.
+pub struct Supervisor<'a> {
+    cfg: &'a crate::config::AmqpConfig,
+    name: String,
+    health: &'a crate::http::Health,
+    backoff: crate::amqp::Backoff,
+}
+
+impl<'a> Supervisor<'a> {
+    pub fn new(
+        cfg: &'a crate::config::AmqpConfig,
+        name: &str,
+        health: &'a crate::http::Health,
+    ) -> Self {
+        Self {
+            cfg,
+            name: name.to_owned(),
+            health,
+            backoff: crate::amqp::Backoff::default(),
+        }
+    }
+
+    /// A connection, or `None` once the token is cancelled.
+    pub async fn connect(&mut self, token: &CancellationToken) -> Option<lapin::Connection> {
+        if token.is_cancelled() {
+            return None;
+        }
+        crate::amqp::connect_with_backoff(self.cfg, &self.name, token).await
+    }
+
+    /// Takes a session's end: `Some(conn)` when it ended cleanly (shutdown: the caller
+    /// drains and closes), `None` after closing a failed one and backing off.
+    pub async fn ended<E: std::fmt::Display>(
+        &mut self,
+        conn: lapin::Connection,
+        result: Result<(), E>,
+        token: &CancellationToken,
+    ) -> Option<lapin::Connection> {
+        self.health.set_broker_up(false);
+        match result {
+            Ok(()) => Some(conn),
+            Err(e) => {
+                tracing::warn!(error = %e, "{}: broker session ended; reconnecting", self.name);
+                let _ = conn.close(200, "reconnecting".into()).await;
+                self.backoff.wait(token).await;
+                None
+            }
+        }
+    }
+}
+
+/// The start every database-backed service shares: the pool, the migrations (retried
+/// while the database is unreachable), and the health routes served on `listener`.
+/// `None` when shutdown came first.
+pub async fn start_with_db(
+    cfg: &Config,
+    token: &CancellationToken,
+) -> Result<Option<(crate::db::Pool, crate::http::Health)>, crate::db::DbError> {
+    let pool = crate::db::pool(&cfg.database)?;
+    let schema = cfg.database.schema.clone();
+    match retry("migrating the database", token, || {
+        crate::db::migrate(&pool, &schema)
+    })
+    .await
+    {
+        None => Ok(None),
+        Some(r) => {
+            r?;
+            let health = crate::http::Health::new(Some(pool.clone()));
+            Ok(Some((pool, health)))
+        }
+    }
+}

@@ -31,35 +31,19 @@ pub async fn run(
     listener: TcpListener,
     token: CancellationToken,
 ) -> Result<(), Error> {
-    let pool = db::pool(&cfg.database)?;
-    let schema = cfg.database.schema.clone();
-    match svc::retry("migrating the database", &token, || {
-        db::migrate(&pool, &schema)
-    })
-    .await
-    {
-        None => return Ok(()),
-        Some(r) => r?,
-    }
-    let health = Health::new(Some(pool.clone()));
+    let Some((pool, health)) = svc::start_with_db(&cfg, &token).await? else {
+        return Ok(());
+    };
     let server = tokio::spawn(http::serve(
         listener,
         http::health_routes(health.clone()),
         token.clone(),
     ));
-    let mut backoff = amqp::Backoff::default();
-    while !token.is_cancelled() {
-        let Some(conn) = amqp::connect_with_backoff(&cfg.amqp, "fleet-collector", &token).await
-        else {
-            break;
-        };
-        match session(&cfg, &pool, &health, &conn, &token).await {
-            Ok(()) => break,
-            Err(e) => tracing::warn!(error = %e, "collector session ended; reconnecting"),
-        }
-        health.set_broker_up(false);
-        let _ = conn.close(200, "reconnecting".into()).await;
-        if !backoff.wait(&token).await {
+    let mut sup = svc::Supervisor::new(&cfg.amqp, "fleet-collector", &health);
+    while let Some(conn) = sup.connect(&token).await {
+        let result = session(&cfg, &pool, &health, &conn, &token).await;
+        if let Some(conn) = sup.ended(conn, result, &token).await {
+            let _ = conn.close(200, "shutdown".into()).await;
             break;
         }
     }

@@ -210,17 +210,9 @@ pub async fn run(
     listener: TcpListener,
     token: CancellationToken,
 ) -> Result<(), Error> {
-    let pool = db::pool(&cfg.database)?;
-    let schema = cfg.database.schema.clone();
-    match svc::retry("migrating the database", &token, || {
-        db::migrate(&pool, &schema)
-    })
-    .await
-    {
-        None => return Ok(()),
-        Some(r) => r?,
-    }
-    let health = Health::new(Some(pool.clone()));
+    let Some((pool, health)) = svc::start_with_db(&cfg, &token).await? else {
+        return Ok(());
+    };
     let server = tokio::spawn(http::serve(
         listener,
         http::health_routes(health.clone()),
@@ -233,19 +225,11 @@ pub async fn run(
         token.clone(),
     ));
     let mut dispatcher = Dispatcher::new(cfg.clone(), pool);
-    let mut backoff = amqp::Backoff::default();
-    while !token.is_cancelled() {
-        let Some(conn) = amqp::connect_with_backoff(&cfg.amqp, "fleet-dispatcher", &token).await
-        else {
-            break;
-        };
-        match session(&mut dispatcher, &health, &conn, &wake, &token).await {
-            Ok(()) => break,
-            Err(e) => tracing::warn!(error = %e, "dispatcher session ended; reconnecting"),
-        }
-        health.set_broker_up(false);
-        let _ = conn.close(200, "reconnecting".into()).await;
-        if !backoff.wait(&token).await {
+    let mut sup = svc::Supervisor::new(&cfg.amqp, "fleet-dispatcher", &health);
+    while let Some(conn) = sup.connect(&token).await {
+        let result = session(&mut dispatcher, &health, &conn, &wake, &token).await;
+        if let Some(conn) = sup.ended(conn, result, &token).await {
+            let _ = conn.close(200, "shutdown".into()).await;
             break;
         }
     }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fleet_shared::{http, svc};
+use fleet_shared::svc;
 
 /// Hands ready tasks (highest priority, then oldest, first) to eligible executors, keeping
 /// each near capacity + window from their INFO heartbeats, and expires lost leases.
@@ -20,20 +20,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = svc::load_or_exit(&args.common);
-    http::init_tracing();
-    let listener = match svc::bind(&cfg, fleet_dispatcher::DEFAULT_ADDR).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot bind the HTTP address: {e}");
-            return ExitCode::from(svc::EXIT_BAD_CONFIG as u8);
-        }
-    };
-    match fleet_dispatcher::run(cfg, listener, svc::shutdown_token()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "dispatcher stopped");
-            ExitCode::FAILURE
-        }
-    }
+    svc::main(
+        &args.common,
+        fleet_dispatcher::DEFAULT_ADDR,
+        fleet_dispatcher::run,
+    )
+    .await
 }

@@ -17,6 +17,7 @@ use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
 use fleet_shared::id::{ExecutorId, TaskId};
 use fleet_shared::proto::{self, HeldAttempt, Info, Request, TaskResult};
+use fleet_shared::svc;
 use futures_util::StreamExt;
 use lapin::options::BasicCancelOptions;
 use lapin::Connection;
@@ -221,29 +222,16 @@ pub async fn run(
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), heartbeat_stop.clone()));
 
-    let mut backoff = amqp::Backoff::default();
-    let mut conn_slot: Option<Connection> = None;
-    while !token.is_cancelled() {
-        let Some(conn) = amqp::connect_with_backoff(
-            &cfg.amqp,
-            &format!("fleet-executor-{}", shared.me.id),
-            &token,
-        )
-        .await
-        else {
-            break;
-        };
-        match session(&shared, &health, &conn, &tracker, &token).await {
-            Ok(()) => {
-                conn_slot = Some(conn);
-                break;
-            }
-            Err(e) => tracing::warn!(error = %e, "executor session ended; reconnecting"),
+    let name = format!("fleet-executor-{}", shared.me.id);
+    let mut conn_slot = None;
+    let mut sup = svc::Supervisor::new(&cfg.amqp, &name, &health);
+    while let Some(conn) = sup.connect(&token).await {
+        let result = session(&shared, &health, &conn, &tracker, &token).await;
+        if result.is_err() {
+            shared.publisher.send_replace(None);
         }
-        shared.publisher.send_replace(None);
-        health.set_broker_up(false);
-        let _ = conn.close(200, "reconnecting".into()).await;
-        if !backoff.wait(&token).await {
+        if let Some(conn) = sup.ended(conn, result, &token).await {
+            conn_slot = Some(conn);
             break;
         }
     }

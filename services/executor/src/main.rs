@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fleet_shared::{http, svc};
+use fleet_shared::svc;
 
 /// Runs the tasks the dispatcher sends it, within its capacity, and reports results.
 #[derive(Parser)]
@@ -19,24 +19,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = svc::load_or_exit(&args.common);
-    http::init_tracing();
-    if let Err(e) = fleet_executor::Identity::from_config(&cfg) {
-        eprintln!("error: {e}");
-        return ExitCode::from(svc::EXIT_BAD_CONFIG as u8);
-    }
-    let listener = match svc::bind(&cfg, fleet_executor::DEFAULT_ADDR).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot bind the HTTP address: {e}");
-            return ExitCode::from(svc::EXIT_BAD_CONFIG as u8);
-        }
-    };
-    match fleet_executor::run(cfg, listener, svc::shutdown_token()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "executor stopped");
-            ExitCode::FAILURE
-        }
-    }
+    svc::main(
+        &args.common,
+        fleet_executor::DEFAULT_ADDR,
+        fleet_executor::run,
+    )
+    .await
 }

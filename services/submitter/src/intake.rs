@@ -16,23 +16,14 @@ use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(cfg: Config, pool: Pool, health: Health, token: CancellationToken) {
-    let mut backoff = amqp::Backoff::default();
-    while !token.is_cancelled() {
-        let Some(conn) = amqp::connect_with_backoff(&cfg.amqp, "fleet-submitter", &token).await
-        else {
-            break;
-        };
-        match session(&cfg, &pool, &health, &conn, &token).await {
-            Ok(()) => break,
-            Err(e) => tracing::warn!(error = %e, "intake session ended; reconnecting"),
-        }
-        health.set_broker_up(false);
-        let _ = conn.close(200, "reconnecting".into()).await;
-        if !backoff.wait(&token).await {
+    let mut sup = svc::Supervisor::new(&cfg.amqp, "fleet-submitter", &health);
+    while let Some(conn) = sup.connect(&token).await {
+        let result = session(&cfg, &pool, &health, &conn, &token).await;
+        if let Some(conn) = sup.ended(conn, result, &token).await {
+            let _ = conn.close(200, "shutdown".into()).await;
             break;
         }
     }
-    health.set_broker_up(false);
 }
 
 async fn session(

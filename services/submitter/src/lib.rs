@@ -5,8 +5,8 @@ mod api;
 mod intake;
 
 use fleet_shared::config::Config;
-use fleet_shared::db::{self, DbError};
-use fleet_shared::http::{self, Health};
+use fleet_shared::db::DbError;
+use fleet_shared::http;
 use fleet_shared::svc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,17 +27,9 @@ pub async fn run(
     listener: TcpListener,
     token: CancellationToken,
 ) -> Result<(), Error> {
-    let pool = db::pool(&cfg.database)?;
-    let schema = cfg.database.schema.clone();
-    match svc::retry("migrating the database", &token, || {
-        db::migrate(&pool, &schema)
-    })
-    .await
-    {
-        None => return Ok(()),
-        Some(r) => r?,
-    }
-    let health = Health::new(Some(pool.clone()));
+    let Some((pool, health)) = svc::start_with_db(&cfg, &token).await? else {
+        return Ok(());
+    };
     let intake = tokio::spawn(intake::run(
         cfg.clone(),
         pool.clone(),

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fleet_shared::{http, svc};
+use fleet_shared::svc;
 
 /// Accepts jobs (HTTP POST /v1/jobs and AMQP submit messages) and serves the HTTP API.
 #[derive(Parser)]
@@ -20,20 +20,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = svc::load_or_exit(&args.common);
-    http::init_tracing();
-    let listener = match svc::bind(&cfg, fleet_submitter::DEFAULT_ADDR).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot bind the HTTP address: {e}");
-            return ExitCode::from(svc::EXIT_BAD_CONFIG as u8);
-        }
-    };
-    match fleet_submitter::run(cfg, listener, svc::shutdown_token()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "submitter stopped");
-            ExitCode::FAILURE
-        }
-    }
+    svc::main(
+        &args.common,
+        fleet_submitter::DEFAULT_ADDR,
+        fleet_submitter::run,
+    )
+    .await
 }
