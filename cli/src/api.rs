@@ -104,6 +104,20 @@ pub struct TaskStatus {
     pub executor_id: Option<String>,
     #[serde(flatten)]
     pub end: Ending,
+    /// Every attempt, oldest first.
+    #[serde(default)]
+    pub history: Vec<AttemptStatus>,
+}
+
+/// One attempt of a task: where it ran and how it ended.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AttemptStatus {
+    pub attempt: u64,
+    pub executor_id: String,
+    pub state: String,
+    /// A lost attempt whose executor reported after all: kept, not counted.
+    #[serde(default)]
+    pub late_result: bool,
 }
 
 /// How a task (or one attempt of it) ended, as far as it is known.

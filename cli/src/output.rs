@@ -153,7 +153,32 @@ pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
             &rows,
         ));
     }
+    let retried: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.history.len() > 1)
+        .map(|t| format!("  {} {}: {}\n", t.index, t.name, render_history(&t.history)))
+        .collect();
+    if !retried.is_empty() {
+        out.push_str("\nattempts of the tasks that needed more than one:\n");
+        out.extend(retried);
+    }
     out
+}
+
+/// `#1 cpu-1 lost (late result kept, not counted) -> #2 cpu-2 succeeded`
+pub fn render_history(history: &[crate::api::AttemptStatus]) -> String {
+    history
+        .iter()
+        .map(|a| {
+            let late = if a.late_result {
+                " (late result kept, not counted)"
+            } else {
+                ""
+            };
+            format!("#{} {} {}{late}", a.attempt, a.executor_id, a.state)
+        })
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 pub fn render_results(results: &Results) -> String {
@@ -399,6 +424,28 @@ mod tests {
         assert_eq!(
             stream("stderr", "a\nb\n", true),
             "  stderr:\n    a\n    b\n    [truncated]\n"
+        );
+    }
+
+    #[test]
+    fn an_attempt_history_names_each_executor_and_the_late_result() {
+        let h = vec![
+            crate::api::AttemptStatus {
+                attempt: 1,
+                executor_id: "a".into(),
+                state: "lost".into(),
+                late_result: true,
+            },
+            crate::api::AttemptStatus {
+                attempt: 2,
+                executor_id: "b".into(),
+                state: "succeeded".into(),
+                late_result: false,
+            },
+        ];
+        assert_eq!(
+            render_history(&h),
+            "#1 a lost (late result kept, not counted) -> #2 b succeeded"
         );
     }
 }

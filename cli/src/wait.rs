@@ -181,6 +181,7 @@ mod tests {
             state: state.into(),
             attempts: 1,
             executor_id: None,
+            history: Vec::new(),
             end: Ending {
                 exit_code,
                 ..Ending::default()

@@ -456,3 +456,78 @@ impl TestFleet {
         Ok(client.query_one(sql, &[]).await?.get(0))
     }
 }
+
+/// An executor running as a real process, which a fault test can kill or stop.
+pub struct ExecutorProcess {
+    pub id: String,
+    child: tokio::process::Child,
+}
+
+impl ExecutorProcess {
+    pub fn pid(&self) -> i32 {
+        self.child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)?;
+        Ok(())
+    }
+
+    /// SIGKILL, and reap it.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+impl TestFleet {
+    /// Starts an executor as a separate process (`binary`: the path of an executor binary,
+    /// `env!("CARGO_BIN_EXE_fleet-test-executor")` in this package's tests).
+    pub fn spawn_executor_process(
+        &self,
+        binary: &str,
+        spec: ExecutorSpec,
+    ) -> Result<ExecutorProcess> {
+        let c = &self.cfg;
+        let child = tokio::process::Command::new(binary)
+            .env("FLEET_AMQP__URL", &c.amqp.url)
+            .env("FLEET_AMQP__PREFIX", &c.amqp.prefix)
+            .env("FLEET_DATABASE__URL", &c.database.url)
+            .env("FLEET_DATABASE__SCHEMA", &c.database.schema)
+            .env("FLEET_EXECUTOR__ID", &spec.id)
+            .env("FLEET_EXECUTOR__GROUPS", spec.groups.join(","))
+            .env("FLEET_EXECUTOR__LABELS", spec.labels.join(","))
+            .env("FLEET_EXECUTOR__CAPACITY", spec.capacity.to_string())
+            .env(
+                "FLEET_EXECUTOR__INFO_INTERVAL_MS",
+                c.executor.info_interval_ms.to_string(),
+            )
+            .env("FLEET_HTTP__ADDR", "127.0.0.1:0")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        Ok(ExecutorProcess { id: spec.id, child })
+    }
+
+    /// Rows of `SELECT executor_id, state FROM attempts` for one task, in attempt order.
+    pub async fn attempts_of(
+        &self,
+        task: fleet_shared::id::TaskId,
+    ) -> Result<Vec<(String, String)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT executor_id, state FROM attempts WHERE task_id = $1 ORDER BY attempt",
+                &[&task.uuid()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

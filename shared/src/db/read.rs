@@ -42,6 +42,24 @@ pub struct TaskView {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub error: Option<String>,
+    /// Every attempt, oldest first: where it ran and how it ended.
+    #[serde(default)]
+    pub history: Vec<AttemptView>,
+}
+
+/// One attempt of a task, for operators to see what happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub executor_id: String,
+    /// `assigned`, `running`, or how it ended (`succeeded`, `failed`, `timed_out`,
+    /// `spawn_failed`, `cancelled`, `lost`).
+    pub state: String,
+    pub assigned_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// A lost attempt whose executor reported a result after all: kept, not counted.
+    pub late_result: bool,
 }
 
 const LOST_ERROR: &str = "attempt lost: its executor stopped reporting before the lease ran out";
@@ -86,6 +104,31 @@ pub async fn job(
             &[&id.uuid(), &silent_after_secs, &LOST_ERROR],
         )
         .await?;
+    let mut history: std::collections::HashMap<uuid::Uuid, Vec<AttemptView>> =
+        std::collections::HashMap::new();
+    for r in client
+        .query(
+            "SELECT a.task_id, a.attempt, a.executor_id, a.state, a.assigned_at, a.started_at,
+                    a.finished_at, a.state = 'lost' AND r.task_id IS NOT NULL
+             FROM attempts a
+             JOIN tasks t ON t.id = a.task_id
+             LEFT JOIN results r ON r.task_id = a.task_id AND r.attempt = a.attempt
+             WHERE t.job_id = $1
+             ORDER BY a.task_id, a.attempt",
+            &[&id.uuid()],
+        )
+        .await?
+    {
+        history.entry(r.get(0)).or_default().push(AttemptView {
+            attempt: r.get(1),
+            executor_id: r.get(2),
+            state: r.get(3),
+            assigned_at: r.get(4),
+            started_at: r.get(5),
+            finished_at: r.get(6),
+            late_result: r.get(7),
+        });
+    }
     let mut counts = CountsView::default();
     let tasks = rows
         .iter()
@@ -99,8 +142,10 @@ pub async fn job(
                 _ => {}
             }
             let silent: bool = r.get(9);
+            let task_id: uuid::Uuid = r.get(0);
             TaskView {
-                task_id: TaskId::from_uuid(r.get(0)),
+                history: history.remove(&task_id).unwrap_or_default(),
+                task_id: TaskId::from_uuid(task_id),
                 index: r.get(1),
                 name: r.get(2),
                 state: if silent { "unknown".into() } else { state },
