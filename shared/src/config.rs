@@ -71,6 +71,9 @@ pub struct DatabaseConfig {
     /// How long a caller waits for a pooled connection before failing fast.
     pub pool_wait_ms: u64,
     pub statement_timeout_ms: u64,
+    /// A transaction left idle this long (its process frozen, say) is aborted by the
+    /// server, releasing its locks: a frozen dispatcher cannot block its successor.
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -82,6 +85,7 @@ impl Default for DatabaseConfig {
             connect_timeout_ms: 5_000,
             pool_wait_ms: 5_000,
             statement_timeout_ms: 30_000,
+            idle_in_transaction_timeout_ms: 5_000,
         }
     }
 }
@@ -122,6 +126,9 @@ pub struct DispatcherConfig {
     pub lease_timeout_secs: u64,
     /// An executor not heard from for this long gets no new work.
     pub executor_timeout_secs: u64,
+    /// How long a dispatcher's leadership lasts unless renewed (every round); a standby
+    /// takes over this long after the leader dies or freezes.
+    pub leader_ttl_secs: u64,
 }
 
 impl Default for DispatcherConfig {
@@ -131,6 +138,7 @@ impl Default for DispatcherConfig {
             tick_ms: 500,
             lease_timeout_secs: 15,
             executor_timeout_secs: 5,
+            leader_ttl_secs: 5,
         }
     }
 }
@@ -257,6 +265,9 @@ impl Config {
         }
         if self.dispatcher.tick_ms == 0 || self.executor.info_interval_ms == 0 {
             return Err(invalid("dispatcher.tick_ms", "intervals must be positive"));
+        }
+        if self.dispatcher.leader_ttl_secs == 0 {
+            return Err(invalid("dispatcher.leader_ttl_secs", "must be positive"));
         }
         if self.dispatcher.lease_timeout_secs == 0 {
             return Err(invalid("dispatcher.lease_timeout_secs", "must be positive"));

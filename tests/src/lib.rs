@@ -126,6 +126,15 @@ impl TestFleet {
     }
 
     pub async fn start_with(hint: &str, tweak: impl FnOnce(&mut Config)) -> Result<Self> {
+        Self::start_opts(hint, true, tweak).await
+    }
+
+    /// `dispatcher: false` leaves dispatching to processes the test starts itself.
+    pub async fn start_opts(
+        hint: &str,
+        dispatcher: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Self> {
         init_logging();
         let name = unique_name(hint);
         let mut cfg = test_config(&name);
@@ -147,18 +156,20 @@ impl TestFleet {
             })
             .await?,
         );
-        services.push(
-            spawn_service(
-                cfg.clone(),
-                TcpListener::bind("127.0.0.1:0").await?,
-                |c, l, t| async move {
-                    if let Err(e) = fleet_dispatcher::run(c, l, t).await {
-                        tracing::error!(error = %e, "dispatcher failed");
-                    }
-                },
-            )
-            .await?,
-        );
+        if dispatcher {
+            services.push(
+                spawn_service(
+                    cfg.clone(),
+                    TcpListener::bind("127.0.0.1:0").await?,
+                    |c, l, t| async move {
+                        if let Err(e) = fleet_dispatcher::run(c, l, t).await {
+                            tracing::error!(error = %e, "dispatcher failed");
+                        }
+                    },
+                )
+                .await?,
+            );
+        }
         services.push(
             spawn_service(
                 cfg.clone(),
@@ -457,13 +468,15 @@ impl TestFleet {
     }
 }
 
-/// An executor running as a real process, which a fault test can kill or stop.
-pub struct ExecutorProcess {
+/// A service running as a real process, which a fault test can kill or stop.
+pub struct ServiceProcess {
     pub id: String,
     child: tokio::process::Child,
+    /// Where its output (the log) goes.
+    pub log: std::path::PathBuf,
 }
 
-impl ExecutorProcess {
+impl ServiceProcess {
     pub fn pid(&self) -> i32 {
         self.child
             .id()
@@ -481,6 +494,10 @@ impl ExecutorProcess {
         self.child.kill().await?;
         Ok(())
     }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl TestFleet {
@@ -490,30 +507,82 @@ impl TestFleet {
         &self,
         binary: &str,
         spec: ExecutorSpec,
-    ) -> Result<ExecutorProcess> {
+    ) -> Result<ServiceProcess> {
+        self.spawn_process(
+            binary,
+            &spec.id,
+            &[
+                ("FLEET_EXECUTOR__ID", spec.id.clone()),
+                ("FLEET_EXECUTOR__GROUPS", spec.groups.join(",")),
+                ("FLEET_EXECUTOR__LABELS", spec.labels.join(",")),
+                ("FLEET_EXECUTOR__CAPACITY", spec.capacity.to_string()),
+            ],
+        )
+    }
+
+    /// Starts a service binary against this fleet's broker prefix and schema, with the
+    /// fleet's timing settings, its log (at info) in a file.
+    pub fn spawn_process(
+        &self,
+        binary: &str,
+        id: &str,
+        extra: &[(&str, String)],
+    ) -> Result<ServiceProcess> {
         let c = &self.cfg;
+        let d = &c.dispatcher;
+        let log = std::env::temp_dir().join(format!("{}-{id}.log", self.name));
+        let stderr = std::fs::File::create(&log)?;
         let child = tokio::process::Command::new(binary)
             .env("FLEET_AMQP__URL", &c.amqp.url)
             .env("FLEET_AMQP__PREFIX", &c.amqp.prefix)
             .env("FLEET_DATABASE__URL", &c.database.url)
             .env("FLEET_DATABASE__SCHEMA", &c.database.schema)
-            .env("FLEET_EXECUTOR__ID", &spec.id)
-            .env("FLEET_EXECUTOR__GROUPS", spec.groups.join(","))
-            .env("FLEET_EXECUTOR__LABELS", spec.labels.join(","))
-            .env("FLEET_EXECUTOR__CAPACITY", spec.capacity.to_string())
+            .env(
+                "FLEET_DATABASE__IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                c.database.idle_in_transaction_timeout_ms.to_string(),
+            )
+            .env("FLEET_DISPATCHER__TICK_MS", d.tick_ms.to_string())
+            .env(
+                "FLEET_DISPATCHER__LEASE_TIMEOUT_SECS",
+                d.lease_timeout_secs.to_string(),
+            )
+            .env(
+                "FLEET_DISPATCHER__EXECUTOR_TIMEOUT_SECS",
+                d.executor_timeout_secs.to_string(),
+            )
+            .env(
+                "FLEET_DISPATCHER__LEADER_TTL_SECS",
+                d.leader_ttl_secs.to_string(),
+            )
             .env(
                 "FLEET_EXECUTOR__INFO_INTERVAL_MS",
                 c.executor.info_interval_ms.to_string(),
             )
             .env("FLEET_HTTP__ADDR", "127.0.0.1:0")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", "info,lapin=warn")
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(stderr.try_clone()?)
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
-        Ok(ExecutorProcess { id: spec.id, child })
+        Ok(ServiceProcess {
+            id: id.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// The leader row, (holder, epoch), once some dispatcher leads.
+    pub async fn leader(&self) -> Result<Option<(String, i64)>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT holder, epoch FROM dispatcher_leader WHERE id = 1",
+                &[],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     /// Rows of `SELECT executor_id, state FROM attempts` for one task, in attempt order.

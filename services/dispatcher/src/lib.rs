@@ -36,6 +36,9 @@ pub enum Error {
     Amqp(#[from] amqp::AmqpError),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    /// Another dispatcher took over (we froze or were cut off past our lease).
+    #[error("leadership lost to another dispatcher")]
+    LostLeadership,
 }
 
 /// What one round did; the unit of observation for tests and metrics.
@@ -52,6 +55,9 @@ struct Seen {
 }
 
 pub struct Dispatcher {
+    /// Names this process in the leader row.
+    holder: String,
+    lead: Option<dispatch::Leadership>,
     cfg: Config,
     pool: Pool,
     names: Names,
@@ -63,7 +69,16 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(cfg: Config, pool: Pool) -> Self {
         let names = Names::new(&cfg.amqp.prefix);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let holder = format!(
+            "{}-{}-{}",
+            host.trim(),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
         Self {
+            holder,
+            lead: None,
             cfg,
             pool,
             names,
@@ -96,12 +111,79 @@ impl Dispatcher {
         self.cfg.dispatcher.lease_timeout_secs as f64
     }
 
+    fn leader_ttl(&self) -> f64 {
+        self.cfg.dispatcher.leader_ttl_secs as f64
+    }
+
+    /// The epoch we lead under, if we lead.
+    pub fn epoch(&self) -> Option<i64> {
+        self.lead.as_ref().map(|l| l.epoch)
+    }
+
+    /// Waits as a standby until this dispatcher leads (false: shutdown first).
+    pub async fn wait_for_leadership(&mut self, token: &CancellationToken) -> Result<bool, Error> {
+        let every = Duration::from_millis(self.cfg.dispatcher.tick_ms);
+        let mut announced = false;
+        loop {
+            let client = self.pool.get().await.map_err(DbError::from)?;
+            if let Some(lead) = dispatch::try_lead(&client, &self.holder, self.leader_ttl()).await?
+            {
+                tracing::info!(holder = %self.holder, epoch = lead.epoch, "leading");
+                metrics::gauge!("fleet_dispatcher_leader").set(1.0);
+                self.lead = Some(lead);
+                return Ok(true);
+            }
+            drop(client);
+            if !announced {
+                tracing::info!(holder = %self.holder, "standing by: another dispatcher leads");
+                metrics::gauge!("fleet_dispatcher_leader").set(0.0);
+                announced = true;
+            }
+            tokio::select! {
+                _ = token.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    fn step_down(&mut self) -> Error {
+        tracing::warn!(holder = %self.holder, "leadership lost; standing by");
+        metrics::gauge!("fleet_dispatcher_leader").set(0.0);
+        self.lead = None;
+        // What we knew of executors is rebuilt from the next INFO round if we lead again.
+        self.executors.clear();
+        self.heartbeats.clear();
+        Error::LostLeadership
+    }
+
+    /// Opens a transaction fenced by our leadership, or steps down.
+    async fn fenced<'c>(
+        &mut self,
+        client: &'c mut fleet_shared::db::Client,
+    ) -> Result<fleet_shared::db::Transaction<'c>, Error> {
+        let Some(lead) = self.lead.clone() else {
+            return Err(Error::LostLeadership);
+        };
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        if dispatch::fence(&tx, &lead).await? {
+            Ok(tx)
+        } else {
+            Err(self.step_down())
+        }
+    }
+
     pub async fn run_once(&mut self, publisher: &Publisher) -> Result<Report, Error> {
         let mut report = Report::default();
         let mut client = self.pool.get().await.map_err(DbError::from)?;
+        let Some(lead) = self.lead.clone() else {
+            return Err(Error::LostLeadership);
+        };
+        if !dispatch::renew(&client, &lead, self.leader_ttl()).await? {
+            return Err(self.step_down());
+        }
 
         if !self.heartbeats.is_empty() {
-            let tx = client.transaction().await.map_err(DbError::from)?;
+            let tx = self.fenced(&mut client).await?;
             let beats: Vec<_> = self.heartbeats.values().cloned().collect();
             dispatch::apply_infos(&tx, &beats, self.lease_secs()).await?;
             tx.commit().await.map_err(DbError::from)?;
@@ -109,7 +191,7 @@ impl Dispatcher {
             self.heartbeats.clear();
         }
 
-        let tx = client.transaction().await.map_err(DbError::from)?;
+        let tx = self.fenced(&mut client).await?;
         let settled = dispatch::sweep_leases(&tx).await?;
         tx.commit().await.map_err(DbError::from)?;
         report.lost = settled.finished.len() + settled.readied;
@@ -165,8 +247,8 @@ impl Dispatcher {
             return Ok(report);
         }
 
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let assignments = dispatch::assign(&tx, &pairs, self.lease_secs()).await?;
+        let tx = self.fenced(&mut client).await?;
+        let assignments = dispatch::assign(&tx, &pairs, self.lease_secs(), lead.epoch).await?;
         tx.commit().await.map_err(DbError::from)?;
         drop(client);
         report.assigned = assignments.len();
@@ -247,6 +329,12 @@ async fn session(
     token: &CancellationToken,
 ) -> Result<(), Error> {
     let n = d.names.clone();
+    // A standby neither consumes INFO (it would take heartbeats from the leader) nor
+    // touches the database beyond asking for leadership.
+    health.set_broker_up(true);
+    if d.lead.is_none() && !d.wait_for_leadership(token).await? {
+        return Ok(());
+    }
     let publisher = Publisher::new(conn, &d.cfg.amqp).await?;
     let ch = publisher.channel();
     amqp::declare_core(ch, &n).await?;
@@ -295,6 +383,9 @@ async fn session(
                 }
             }
             Err(Error::Amqp(e)) => return Err(e.into()),
+            // Dropping this session's consumer hands INFO back; the supervisor starts
+            // a new session, which stands by until it may lead again.
+            Err(Error::LostLeadership) => return Err(Error::LostLeadership),
             Err(e) => {
                 tracing::warn!(error = %e, "dispatch round failed; backing off");
                 if !db_backoff.wait(token).await {

@@ -12,6 +12,66 @@ use crate::group::GroupName;
 use crate::id::{ExecutorId, JobId, TaskId};
 use crate::proto::{Info, Outcome};
 
+/// This dispatcher's hold on leadership: who, and under which epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// Takes leadership if nobody holds it or the holder's lease expired (with the next
+/// epoch), or renews it if we hold it already. `None`: someone else leads.
+pub async fn try_lead(
+    client: &Client,
+    holder: &str,
+    ttl_secs: f64,
+) -> Result<Option<Leadership>, DbError> {
+    let row = client
+        .query_opt(
+            "INSERT INTO dispatcher_leader AS l (id, holder, epoch, expires_at)
+             VALUES (1, $1, 1, clock_timestamp() + make_interval(secs => $2))
+             ON CONFLICT (id) DO UPDATE
+                 SET holder = $1,
+                     epoch = CASE WHEN l.holder = $1 THEN l.epoch ELSE l.epoch + 1 END,
+                     expires_at = clock_timestamp() + make_interval(secs => $2)
+                 WHERE l.holder = $1 OR l.expires_at < clock_timestamp()
+             RETURNING epoch",
+            &[&holder, &ttl_secs],
+        )
+        .await?;
+    Ok(row.map(|r| Leadership {
+        holder: holder.to_owned(),
+        epoch: r.get(0),
+    }))
+}
+
+/// Extends our lease; false when we no longer hold it (a standby took over).
+pub async fn renew(client: &Client, lead: &Leadership, ttl_secs: f64) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE dispatcher_leader SET expires_at = clock_timestamp() + make_interval(secs => $3)
+             WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > clock_timestamp()",
+            &[&lead.holder, &lead.epoch, &ttl_secs],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The fence: holds the leader row (FOR SHARE) for the rest of the transaction if we
+/// still lead under our epoch. A takeover waits for this transaction to end; once it has
+/// happened, this finds no row and the caller writes nothing.
+pub async fn fence(tx: &Transaction<'_>, lead: &Leadership) -> Result<bool, DbError> {
+    let row = tx
+        .query_opt(
+            "SELECT 1 FROM dispatcher_leader
+             WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > clock_timestamp()
+             FOR SHARE",
+            &[&lead.holder, &lead.epoch],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
 /// Records the latest INFO of each executor and extends the lease of every attempt it
 /// reports holding, marking the ones it reports started as running. One transaction for
 /// a whole round of heartbeats.
@@ -175,6 +235,7 @@ pub async fn assign(
     tx: &Transaction<'_>,
     pairs: &[(TaskId, ExecutorId)],
     lease_secs: f64,
+    epoch: i64,
 ) -> Result<Vec<Assignment>, DbError> {
     if pairs.is_empty() {
         return Ok(Vec::new());
@@ -191,12 +252,12 @@ pub async fn assign(
                  FROM jsonb_to_recordset($1::jsonb) AS x(task_id uuid, executor_id text)
                  WHERE t.id = x.task_id AND t.state = 'ready'
                  RETURNING t.id, t.attempts, x.executor_id)
-             INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline)
+             INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline, epoch)
              SELECT id, attempts, executor_id, 'assigned',
-                    clock_timestamp() + make_interval(secs => $2)
+                    clock_timestamp() + make_interval(secs => $2), $3
              FROM picked
              RETURNING task_id, attempt, executor_id, lease_deadline",
-            &[&serde_json::Value::Array(rows), &lease_secs],
+            &[&serde_json::Value::Array(rows), &lease_secs, &epoch],
         )
         .await?;
     out.iter()

@@ -89,14 +89,20 @@ fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
     pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
     pg.keepalives(true);
     pg.options(format!(
-        "-c search_path={} -c statement_timeout={}",
-        cfg.schema, cfg.statement_timeout_ms
+        "-c search_path={} -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        cfg.schema, cfg.statement_timeout_ms, cfg.idle_in_transaction_timeout_ms
     ));
     pg.application_name("fleet");
     Ok(pg)
 }
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_init.sql")),
+    (
+        2,
+        include_str!("../../../migrations/0002_dispatcher_leader.sql"),
+    ),
+];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an
 /// advisory lock, so services starting together neither race nor half-apply.

@@ -1,0 +1,170 @@
+//! Dispatcher failover: two dispatcher processes, one leads; the standby takes over when
+//! the leader dies or freezes, and a leader that wakes up after losing its lease assigns
+//! nothing (its writes are fenced by the epoch).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use fleet_shared::id::JobId;
+use fleet_tests::{job_of, wait_for, ExecutorSpec, ServiceProcess, TestFleet};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+const DISPATCHER_BIN: &str = env!("CARGO_BIN_EXE_fleet-test-dispatcher");
+
+struct Pair {
+    fleet: TestFleet,
+    leader: ServiceProcess,
+    standby: ServiceProcess,
+    epoch: i64,
+}
+
+/// A fleet whose dispatching is done by two dispatcher processes; returns which leads.
+async fn two_dispatchers(hint: &str) -> Result<Pair> {
+    let mut fleet = TestFleet::start_opts(hint, false, |c| {
+        c.dispatcher.lease_timeout_secs = 3;
+        c.dispatcher.executor_timeout_secs = 2;
+        c.dispatcher.leader_ttl_secs = 2;
+        c.database.idle_in_transaction_timeout_ms = 2_000;
+    })
+    .await?;
+    let a = fleet.spawn_process(DISPATCHER_BIN, "dispatcher-a", &[])?;
+    let b = fleet.spawn_process(DISPATCHER_BIN, "dispatcher-b", &[])?;
+    for id in ["x-1", "x-2"] {
+        fleet
+            .add_executor(ExecutorSpec::new(id, &["cpu"], 4))
+            .await?;
+    }
+    let (holder, epoch) = wait_for("a dispatcher to lead", Duration::from_secs(30), || {
+        fleet.leader()
+    })
+    .await?;
+    let a_leads = holder.contains(&format!("-{}-", a.pid()));
+    let (leader, standby) = if a_leads { (a, b) } else { (b, a) };
+    assert!(
+        holder.contains(&format!("-{}-", leader.pid())),
+        "leader {holder} is neither process"
+    );
+    fleet.wait_executors(&["x-1", "x-2"]).await?;
+    Ok(Pair {
+        fleet,
+        leader,
+        standby,
+        epoch,
+    })
+}
+
+async fn submit_many(fleet: &TestFleet, n: usize) -> Result<Vec<JobId>> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(
+            fleet
+                .submit(&job_of(1, &["true"], json!({"group": "cpu"})))
+                .await?,
+        );
+    }
+    Ok(ids)
+}
+
+async fn all_succeed_once(fleet: &TestFleet, ids: &[JobId]) -> Result<()> {
+    for id in ids {
+        let j = fleet.wait_job(*id, Duration::from_secs(60)).await?;
+        assert_eq!(j.state, "succeeded", "job {id}");
+        assert_eq!(fleet.results(*id).await?.results.len(), 1);
+    }
+    // Exactly one deciding result per task, whatever the attempts.
+    assert_eq!(
+        fleet
+            .count("SELECT count(*) FROM tasks WHERE state <> 'succeeded' OR final_attempt IS NULL")
+            .await?,
+        0
+    );
+    Ok(())
+}
+
+async fn wait_new_epoch(fleet: &TestFleet, old: i64) -> Result<(String, i64)> {
+    wait_for(
+        "the standby to take over",
+        Duration::from_secs(30),
+        || async { Ok(fleet.leader().await?.filter(|(_, e)| *e > old)) },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_when_the_leader_is_killed() -> Result<()> {
+    let Pair {
+        fleet,
+        leader,
+        standby,
+        epoch,
+    } = two_dispatchers("killlead").await?;
+    let mut jobs = submit_many(&fleet, 50).await?;
+    let killed_at = Instant::now();
+    leader.kill().await?;
+    jobs.extend(submit_many(&fleet, 50).await?);
+    let (holder, _) = wait_new_epoch(&fleet, epoch).await?;
+    let takeover = killed_at.elapsed();
+    assert!(holder.contains(&format!("-{}-", standby.pid())));
+    all_succeed_once(&fleet, &jobs).await?;
+    eprintln!(
+        "takeover: leader killed -> standby leading in {:.1}s (leader ttl 2s)",
+        takeover.as_secs_f64()
+    );
+    standby.kill().await?;
+    fleet.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_assigns_nothing_after_it_wakes() -> Result<()> {
+    let Pair {
+        fleet,
+        leader,
+        standby,
+        epoch,
+    } = two_dispatchers("freezelead").await?;
+    let mut jobs = submit_many(&fleet, 20).await?;
+    let frozen_at = Instant::now();
+    leader.signal(Signal::SIGSTOP)?;
+    jobs.extend(submit_many(&fleet, 20).await?);
+    wait_new_epoch(&fleet, epoch).await?;
+    let takeover = frozen_at.elapsed();
+    all_succeed_once(&fleet, &jobs).await?;
+    let taken_over_at: chrono::DateTime<chrono::Utc> = fleet
+        .pool
+        .get()
+        .await?
+        .query_one("SELECT clock_timestamp()", &[])
+        .await?
+        .get(0);
+
+    leader.signal(Signal::SIGCONT)?;
+    wait_for(
+        "the woken leader to step down",
+        Duration::from_secs(30),
+        || async { Ok(leader.log_text().contains("leadership lost").then_some(())) },
+    )
+    .await?;
+    jobs.extend(submit_many(&fleet, 20).await?);
+    all_succeed_once(&fleet, &jobs).await?;
+    let client = fleet.pool.get().await?;
+    let stale: i64 = client
+        .query_one(
+            "SELECT count(*) FROM attempts WHERE epoch = $1 AND assigned_at > $2",
+            &[&epoch, &taken_over_at],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        stale, 0,
+        "the deposed leader assigned work after the takeover"
+    );
+    drop(client);
+    eprintln!(
+        "takeover: leader frozen -> standby leading in {:.1}s (leader ttl 2s)",
+        takeover.as_secs_f64()
+    );
+    leader.kill().await?;
+    standby.kill().await?;
+    fleet.shutdown().await
+}
