@@ -36,7 +36,7 @@ where
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
@@ -85,6 +85,22 @@ impl Running {
     }
 }
 
+/// Which services a [`TestFleet`] runs in-process (the submitter always does).
+#[derive(Debug, Clone, Copy)]
+pub struct InProcess {
+    pub dispatcher: bool,
+    pub collector: bool,
+}
+
+impl Default for InProcess {
+    fn default() -> Self {
+        Self {
+            dispatcher: true,
+            collector: true,
+        }
+    }
+}
+
 pub struct ExecutorSpec {
     pub id: String,
     pub groups: Vec<String>,
@@ -126,13 +142,14 @@ impl TestFleet {
     }
 
     pub async fn start_with(hint: &str, tweak: impl FnOnce(&mut Config)) -> Result<Self> {
-        Self::start_opts(hint, true, tweak).await
+        Self::start_opts(hint, InProcess::default(), tweak).await
     }
 
-    /// `dispatcher: false` leaves dispatching to processes the test starts itself.
+    /// `in_process` says which services run inside the test; the others are the test's
+    /// to start, as processes it can kill.
     pub async fn start_opts(
         hint: &str,
-        dispatcher: bool,
+        in_process: InProcess,
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self> {
         init_logging();
@@ -156,7 +173,7 @@ impl TestFleet {
             })
             .await?,
         );
-        if dispatcher {
+        if in_process.dispatcher {
             services.push(
                 spawn_service(
                     cfg.clone(),
@@ -170,18 +187,20 @@ impl TestFleet {
                 .await?,
             );
         }
-        services.push(
-            spawn_service(
-                cfg.clone(),
-                TcpListener::bind("127.0.0.1:0").await?,
-                |c, l, t| async move {
-                    if let Err(e) = fleet_collector::run(c, l, t).await {
-                        tracing::error!(error = %e, "collector failed");
-                    }
-                },
-            )
-            .await?,
-        );
+        if in_process.collector {
+            services.push(
+                spawn_service(
+                    cfg.clone(),
+                    TcpListener::bind("127.0.0.1:0").await?,
+                    |c, l, t| async move {
+                        if let Err(e) = fleet_collector::run(c, l, t).await {
+                            tracing::error!(error = %e, "collector failed");
+                        }
+                    },
+                )
+                .await?,
+            );
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
@@ -559,7 +578,7 @@ impl TestFleet {
                 c.executor.info_interval_ms.to_string(),
             )
             .env("FLEET_HTTP__ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "info,lapin=warn")
+            .env("RUST_LOG", "info,lapin=error")
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(stderr.try_clone()?)
             .stderr(stderr)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fleet_shared::id::JobId;
-use fleet_tests::{job_of, wait_for, ExecutorSpec, ServiceProcess, TestFleet};
+use fleet_tests::{job_of, wait_for, ExecutorSpec, InProcess, ServiceProcess, TestFleet};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -21,12 +21,19 @@ struct Pair {
 
 /// A fleet whose dispatching is done by two dispatcher processes; returns which leads.
 async fn two_dispatchers(hint: &str) -> Result<Pair> {
-    let mut fleet = TestFleet::start_opts(hint, false, |c| {
-        c.dispatcher.lease_timeout_secs = 3;
-        c.dispatcher.executor_timeout_secs = 2;
-        c.dispatcher.leader_ttl_secs = 2;
-        c.database.idle_in_transaction_timeout_ms = 2_000;
-    })
+    let mut fleet = TestFleet::start_opts(
+        hint,
+        InProcess {
+            dispatcher: false,
+            collector: true,
+        },
+        |c| {
+            c.dispatcher.lease_timeout_secs = 3;
+            c.dispatcher.executor_timeout_secs = 2;
+            c.dispatcher.leader_ttl_secs = 2;
+            c.database.idle_in_transaction_timeout_ms = 2_000;
+        },
+    )
     .await?;
     let a = fleet.spawn_process(DISPATCHER_BIN, "dispatcher-a", &[])?;
     let b = fleet.spawn_process(DISPATCHER_BIN, "dispatcher-b", &[])?;
