@@ -259,3 +259,79 @@ async fn the_same_idempotency_key_yields_one_job_over_either_path() -> Result<()
     assert_eq!(fleet.count("SELECT count(*) FROM tasks").await?, 4);
     fleet.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_and_jobs_are_announced_as_events_through_the_outbox() -> Result<()> {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    let mut fleet = TestFleet::start("events").await?;
+    fleet
+        .add_executor(ExecutorSpec::new("cpu-1", &["cpu"], 2))
+        .await?;
+    fleet.wait_executors(&["cpu-1"]).await?;
+    let names = fleet_shared::amqp::Names::new(&fleet.name);
+    let conn = fleet_shared::amqp::connect(&fleet.cfg.amqp, "event-listener").await?;
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        q.name().clone(),
+        names.events_exchange().as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut events = ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+
+    let id = fleet
+        .submit(&job_of(2, &["true"], json!({"group": "cpu"})))
+        .await?;
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|(e, _): &(String, Option<String>)| e == "job.succeeded")
+    {
+        let d = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("event consumer ended"))??;
+        let ev: fleet_shared::proto::Event = fleet_shared::proto::decode(&d.data)?;
+        assert_eq!(ev.job_id, id);
+        let message_id = d.properties.message_id().as_ref().map(|m| m.to_string());
+        seen.push((ev.event, message_id));
+    }
+    let finished = seen.iter().filter(|(e, _)| e == "task.finished").count();
+    assert_eq!(finished, 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|(_, m)| m.as_deref().is_some_and(|m| m.contains("-outbox-"))),
+        "{seen:?}"
+    );
+    wait_for("the outbox to drain", Duration::from_secs(10), || async {
+        Ok((fleet.count("SELECT count(*) FROM outbox").await? == 0).then_some(()))
+    })
+    .await?;
+    let _ = conn.close(200, "".into()).await;
+    fleet.shutdown().await
+}

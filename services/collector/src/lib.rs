@@ -5,12 +5,11 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-use fleet_shared::amqp::{self, Batch, Delivery, Handled, Names, Outgoing, Publisher, QueueKind};
+use fleet_shared::amqp::{self, Batch, Delivery, Handled, Names, Publisher, QueueKind};
 use fleet_shared::config::Config;
-use fleet_shared::db::{self, collect, DbError, Pool};
+use fleet_shared::db::{self, collect, outbox, DbError, Pool};
 use fleet_shared::http::{self, Health};
-use fleet_shared::proto::{self, Event, TaskResult};
+use fleet_shared::proto::{self, TaskResult};
 use fleet_shared::svc;
 use lapin::Connection;
 use tokio::net::TcpListener;
@@ -77,6 +76,7 @@ async fn session(
     let (_ch, mut consumer) =
         amqp::consume(conn, &n.results_queue(), "fleet-collector", prefetch).await?;
     health.set_broker_up(true);
+    relay(pool, &publisher, &n).await?;
     let mut give_back = amqp::Backoff::default();
     loop {
         let deliveries = match amqp::next_batch(&mut consumer, batch, linger, token).await {
@@ -91,6 +91,7 @@ async fn session(
             Handled::Publish(out) => {
                 publisher.publish_all(out).await?;
                 amqp::ack_through(last).await?;
+                relay(pool, &publisher, &n).await?;
                 give_back.reset(Duration::from_millis(100));
             }
             Handled::GiveBack => {
@@ -125,61 +126,48 @@ async fn handle_batch(
         return Handled::Publish(out);
     }
     let schema = &cfg.database.schema;
-    let settled = match svc::retry("recording results", token, || {
-        record(pool, schema, &results)
+    match svc::retry("recording results", token, || {
+        record(pool, n, schema, &results)
     })
     .await
     {
         None => return Handled::Shutdown,
-        Some(Ok(s)) => s,
+        Some(Ok(())) => {}
         Some(Err(e)) => {
             tracing::error!(error = %e, "cannot record results");
             return Handled::GiveBack;
         }
-    };
+    }
     metrics::counter!("fleet_collector_results_total").increment(results.len() as u64);
-    let now = Utc::now();
-    for (job_id, task_id, state) in &settled.finished {
-        let ev = Event {
-            event: "task.finished".into(),
-            job_id: *job_id,
-            task_id: Some(*task_id),
-            state: state.as_str().into(),
-            at: now,
-        };
-        out.push(Outgoing::new(
-            n.events_exchange(),
-            ev.event.clone(),
-            proto::encode(&ev),
-        ));
-    }
-    for (job_id, state) in &settled.jobs {
-        let ev = Event {
-            event: format!("job.{}", state.as_str()),
-            job_id: *job_id,
-            task_id: None,
-            state: state.as_str().into(),
-            at: now,
-        };
-        out.push(Outgoing::new(
-            n.events_exchange(),
-            ev.event.clone(),
-            proto::encode(&ev),
-        ));
-    }
     Handled::Publish(out)
 }
 
 async fn record(
     pool: &Pool,
+    n: &Names,
     schema: &str,
     results: &[TaskResult],
-) -> Result<collect::Settled, DbError> {
+) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let settled = collect::record_results(&tx, results).await?;
+    // The events go out if and only if this commits: through the outbox.
+    outbox::enqueue(&tx, &outbox::events(n, &settled)).await?;
     // Every recorded result frees a slot on its executor: let the dispatcher refill it.
     db::notify_wake(&tx, schema).await?;
     tx.commit().await?;
-    Ok(settled)
+    Ok(())
+}
+
+/// Publishes what the outbox holds. A database error leaves it for the next batch; a
+/// broker error ends the session.
+async fn relay(pool: &Pool, publisher: &Publisher, n: &Names) -> Result<(), amqp::AmqpError> {
+    match outbox::relay(pool, publisher, n.prefix()).await {
+        Ok(_) => Ok(()),
+        Err(outbox::RelayError::Amqp(e)) => Err(e),
+        Err(outbox::RelayError::Db(e)) => {
+            tracing::warn!(error = %e, "outbox relay postponed");
+            Ok(())
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fleet_shared::amqp::{self, keys, Names, Outgoing, Publisher, QueueKind};
 use fleet_shared::config::Config;
-use fleet_shared::db::{self, dispatch, DbError, Pool};
+use fleet_shared::db::{self, dispatch, outbox, DbError, Pool};
 use fleet_shared::http::{self, Health};
 use fleet_shared::id::ExecutorId;
 use fleet_shared::policy::{self, ExecutorView, ReadyTask};
@@ -193,7 +193,19 @@ impl Dispatcher {
 
         let tx = self.fenced(&mut client).await?;
         let settled = dispatch::sweep_leases(&tx).await?;
+        // Tasks failed as lost (and their jobs) are announced like any other outcome.
+        outbox::enqueue(&tx, &outbox::events(&self.names, &settled)).await?;
         tx.commit().await.map_err(DbError::from)?;
+        if !settled.finished.is_empty() || !settled.jobs.is_empty() {
+            match outbox::relay(&self.pool, publisher, self.names.prefix()).await {
+                Ok(_) => {}
+                Err(outbox::RelayError::Amqp(e)) => return Err(e.into()),
+                // The collector's relay, or ours next time, sends them.
+                Err(outbox::RelayError::Db(e)) => {
+                    tracing::warn!(error = %e, "outbox relay postponed")
+                }
+            }
+        }
         report.lost = settled.finished.len() + settled.readied;
         metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
 

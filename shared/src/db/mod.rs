@@ -4,6 +4,7 @@
 
 pub mod collect;
 pub mod dispatch;
+pub mod outbox;
 pub mod read;
 pub mod submit;
 
@@ -102,6 +103,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../../migrations/0002_dispatcher_leader.sql"),
     ),
+    (3, include_str!("../../../migrations/0003_outbox.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an
