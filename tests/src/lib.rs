@@ -88,6 +88,7 @@ impl Running {
 /// Which services a [`TestFleet`] runs in-process (the submitter always does).
 #[derive(Debug, Clone, Copy)]
 pub struct InProcess {
+    pub submitter: bool,
     pub dispatcher: bool,
     pub collector: bool,
 }
@@ -95,6 +96,7 @@ pub struct InProcess {
 impl Default for InProcess {
     fn default() -> Self {
         Self {
+            submitter: true,
             dispatcher: true,
             collector: true,
         }
@@ -163,16 +165,19 @@ impl TestFleet {
             .context("migrating the test schema")?;
 
         let mut services = Vec::new();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let api = format!("http://{}", listener.local_addr()?);
-        services.push(
-            spawn_service(cfg.clone(), listener, |c, l, t| async move {
-                if let Err(e) = fleet_submitter::run(c, l, t).await {
-                    tracing::error!(error = %e, "submitter failed");
-                }
-            })
-            .await?,
-        );
+        let mut api = String::new();
+        if in_process.submitter {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            api = format!("http://{}", listener.local_addr()?);
+            services.push(
+                spawn_service(cfg.clone(), listener, |c, l, t| async move {
+                    if let Err(e) = fleet_submitter::run(c, l, t).await {
+                        tracing::error!(error = %e, "submitter failed");
+                    }
+                })
+                .await?,
+            );
+        }
         if in_process.dispatcher {
             services.push(
                 spawn_service(
@@ -213,19 +218,52 @@ impl TestFleet {
             services,
             executors: BTreeMap::new(),
         };
-        let api = fleet.api.clone();
-        let http = fleet.http.clone();
-        wait_for("the submitter to be ready", Duration::from_secs(30), || {
-            let (api, http) = (api.clone(), http.clone());
-            async move {
-                Ok(match http.get(format!("{api}/readyz")).send().await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
-                })
-            }
-        })
-        .await?;
+        if in_process.submitter {
+            fleet.wait_api_ready().await?;
+        }
         Ok(fleet)
+    }
+
+    /// Waits until the submitter at `self.api` answers `/readyz` with 200.
+    pub async fn wait_api_ready(&self) -> Result<()> {
+        wait_for(
+            "the submitter to be ready",
+            Duration::from_secs(30),
+            || async {
+                Ok(
+                    match self.http.get(format!("{}/readyz", self.api)).send().await {
+                        Ok(r) if r.status().is_success() => Some(()),
+                        _ => None,
+                    },
+                )
+            },
+        )
+        .await
+    }
+
+    /// Starts a submitter process on a free port and points `self.api` at it.
+    pub async fn spawn_submitter_process(
+        &mut self,
+        binary: &str,
+        id: &str,
+    ) -> Result<ServiceProcess> {
+        let port = match self
+            .api
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+        {
+            // Restarting: the same address, as clients know it.
+            Some(p) => p,
+            None => {
+                let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+                probe.local_addr()?.port()
+            }
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let p = self.spawn_process(binary, id, &[("FLEET_HTTP__ADDR", addr.clone())])?;
+        self.api = format!("http://{addr}");
+        self.wait_api_ready().await?;
+        Ok(p)
     }
 
     pub async fn add_executor(&mut self, spec: ExecutorSpec) -> Result<()> {

@@ -24,6 +24,7 @@ async fn two_dispatchers(hint: &str) -> Result<Pair> {
     let mut fleet = TestFleet::start_opts(
         hint,
         InProcess {
+            submitter: true,
             dispatcher: false,
             collector: true,
         },
