@@ -8,8 +8,10 @@ CARGO ?= cargo
 # Number of jobs for `make bench`; extra arguments for fleet-bench go in BENCH_ARGS.
 N ?= 5000
 BENCH_ARGS ?=
+# Extra arguments for fleet-chaos (e.g. --kill-every-ms 1000 --seed 42).
+CHAOS_ARGS ?=
 
-.PHONY: help demo test lint fmt bench services status stop-services compose-check ci
+.PHONY: help demo test lint fmt bench chaos services status stop-services compose-check ci
 
 help: ## List the targets
 	@echo "Fleet make targets:"
@@ -33,6 +35,11 @@ fmt: ## Format the code (cargo fmt --all)
 bench: ## Start services, run fleet-bench in release with N jobs (make bench N=20000 BENCH_ARGS=...)
 	infra/services.sh up
 	$(CARGO) run --release -p fleet-tests --bin fleet-bench -- --jobs $(N) $(BENCH_ARGS)
+
+chaos: ## Soak: N jobs while a random service process is SIGKILLed every few seconds (CHAOS_ARGS=...)
+	infra/services.sh up
+	$(CARGO) build --release -p fleet-tests --bins
+	$(CARGO) run --release -p fleet-tests --bin fleet-chaos -- --jobs $(N) $(CHAOS_ARGS)
 
 services: ## Install/start RabbitMQ and PostgreSQL and create the database (idempotent)
 	infra/services.sh up

@@ -2,6 +2,8 @@
 //! RabbitMQ and PostgreSQL, isolated by its own prefix (exchanges, queues) and schema, so
 //! tests run in parallel. Waiting is always on a condition with a deadline.
 
+pub mod chaos;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -548,6 +550,12 @@ impl ServiceProcess {
 
     /// SIGKILL, and reap it.
     pub async fn kill(mut self) -> Result<()> {
+        self.kill_in_place().await
+    }
+
+    /// SIGKILL and reap, keeping the handle: once this returns the process is gone, and
+    /// so are its sockets, so a successor may bind the same address.
+    pub async fn kill_in_place(&mut self) -> Result<()> {
         self.child.kill().await?;
         Ok(())
     }

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fleet_tests::{job_of, wait_for, ExecutorSpec, InProcess, TestFleet};
-use nix::sys::signal::Signal;
 use serde_json::json;
 
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_fleet-test-collector");
@@ -56,8 +55,7 @@ async fn killing_the_collector_while_results_flow_loses_nothing_and_records_noth
                 },
             )
             .await?;
-            collector.signal(Signal::SIGKILL)?;
-            collector.kill().await?;
+            collector.kill_in_place().await?;
             kills += 1;
             collector =
                 fleet.spawn_process(COLLECTOR_BIN, &format!("collector-{}", kills + 1), &[])?;
@@ -191,8 +189,7 @@ async fn killing_the_submitter_while_jobs_arrive_loses_nothing_and_creates_nothi
             || async { Ok((accepted.load(Ordering::Relaxed) >= at).then_some(())) },
         )
         .await?;
-        submitter.signal(Signal::SIGKILL)?;
-        submitter.kill().await?;
+        submitter.kill_in_place().await?;
         submitter = fleet
             .spawn_submitter_process(SUBMITTER_BIN, &format!("submitter-{}", kill + 1))
             .await?;
