@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use fleet_shared::amqp::{self, Batch, Delivery, Handled, Names, Publisher, QueueKind};
+use fleet_shared::amqp::{self, Delivery, Handled, Names, Publisher, QueueKind};
 use fleet_shared::config::Config;
 use fleet_shared::db::{self, collect, outbox, DbError, Pool};
 use fleet_shared::http::{self, Health};
@@ -73,36 +73,22 @@ async fn session(
     let batch = cfg.collector.batch_size;
     let linger = Duration::from_millis(cfg.collector.linger_ms);
     let prefetch = u16::try_from(batch * 2).unwrap_or(u16::MAX);
-    let (_ch, mut consumer) =
+    let (_ch, consumer) =
         amqp::consume(conn, &n.results_queue(), "fleet-collector", prefetch).await?;
     health.set_broker_up(true);
     relay(pool, &publisher, &n).await?;
-    let mut give_back = amqp::Backoff::default();
-    loop {
-        let deliveries = match amqp::next_batch(&mut consumer, batch, linger, token).await {
-            Batch::Messages(d) => d,
-            Batch::Broken(e) => return Err(e),
-            Batch::Shutdown => return Ok(()),
-        };
-        let Some(last) = deliveries.last() else {
-            continue;
-        };
-        match handle_batch(cfg, pool, &n, &deliveries, token).await {
-            Handled::Publish(out) => {
-                publisher.publish_all(out).await?;
-                amqp::ack_through(last).await?;
-                relay(pool, &publisher, &n).await?;
-                give_back.reset(Duration::from_millis(100));
-            }
-            Handled::GiveBack => {
-                amqp::requeue_through(last).await?;
-                if !give_back.wait(token).await {
-                    return Ok(());
-                }
-            }
-            Handled::Shutdown => return Ok(()),
+    let mut batches = amqp::BatchConsumer::new(consumer, batch, linger);
+    while let Some(deliveries) = batches.next(token).await? {
+        let handled = handle_batch(cfg, pool, &n, &deliveries, token).await;
+        if !batches
+            .finish(&deliveries, handled, &publisher, token)
+            .await?
+        {
+            break;
         }
+        relay(pool, &publisher, &n).await?;
     }
+    Ok(())
 }
 
 /// Records a batch; says what to publish (events, dead letters) before the ack.

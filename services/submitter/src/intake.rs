@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet_shared::amqp::{self, Batch, Delivery, Handled, Names, Outgoing, Publisher, QueueKind};
+use fleet_shared::amqp::{self, Delivery, Handled, Names, Outgoing, Publisher, QueueKind};
 use fleet_shared::config::Config;
 use fleet_shared::db::Pool;
 use fleet_shared::db::{submit, DbError};
@@ -52,42 +52,21 @@ async fn session(
     .await?;
     let batch_size = cfg.submitter.batch_size;
     let prefetch = u16::try_from(batch_size * 2).unwrap_or(u16::MAX);
-    let (_ch, mut consumer) =
+    let (_ch, consumer) =
         amqp::consume(conn, &n.submit_queue(), "fleet-submitter", prefetch).await?;
     health.set_broker_up(true);
-    let mut give_back = amqp::Backoff::default();
-    loop {
-        let deliveries = match amqp::next_batch(
-            &mut consumer,
-            batch_size,
-            Duration::from_millis(5),
-            token,
-        )
-        .await
-        {
-            Batch::Messages(d) => d,
-            Batch::Broken(e) => return Err(e),
-            Batch::Shutdown => return Ok(()),
-        };
+    let mut batches = amqp::BatchConsumer::new(consumer, batch_size, Duration::from_millis(5));
+    while let Some(deliveries) = batches.next(token).await? {
         // A shutdown while the database is down leaves the batch unacked: redelivered later.
-        let Some(last) = deliveries.last() else {
-            continue;
-        };
-        match handle_batch(cfg, pool, &n, &deliveries, token).await {
-            Handled::Publish(out) => {
-                publisher.publish_all(out).await?;
-                amqp::ack_through(last).await?;
-                give_back.reset(Duration::from_millis(100));
-            }
-            Handled::GiveBack => {
-                amqp::requeue_through(last).await?;
-                if !give_back.wait(token).await {
-                    return Ok(());
-                }
-            }
-            Handled::Shutdown => return Ok(()),
+        let handled = handle_batch(cfg, pool, &n, &deliveries, token).await;
+        if !batches
+            .finish(&deliveries, handled, &publisher, token)
+            .await?
+        {
+            break;
         }
     }
+    Ok(())
 }
 
 fn reply_to(d: &Delivery, reply: &SubmitReply) -> Option<Outgoing> {

@@ -500,6 +500,77 @@ pub enum Handled {
     Shutdown,
 }
 
+/// The consume loop the collector and the submitter intake share, written as a
+/// `while let` in the caller:
+///
+/// ```ignore
+/// let mut batches = BatchConsumer::new(consumer, 256, linger);
+/// while let Some(deliveries) = batches.next(&token).await? {
+///     let handled = handle(&deliveries).await;
+///     if !batches.finish(&deliveries, handled, &publisher, &token).await? { break; }
+/// }
+/// ```
+pub struct BatchConsumer {
+    consumer: Consumer,
+    max: usize,
+    linger: Duration,
+    give_back: Backoff,
+}
+
+impl BatchConsumer {
+    pub fn new(consumer: Consumer, max: usize, linger: Duration) -> Self {
+        Self {
+            consumer,
+            max,
+            linger,
+            give_back: Backoff::default(),
+        }
+    }
+
+    /// The next batch; `None` on shutdown.
+    pub async fn next(
+        &mut self,
+        token: &CancellationToken,
+    ) -> Result<Option<Vec<Delivery>>, AmqpError> {
+        loop {
+            match next_batch(&mut self.consumer, self.max, self.linger, token).await {
+                Batch::Messages(d) if d.is_empty() => continue,
+                Batch::Messages(d) => return Ok(Some(d)),
+                Batch::Broken(e) => return Err(e),
+                Batch::Shutdown => return Ok(None),
+            }
+        }
+    }
+
+    /// Carries out what handling the batch came to: publish then ack, or give the batch
+    /// back and back off. Returns false when the consumer should stop (shutdown); a batch
+    /// left unacked then is redelivered.
+    pub async fn finish(
+        &mut self,
+        deliveries: &[Delivery],
+        handled: Handled,
+        publisher: &Publisher,
+        token: &CancellationToken,
+    ) -> Result<bool, AmqpError> {
+        let Some(last) = deliveries.last() else {
+            return Ok(true);
+        };
+        match handled {
+            Handled::Publish(out) => {
+                publisher.publish_all(out).await?;
+                ack_through(last).await?;
+                self.give_back.reset(Duration::from_millis(100));
+                Ok(true)
+            }
+            Handled::GiveBack => {
+                requeue_through(last).await?;
+                Ok(self.give_back.wait(token).await)
+            }
+            Handled::Shutdown => Ok(false),
+        }
+    }
+}
+
 /// A dead letter: the original body, with why it was refused in its headers.
 pub fn dead_letter(n: &Names, d: &Delivery, source: &str, reason: &str, detail: &str) -> Outgoing {
     let mut headers = d.properties.headers().clone().unwrap_or_default();
