@@ -80,10 +80,7 @@ async fn session(
     let mut batches = amqp::BatchConsumer::new(consumer, batch, linger);
     while let Some(deliveries) = batches.next(token).await? {
         let handled = handle_batch(cfg, pool, &n, &deliveries, token).await;
-        if !batches
-            .finish(&deliveries, handled, &publisher, token)
-            .await?
-        {
+        if !batches.finish(&deliveries, handled, &publisher).await? {
             break;
         }
         relay(pool, &publisher, &n).await?;
@@ -102,9 +99,13 @@ async fn handle_batch(
     let source = n.results_queue();
     let mut out = Vec::new();
     let mut results = Vec::with_capacity(deliveries.len());
+    let mut sources = Vec::with_capacity(deliveries.len());
     for d in deliveries {
         match proto::decode::<TaskResult>(&d.data) {
-            Ok(r) => results.push(r),
+            Ok(r) => {
+                results.push(r);
+                sources.push(d);
+            }
             Err(e) => out.push(amqp::dead_letter(n, d, &source, e.reason(), &e.to_string())),
         }
     }
@@ -119,9 +120,37 @@ async fn handle_batch(
     {
         None => return Handled::Shutdown,
         Some(Ok(())) => {}
+        Some(Err(e)) if results.len() == 1 => {
+            // It fails alone, and not for a passing reason: it would fail every time.
+            out.push(amqp::dead_letter(
+                n,
+                sources[0],
+                &source,
+                "rejected_by_database",
+                &e.to_string(),
+            ));
+        }
         Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot record results");
-            return Handled::GiveBack;
+            // One bad result must not take its batch down with it: record them one by
+            // one, and dead-letter only what fails alone.
+            tracing::warn!(error = %e, "a batch of results was refused; recording them one by one");
+            for (r, d) in results.iter().zip(&sources) {
+                match svc::retry("recording a result", token, || {
+                    record(pool, n, schema, std::slice::from_ref(r))
+                })
+                .await
+                {
+                    None => return Handled::Shutdown,
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => out.push(amqp::dead_letter(
+                        n,
+                        d,
+                        &source,
+                        "rejected_by_database",
+                        &e.to_string(),
+                    )),
+                }
+            }
         }
     }
     metrics::counter!("fleet_collector_results_total").increment(results.len() as u64);

@@ -59,10 +59,7 @@ async fn session(
     while let Some(deliveries) = batches.next(token).await? {
         // A shutdown while the database is down leaves the batch unacked: redelivered later.
         let handled = handle_batch(cfg, pool, &n, &deliveries, token).await;
-        if !batches
-            .finish(&deliveries, handled, &publisher, token)
-            .await?
-        {
+        if !batches.finish(&deliveries, handled, &publisher).await? {
             break;
         }
     }
@@ -134,21 +131,51 @@ async fn handle_batch(
     }
     if !jobs.is_empty() {
         let schema = &cfg.database.schema;
-        let tickets = match svc::retry("recording submitted jobs", token, || {
+        let mut tickets = Vec::with_capacity(jobs.len());
+        match svc::retry("recording submitted jobs", token, || {
             insert(pool, schema, &jobs)
         })
         .await
         {
             None => return Handled::Shutdown,
-            Some(Ok(t)) => t,
+            Some(Ok(t)) => tickets = t.into_iter().map(Some).collect(),
             Some(Err(e)) => {
-                // Permanent database errors are not the publisher's fault; keep the
-                // messages (redelivery, then the delivery limit) rather than lose them.
-                tracing::error!(error = %e, "cannot record submitted jobs");
-                return Handled::GiveBack;
+                // One bad submission must not take its batch down with it: record them
+                // one by one; what fails alone is refused (reply and dead letter).
+                tracing::warn!(error = %e, "a batch of submissions was refused; recording them one by one");
+                for (job, d) in jobs.iter().zip(&accepted_from) {
+                    let one = std::slice::from_ref(job);
+                    match svc::retry("recording a submitted job", token, || {
+                        insert(pool, schema, one)
+                    })
+                    .await
+                    {
+                        None => return Handled::Shutdown,
+                        Some(Ok(t)) => tickets.push(t.into_iter().next()),
+                        Some(Err(e)) => {
+                            out.push(amqp::dead_letter(
+                                n,
+                                d,
+                                &source,
+                                "rejected_by_database",
+                                &e.to_string(),
+                            ));
+                            out.extend(reply_to(
+                                d,
+                                &rejection(
+                                    "internal",
+                                    "the job could not be recorded".into(),
+                                    None,
+                                ),
+                            ));
+                            tickets.push(None);
+                        }
+                    }
+                }
             }
-        };
+        }
         for (d, t) in accepted_from.iter().zip(tickets) {
+            let Some(t) = t else { continue };
             metrics::counter!("fleet_submitter_jobs_total", "via" => "amqp", "created" => t.created.to_string())
                 .increment(1);
             out.extend(reply_to(

@@ -479,23 +479,10 @@ pub async fn ack_through(last: &Delivery) -> Result<(), AmqpError> {
     Ok(())
 }
 
-/// Returns every delivery up to and including `last` to its queue. On a quorum queue each
-/// return counts toward the delivery limit, after which the message is dead-lettered.
-pub async fn requeue_through(last: &Delivery) -> Result<(), AmqpError> {
-    let opts = lapin::options::BasicNackOptions {
-        multiple: true,
-        requeue: true,
-    };
-    deadline("basic.nack", DECLARE_TIMEOUT, last.acker.nack(opts)).await?;
-    Ok(())
-}
-
 /// What handling a batch came to.
 pub enum Handled {
     /// Done: publish these (replies, events, dead letters), then ack the batch.
     Publish(Vec<Outgoing>),
-    /// Could not be done for good (a permanent error): requeue the batch and back off.
-    GiveBack,
     /// Shutting down: leave the batch unacked; the broker redelivers it.
     Shutdown,
 }
@@ -507,14 +494,13 @@ pub enum Handled {
 /// let mut batches = BatchConsumer::new(consumer, 256, linger);
 /// while let Some(deliveries) = batches.next(&token).await? {
 ///     let handled = handle(&deliveries).await;
-///     if !batches.finish(&deliveries, handled, &publisher, &token).await? { break; }
+///     if !batches.finish(&deliveries, handled, &publisher).await? { break; }
 /// }
 /// ```
 pub struct BatchConsumer {
     consumer: Consumer,
     max: usize,
     linger: Duration,
-    give_back: Backoff,
 }
 
 impl BatchConsumer {
@@ -523,7 +509,6 @@ impl BatchConsumer {
             consumer,
             max,
             linger,
-            give_back: Backoff::default(),
         }
     }
 
@@ -542,15 +527,13 @@ impl BatchConsumer {
         }
     }
 
-    /// Carries out what handling the batch came to: publish then ack, or give the batch
-    /// back and back off. Returns false when the consumer should stop (shutdown); a batch
-    /// left unacked then is redelivered.
+    /// Carries out what handling the batch came to: publish, then ack. Returns false when
+    /// the consumer should stop (shutdown); a batch left unacked then is redelivered.
     pub async fn finish(
         &mut self,
         deliveries: &[Delivery],
         handled: Handled,
         publisher: &Publisher,
-        token: &CancellationToken,
     ) -> Result<bool, AmqpError> {
         let Some(last) = deliveries.last() else {
             return Ok(true);
@@ -559,12 +542,7 @@ impl BatchConsumer {
             Handled::Publish(out) => {
                 publisher.publish_all(out).await?;
                 ack_through(last).await?;
-                self.give_back.reset(Duration::from_millis(100));
                 Ok(true)
-            }
-            Handled::GiveBack => {
-                requeue_through(last).await?;
-                Ok(self.give_back.wait(token).await)
             }
             Handled::Shutdown => Ok(false),
         }
