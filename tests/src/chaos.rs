@@ -188,10 +188,18 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport> {
                     .spawn_submitter_process(&sub_bin, &format!("submitter-{kills}"))
                     .await?
             }
-            "executor" => fleet.spawn_executor_process(
-                &exec_bin,
-                ExecutorSpec::new(&m.id, &["cpu"], opts.capacity),
-            )?,
+            "executor" => {
+                // On odd-numbered kills the machine "never comes back": its
+                // replacement has a new id, and the work left in the old one's queue is
+                // recovered only through its leases (lost attempts, retried elsewhere).
+                if kills % 2 == 1 {
+                    m.id = format!("{}-r{kills}", m.id);
+                }
+                fleet.spawn_executor_process(
+                    &exec_bin,
+                    ExecutorSpec::new(&m.id, &["cpu"], opts.capacity),
+                )?
+            }
             "dispatcher" => fleet.spawn_process(&disp_bin, &format!("{}-{kills}", m.id), &[])?,
             _ => fleet.spawn_process(&coll_bin, &format!("collector-{kills}"), &[])?,
         };

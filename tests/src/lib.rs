@@ -137,6 +137,8 @@ pub struct TestFleet {
     pub pool: Pool,
     services: Vec<Running>,
     executors: BTreeMap<String, Running>,
+    /// Ids of executors started as processes, whose queues shutdown removes too.
+    process_executors: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestFleet {
@@ -219,6 +221,7 @@ impl TestFleet {
             pool,
             services,
             executors: BTreeMap::new(),
+            process_executors: std::sync::Mutex::default(),
         };
         if in_process.submitter {
             fleet.wait_api_ready().await?;
@@ -357,7 +360,7 @@ impl TestFleet {
     /// Stops every service, then removes the test's schema and broker objects. Called at
     /// the end of a passing test; a failing one leaves them to inspect.
     pub async fn shutdown(mut self) -> Result<()> {
-        let executors: Vec<String> = self.executors.keys().cloned().collect();
+        let mut executors: Vec<String> = self.executors.keys().cloned().collect();
         for id in &executors {
             self.stop_executor(id).await;
         }
@@ -368,6 +371,9 @@ impl TestFleet {
         client
             .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
             .await?;
+        if let Ok(ids) = self.process_executors.lock() {
+            executors.extend(ids.iter().cloned());
+        }
         cleanup_broker(&self.cfg, &executors).await
     }
 }
@@ -573,6 +579,9 @@ impl TestFleet {
         binary: &str,
         spec: ExecutorSpec,
     ) -> Result<ServiceProcess> {
+        if let Ok(mut ids) = self.process_executors.lock() {
+            ids.push(spec.id.clone());
+        }
         self.spawn_process(
             binary,
             &spec.id,
