@@ -335,3 +335,47 @@ async fn finished_tasks_and_jobs_are_announced_as_events_through_the_outbox() ->
     let _ = conn.close(200, "".into()).await;
     fleet.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_database_pool_fails_fast_with_503_instead_of_hanging() -> Result<()> {
+    // One pooled connection, and callers wait at most 300 ms for it.
+    let fleet = TestFleet::start_with("pool", |c| {
+        c.database.pool_size = 1;
+        c.database.pool_wait_ms = 300;
+    })
+    .await?;
+    // Hold the jobs table so that a submission keeps the submitter's only connection busy.
+    let mut client = fleet.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    let job = job_of(1, &["true"], json!({}));
+    let first = {
+        let (http, api, job) = (fleet.http.clone(), fleet.api.clone(), job.clone());
+        tokio::spawn(async move { http.post(format!("{api}/v1/jobs")).json(&job).send().await })
+    };
+    // Wait until that submission is blocked on the lock, holding the connection.
+    wait_for("the first submission to hold the connection", Duration::from_secs(10), || async {
+        let n: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO jobs%'",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok((n > 0).then_some(()))
+    })
+    .await?;
+    let asked = std::time::Instant::now();
+    let (status, body) = fleet.post_job(&job, None).await?;
+    let took = asked.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    // Released, the first submission completes: it was delayed, not lost.
+    tx.rollback().await?;
+    let resp = first.await??;
+    assert_eq!(resp.status().as_u16(), 201);
+    drop(client);
+    fleet.shutdown().await
+}
