@@ -177,7 +177,7 @@ async fn record(
 /// Publishes what the outbox holds. A database error leaves it for the next batch; a
 /// broker error ends the session.
 async fn relay(pool: &Pool, publisher: &Publisher, n: &Names) -> Result<(), amqp::AmqpError> {
-    match outbox::relay(pool, publisher, n.prefix()).await {
+    match outbox::relay(pool, publisher, n.prefix(), None).await {
         Ok(_) => Ok(()),
         Err(outbox::RelayError::Amqp(e)) => Err(e),
         Err(outbox::RelayError::Db(e)) => {

@@ -89,6 +89,12 @@ impl Dispatcher {
 
     /// Takes an INFO heartbeat into account (recorded at the next round).
     pub fn heard(&mut self, info: Info) {
+        // A heartbeat that waited in the queue (through a dispatcher outage, say) says
+        // nothing about whether its executor is alive now.
+        let age = Utc::now().signed_duration_since(info.sent_at);
+        if age > chrono::Duration::seconds(self.cfg.dispatcher.executor_timeout_secs as i64) {
+            return;
+        }
         let newer = self
             .executors
             .get(&info.executor_id)
@@ -183,12 +189,14 @@ impl Dispatcher {
         }
 
         if !self.heartbeats.is_empty() {
+            // Taken out first: heartbeats are ephemeral, and a batch the database
+            // refuses must not stand in front of every later round (the next INFO comes
+            // within a second).
+            let beats: Vec<_> = std::mem::take(&mut self.heartbeats).into_values().collect();
             let tx = self.fenced(&mut client).await?;
-            let beats: Vec<_> = self.heartbeats.values().cloned().collect();
             dispatch::apply_infos(&tx, &beats, self.lease_secs()).await?;
             tx.commit().await.map_err(DbError::from)?;
-            report.heartbeats = self.heartbeats.len();
-            self.heartbeats.clear();
+            report.heartbeats = beats.len();
         }
 
         let tx = self.fenced(&mut client).await?;
@@ -197,7 +205,9 @@ impl Dispatcher {
         outbox::enqueue(&tx, &outbox::events(&self.names, &settled)).await?;
         tx.commit().await.map_err(DbError::from)?;
         if !settled.finished.is_empty() || !settled.jobs.is_empty() {
-            match outbox::relay(&self.pool, publisher, self.names.prefix()).await {
+            // One batch at most: the collector drains any backlog, and a long relay here
+            // would outlast our leadership lease.
+            match outbox::relay(&self.pool, publisher, self.names.prefix(), Some(1)).await {
                 Ok(_) => {}
                 Err(outbox::RelayError::Amqp(e)) => return Err(e.into()),
                 // The collector's relay, or ours next time, sends them.

@@ -43,6 +43,14 @@ pub async fn record_results(
     if results.is_empty() {
         return Ok(Settled::default());
     }
+    // An executor restarted under its id may rerun an attempt and report it twice; two
+    // rows for one attempt in one statement would let the stored result and the closed
+    // attempt disagree. The first one reported is the one kept, as ON CONFLICT does.
+    let mut seen = std::collections::HashSet::new();
+    let results: Vec<&TaskResult> = results
+        .iter()
+        .filter(|r| seen.insert((r.task_id, r.attempt)))
+        .collect();
     let rows: Vec<_> = results
         .iter()
         .map(|r| {

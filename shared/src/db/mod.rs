@@ -48,8 +48,10 @@ impl Transience for DbError {
                 e.is_closed()
                     || e.code().is_none_or(|c| {
                         let c = c.code();
+                        // 57014 is our own statement_timeout: the same statement
+                        // would time out again, so it is not worth repeating as is.
                         c.starts_with("08")
-                            || c.starts_with("57")
+                            || (c.starts_with("57") && c != "57014")
                             || c.starts_with("53")
                             || c == "40001"
                             || c == "40P01"
@@ -88,7 +90,12 @@ fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
         .parse()
         .map_err(|e: tokio_postgres::Error| DbError::Build(e.to_string()))?;
     pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+    // statement_timeout runs on the server and cannot see a half-open connection (a
+    // partition, a lost host); TCP keepalives find one in about 20 seconds.
     pg.keepalives(true);
+    pg.keepalives_idle(Duration::from_secs(10));
+    pg.keepalives_interval(Duration::from_secs(5));
+    pg.keepalives_retries(2);
     pg.options(format!(
         "-c search_path={} -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
         cfg.schema, cfg.statement_timeout_ms, cfg.idle_in_transaction_timeout_ms

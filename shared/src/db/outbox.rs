@@ -79,11 +79,23 @@ const RELAY_BATCH: i64 = 500;
 
 /// Publishes and deletes what the outbox holds, oldest first, until it is empty. Rows
 /// another relay holds are skipped (SKIP LOCKED), so relays run side by side.
-pub async fn relay(pool: &Pool, publisher: &Publisher, prefix: &str) -> Result<usize, RelayError> {
+/// `max_batches`: stop after that many batches (None: until empty).
+pub async fn relay(
+    pool: &Pool,
+    publisher: &Publisher,
+    prefix: &str,
+    max_batches: Option<usize>,
+) -> Result<usize, RelayError> {
     let mut sent = 0;
-    loop {
+    for _ in 0..max_batches.unwrap_or(usize::MAX) {
         let mut client = pool.get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
+        // The transaction stays open across the publish and its confirms, which may
+        // take up to the confirm deadline: longer than the pool's idle-in-transaction
+        // limit, which would otherwise abort it and make the rows go out again.
+        tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")
+            .await
+            .map_err(DbError::from)?;
         let rows = tx
             .query(
                 "SELECT id, exchange, routing_key, payload FROM outbox
@@ -115,4 +127,5 @@ pub async fn relay(pool: &Pool, publisher: &Publisher, prefix: &str) -> Result<u
         sent += ids.len();
         metrics::counter!("fleet_outbox_relayed_total").increment(ids.len() as u64);
     }
+    Ok(sent)
 }
