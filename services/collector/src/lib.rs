@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use fleet_shared::amqp::{self, Delivery, Handled, Names, Publisher, QueueKind};
+use fleet_shared::amqp::{self, Delivery, Handled, Names, Publisher};
 use fleet_shared::config::Config;
 use fleet_shared::db::{self, collect, outbox, DbError, Pool};
 use fleet_shared::http::{self, Health};
@@ -62,9 +62,9 @@ async fn session(
     let publisher = Publisher::new(conn, &cfg.amqp).await?;
     let ch = publisher.channel();
     amqp::declare_core(ch, &n).await?;
-    amqp::declare_queue(ch, &n.results_queue(), QueueKind::Quorum, Some(&n.dlx())).await?;
-    amqp::bind_queue(
+    amqp::declare_shared_queue(
         ch,
+        &n,
         &n.results_queue(),
         &n.root_exchange(),
         amqp::keys::ANY_RESULT,

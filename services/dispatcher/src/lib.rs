@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fleet_shared::amqp::{self, keys, Names, Outgoing, Publisher, QueueKind};
+use fleet_shared::amqp::{self, keys, Names, Outgoing, Publisher};
 use fleet_shared::config::Config;
 use fleet_shared::db::{self, dispatch, outbox, DbError, Pool};
 use fleet_shared::http::{self, Health};
@@ -360,8 +360,7 @@ async fn session(
     let publisher = Publisher::new(conn, &d.cfg.amqp).await?;
     let ch = publisher.channel();
     amqp::declare_core(ch, &n).await?;
-    amqp::declare_queue(ch, &n.info_queue(), QueueKind::Quorum, Some(&n.dlx())).await?;
-    amqp::bind_queue(ch, &n.info_queue(), &n.root_exchange(), keys::ANY_INFO).await?;
+    amqp::declare_shared_queue(ch, &n, &n.info_queue(), &n.root_exchange(), keys::ANY_INFO).await?;
     let (_ch, mut consumer) = amqp::consume(conn, &n.info_queue(), "fleet-dispatcher", 512).await?;
     health.set_broker_up(true);
     let mut tick = tokio::time::interval(Duration::from_millis(d.cfg.dispatcher.tick_ms));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet_shared::amqp::{self, Delivery, Handled, Names, Outgoing, Publisher, QueueKind};
+use fleet_shared::amqp::{self, Delivery, Handled, Names, Outgoing, Publisher};
 use fleet_shared::config::Config;
 use fleet_shared::db::Pool;
 use fleet_shared::db::{submit, DbError};
@@ -36,15 +36,9 @@ async fn session(
     let n = Names::new(&cfg.amqp.prefix);
     let publisher = Publisher::new(conn, &cfg.amqp).await?;
     amqp::declare_core(publisher.channel(), &n).await?;
-    amqp::declare_queue(
+    amqp::declare_shared_queue(
         publisher.channel(),
-        &n.submit_queue(),
-        QueueKind::Quorum,
-        Some(&n.dlx()),
-    )
-    .await?;
-    amqp::bind_queue(
-        publisher.channel(),
+        &n,
         &n.submit_queue(),
         &n.submit_exchange(),
         "#",

@@ -271,6 +271,19 @@ pub async fn bind_queue(
     .await
 }
 
+/// A queue shared by competing consumers (dispatcher INFO, collector results, submit
+/// intake): quorum, dead-lettering to `<prefix>.dlx`, bound on `exchange` with `key`.
+pub async fn declare_shared_queue(
+    ch: &Channel,
+    n: &Names,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), AmqpError> {
+    declare_queue(ch, queue, QueueKind::Quorum, Some(&n.dlx())).await?;
+    bind_queue(ch, queue, exchange, key).await
+}
+
 /// An executor's queue: bound on each of its groups for its own requests and control
 /// messages, and for control messages to everyone in the group.
 pub async fn declare_executor_queue(
