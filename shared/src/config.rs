@@ -104,6 +104,11 @@ pub struct SubmitterConfig {
     pub max_body_bytes: usize,
     /// Submit messages handled per database transaction.
     pub batch_size: usize,
+    /// Whether `POST /v1/jobs` accepts jobs while the submitter has no broker
+    /// connection. Off by default: the client gets a 503 and retries, so it knows at once
+    /// that the fleet cannot run work now. On, jobs are recorded (they need only
+    /// PostgreSQL) and run once the broker is back.
+    pub accept_without_broker: bool,
 }
 
 impl Default for SubmitterConfig {
@@ -111,6 +116,7 @@ impl Default for SubmitterConfig {
         Self {
             max_body_bytes: 16 * 1024 * 1024,
             batch_size: 64,
+            accept_without_broker: false,
         }
     }
 }

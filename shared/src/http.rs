@@ -36,8 +36,12 @@ impl Health {
         self.broker_up.store(up, Ordering::Relaxed);
     }
 
+    pub fn broker_up(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+    }
+
     async fn check(&self) -> Result<(), String> {
-        if !self.broker_up.load(Ordering::Relaxed) {
+        if !self.broker_up() {
             return Err("broker not connected".into());
         }
         if let Some(pool) = &self.db {

@@ -12,7 +12,7 @@ use fleet_shared::config::Config;
 use fleet_shared::db::Pool;
 use fleet_shared::db::{read, submit, DbError};
 use fleet_shared::error::Transience;
-use fleet_shared::http::error_response;
+use fleet_shared::http::{error_response, Health};
 use fleet_shared::id::JobId;
 use fleet_shared::job::{FieldError, JobSpec};
 
@@ -25,15 +25,20 @@ struct Inner {
     max_body: usize,
     /// An executor silent this long shows as not alive, its tasks as `unknown`.
     silent_after_secs: f64,
+    /// The broker connection's state, kept by the intake.
+    health: Health,
+    accept_without_broker: bool,
 }
 
 impl AppState {
-    pub fn new(cfg: &Config, pool: Pool) -> Self {
+    pub fn new(cfg: &Config, pool: Pool, health: Health) -> Self {
         Self(Arc::new(Inner {
             pool,
             schema: cfg.database.schema.clone(),
             max_body: cfg.submitter.max_body_bytes,
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
+            health,
+            accept_without_broker: cfg.submitter.accept_without_broker,
         }))
     }
 }
@@ -56,6 +61,9 @@ pub enum ApiError {
     Invalid(FieldError),
     #[error("no such {0}")]
     NotFound(&'static str),
+    /// A dependency other than the database is down; the client should retry.
+    #[error("{0} is unavailable")]
+    Unavailable(&'static str),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -75,6 +83,17 @@ impl IntoResponse for ApiError {
                 format!("no such {what}"),
                 None,
             ),
+            Self::Unavailable(what) => {
+                let mut r = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("{what} is unavailable; retry later"),
+                    None,
+                );
+                r.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, 1.into());
+                r
+            }
             Self::Db(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "database unavailable");
                 error_response(
@@ -125,6 +144,12 @@ async fn submit_job(
 ) -> Result<Response, ApiError> {
     let spec = parse_job(&body).map_err(ApiError::Invalid)?;
     let job = spec.validate().map_err(ApiError::Invalid)?;
+    // A valid job the fleet cannot start now is refused, not parked: the client is told
+    // at once and retries (unless the operator chose to accept without a broker).
+    if !s.0.accept_without_broker && !s.0.health.broker_up() {
+        metrics::counter!("fleet_submitter_refused_total", "reason" => "broker_down").increment(1);
+        return Err(ApiError::Unavailable("the message broker"));
+    }
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Some(k.to_owned()),

@@ -36,7 +36,8 @@ pub async fn run(
         health.clone(),
         token.clone(),
     ));
-    let router = api::router(api::AppState::new(&cfg, pool)).merge(http::health_routes(health));
+    let router = api::router(api::AppState::new(&cfg, pool, health.clone()))
+        .merge(http::health_routes(health));
     let served = http::serve(listener, router, token.clone()).await;
     token.cancel();
     let _ = intake.await;
