@@ -218,6 +218,13 @@ export FLEET_AMQP__PREFIX="$PREFIX"
 export FLEET_DATABASE__URL="postgres://postgres@127.0.0.1:5432/fleet"
 export FLEET_DATABASE__SCHEMA="public"
 export FLEET_ADDR="http://127.0.0.1:$PORT_BASE"
+# The API wants a bearer token: the submitter's bootstrap admin token, which fleetctl
+# sends as FLEET_TOKEN. A fresh random one per demo unless one is given.
+if [[ -z "${FLEET_AUTH__ADMIN_TOKEN:-}" ]]; then
+    FLEET_AUTH__ADMIN_TOKEN="demo-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+fi
+export FLEET_AUTH__ADMIN_TOKEN
+export FLEET_TOKEN="$FLEET_AUTH__ADMIN_TOKEN"
 say "AMQP prefix '$PREFIX', database fleet (schema public), API $FLEET_ADDR"
 
 start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE"
@@ -294,7 +301,7 @@ fi
 JOB_ID=""
 mapfile -t uuids < <(grep -oiE '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}' "$SUBMIT_OUT" | awk '!seen[$0]++')
 for id in "${uuids[@]}"; do
-    if http_ok "$FLEET_ADDR/v1/jobs/$id" 2>/dev/null; then
+    if "$FLEETCTL" status "$id" >/dev/null 2>&1; then
         JOB_ID="$id"
         break
     fi

@@ -35,6 +35,18 @@ pub struct Config {
     pub dispatcher: DispatcherConfig,
     pub executor: ExecutorConfig,
     pub collector: CollectorConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may use the HTTP API (the submitter reads this section).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The bootstrap administrator's bearer token (at least 16 characters), from which
+    /// the other tokens are made (`fleetctl token create`). Required unless `disabled`.
+    pub admin_token: Option<String>,
+    /// Serve the API to anyone, as an administrator. Only for a trusted network.
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,6 +307,22 @@ impl Config {
         Ok(())
     }
 
+    /// What only the API server needs: a way to authenticate its administrator.
+    pub fn validate_auth(&self) -> Result<(), ConfigError> {
+        match &self.auth.admin_token {
+            Some(t) if t.trim().len() < 16 => Err(invalid(
+                "auth.admin_token",
+                "must be at least 16 characters",
+            )),
+            None if !self.auth.disabled => Err(invalid(
+                "auth.admin_token",
+                "is not set: set FLEET_AUTH__ADMIN_TOKEN to a secret of at least 16 \
+                 characters (or auth.disabled = true, only on a trusted network)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn executor_groups(&self) -> Result<Vec<GroupName>, ConfigError> {
         let mut groups = Vec::new();
         for g in &self.executor.groups {
@@ -332,6 +360,9 @@ impl Config {
         let mut c = self.clone();
         c.amqp.url = redact_url(&c.amqp.url);
         c.database.url = redact_url(&c.database.url);
+        if c.auth.admin_token.is_some() {
+            c.auth.admin_token = Some("***".into());
+        }
         serde_json::to_value(&c).unwrap_or_default()
     }
 }

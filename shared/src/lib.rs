@@ -3,6 +3,7 @@
 //! speak to PostgreSQL, RabbitMQ and HTTP.
 
 pub mod amqp;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -22,9 +22,13 @@ pub struct CommonArgs {
     pub print_config: bool,
 }
 
-/// Loads the configuration or exits the process with a clear message.
-pub fn load_or_exit(args: &CommonArgs) -> Config {
-    match Config::from_process_env(args.config.as_deref()) {
+/// Loads the configuration or exits the process with a clear message. `check` adds the
+/// service's own requirements.
+pub fn load_or_exit(
+    args: &CommonArgs,
+    check: fn(&Config) -> Result<(), crate::config::ConfigError>,
+) -> Config {
+    match Config::from_process_env(args.config.as_deref()).and_then(|c| check(&c).map(|()| c)) {
         Ok(cfg) => {
             if args.print_config {
                 println!(
@@ -101,7 +105,22 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let cfg = load_or_exit(common);
+    main_checked(common, default_addr, |_| Ok(()), run).await
+}
+
+/// [`main`] with a service-specific configuration check (exit 64 when it fails).
+pub async fn main_checked<F, Fut, E>(
+    common: &CommonArgs,
+    default_addr: &str,
+    check: fn(&Config) -> Result<(), crate::config::ConfigError>,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(Config, tokio::net::TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let cfg = load_or_exit(common, check);
     crate::http::init_tracing();
     let listener = match bind(&cfg, default_addr).await {
         Ok(l) => l,

@@ -72,6 +72,7 @@ pub fn test_config(name: &str) -> Config {
     cfg.dispatcher.tick_ms = 100;
     cfg.executor.info_interval_ms = 200;
     cfg.executor.drain_timeout_secs = 5;
+    cfg.auth.admin_token = Some(format!("admin-token-of-{name}"));
     cfg
 }
 
@@ -210,9 +211,7 @@ impl TestFleet {
                 .await?,
             );
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
+        let http = client_with_token(cfg.auth.admin_token.as_deref())?;
         let fleet = Self {
             name,
             cfg,
@@ -426,6 +425,21 @@ async fn cleanup_broker(cfg: &Config, executors: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// An HTTP client that sends `token` (if any) as its bearer token, with a 10 s deadline.
+pub fn client_with_token(token: Option<&str>) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?,
+        );
+    }
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()?)
+}
+
 /// A job of `n` tasks each running `argv`.
 pub fn job_of(n: usize, argv: &[&str], extra: Value) -> Value {
     let tasks: Vec<Value> = (0..n)
@@ -633,6 +647,10 @@ impl TestFleet {
                 c.executor.info_interval_ms.to_string(),
             )
             .env("FLEET_HTTP__ADDR", "127.0.0.1:0")
+            .env(
+                "FLEET_AUTH__ADMIN_TOKEN",
+                c.auth.admin_token.clone().unwrap_or_default(),
+            )
             .env("RUST_LOG", "info,lapin=error")
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(stderr.try_clone()?)

@@ -350,12 +350,29 @@ async fn an_exhausted_database_pool_fails_fast_with_503_instead_of_hanging() -> 
     tx.batch_execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
         .await?;
     let job = job_of(1, &["true"], json!({}));
+    let early = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let first = {
         let (http, api, job) = (fleet.http.clone(), fleet.api.clone(), job.clone());
-        tokio::spawn(async move { http.post(format!("{api}/v1/jobs")).json(&job).send().await })
+        let early = early.clone();
+        tokio::spawn(async move {
+            let resp = http
+                .post(format!("{api}/v1/jobs"))
+                .json(&job)
+                .send()
+                .await?;
+            let status = resp.status().as_u16();
+            let body = resp.text().await?;
+            if let Ok(mut e) = early.lock() {
+                *e = Some(format!("{status}: {body}"));
+            }
+            Ok::<_, anyhow::Error>(status)
+        })
     };
     // Wait until that submission is blocked on the lock, holding the connection.
     wait_for("the first submission to hold the connection", Duration::from_secs(10), || async {
+        if let Some(answer) = early.lock().ok().and_then(|e| e.clone()) {
+            anyhow::bail!("the first submission was answered instead of waiting on the lock: {answer}");
+        }
         let n: i64 = tx
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO jobs%'",
@@ -374,8 +391,7 @@ async fn an_exhausted_database_pool_fails_fast_with_503_instead_of_hanging() -> 
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
     // Released, the first submission completes: it was delayed, not lost.
     tx.rollback().await?;
-    let resp = first.await??;
-    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(first.await??, 201);
     drop(client);
     fleet.shutdown().await
 }

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use fleet_shared::auth::{Permission, Role};
 use fleet_shared::config::Config;
 use fleet_shared::db::Pool;
 use fleet_shared::db::{read, submit, DbError};
@@ -16,11 +17,14 @@ use fleet_shared::http::{error_response, Health};
 use fleet_shared::id::JobId;
 use fleet_shared::job::{FieldError, JobSpec};
 
+use crate::auth::Caller;
+
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 struct Inner {
     pool: Pool,
+    auth: crate::auth::Authenticator,
     schema: String,
     max_body: usize,
     /// An executor silent this long shows as not alive, its tasks as `unknown`.
@@ -34,12 +38,27 @@ impl AppState {
     pub fn new(cfg: &Config, pool: Pool, health: Health) -> Self {
         Self(Arc::new(Inner {
             pool,
+            auth: crate::auth::Authenticator::new(&cfg.auth),
             schema: cfg.database.schema.clone(),
             max_body: cfg.submitter.max_body_bytes,
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
             health,
             accept_without_broker: cfg.submitter.accept_without_broker,
         }))
+    }
+}
+
+impl AppState {
+    pub fn pool(&self) -> &Pool {
+        &self.0.pool
+    }
+
+    pub fn auth(&self) -> &crate::auth::Authenticator {
+        &self.0.auth
+    }
+
+    pub fn silent_after_secs(&self) -> f64 {
+        self.0.silent_after_secs
     }
 }
 
@@ -50,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/results", get(get_results))
         .route("/v1/executors", get(get_executors))
+        .merge(crate::admin::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -61,6 +81,12 @@ pub enum ApiError {
     Invalid(FieldError),
     #[error("no such {0}")]
     NotFound(&'static str),
+    #[error("a valid bearer token is required")]
+    Unauthenticated,
+    #[error("the role {} may not do this", .0.as_str())]
+    Forbidden(Role, Permission),
+    #[error("{0}")]
+    Conflict(String),
     /// A dependency other than the database is down; the client should retry.
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
@@ -83,6 +109,34 @@ impl IntoResponse for ApiError {
                 format!("no such {what}"),
                 None,
             ),
+            Self::Unauthenticated => {
+                let mut r = error_response(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid bearer token is required (Authorization: Bearer <token>)",
+                    None,
+                );
+                r.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+                r
+            }
+            Self::Forbidden(role, p) => error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "a {} token may not {}",
+                    role.as_str(),
+                    match p {
+                        Permission::Read => "read",
+                        Permission::Submit => "submit jobs",
+                        Permission::Admin => "administer groups, executors and tokens",
+                    }
+                ),
+                None,
+            ),
+            Self::Conflict(why) => error_response(StatusCode::CONFLICT, "conflict", why, None),
             Self::Unavailable(what) => {
                 let mut r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -130,6 +184,17 @@ pub fn parse_job(body: &[u8]) -> Result<JobSpec, FieldError> {
     })
 }
 
+impl From<fleet_shared::db::admin::AdminError> for ApiError {
+    fn from(e: fleet_shared::db::admin::AdminError) -> Self {
+        use fleet_shared::db::admin::AdminError;
+        match e {
+            AdminError::NotFound(what) => Self::NotFound(what),
+            AdminError::Conflict(why) => Self::Conflict(why),
+            AdminError::Db(e) => Self::Db(e),
+        }
+    }
+}
+
 fn bad_id(_: uuid::Error) -> ApiError {
     ApiError::Invalid(FieldError {
         field: "job_id".into(),
@@ -139,9 +204,11 @@ fn bad_id(_: uuid::Error) -> ApiError {
 
 async fn submit_job(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    caller.need(Permission::Submit)?;
     let spec = parse_job(&body).map_err(ApiError::Invalid)?;
     let job = spec.validate().map_err(ApiError::Invalid)?;
     // A valid job the fleet cannot start now is refused, not parked: the client is told
@@ -188,8 +255,10 @@ async fn submit_job(
 
 async fn get_job(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<read::JobView>, ApiError> {
+    caller.need(Permission::Read)?;
     let id: JobId = id.parse().map_err(bad_id)?;
     let client = s.0.pool.get().await.map_err(DbError::from)?;
     read::job(&client, id, s.0.silent_after_secs)
@@ -200,8 +269,10 @@ async fn get_job(
 
 async fn get_results(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<read::ResultsView>, ApiError> {
+    caller.need(Permission::Read)?;
     let id: JobId = id.parse().map_err(bad_id)?;
     let client = s.0.pool.get().await.map_err(DbError::from)?;
     read::results(&client, id)
@@ -210,7 +281,11 @@ async fn get_results(
         .ok_or(ApiError::NotFound("job"))
 }
 
-async fn get_executors(State(s): State<AppState>) -> Result<Json<read::ExecutorsView>, ApiError> {
+async fn get_executors(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<read::ExecutorsView>, ApiError> {
+    caller.need(Permission::Read)?;
     let client = s.0.pool.get().await.map_err(DbError::from)?;
     Ok(Json(read::executors(&client, s.0.silent_after_secs).await?))
 }

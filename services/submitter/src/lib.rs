@@ -1,7 +1,9 @@
 //! The submitter: validates and records jobs (HTTP and AMQP, idempotently), and serves
 //! the read API. It owns the jobs and tasks it inserts.
 
+mod admin;
 mod api;
+mod auth;
 mod intake;
 
 use fleet_shared::config::Config;

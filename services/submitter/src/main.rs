@@ -10,7 +10,7 @@ use fleet_shared::svc;
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Configuration: FLEET_AMQP__URL, FLEET_DATABASE__URL, FLEET_HTTP__ADDR (default 127.0.0.1:7070), ...; see --print-config."
+    after_help = "Configuration: FLEET_AMQP__URL, FLEET_DATABASE__URL, FLEET_HTTP__ADDR (default 127.0.0.1:7070), FLEET_AUTH__ADMIN_TOKEN (required: the bootstrap admin's bearer token), ...; see --print-config."
 )]
 struct Args {
     #[command(flatten)]
@@ -20,9 +20,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    svc::main(
+    svc::main_checked(
         &args.common,
         fleet_submitter::DEFAULT_ADDR,
+        fleet_shared::config::Config::validate_auth,
         fleet_submitter::run,
     )
     .await

@@ -2,6 +2,7 @@
 //! (see docs/design.md). Every statement on a hot path is batched: one round trip per
 //! batch of jobs, assignments or results, never one per task.
 
+pub mod admin;
 pub mod collect;
 pub mod dispatch;
 pub mod outbox;
@@ -111,6 +112,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../../migrations/0002_dispatcher_leader.sql"),
     ),
     (3, include_str!("../../../migrations/0003_outbox.sql")),
+    (
+        4,
+        include_str!("../../../migrations/0004_tokens_groups.sql"),
+    ),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

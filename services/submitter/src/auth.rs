@@ -1,0 +1,109 @@
+//! Bearer tokens on the API: every handler takes a [`Caller`] and says what it needs.
+//! A missing or unknown token is 401, a role that does not allow the call 403.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use fleet_shared::auth::{self, Permission, Role};
+use fleet_shared::db::{admin, DbError, Pool};
+
+use crate::api::{ApiError, AppState};
+
+/// How long a token's role (or its absence) is remembered: a revoked token stops working
+/// within this time.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+const CACHE_MAX: usize = 10_000;
+
+/// A token hash's role (`None`: no such live token) and when that was looked up.
+type Cached = (Option<Role>, Instant);
+
+pub struct Authenticator {
+    /// SHA-256 of the bootstrap admin token from configuration.
+    admin: Option<Vec<u8>>,
+    disabled: bool,
+    cache: Mutex<HashMap<Vec<u8>, Cached>>,
+}
+
+impl Authenticator {
+    pub fn new(cfg: &fleet_shared::config::AuthConfig) -> Self {
+        Self {
+            admin: cfg
+                .admin_token
+                .as_deref()
+                .map(|t| auth::token_hash(t.trim())),
+            disabled: cfg.disabled,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The role of the token in an `Authorization` header value, if any.
+    pub async fn role(&self, pool: &Pool, header: Option<&str>) -> Result<Role, ApiError> {
+        if self.disabled {
+            return Ok(Role::Admin);
+        }
+        let token = header
+            .and_then(auth::bearer)
+            .ok_or(ApiError::Unauthenticated)?;
+        let hash = auth::token_hash(token);
+        if self.admin.as_deref() == Some(hash.as_slice()) {
+            return Ok(Role::Admin);
+        }
+        if let Some(hit) = self.cached(&hash) {
+            return hit.ok_or(ApiError::Unauthenticated);
+        }
+        let client = pool.get().await.map_err(DbError::from)?;
+        let role = admin::token_role(&client, &hash).await?;
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_MAX {
+                c.clear();
+            }
+            c.insert(hash, (role, Instant::now()));
+        }
+        role.ok_or(ApiError::Unauthenticated)
+    }
+
+    fn cached(&self, hash: &[u8]) -> Option<Option<Role>> {
+        let c = self.cache.lock().ok()?;
+        let (role, at) = c.get(hash)?;
+        (at.elapsed() < CACHE_TTL).then_some(*role)
+    }
+
+    /// Forgets every cached answer (after a revocation, so it takes effect here at once).
+    pub fn forget(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub role: Role,
+}
+
+impl Caller {
+    pub fn need(self, p: Permission) -> Result<Self, ApiError> {
+        if self.role.allows(p) {
+            Ok(self)
+        } else {
+            Err(ApiError::Forbidden(self.role, p))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let role = s.auth().role(s.pool(), header).await?;
+        Ok(Caller { role })
+    }
+}

@@ -1,0 +1,397 @@
+//! Statements the submitter owns besides jobs: API tokens, groups and memberships.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Client, DbError};
+use crate::auth::{self, Role};
+use crate::group::GroupName;
+use crate::id::ExecutorId;
+
+/// Why an administrative change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// The change contradicts what exists (a duplicate, a missing parent, a group in use).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for AdminError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Db(DbError::from(e))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    pub token_id: uuid::Uuid,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A token just made: the only time its secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewToken {
+    #[serde(flatten)]
+    pub view: TokenView,
+    pub token: String,
+}
+
+pub async fn create_token(client: &Client, name: &str, role: Role) -> Result<NewToken, DbError> {
+    let token = auth::new_token();
+    let id = uuid::Uuid::now_v7();
+    let row = client
+        .query_one(
+            "INSERT INTO api_tokens (id, name, role, secret_sha256) VALUES ($1, $2, $3, $4)
+             RETURNING created_at",
+            &[&id, &name, &role.as_str(), &auth::token_hash(&token)],
+        )
+        .await?;
+    Ok(NewToken {
+        view: TokenView {
+            token_id: id,
+            name: name.to_owned(),
+            role,
+            created_at: row.get(0),
+            revoked_at: None,
+        },
+        token,
+    })
+}
+
+pub async fn list_tokens(client: &Client) -> Result<Vec<TokenView>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, name, role, created_at, revoked_at FROM api_tokens ORDER BY created_at",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let role: String = r.get(2);
+            Ok(TokenView {
+                token_id: r.get(0),
+                name: r.get(1),
+                role: Role::parse(&role).ok_or_else(|| DbError::Row(format!("role {role:?}")))?,
+                created_at: r.get(3),
+                revoked_at: r.get(4),
+            })
+        })
+        .collect()
+}
+
+/// Revokes a token; false when there is no such token. Revoking twice is not an error.
+pub async fn revoke_token(client: &Client, id: uuid::Uuid) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, clock_timestamp())
+             WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The role of a live (not revoked) token, by the hash of its secret.
+pub async fn token_role(client: &Client, hash: &[u8]) -> Result<Option<Role>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT role FROM api_tokens WHERE secret_sha256 = $1 AND revoked_at IS NULL",
+            &[&hash],
+        )
+        .await?;
+    Ok(row.and_then(|r| Role::parse(r.get::<_, &str>(0))))
+}
+
+/// One member of a group: put there by an administrator, or declared by the executor
+/// itself (its configuration, as its INFO reports).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub executor_id: String,
+    /// `assigned` or `declared`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    pub name: String,
+    /// `None` only for `default`.
+    pub parent: Option<String>,
+    pub description: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    /// Direct subgroups.
+    pub subgroups: Vec<String>,
+    /// Direct members (not those of subgroups).
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupsView {
+    pub groups: Vec<GroupView>,
+}
+
+/// Creates a group. Its parent (the name minus the last dotted segment) must exist,
+/// except for top-level groups, whose parent is `default`.
+pub async fn create_group(
+    client: &Client,
+    name: &GroupName,
+    description: Option<&str>,
+) -> Result<GroupView, AdminError> {
+    if name.is_default() {
+        return Err(AdminError::Conflict(
+            "the group 'default' always exists".into(),
+        ));
+    }
+    if let Some(parent) = name.parent().filter(|p| !p.is_default()) {
+        let found = client
+            .query_opt("SELECT 1 FROM groups WHERE name = $1", &[&parent.as_str()])
+            .await?;
+        if found.is_none() {
+            return Err(AdminError::Conflict(format!(
+                "the parent group '{parent}' does not exist; create it first"
+            )));
+        }
+    }
+    let row = client
+        .query_opt(
+            "INSERT INTO groups (name, description) VALUES ($1, $2)
+             ON CONFLICT (name) DO NOTHING RETURNING created_at",
+            &[&name.as_str(), &description],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(AdminError::Conflict(format!(
+            "the group '{name}' already exists"
+        )));
+    };
+    Ok(GroupView {
+        name: name.to_string(),
+        parent: name.parent().map(|p| p.to_string()),
+        description: description.map(str::to_owned),
+        created_at: Some(row.get(0)),
+        subgroups: Vec::new(),
+        members: Vec::new(),
+    })
+}
+
+/// Every group: the stored ones, `default`, and any group an executor declares that was
+/// never created (so that what runs is visible), each with its direct members.
+/// `alive_secs`: executors silent longer than this are not listed as declared members.
+pub async fn list_groups(client: &Client, alive_secs: f64) -> Result<GroupsView, DbError> {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
+    let view = |name: &str| GroupView {
+        name: name.to_owned(),
+        parent: GroupName::parse(name)
+            .ok()
+            .and_then(|g| g.parent())
+            .map(|p| p.to_string()),
+        description: None,
+        created_at: None,
+        subgroups: Vec::new(),
+        members: Vec::new(),
+    };
+    groups.insert("default".into(), view("default"));
+    for r in client
+        .query("SELECT name, description, created_at FROM groups", &[])
+        .await?
+    {
+        let name: String = r.get(0);
+        let mut g = view(&name);
+        g.description = r.get(1);
+        g.created_at = Some(r.get(2));
+        groups.insert(name, g);
+    }
+    for r in client
+        .query(
+            "SELECT group_name, executor_id FROM group_members ORDER BY executor_id",
+            &[],
+        )
+        .await?
+    {
+        let name: String = r.get(0);
+        groups
+            .entry(name.clone())
+            .or_insert_with(|| view(&name))
+            .members
+            .push(MemberView {
+                executor_id: r.get(1),
+                source: "assigned".into(),
+            });
+    }
+    for r in client
+        .query(
+            "SELECT g.name, e.id FROM executors e, jsonb_array_elements_text(e.groups) AS g(name)
+             WHERE e.last_info_at > now() - make_interval(secs => $1) ORDER BY e.id",
+            &[&alive_secs],
+        )
+        .await?
+    {
+        let name: String = r.get(0);
+        let executor_id: String = r.get(1);
+        let g = groups.entry(name.clone()).or_insert_with(|| view(&name));
+        if !g.members.iter().any(|m| m.executor_id == executor_id) {
+            g.members.push(MemberView {
+                executor_id,
+                source: "declared".into(),
+            });
+        }
+    }
+    // Declared groups may skip levels (`lab.gpu` without `lab`): show the ancestors too.
+    let names: Vec<String> = groups.keys().cloned().collect();
+    for name in names {
+        if let Ok(g) = GroupName::parse(&name) {
+            for a in g.lineage().into_iter().skip(1) {
+                groups
+                    .entry(a.to_string())
+                    .or_insert_with(|| view(a.as_str()));
+            }
+        }
+    }
+    let pairs: Vec<(String, String)> = groups
+        .values()
+        .filter_map(|g| Some((g.parent.clone()?, g.name.clone())))
+        .collect();
+    for (parent, child) in pairs {
+        if let Some(p) = groups.get_mut(&parent) {
+            p.subgroups.push(child);
+        }
+    }
+    Ok(GroupsView {
+        groups: groups.into_values().collect(),
+    })
+}
+
+/// Deletes a group, refused while it has subgroups, members (assigned, or alive executors
+/// that declare it) or unfinished tasks that target it.
+pub async fn delete_group(
+    client: &mut Client,
+    name: &GroupName,
+    alive_secs: f64,
+) -> Result<(), AdminError> {
+    let tx = client.transaction().await?;
+    // Lock the row so that a member added meanwhile waits for us (and then fails on the
+    // foreign key) instead of slipping in after the check.
+    let found = tx
+        .query_opt(
+            "SELECT 1 FROM groups WHERE name = $1 FOR UPDATE",
+            &[&name.as_str()],
+        )
+        .await?;
+    if found.is_none() {
+        return Err(AdminError::NotFound("group"));
+    }
+    let sub: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM groups WHERE name LIKE $1 || '.%'",
+            &[&name.as_str()],
+        )
+        .await?
+        .get(0);
+    if sub > 0 {
+        return Err(AdminError::Conflict(format!(
+            "the group '{name}' has {sub} subgroup(s); delete them first"
+        )));
+    }
+    let members: Vec<String> = tx
+        .query(
+            "SELECT executor_id FROM group_members WHERE group_name = $1
+             UNION
+             SELECT id FROM executors
+             WHERE groups ? $1 AND last_info_at > now() - make_interval(secs => $2)
+             ORDER BY 1",
+            &[&name.as_str(), &alive_secs],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !members.is_empty() {
+        return Err(AdminError::Conflict(format!(
+            "the group '{name}' has members ({}); remove them first",
+            members.join(", ")
+        )));
+    }
+    let open: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM tasks WHERE target_group = $1
+             AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+            &[&name.as_str()],
+        )
+        .await?
+        .get(0);
+    if open > 0 {
+        return Err(AdminError::Conflict(format!(
+            "the group '{name}' has {open} unfinished task(s); wait for them or cancel them"
+        )));
+    }
+    tx.execute("DELETE FROM groups WHERE name = $1", &[&name.as_str()])
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Puts an executor in a group (idempotent). The executor need not have registered yet.
+pub async fn add_member(
+    client: &Client,
+    group: &GroupName,
+    executor: &ExecutorId,
+) -> Result<(), AdminError> {
+    let n = client
+        .execute(
+            "INSERT INTO group_members (group_name, executor_id)
+             SELECT name, $2 FROM groups WHERE name = $1
+             ON CONFLICT DO NOTHING",
+            &[&group.as_str(), &executor.as_str()],
+        )
+        .await?;
+    if n == 0 {
+        let found = client
+            .query_opt("SELECT 1 FROM groups WHERE name = $1", &[&group.as_str()])
+            .await?;
+        if found.is_none() {
+            return Err(AdminError::NotFound("group"));
+        }
+    }
+    Ok(())
+}
+
+/// Takes an executor out of a group it was put in; not found when it was not there.
+pub async fn remove_member(
+    client: &Client,
+    group: &GroupName,
+    executor: &ExecutorId,
+) -> Result<(), AdminError> {
+    let n = client
+        .execute(
+            "DELETE FROM group_members WHERE group_name = $1 AND executor_id = $2",
+            &[&group.as_str(), &executor.as_str()],
+        )
+        .await?;
+    if n == 0 {
+        return Err(AdminError::NotFound("membership"));
+    }
+    Ok(())
+}
+
+/// Groups each executor was put in by an administrator, for the dispatcher's eligibility.
+pub async fn assigned_groups(
+    client: &Client,
+) -> Result<std::collections::HashMap<String, Vec<GroupName>>, DbError> {
+    let mut out: std::collections::HashMap<String, Vec<GroupName>> = Default::default();
+    for r in client
+        .query("SELECT executor_id, group_name FROM group_members", &[])
+        .await?
+    {
+        if let Ok(g) = GroupName::parse(r.get::<_, &str>(1)) {
+            out.entry(r.get(0)).or_default().push(g);
+        }
+    }
+    Ok(out)
+}

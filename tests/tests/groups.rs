@@ -1,0 +1,345 @@
+//! Groups as data, nested routing, and who may use the API (issue 5), against the real
+//! RabbitMQ and PostgreSQL.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use fleet_tests::{client_with_token, job_of, wait_for, ExecutorSpec, TestFleet};
+use serde_json::{json, Value};
+
+const JOB_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Sends `method path` with `body` as the given client; returns the status and JSON body
+/// (Null when there is none).
+async fn call(
+    http: &reqwest::Client,
+    fleet: &TestFleet,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value)> {
+    let mut req = http.request(method, format!("{}{path}", fleet.api));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+async fn ran_on(fleet: &TestFleet, id: fleet_shared::id::JobId) -> Result<Vec<String>> {
+    Ok(fleet
+        .results(id)
+        .await?
+        .results
+        .into_iter()
+        .map(|r| r.executor_id)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_group_reaches_its_subgroups_and_a_sibling_never_runs_the_other_s_work(
+) -> Result<()> {
+    let mut fleet = TestFleet::start("site").await?;
+    for (id, group) in [
+        ("web-1", "site.web"),
+        ("web-2", "site.web"),
+        ("db-1", "site.db"),
+        ("db-2", "site.db"),
+    ] {
+        fleet
+            .add_executor(ExecutorSpec::new(id, &[group], 2))
+            .await?;
+    }
+    fleet
+        .wait_executors(&["web-1", "web-2", "db-1", "db-2"])
+        .await?;
+    let site = fleet
+        .submit(&job_of(40, &["true"], json!({"group": "site"})))
+        .await?;
+    let web = fleet
+        .submit(&job_of(40, &["true"], json!({"group": "site.web"})))
+        .await?;
+    for id in [site, web] {
+        assert_eq!(fleet.wait_job(id, JOB_DEADLINE).await?.state, "succeeded");
+    }
+    let site_ran = ran_on(&fleet, site).await?;
+    assert_eq!(site_ran.len(), 40);
+    assert!(
+        site_ran.iter().any(|e| e.starts_with("web-"))
+            && site_ran.iter().any(|e| e.starts_with("db-")),
+        "a task for site runs on members of both subgroups: {site_ran:?}"
+    );
+    let web_ran = ran_on(&fleet, web).await?;
+    assert_eq!(web_ran.len(), 40);
+    assert!(
+        web_ran.iter().all(|e| e.starts_with("web-")),
+        "a task for site.web never runs on a site.db member: {web_ran:?}"
+    );
+    fleet.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Result<()> {
+    use reqwest::Method;
+    let mut fleet = TestFleet::start("groupcrud").await?;
+    let http = fleet.http.clone();
+    let (s, b) = call(
+        &http,
+        &fleet,
+        Method::POST,
+        "/v1/groups",
+        Some(json!({"name": "site.web"})),
+    )
+    .await?;
+    assert_eq!(s, 409, "a child before its parent: {b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("'site'"),
+        "{b}"
+    );
+    let (s, b) = call(
+        &http,
+        &fleet,
+        Method::POST,
+        "/v1/groups",
+        Some(json!({"name": "Bad Name"})),
+    )
+    .await?;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("name")),
+        "{b}"
+    );
+    for g in ["site", "site.web", "site.db"] {
+        let (s, b) = call(
+            &http,
+            &fleet,
+            Method::POST,
+            "/v1/groups",
+            Some(json!({"name": g})),
+        )
+        .await?;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, _) = call(
+        &http,
+        &fleet,
+        Method::POST,
+        "/v1/groups",
+        Some(json!({"name": "site"})),
+    )
+    .await?;
+    assert_eq!(s, 409, "a duplicate");
+    let (s, _) = call(
+        &http,
+        &fleet,
+        Method::PUT,
+        "/v1/groups/site.web/members/web-1",
+        None,
+    )
+    .await?;
+    assert_eq!(s, 204);
+    let (s, _) = call(
+        &http,
+        &fleet,
+        Method::PUT,
+        "/v1/groups/nowhere/members/web-1",
+        None,
+    )
+    .await?;
+    assert_eq!(s, 404);
+
+    let (_, listing) = call(&http, &fleet, Method::GET, "/v1/groups", None).await?;
+    let find = |name: &str| {
+        listing["groups"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|g| g["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(find("site")["subgroups"], json!(["site.db", "site.web"]));
+    assert_eq!(find("site.web")["parent"], "site");
+    assert_eq!(
+        find("site.web")["members"],
+        json!([{"executor_id": "web-1", "source": "assigned"}])
+    );
+
+    // Refused while it has subgroups, members, or unfinished work; each with a reason.
+    let (s, b) = call(&http, &fleet, Method::DELETE, "/v1/groups/site", None).await?;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{b}"
+    );
+    let (s, b) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.web", None).await?;
+    assert_eq!(s, 409, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("web-1"),
+        "{b}"
+    );
+    let (s, _) = call(
+        &http,
+        &fleet,
+        Method::DELETE,
+        "/v1/groups/site.web/members/web-1",
+        None,
+    )
+    .await?;
+    assert_eq!(s, 204);
+    // No executor in site.db yet: the task waits, and the group is in use.
+    let waiting = fleet
+        .submit(&job_of(1, &["true"], json!({"group": "site.db"})))
+        .await?;
+    let (s, b) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.db", None).await?;
+    assert_eq!(s, 409, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unfinished"),
+        "{b}"
+    );
+    fleet
+        .add_executor(ExecutorSpec::new("db-1", &["site.db"], 1))
+        .await?;
+    assert_eq!(
+        fleet.wait_job(waiting, JOB_DEADLINE).await?.state,
+        "succeeded"
+    );
+    // Its member declares it and is alive: still refused.
+    let (s, b) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.db", None).await?;
+    assert_eq!(s, 409, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("db-1"),
+        "{b}"
+    );
+
+    let (s, _) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.web", None).await?;
+    assert_eq!(s, 204);
+    let (s, _) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.web", None).await?;
+    assert_eq!(s, 404);
+    fleet.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_token_get_401_and_a_reader_cannot_submit() -> Result<()> {
+    use reqwest::Method;
+    let fleet = TestFleet::start("auth").await?;
+    let admin = fleet.http.clone();
+    let anonymous = client_with_token(None)?;
+    let wrong = client_with_token(Some("flt_not-a-token-of-this-fleet"))?;
+    let job = job_of(1, &["true"], json!({}));
+    for (method, path) in [
+        (Method::POST, "/v1/jobs"),
+        (Method::GET, "/v1/executors"),
+        (Method::GET, "/v1/groups"),
+        (Method::POST, "/v1/groups"),
+        (Method::GET, "/v1/tokens"),
+        (Method::GET, "/v1/jobs/01900000-0000-7000-8000-000000000000"),
+    ] {
+        for who in [&anonymous, &wrong] {
+            let (s, b) = call(who, &fleet, method.clone(), path, Some(job.clone())).await?;
+            assert_eq!(s, 401, "{method} {path}: {b}");
+            assert_eq!(b["error"]["code"], "unauthorized");
+        }
+    }
+    // Health and metrics stay open for probes.
+    let (s, _) = call(&anonymous, &fleet, Method::GET, "/healthz", None).await?;
+    assert_eq!(s, 200);
+
+    let make = |role: &'static str| {
+        let admin = admin.clone();
+        let fleet = &fleet;
+        async move {
+            let (s, b) = call(
+                &admin,
+                fleet,
+                Method::POST,
+                "/v1/tokens",
+                Some(json!({"name": format!("a {role}"), "role": role})),
+            )
+            .await?;
+            assert_eq!(s, 201, "{b}");
+            let token = b["token"].as_str().unwrap_or_default().to_owned();
+            Ok::<_, anyhow::Error>((b["token_id"].as_str().unwrap_or_default().to_owned(), token))
+        }
+    };
+    let (_, reader_token) = make("reader").await?;
+    let (submitter_id, submitter_token) = make("submitter").await?;
+    let reader = client_with_token(Some(&reader_token))?;
+    let submitter = client_with_token(Some(&submitter_token))?;
+
+    let (s, b) = call(&reader, &fleet, Method::POST, "/v1/jobs", Some(job.clone())).await?;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{b}"
+    );
+    let (s, _) = call(&reader, &fleet, Method::GET, "/v1/executors", None).await?;
+    assert_eq!(s, 200, "a reader reads");
+    let (s, b) = call(
+        &submitter,
+        &fleet,
+        Method::POST,
+        "/v1/jobs",
+        Some(job.clone()),
+    )
+    .await?;
+    assert_eq!(s, 201, "a submitter submits: {b}");
+    let (s, _) = call(
+        &submitter,
+        &fleet,
+        Method::POST,
+        "/v1/groups",
+        Some(json!({"name": "x"})),
+    )
+    .await?;
+    assert_eq!(s, 403, "a submitter does not administer");
+    let (s, b) = call(
+        &admin,
+        &fleet,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "x", "role": "root"})),
+    )
+    .await?;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("role")),
+        "{b}"
+    );
+
+    // The listing never shows a secret.
+    let (_, listing) = call(&admin, &fleet, Method::GET, "/v1/tokens", None).await?;
+    assert!(!listing.to_string().contains(&submitter_token));
+    // A revoked token stops working (within the cache time).
+    let (s, _) = call(
+        &admin,
+        &fleet,
+        Method::DELETE,
+        &format!("/v1/tokens/{submitter_id}"),
+        None,
+    )
+    .await?;
+    assert_eq!(s, 204);
+    wait_for(
+        "the revoked token to be refused",
+        Duration::from_secs(15),
+        || async {
+            let (s, _) = call(&submitter, &fleet, Method::GET, "/v1/executors", None).await?;
+            Ok((s == 401).then_some(()))
+        },
+    )
+    .await?;
+    fleet.shutdown().await
+}
