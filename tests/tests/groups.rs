@@ -224,6 +224,34 @@ async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Resu
         "{b}"
     );
 
+    // An executor put in a group by an administrator takes that group's work.
+    let (s, _) = call(
+        &http,
+        &fleet,
+        Method::POST,
+        "/v1/groups",
+        Some(json!({"name": "batch"})),
+    )
+    .await?;
+    assert_eq!(s, 201);
+    let (s, _) = call(
+        &http,
+        &fleet,
+        Method::PUT,
+        "/v1/groups/batch/members/db-1",
+        None,
+    )
+    .await?;
+    assert_eq!(s, 204);
+    let batch = fleet
+        .submit(&job_of(3, &["true"], json!({"group": "batch"})))
+        .await?;
+    assert_eq!(
+        fleet.wait_job(batch, JOB_DEADLINE).await?.state,
+        "succeeded"
+    );
+    assert_eq!(ran_on(&fleet, batch).await?, ["db-1", "db-1", "db-1"]);
+
     let (s, _) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.web", None).await?;
     assert_eq!(s, 204);
     let (s, _) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.web", None).await?;

@@ -220,6 +220,8 @@ impl Dispatcher {
         metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
 
         let outstanding = dispatch::outstanding(&client).await?;
+        // Groups an administrator put executors in, on top of those they declare.
+        let assigned = db::admin::assigned_groups(&client).await?;
         let alive_for = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
         let mut views: Vec<ExecutorView> = self
             .executors
@@ -227,7 +229,7 @@ impl Dispatcher {
             .filter(|s| s.at.elapsed() < alive_for)
             .map(|s| ExecutorView {
                 id: s.info.executor_id.clone(),
-                groups: s.info.groups.clone(),
+                groups: with_assigned(&s.info.groups, assigned.get(s.info.executor_id.as_str())),
                 labels: s.info.labels.clone(),
                 capacity: s.info.capacity,
                 outstanding: outstanding
@@ -307,6 +309,20 @@ impl Dispatcher {
         publisher.publish_all(out).await?;
         Ok(report)
     }
+}
+
+/// An executor's declared groups plus the ones it was put in.
+fn with_assigned(
+    declared: &[fleet_shared::group::GroupName],
+    assigned: Option<&Vec<fleet_shared::group::GroupName>>,
+) -> Vec<fleet_shared::group::GroupName> {
+    let mut groups = declared.to_vec();
+    for g in assigned.into_iter().flatten() {
+        if !groups.contains(g) {
+            groups.push(g.clone());
+        }
+    }
+    groups
 }
 
 pub async fn run(
