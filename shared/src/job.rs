@@ -50,6 +50,13 @@ pub struct TaskSpec {
     pub depends_on: Vec<String>,
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Run once on every member of the group (known when the task becomes ready)
+    /// instead of once on any.
+    #[serde(default)]
+    pub each: bool,
+    /// With `each`: how many members must succeed (default: all of them).
+    #[serde(default)]
+    pub quorum: Option<u32>,
 }
 
 /// A field that failed validation, and why.
@@ -86,8 +93,14 @@ pub struct ValidTask {
     pub labels: BTreeMap<String, String>,
     /// Indices of the tasks of the same job this one waits for.
     pub depends_on: Vec<usize>,
+    /// For an `each` task, per member.
     pub max_attempts: u32,
+    pub each: bool,
+    pub quorum: Option<u32>,
 }
+
+/// The largest `quorum` accepted (far above any group's size).
+pub const MAX_QUORUM: u32 = 100_000;
 
 fn no_nul(field: &str, s: &str) -> Result<(), FieldError> {
     if s.contains('\0') {
@@ -218,6 +231,14 @@ impl TaskSpec {
                 format!("must be 1 to {MAX_ATTEMPTS_LIMIT}"),
             ));
         }
+        if let Some(q) = self.quorum {
+            if !self.each {
+                return Err(bad(f("quorum"), "only an `each` task has a quorum"));
+            }
+            if !(1..=MAX_QUORUM).contains(&q) {
+                return Err(bad(f("quorum"), format!("must be 1 to {MAX_QUORUM}")));
+            }
+        }
         let mut depends_on = Vec::with_capacity(self.depends_on.len());
         for (j, dep) in self.depends_on.iter().enumerate() {
             let field = f(&format!("depends_on[{j}]"));
@@ -240,6 +261,8 @@ impl TaskSpec {
             labels: self.labels.clone(),
             depends_on,
             max_attempts,
+            each: self.each,
+            quorum: self.quorum,
         })
     }
 }
@@ -324,6 +347,20 @@ mod tests {
         let mut t = task(&["true"]);
         t.max_attempts = Some(0);
         assert_eq!(field_of(job(vec![t])), "tasks[0].max_attempts");
+        let mut t = task(&["t"]);
+        t.quorum = Some(2);
+        assert_eq!(
+            field_of(job(vec![t.clone()])),
+            "tasks[0].quorum",
+            "quorum without each"
+        );
+        t.each = true;
+        t.quorum = Some(0);
+        assert_eq!(field_of(job(vec![t.clone()])), "tasks[0].quorum");
+        t.quorum = Some(3);
+        let v = job(vec![t]).validate().expect("valid each task");
+        assert!(v.tasks[0].each);
+        assert_eq!(v.tasks[0].quorum, Some(3));
         let mut t = task(&["echo", "a\0b"]);
         t.name = Some("x".into());
         assert_eq!(field_of(job(vec![t])), "tasks[0].argv[1]");

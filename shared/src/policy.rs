@@ -95,6 +95,39 @@ pub fn assign(
     out
 }
 
+/// The members of an `each` task: every known executor eligible for it (group and
+/// labels), whether or not it has room or is draining, in id order.
+pub fn members(task: &ReadyTask, executors: &[ExecutorView]) -> Vec<ExecutorId> {
+    let mut m: Vec<ExecutorId> = executors
+        .iter()
+        .filter(|e| e.is_eligible(task))
+        .map(|e| e.id.clone())
+        .collect();
+    m.sort();
+    m.dedup();
+    m
+}
+
+/// Copies of `each` tasks are pinned to their member: each goes to its own executor if
+/// that one is known, not draining and has room, else waits. In the order given.
+pub fn assign_pinned(
+    copies: &[(TaskId, ExecutorId)],
+    executors: &mut [ExecutorView],
+    window: u32,
+) -> Vec<(TaskId, ExecutorId)> {
+    let mut out = Vec::new();
+    for (task, member) in copies {
+        if let Some(e) = executors
+            .iter_mut()
+            .find(|e| &e.id == member && e.has_room(window))
+        {
+            e.outstanding += 1;
+            out.push((*task, member.clone()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +235,37 @@ mod tests {
         d.draining = true;
         let ex = vec![exec("a", &["cpu"], 4, 1), exec("b", &["cpu"], 2, 5), d];
         assert_eq!(free_slots(&ex, 2), 5);
+    }
+
+    #[test]
+    fn members_of_an_each_task_are_every_eligible_executor_busy_or_not() {
+        let mut busy = exec("w2", &["site.web"], 1, 9);
+        busy.draining = true;
+        let ex = vec![
+            exec("w1", &["site.web"], 1, 0),
+            busy,
+            exec("d1", &["site.db"], 1, 0),
+        ];
+        let ids = |v: Vec<ExecutorId>| v.iter().map(|e| e.as_str().to_owned()).collect::<Vec<_>>();
+        assert_eq!(ids(members(&task("site.web"), &ex)), ["w1", "w2"]);
+        assert_eq!(ids(members(&task("site"), &ex)), ["d1", "w1", "w2"]);
+    }
+
+    #[test]
+    fn a_pinned_copy_goes_only_to_its_own_member_when_it_has_room() {
+        let mut draining = exec("c", &["cpu"], 1, 0);
+        draining.draining = true;
+        let mut ex = vec![
+            exec("a", &["cpu"], 1, 0),
+            exec("b", &["cpu"], 1, 1),
+            draining,
+        ];
+        let (t1, t2, t3, t4) = (TaskId::new(), TaskId::new(), TaskId::new(), TaskId::new());
+        let id = |s: &str| ExecutorId::parse(s).expect("id");
+        let copies = vec![(t1, id("a")), (t2, id("a")), (t3, id("b")), (t4, id("c"))];
+        let got = assign_pinned(&copies, &mut ex, 0);
+        // a has one slot: its first copy only; b is full; c drains: theirs wait.
+        assert_eq!(got, vec![(t1, id("a"))]);
+        assert_eq!(ex[0].outstanding, 1);
     }
 }

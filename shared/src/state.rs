@@ -194,6 +194,82 @@ pub fn job_state(c: &TaskCounts) -> JobState {
     }
 }
 
+/// One member's copy of an `each` task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyState {
+    /// Waiting for its executor (at fan-out, or after a lost attempt).
+    Pending,
+    /// An attempt is open on its executor.
+    Assigned,
+    Succeeded,
+    Failed,
+    /// The task was decided before this copy ran.
+    Cancelled,
+}
+
+impl CopyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Assigned => "assigned",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "assigned" => Self::Assigned,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Where a copy goes when its attempt ends. Like a task, only a lost attempt is tried
+/// again, and always on the same member: a copy never moves to another executor.
+pub fn copy_after(outcome: Outcome, attempts_used: u32, max_attempts: u32) -> CopyState {
+    match outcome {
+        Outcome::Succeeded => CopyState::Succeeded,
+        Outcome::Cancelled => CopyState::Cancelled,
+        o if is_retryable(o) && attempts_used < max_attempts => CopyState::Pending,
+        _ => CopyState::Failed,
+    }
+}
+
+/// The successes an `each` task needs: its quorum, or every member.
+pub fn quorum_needed(members: u32, quorum: Option<u32>) -> u32 {
+    quorum.unwrap_or(members)
+}
+
+/// An `each` task's outcome from its copies: succeeded once `needed` members succeeded,
+/// failed as soon as the members still open cannot make up the difference, else still
+/// undecided (`None`).
+pub fn quorum_decision(
+    members: u32,
+    needed: u32,
+    succeeded: u32,
+    ended_otherwise: u32,
+) -> Option<TaskState> {
+    let open = members.saturating_sub(succeeded + ended_otherwise);
+    if succeeded >= needed {
+        Some(TaskState::Succeeded)
+    } else if succeeded + open < needed {
+        Some(TaskState::Failed)
+    } else {
+        None
+    }
+}
+
 /// A task of one job as dependency resolution sees it; its index is its `idx`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DepNode {
@@ -346,5 +422,46 @@ mod tests {
         ] {
             assert_eq!(TaskState::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn a_copy_is_retried_only_when_lost_and_only_while_attempts_remain() {
+        assert_eq!(copy_after(Outcome::Succeeded, 1, 3), CopyState::Succeeded);
+        assert_eq!(copy_after(Outcome::Failed, 1, 3), CopyState::Failed);
+        assert_eq!(copy_after(Outcome::TimedOut, 1, 3), CopyState::Failed);
+        assert_eq!(copy_after(Outcome::Lost, 1, 3), CopyState::Pending);
+        assert_eq!(copy_after(Outcome::Lost, 3, 3), CopyState::Failed);
+        assert_eq!(copy_after(Outcome::Cancelled, 1, 3), CopyState::Cancelled);
+    }
+
+    #[test]
+    fn the_quorum_decides_as_soon_as_it_is_reached_or_out_of_reach() {
+        // 4 members, quorum 3.
+        assert_eq!(quorum_decision(4, 3, 0, 0), None);
+        assert_eq!(
+            quorum_decision(4, 3, 2, 1),
+            None,
+            "one open member can still make it"
+        );
+        assert_eq!(quorum_decision(4, 3, 3, 1), Some(TaskState::Succeeded));
+        assert_eq!(
+            quorum_decision(4, 3, 3, 0),
+            Some(TaskState::Succeeded),
+            "the 4th need not finish"
+        );
+        assert_eq!(
+            quorum_decision(4, 3, 0, 2),
+            Some(TaskState::Failed),
+            "two failures: out of reach"
+        );
+        assert_eq!(quorum_decision(4, 3, 1, 2), Some(TaskState::Failed));
+        // Default quorum: all members.
+        let all = quorum_needed(4, None);
+        assert_eq!(all, 4);
+        assert_eq!(quorum_decision(4, all, 3, 0), None);
+        assert_eq!(quorum_decision(4, all, 3, 1), Some(TaskState::Failed));
+        assert_eq!(quorum_decision(4, all, 4, 0), Some(TaskState::Succeeded));
+        // A quorum larger than the group can never be met.
+        assert_eq!(quorum_decision(2, 3, 0, 0), Some(TaskState::Failed));
     }
 }

@@ -178,6 +178,51 @@ impl Dispatcher {
         }
     }
 
+    /// Fans ready `each` tasks out to the members `views` knows. A task whose group has
+    /// no member yet stays ready; one whose quorum exceeds its members fails at once.
+    async fn fan_out(
+        &mut self,
+        client: &mut fleet_shared::db::Client,
+        views: &[ExecutorView],
+        publisher: &Publisher,
+    ) -> Result<(), Error> {
+        let ready = dispatch::ready_each(client, PAGE).await?;
+        let fan: Vec<_> = ready
+            .iter()
+            .filter_map(|r| {
+                let m = policy::members(&ready_task(r), views);
+                (!m.is_empty()).then_some((r.id, m))
+            })
+            .collect();
+        if fan.is_empty() {
+            return Ok(());
+        }
+        let tx = self.fenced(client).await?;
+        let ids = dispatch::fan_out(&tx, &fan).await?;
+        let settled = db::collect::settle_each(&tx, &ids).await?;
+        outbox::enqueue(&tx, &outbox::events(&self.names, &settled)).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        tracing::debug!(tasks = ids.len(), "each tasks fanned out");
+        if !settled.finished.is_empty() {
+            self.relay_events(publisher).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the outbox holds (one batch: the collector drains any backlog, and a
+    /// long relay here would outlast our leadership lease).
+    async fn relay_events(&self, publisher: &Publisher) -> Result<(), Error> {
+        match outbox::relay(&self.pool, publisher, self.names.prefix(), Some(1)).await {
+            Ok(_) => Ok(()),
+            Err(outbox::RelayError::Amqp(e)) => Err(e.into()),
+            // The collector's relay, or ours next time, sends them.
+            Err(outbox::RelayError::Db(e)) => {
+                tracing::warn!(error = %e, "outbox relay postponed");
+                Ok(())
+            }
+        }
+    }
+
     pub async fn run_once(&mut self, publisher: &Publisher) -> Result<Report, Error> {
         let mut report = Report::default();
         let mut client = self.pool.get().await.map_err(DbError::from)?;
@@ -200,21 +245,17 @@ impl Dispatcher {
         }
 
         let tx = self.fenced(&mut client).await?;
-        let settled = dispatch::sweep_leases(&tx).await?;
+        let settled = dispatch::sweep_leases(
+            &tx,
+            self.lease_secs(),
+            self.cfg.dispatcher.executor_timeout_secs as f64,
+        )
+        .await?;
         // Tasks failed as lost (and their jobs) are announced like any other outcome.
         outbox::enqueue(&tx, &outbox::events(&self.names, &settled)).await?;
         tx.commit().await.map_err(DbError::from)?;
         if !settled.finished.is_empty() || !settled.jobs.is_empty() {
-            // One batch at most: the collector drains any backlog, and a long relay here
-            // would outlast our leadership lease.
-            match outbox::relay(&self.pool, publisher, self.names.prefix(), Some(1)).await {
-                Ok(_) => {}
-                Err(outbox::RelayError::Amqp(e)) => return Err(e.into()),
-                // The collector's relay, or ours next time, sends them.
-                Err(outbox::RelayError::Db(e)) => {
-                    tracing::warn!(error = %e, "outbox relay postponed")
-                }
-            }
+            self.relay_events(publisher).await?;
         }
         report.lost = settled.finished.len() + settled.readied;
         metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
@@ -241,38 +282,43 @@ impl Dispatcher {
             .collect();
         views.sort_by(|a, b| a.id.cmp(&b.id));
         let window = self.cfg.dispatcher.window;
-        if policy::free_slots(&views, window) == 0 {
-            return Ok(report);
-        }
+
+        // `each` tasks that became ready fan out into one copy per member known now.
+        self.fan_out(&mut client, &views, publisher).await?;
+        // Copies wait for their own member only, so they go first.
+        let pending = dispatch::pending_copies(&client).await?;
+        let pinned = policy::assign_pinned(&pending, &mut views, window);
 
         let mut rows = HashMap::new();
         let mut pairs = Vec::new();
         let mut cursor = None;
         for _ in 0..MAX_PAGES_PER_ROUND {
+            if policy::free_slots(&views, window) == 0 {
+                break;
+            }
             let page = dispatch::ready_page(&client, cursor, PAGE).await?;
             let Some(last) = page.last() else { break };
             cursor = Some((last.priority, last.seq));
-            let ready: Vec<ReadyTask> = page
-                .iter()
-                .map(|r| ReadyTask {
-                    id: r.id,
-                    group: r.group.clone(),
-                    labels: r.labels.clone(),
-                })
-                .collect();
+            let ready: Vec<ReadyTask> = page.iter().map(ready_task).collect();
             pairs.extend(policy::assign(&ready, &mut views, window));
             let full = page.len() as i64 == PAGE;
             rows.extend(page.into_iter().map(|r| (r.id, r)));
-            if !full || policy::free_slots(&views, window) == 0 {
+            if !full {
                 break;
             }
         }
-        if pairs.is_empty() {
+        if pairs.is_empty() && pinned.is_empty() {
             return Ok(report);
+        }
+        if !pinned.is_empty() {
+            let ids: Vec<_> = pinned.iter().map(|(t, _)| *t).collect();
+            rows.extend(dispatch::task_rows(&client, &ids).await?);
         }
 
         let tx = self.fenced(&mut client).await?;
-        let assignments = dispatch::assign(&tx, &pairs, self.lease_secs(), lead.epoch).await?;
+        let mut assignments = dispatch::assign(&tx, &pairs, self.lease_secs(), lead.epoch).await?;
+        assignments
+            .extend(dispatch::assign_copies(&tx, &pinned, self.lease_secs(), lead.epoch).await?);
         tx.commit().await.map_err(DbError::from)?;
         drop(client);
         report.assigned = assignments.len();
@@ -308,6 +354,14 @@ impl Dispatcher {
         // back to ready: late, never lost.
         publisher.publish_all(out).await?;
         Ok(report)
+    }
+}
+
+fn ready_task(r: &dispatch::ReadyRow) -> ReadyTask {
+    ReadyTask {
+        id: r.id,
+        group: r.group.clone(),
+        labels: r.labels.clone(),
     }
 }
 

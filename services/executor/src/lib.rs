@@ -347,9 +347,16 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     }
     shared.changed.notify_one();
     tracing::debug!(task_id = %req.task_id, attempt = req.attempt, "starting");
+    // The command learns where and as what it runs (after the task's own env, so a
+    // task cannot pose as another executor).
+    let mut env = req.env.clone();
+    env.insert("FLEET_EXECUTOR_ID".into(), shared.me.id.to_string());
+    env.insert("FLEET_JOB_ID".into(), req.job_id.to_string());
+    env.insert("FLEET_TASK_ID".into(), req.task_id.to_string());
+    env.insert("FLEET_ATTEMPT".into(), req.attempt.to_string());
     let spec = run::Spec {
         argv: req.argv.clone(),
-        env: req.env.clone(),
+        env,
         cwd: req.cwd.clone(),
         stdin: req.stdin.clone(),
         timeout: Duration::from_secs(req.timeout_secs),

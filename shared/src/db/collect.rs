@@ -10,8 +10,8 @@ use super::{DbError, Transaction};
 use crate::id::{JobId, TaskId};
 use crate::proto::{Outcome, TaskResult};
 use crate::state::{
-    job_state, resolve_dependencies, transition, DepNode, JobState, TaskCounts, TaskEvent,
-    TaskState,
+    copy_after, job_state, quorum_decision, quorum_needed, resolve_dependencies, transition,
+    CopyState, DepNode, JobState, TaskCounts, TaskEvent, TaskState,
 };
 
 /// An attempt that ended, as the collector (result) or the lease sweep (lost) saw it.
@@ -107,17 +107,25 @@ pub async fn record_results(
     settle(tx, &ended).await
 }
 
-/// Applies ended attempts to their tasks through the state machine, then moves the
-/// dependents of finished tasks and re-derives the state of every job touched.
-pub async fn settle(tx: &Transaction<'_>, ended: &[Ended]) -> Result<Settled, DbError> {
-    let mut settled = Settled::default();
-    if ended.is_empty() {
-        return Ok(settled);
-    }
-    let ids: Vec<uuid::Uuid> = ended.iter().map(|e| e.task_id.uuid()).collect();
+/// A task row as settling reads it (locked FOR UPDATE).
+#[derive(Debug, Clone, Copy)]
+struct Locked {
+    job_id: JobId,
+    state: TaskState,
+    attempts: i32,
+    max_attempts: i32,
+    each: bool,
+    quorum: Option<i32>,
+}
+
+/// Locks the tasks (in id order, so concurrent settlers cannot deadlock) and reads them.
+async fn lock_tasks(
+    tx: &Transaction<'_>,
+    ids: &[uuid::Uuid],
+) -> Result<HashMap<uuid::Uuid, Locked>, DbError> {
     let rows = tx
         .query(
-            "SELECT id, job_id, state, attempts, max_attempts FROM tasks
+            "SELECT id, job_id, state, attempts, max_attempts, each, quorum FROM tasks
              WHERE id = ANY($1) ORDER BY id FOR UPDATE",
             &[&ids],
         )
@@ -127,49 +135,203 @@ pub async fn settle(tx: &Transaction<'_>, ended: &[Ended]) -> Result<Settled, Db
         let state: String = r.get(2);
         let state = TaskState::parse(&state)
             .ok_or_else(|| DbError::Row(format!("task state {state:?}")))?;
-        let id: uuid::Uuid = r.get(0);
-        let job: uuid::Uuid = r.get(1);
         tasks.insert(
-            id,
-            (
-                JobId::from_uuid(job),
+            r.get::<_, uuid::Uuid>(0),
+            Locked {
+                job_id: JobId::from_uuid(r.get(1)),
                 state,
-                r.get::<_, i32>(3),
-                r.get::<_, i32>(4),
-            ),
+                attempts: r.get(3),
+                max_attempts: r.get(4),
+                each: r.get(5),
+                quorum: r.get(6),
+            },
         );
     }
+    Ok(tasks)
+}
+
+/// Applies ended attempts to their tasks through the state machine, then moves the
+/// dependents of finished tasks and re-derives the state of every job touched. An
+/// attempt of an `each` task ends its member's copy, and the quorum decides the task.
+pub async fn settle(tx: &Transaction<'_>, ended: &[Ended]) -> Result<Settled, DbError> {
+    let mut settled = Settled::default();
+    if ended.is_empty() {
+        return Ok(settled);
+    }
+    let ids: Vec<uuid::Uuid> = ended.iter().map(|e| e.task_id.uuid()).collect();
+    let tasks = lock_tasks(tx, &ids).await?;
     let mut updates = Vec::new();
     let mut jobs = BTreeSet::new();
+    let mut copy_ends = Vec::new();
     for e in ended {
-        let Some(&(job_id, state, attempts, max_attempts)) = tasks.get(&e.task_id.uuid()) else {
+        let Some(t) = tasks.get(&e.task_id.uuid()) else {
             continue;
         };
+        if t.each {
+            copy_ends.push(*e);
+            continue;
+        }
         // Only the current attempt decides; an older one's end is history.
-        if attempts != e.attempt {
+        if t.attempts != e.attempt {
             continue;
         }
         let event = TaskEvent::AttemptEnded {
             outcome: e.outcome,
             attempts_used: u32::try_from(e.attempt).unwrap_or(0),
-            max_attempts: u32::try_from(max_attempts).unwrap_or(0),
+            max_attempts: u32::try_from(t.max_attempts).unwrap_or(0),
         };
-        let Ok(to) = transition(state, event) else {
+        let Ok(to) = transition(t.state, event) else {
             continue;
         };
         let final_attempt = to.is_terminal().then_some(e.attempt);
         updates
             .push(json!({"id": e.task_id, "state": to.as_str(), "final_attempt": final_attempt}));
-        jobs.insert(job_id);
+        jobs.insert(t.job_id);
         if to.is_terminal() {
-            settled.finished.push((job_id, e.task_id, to));
+            settled.finished.push((t.job_id, e.task_id, to));
         } else {
             settled.readied += 1;
         }
     }
     apply_task_states(tx, updates).await?;
+    if !copy_ends.is_empty() {
+        let deciding = end_copies(tx, &copy_ends, &tasks).await?;
+        let each: Vec<uuid::Uuid> = copy_ends.iter().map(|e| e.task_id.uuid()).collect();
+        decide_each(tx, &each, &tasks, &deciding, &mut jobs, &mut settled).await?;
+    }
     resolve_jobs(tx, &jobs, &mut settled).await?;
     Ok(settled)
+}
+
+/// Re-decides `each` tasks after their copies changed outside an attempt's end (fan-out,
+/// a member that never came back): locks them, applies the quorum, settles their jobs.
+pub async fn settle_each(tx: &Transaction<'_>, ids: &[TaskId]) -> Result<Settled, DbError> {
+    let mut settled = Settled::default();
+    if ids.is_empty() {
+        return Ok(settled);
+    }
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|t| t.uuid()).collect();
+    let tasks = lock_tasks(tx, &ids).await?;
+    let mut jobs = BTreeSet::new();
+    decide_each(tx, &ids, &tasks, &HashMap::new(), &mut jobs, &mut settled).await?;
+    resolve_jobs(tx, &jobs, &mut settled).await?;
+    Ok(settled)
+}
+
+/// Ends the copies whose open attempt these are: succeeded, failed, or back to pending
+/// (a lost attempt, while the member has attempts left). Returns, per task, the attempt
+/// that ended last (the one that may decide it).
+async fn end_copies(
+    tx: &Transaction<'_>,
+    ended: &[Ended],
+    tasks: &HashMap<uuid::Uuid, Locked>,
+) -> Result<HashMap<uuid::Uuid, i32>, DbError> {
+    let task_ids: Vec<uuid::Uuid> = ended.iter().map(|e| e.task_id.uuid()).collect();
+    let attempts: Vec<i32> = ended.iter().map(|e| e.attempt).collect();
+    let rows = tx
+        .query(
+            "SELECT c.task_id, c.current_attempt, c.attempts FROM task_copies c
+             JOIN unnest($1::uuid[], $2::int[]) AS x(task_id, attempt)
+               ON c.task_id = x.task_id AND c.current_attempt = x.attempt
+             WHERE c.state = 'assigned'",
+            &[&task_ids, &attempts],
+        )
+        .await?;
+    let open: HashMap<(uuid::Uuid, i32), i32> = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let mut updates = Vec::new();
+    let mut deciding = HashMap::new();
+    for e in ended {
+        let key = (e.task_id.uuid(), e.attempt);
+        let (Some(&used), Some(t)) = (open.get(&key), tasks.get(&key.0)) else {
+            continue;
+        };
+        let to = copy_after(
+            e.outcome,
+            u32::try_from(used).unwrap_or(0),
+            u32::try_from(t.max_attempts).unwrap_or(0),
+        );
+        let error = (to == CopyState::Failed && e.outcome == Outcome::Lost)
+            .then_some("attempt lost: its executor stopped reporting, and no attempt is left");
+        updates.push(json!({"task_id": e.task_id, "attempt": e.attempt,
+                            "state": to.as_str(), "error": error}));
+        deciding.insert(key.0, e.attempt);
+    }
+    if !updates.is_empty() {
+        tx.execute(
+            "UPDATE task_copies c SET state = x.state, error = x.error,
+                 pending_since = CASE WHEN x.state = 'pending' THEN clock_timestamp() END
+             FROM jsonb_to_recordset($1::jsonb) AS x(task_id uuid, attempt int, state text, error text)
+             WHERE c.task_id = x.task_id AND c.current_attempt = x.attempt AND c.state = 'assigned'",
+            &[&serde_json::Value::Array(updates)],
+        )
+        .await?;
+    }
+    Ok(deciding)
+}
+
+/// Applies the quorum to `each` tasks that are not decided yet; a decided task's copies
+/// that never started are cancelled (those running finish and are kept).
+async fn decide_each(
+    tx: &Transaction<'_>,
+    ids: &[uuid::Uuid],
+    tasks: &HashMap<uuid::Uuid, Locked>,
+    deciding: &HashMap<uuid::Uuid, i32>,
+    jobs: &mut BTreeSet<JobId>,
+    settled: &mut Settled,
+) -> Result<(), DbError> {
+    let open: Vec<uuid::Uuid> = ids
+        .iter()
+        .filter(|id| {
+            tasks
+                .get(id)
+                .is_some_and(|t| t.each && !t.state.is_terminal())
+        })
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let rows = tx
+        .query(
+            "SELECT task_id, count(*), count(*) FILTER (WHERE state = 'succeeded'),
+                    count(*) FILTER (WHERE state IN ('failed', 'cancelled'))
+             FROM task_copies WHERE task_id = ANY($1) GROUP BY task_id",
+            &[&open],
+        )
+        .await?;
+    let mut updates = Vec::new();
+    let mut decided = Vec::new();
+    for r in &rows {
+        let id: uuid::Uuid = r.get(0);
+        let Some(t) = tasks.get(&id) else { continue };
+        let n = |i: usize| u32::try_from(r.get::<_, i64>(i)).unwrap_or(u32::MAX);
+        let (members, succeeded, failed) = (n(1), n(2), n(3));
+        let needed = quorum_needed(members, t.quorum.and_then(|q| u32::try_from(q).ok()));
+        let Some(to) = quorum_decision(members, needed, succeeded, failed) else {
+            continue;
+        };
+        let final_attempt = deciding.get(&id).copied();
+        updates.push(json!({"id": id, "state": to.as_str(), "final_attempt": final_attempt}));
+        decided.push(id);
+        jobs.insert(t.job_id);
+        settled.finished.push((t.job_id, TaskId::from_uuid(id), to));
+    }
+    apply_task_states(tx, updates).await?;
+    if !decided.is_empty() {
+        tx.execute(
+            "UPDATE task_copies SET state = 'cancelled', pending_since = NULL,
+                 error = 'the task was decided before this member ran it'
+             WHERE task_id = ANY($1) AND state = 'pending'",
+            &[&decided],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Locks the jobs (in id order, so concurrent settlers cannot deadlock) before their

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::collect::{settle, Ended, Settled};
+use super::collect::{settle, settle_each, Ended, Settled};
 use super::{Client, DbError, Transaction};
 use crate::group::GroupName;
 use crate::id::{ExecutorId, JobId, TaskId};
@@ -135,7 +135,7 @@ pub async fn apply_infos(
              RETURNING a.task_id, a.attempt, a.state)
          UPDATE tasks t SET state = 'running', updated_at = clock_timestamp()
          FROM upd
-         WHERE t.id = upd.task_id AND t.attempts = upd.attempt
+         WHERE t.id = upd.task_id AND (t.attempts = upd.attempt OR t.each)
            AND upd.state = 'running' AND t.state = 'assigned'",
         &[&serde_json::Value::Array(held), &lease_secs],
     )
@@ -174,6 +174,8 @@ pub struct ReadyRow {
     pub seq: i64,
     pub group: GroupName,
     pub labels: BTreeMap<String, String>,
+    /// Run once on every member of the group.
+    pub each: bool,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(col: &str, v: serde_json::Value) -> Result<T, DbError> {
@@ -193,32 +195,216 @@ pub async fn ready_page(
     let rows = client
         .query(
             "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
-                    target_group, labels
+                    target_group, labels, each
              FROM tasks
-             WHERE state = 'ready' AND (priority < $1 OR (priority = $1 AND seq > $2))
+             WHERE state = 'ready' AND NOT each
+               AND (priority < $1 OR (priority = $1 AND seq > $2))
              ORDER BY priority DESC, seq
              LIMIT $3",
             &[&p, &s, &limit],
         )
         .await?;
+    rows.iter().map(task_row).collect()
+}
+
+/// Ready `each` tasks, to fan out (highest priority, then oldest, first).
+pub async fn ready_each(client: &Client, limit: i64) -> Result<Vec<ReadyRow>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
+                    target_group, labels, each
+             FROM tasks WHERE state = 'ready' AND each
+             ORDER BY priority DESC, seq LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    rows.iter().map(task_row).collect()
+}
+
+fn task_row(r: &tokio_postgres::Row) -> Result<ReadyRow, DbError> {
+    let group: String = r.get(9);
+    Ok(ReadyRow {
+        id: TaskId::from_uuid(r.get(0)),
+        job_id: JobId::from_uuid(r.get(1)),
+        argv: parse("argv", r.get(2))?,
+        env: parse("env", r.get(3))?,
+        cwd: r.get(4),
+        stdin: r.get(5),
+        timeout_secs: u64::try_from(r.get::<_, i64>(6)).unwrap_or(1),
+        priority: r.get(7),
+        seq: r.get(8),
+        group: GroupName::parse(&group).map_err(|e| DbError::Row(e.to_string()))?,
+        labels: parse("labels", r.get(10))?,
+        each: r.get(11),
+    })
+}
+
+/// The commands of these tasks, for the requests of `each` copies.
+pub async fn task_rows(
+    client: &Client,
+    ids: &[TaskId],
+) -> Result<HashMap<TaskId, ReadyRow>, DbError> {
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|t| t.uuid()).collect();
+    let rows = client
+        .query(
+            "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
+                    target_group, labels, each
+             FROM tasks WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| task_row(r).map(|t| (t.id, t)))
+        .collect()
+}
+
+/// Fans `each` tasks out: one pending copy per member, and the task moves from ready to
+/// assigned. A task no longer ready is skipped. Returns the tasks fanned out.
+pub async fn fan_out(
+    tx: &Transaction<'_>,
+    members: &[(TaskId, Vec<ExecutorId>)],
+) -> Result<Vec<TaskId>, DbError> {
+    if members.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<_> = members
+        .iter()
+        .map(|(t, m)| json!({"task_id": t, "members": m}))
+        .collect();
+    let out = tx
+        .query(
+            "WITH x AS (
+                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(task_id uuid, members jsonb)),
+             t AS (
+                 UPDATE tasks t SET state = 'assigned', updated_at = clock_timestamp()
+                 FROM x WHERE t.id = x.task_id AND t.state = 'ready' AND t.each
+                 RETURNING t.id, x.members),
+             c AS (
+                 INSERT INTO task_copies (task_id, executor_id, state, pending_since)
+                 SELECT t.id, m.id, 'pending', clock_timestamp()
+                 FROM t, jsonb_array_elements_text(t.members) AS m(id))
+             SELECT id FROM t",
+            &[&serde_json::Value::Array(rows)],
+        )
+        .await?;
+    Ok(out.iter().map(|r| TaskId::from_uuid(r.get(0))).collect())
+}
+
+/// Copies waiting for their executor, of tasks not yet decided: highest priority, then
+/// oldest, first.
+pub async fn pending_copies(client: &Client) -> Result<Vec<(TaskId, ExecutorId)>, DbError> {
+    let rows = client
+        .query(
+            "SELECT c.task_id, c.executor_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
+             WHERE c.state = 'pending' AND t.state IN ('assigned', 'running')
+             ORDER BY t.priority DESC, t.seq, c.executor_id",
+            &[],
+        )
+        .await?;
     rows.iter()
         .map(|r| {
-            let group: String = r.get(9);
-            Ok(ReadyRow {
-                id: TaskId::from_uuid(r.get(0)),
-                job_id: JobId::from_uuid(r.get(1)),
-                argv: parse("argv", r.get(2))?,
-                env: parse("env", r.get(3))?,
-                cwd: r.get(4),
-                stdin: r.get(5),
-                timeout_secs: u64::try_from(r.get::<_, i64>(6)).unwrap_or(1),
-                priority: r.get(7),
-                seq: r.get(8),
-                group: GroupName::parse(&group).map_err(|e| DbError::Row(e.to_string()))?,
-                labels: parse("labels", r.get(10))?,
-            })
+            let e: String = r.get(1);
+            Ok((
+                TaskId::from_uuid(r.get(0)),
+                ExecutorId::parse(&e).map_err(|e| DbError::Row(e.to_string()))?,
+            ))
         })
         .collect()
+}
+
+/// Opens one attempt for each chosen copy (on its own member), numbered on from the
+/// task's attempt counter. A copy no longer pending, or of a task decided meanwhile, is
+/// skipped.
+pub async fn assign_copies(
+    tx: &Transaction<'_>,
+    pairs: &[(TaskId, ExecutorId)],
+    lease_secs: f64,
+    epoch: i64,
+) -> Result<Vec<Assignment>, DbError> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<uuid::Uuid> = pairs.iter().map(|(t, _)| t.uuid()).collect();
+    ids.sort();
+    ids.dedup();
+    // Locking the tasks first (in id order, as settle() does) keeps their copies still
+    // while we number the attempts.
+    let counters: HashMap<uuid::Uuid, i32> = tx
+        .query(
+            "SELECT id, attempts FROM tasks
+             WHERE id = ANY($1) AND state IN ('assigned', 'running') ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let pending: std::collections::HashSet<(uuid::Uuid, String)> = tx
+        .query(
+            "SELECT task_id, executor_id FROM task_copies
+             WHERE task_id = ANY($1) AND state = 'pending'",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut next = counters;
+    let mut rows = Vec::new();
+    for (t, e) in pairs {
+        if !pending.contains(&(t.uuid(), e.as_str().to_owned())) {
+            continue;
+        }
+        let Some(n) = next.get_mut(&t.uuid()) else {
+            continue;
+        };
+        *n += 1;
+        rows.push(json!({"task_id": t, "executor_id": e, "attempt": *n}));
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let counters: Vec<_> = next
+        .iter()
+        .map(|(id, n)| json!({"id": id, "attempts": n}))
+        .collect();
+    tx.execute(
+        "UPDATE tasks t SET attempts = x.attempts, updated_at = clock_timestamp()
+         FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, attempts int)
+         WHERE t.id = x.id AND t.attempts < x.attempts",
+        &[&serde_json::Value::Array(counters)],
+    )
+    .await?;
+    let rows = serde_json::Value::Array(rows);
+    tx.execute(
+        "UPDATE task_copies c SET state = 'assigned', attempts = c.attempts + 1,
+             current_attempt = x.attempt, pending_since = NULL
+         FROM jsonb_to_recordset($1::jsonb) AS x(task_id uuid, executor_id text, attempt int)
+         WHERE c.task_id = x.task_id AND c.executor_id = x.executor_id",
+        &[&rows],
+    )
+    .await?;
+    let out = tx
+        .query(
+            "INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline, epoch)
+             SELECT x.task_id, x.attempt, x.executor_id, 'assigned',
+                    clock_timestamp() + make_interval(secs => $2), $3
+             FROM jsonb_to_recordset($1::jsonb) AS x(task_id uuid, executor_id text, attempt int)
+             RETURNING task_id, attempt, executor_id, lease_deadline",
+            &[&rows, &lease_secs, &epoch],
+        )
+        .await?;
+    out.iter().map(assignment).collect()
+}
+
+fn assignment(r: &tokio_postgres::Row) -> Result<Assignment, DbError> {
+    let e: String = r.get(2);
+    Ok(Assignment {
+        task_id: TaskId::from_uuid(r.get(0)),
+        attempt: r.get(1),
+        executor_id: ExecutorId::parse(&e).map_err(|e| DbError::Row(e.to_string()))?,
+        lease_deadline: r.get(3),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,22 +446,54 @@ pub async fn assign(
             &[&serde_json::Value::Array(rows), &lease_secs, &epoch],
         )
         .await?;
-    out.iter()
-        .map(|r| {
-            let e: String = r.get(2);
-            Ok(Assignment {
-                task_id: TaskId::from_uuid(r.get(0)),
-                attempt: r.get(1),
-                executor_id: ExecutorId::parse(&e).map_err(|e| DbError::Row(e.to_string()))?,
-                lease_deadline: r.get(3),
-            })
-        })
-        .collect()
+    out.iter().map(assignment).collect()
 }
 
 /// Marks every attempt whose lease ran out as lost and settles its task: back to ready
-/// while attempts remain, else failed.
-pub async fn sweep_leases(tx: &Transaction<'_>) -> Result<Settled, DbError> {
+/// while attempts remain, else failed. Then fails the `each` copies whose member has
+/// been gone past the grace period (`lease_secs` times the task's attempts) and
+/// re-decides their tasks.
+pub async fn sweep_leases(
+    tx: &Transaction<'_>,
+    lease_secs: f64,
+    alive_secs: f64,
+) -> Result<Settled, DbError> {
+    let mut settled = sweep_attempts(tx).await?;
+    let gone = tx
+        .query(
+            "UPDATE task_copies c
+             SET state = 'failed', pending_since = NULL,
+                 error = 'its executor did not come back within the grace period'
+             FROM tasks t
+             WHERE c.task_id = t.id AND c.state = 'pending'
+               AND t.state IN ('assigned', 'running')
+               AND greatest(c.pending_since,
+                            (SELECT e.last_info_at FROM executors e WHERE e.id = c.executor_id))
+                   < clock_timestamp() - make_interval(secs => $1::float8 * t.max_attempts)
+               AND NOT EXISTS (
+                   SELECT 1 FROM executors e WHERE e.id = c.executor_id
+                   AND e.last_info_at >= clock_timestamp() - make_interval(secs => $2))
+             RETURNING c.task_id, c.executor_id",
+            &[&lease_secs, &alive_secs],
+        )
+        .await?;
+    if !gone.is_empty() {
+        let ids: Vec<TaskId> = gone
+            .iter()
+            .map(|r| {
+                tracing::warn!(task_id = %r.get::<_, uuid::Uuid>(0), executor_id = %r.get::<_, String>(1),
+                               "member gone past the grace period: its copy fails");
+                TaskId::from_uuid(r.get(0))
+            })
+            .collect();
+        let more = settle_each(tx, &ids).await?;
+        settled.finished.extend(more.finished);
+        settled.jobs.extend(more.jobs);
+    }
+    Ok(settled)
+}
+
+async fn sweep_attempts(tx: &Transaction<'_>) -> Result<Settled, DbError> {
     let rows = tx
         .query(
             "UPDATE attempts SET state = 'lost', finished_at = clock_timestamp()

@@ -116,6 +116,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         include_str!("../../../migrations/0004_tokens_groups.sql"),
     ),
+    (5, include_str!("../../../migrations/0005_each.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

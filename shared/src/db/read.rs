@@ -45,6 +45,26 @@ pub struct TaskView {
     /// Every attempt, oldest first: where it ran and how it ended.
     #[serde(default)]
     pub history: Vec<AttemptView>,
+    /// Runs once on every member of its group.
+    #[serde(default)]
+    pub each: bool,
+    /// With `each`: the successes needed (`None`: every member).
+    #[serde(default)]
+    pub quorum: Option<i32>,
+    /// With `each`: one entry per member, in executor order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyView>,
+}
+
+/// One member's copy of an `each` task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyView {
+    pub executor_id: String,
+    /// `pending`, `assigned`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// Attempts this member used.
+    pub attempts: i32,
+    pub error: Option<String>,
 }
 
 /// One attempt of a task, for operators to see what happened.
@@ -92,9 +112,10 @@ pub async fn job(
             "SELECT t.id, t.idx, t.name, t.state, t.attempts, a.executor_id,
                     r.exit_code, r.signal,
                     coalesce(r.error, CASE WHEN a.state = 'lost' AND t.state = 'failed' THEN $3 END),
-                    t.state IN ('assigned', 'running')
+                    NOT t.each AND t.state IN ('assigned', 'running')
                       AND (e.last_info_at IS NULL
-                           OR e.last_info_at < clock_timestamp() - make_interval(secs => $2))
+                           OR e.last_info_at < clock_timestamp() - make_interval(secs => $2)),
+                    t.each, t.quorum
              FROM tasks t
              LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempts
              LEFT JOIN results r ON r.task_id = t.id AND r.attempt = t.final_attempt
@@ -129,6 +150,24 @@ pub async fn job(
             late_result: r.get(7),
         });
     }
+    let mut copies: std::collections::HashMap<uuid::Uuid, Vec<CopyView>> =
+        std::collections::HashMap::new();
+    for r in client
+        .query(
+            "SELECT c.task_id, c.executor_id, c.state, c.attempts, c.error
+             FROM task_copies c JOIN tasks t ON t.id = c.task_id
+             WHERE t.job_id = $1 ORDER BY c.task_id, c.executor_id",
+            &[&id.uuid()],
+        )
+        .await?
+    {
+        copies.entry(r.get(0)).or_default().push(CopyView {
+            executor_id: r.get(1),
+            state: r.get(2),
+            attempts: r.get(3),
+            error: r.get(4),
+        });
+    }
     let mut counts = CountsView::default();
     let tasks = rows
         .iter()
@@ -145,6 +184,9 @@ pub async fn job(
             let task_id: uuid::Uuid = r.get(0);
             TaskView {
                 history: history.remove(&task_id).unwrap_or_default(),
+                each: r.get(10),
+                quorum: r.get(11),
+                copies: copies.remove(&task_id).unwrap_or_default(),
                 task_id: TaskId::from_uuid(task_id),
                 index: r.get(1),
                 name: r.get(2),
@@ -195,7 +237,9 @@ pub struct ResultsView {
     pub results: Vec<ResultView>,
 }
 
-/// The deciding result of each finished task of a job; `None` if the job does not exist.
+/// The deciding result of each finished task of a job, and for an `each` task the result
+/// of every member that finished (ordered by task, then executor); `None` if the job
+/// does not exist.
 pub async fn results(client: &Client, id: JobId) -> Result<Option<ResultsView>, DbError> {
     if client
         .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id.uuid()])
@@ -216,8 +260,22 @@ pub async fn results(client: &Client, id: JobId) -> Result<Option<ResultsView>, 
              FROM tasks t
              JOIN attempts a ON a.task_id = t.id AND a.attempt = t.final_attempt
              LEFT JOIN results r ON r.task_id = t.id AND r.attempt = t.final_attempt
-             WHERE t.job_id = $1
-             ORDER BY t.idx",
+             WHERE t.job_id = $1 AND NOT t.each
+             UNION ALL
+             SELECT t.id, t.idx, t.name, coalesce(c.current_attempt, 0), c.executor_id,
+                    coalesce(a.state, c.state),
+                    r.exit_code, r.signal,
+                    coalesce(r.error, c.error, CASE WHEN a.state = 'lost' THEN $2 END),
+                    coalesce(r.stdout, ''), coalesce(r.stderr, ''),
+                    coalesce(r.stdout_truncated, false), coalesce(r.stderr_truncated, false),
+                    coalesce(r.started_at, a.started_at), coalesce(r.finished_at, a.finished_at),
+                    coalesce(r.recorded_at, a.finished_at)
+             FROM tasks t
+             JOIN task_copies c ON c.task_id = t.id
+             LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = c.current_attempt
+             LEFT JOIN results r ON r.task_id = t.id AND r.attempt = c.current_attempt
+             WHERE t.job_id = $1 AND t.each AND c.state IN ('succeeded', 'failed')
+             ORDER BY 2, 5",
             &[&id.uuid(), &LOST_ERROR],
         )
         .await?;

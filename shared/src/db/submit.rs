@@ -101,6 +101,8 @@ pub async fn insert_jobs(
                     "labels": t.labels,
                     "depends_on": t.depends_on,
                     "max_attempts": t.max_attempts,
+                    "each": t.each,
+                    "quorum": t.quorum,
                     "state": state.as_str(),
                 }));
             }
@@ -120,14 +122,16 @@ pub async fn insert_jobs(
     if !task_rows.is_empty() {
         tx.execute(
             "INSERT INTO tasks (id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs,
-                                priority, target_group, labels, depends_on, max_attempts, state)
+                                priority, target_group, labels, depends_on, max_attempts, each,
+                                quorum, state)
              SELECT x.id, x.job_id, x.idx, x.name, x.argv, x.env, x.cwd, x.stdin,
                     x.timeout_secs, x.priority, x.target_group, x.labels, x.depends_on,
-                    x.max_attempts, x.state
+                    x.max_attempts, x.each, x.quorum, x.state
              FROM jsonb_to_recordset($1::jsonb) AS x(
                  id uuid, job_id uuid, idx int, name text, argv jsonb, env jsonb, cwd text,
                  stdin text, timeout_secs bigint, priority int, target_group text,
-                 labels jsonb, depends_on jsonb, max_attempts int, state text)",
+                 labels jsonb, depends_on jsonb, max_attempts int, each bool, quorum int,
+                 state text)",
             &[&serde_json::Value::Array(task_rows)],
         )
         .await?;
