@@ -39,6 +39,10 @@ pub struct TaskSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub each: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
 }
 
 /// Answer of POST /v1/jobs.

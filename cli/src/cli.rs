@@ -93,15 +93,107 @@ pub enum Command {
                       have no result yet are left out.",
         after_help = "Examples:\n  \
             fleetctl results 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+            fleetctl results --by-executor 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
             fleetctl results -o json 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b | jq -r '.results[0].stdout'"
     )]
-    Results(JobArg),
+    Results(ResultsArgs),
 
     /// List the executors the dispatcher knows about
     #[command(after_help = "Examples:\n  \
         fleetctl executors\n  \
         fleetctl executors -o json | jq '.executors[] | select(.alive | not)'")]
     Executors,
+
+    /// Manage groups: list, create, delete, and put executors in them
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        fleetctl group list\n  \
+        fleetctl group create site && fleetctl group create site.web\n  \
+        fleetctl group add site.web web-1\n  \
+        fleetctl group remove site.web web-1 && fleetctl group delete site.web"
+    )]
+    Group(GroupCommand),
+
+    /// Manage API tokens (admin): create one for a person or system, list, revoke
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        fleetctl token create ci-pipeline --role submitter\n  \
+        fleetctl token list\n  \
+        fleetctl token revoke 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b"
+    )]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// The job's id, as printed by `fleetctl submit`
+    #[arg(value_name = "JOB_ID")]
+    pub job_id: Uuid,
+
+    /// List the results grouped by executor (for tasks run on every member)
+    #[arg(long)]
+    pub by_executor: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List every group with its subgroups and members
+    List,
+    /// Create a group; a nested one (`site.web`) needs its parent (`site`) first
+    Create {
+        /// Dot-separated name, e.g. site.web
+        name: String,
+        /// What the group is for
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a group (refused while it has subgroups, members or unfinished tasks)
+    Delete { name: String },
+    /// Put an executor in a group
+    Add { group: String, executor: String },
+    /// Take an executor out of a group it was put in
+    Remove { group: String, executor: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is printed once and cannot be shown again
+    Create {
+        /// Who or what the token is for
+        name: String,
+        /// What it may do
+        #[arg(long, value_enum, default_value_t = RoleArg::Reader)]
+        role: RoleArg,
+    },
+    /// List the tokens (never their secrets)
+    List,
+    /// Revoke a token by its id (takes effect within 5 seconds)
+    Revoke {
+        #[arg(value_name = "TOKEN_ID")]
+        token_id: Uuid,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Read jobs, results, executors and groups
+    Reader,
+    /// Also submit jobs
+    Submitter,
+    /// Also manage groups, executors and tokens
+    Admin,
+}
+
+impl RoleArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reader => "reader",
+            Self::Submitter => "submitter",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +268,14 @@ pub struct TaskOptions {
     /// Feed this file's contents to the command's stdin (`-` for fleetctl's own stdin)
     #[arg(long, value_name = "PATH")]
     pub stdin_file: Option<PathBuf>,
+
+    /// Run once on every member of the group instead of once on any
+    #[arg(long)]
+    pub each: bool,
+
+    /// With --each: how many members must succeed (server default: all)
+    #[arg(long, value_name = "N", requires = "each")]
+    pub quorum: Option<u32>,
 }
 
 /// Accepts `host:port` as well as a URL, since that is what people type; the plain-HTTP

@@ -77,6 +77,20 @@ impl Client {
         self.send(self.http.get(self.url("/v1/executors"))).await
     }
 
+    /// Any call of the API: `body` as JSON if given. An empty success (204) reads as `{}`.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, CliError> {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(b) = body {
+            request = request.json(b);
+        }
+        self.send(request).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -94,6 +108,9 @@ impl Client {
             .await
             .map_err(|err| self.transport_error(&err))?;
 
+        if status.is_success() && body.is_empty() {
+            return Ok(Answer("{}".into()));
+        }
         if status.is_success() {
             // Checked once here so every later view can rely on well-formed JSON; a valid
             // JSON document is valid UTF-8, so the conversion cannot lose anything.
@@ -107,8 +124,15 @@ impl Client {
             };
         }
         if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&body) {
+            let message = match status.as_u16() {
+                401 => format!(
+                    "{}\nhint: set FLEET_TOKEN (or --token) to a token from your Fleet administrator",
+                    error.message
+                ),
+                _ => error.message,
+            };
             return Err(CliError::Api {
-                message: error.message,
+                message,
                 field: error.field,
             });
         }

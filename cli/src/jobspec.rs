@@ -36,6 +36,8 @@ pub fn build_job(opts: &TaskOptions, argv: &[String], stdin: Option<String>) -> 
             group: opts.group.clone(),
             labels: to_map(&opts.labels),
             max_attempts: opts.max_attempts,
+            each: opts.each,
+            quorum: opts.quorum,
         }],
     }
 }
@@ -84,6 +86,8 @@ mod tests {
             priority: Some(-5),
             max_attempts: Some(2),
             stdin_file: None,
+            each: true,
+            quorum: Some(3),
         };
         let argv = ["make".to_string(), "-j4".to_string()];
         let job = build_job(&opts, &argv, Some("input".into()));
@@ -101,7 +105,9 @@ mod tests {
                     "priority": -5,
                     "group": "cpu",
                     "labels": {"arch": "x86_64"},
-                    "max_attempts": 2
+                    "max_attempts": 2,
+                    "each": true,
+                    "quorum": 3
                 }]
             })
         );

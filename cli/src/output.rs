@@ -1,5 +1,6 @@
 //! Text views of API answers (tables, results, progress lines) and writing them to stdout.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::Duration;
 
@@ -189,6 +190,32 @@ pub fn render_results(results: &Results) -> String {
     sorted.sort_by_key(|r| r.index);
     let blocks: Vec<String> = sorted.into_iter().map(render_result).collect();
     blocks.join("\n")
+}
+
+/// The results grouped by the executor that produced them, executors in name order.
+pub fn render_results_by_executor(results: &Results) -> String {
+    if results.results.is_empty() {
+        return format!("job {}: no task results yet\n", results.job_id);
+    }
+    let mut by: BTreeMap<&str, Vec<&TaskResult>> = BTreeMap::new();
+    for r in &results.results {
+        by.entry(r.executor_id.as_deref().unwrap_or("-"))
+            .or_default()
+            .push(r);
+    }
+    let mut out = String::new();
+    for (executor, mut rs) in by {
+        rs.sort_by_key(|r| r.index);
+        out.push_str(&format!(
+            "== executor {executor} ({} result(s))\n",
+            rs.len()
+        ));
+        for r in rs {
+            out.push_str(&render_result(r));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn render_result(r: &TaskResult) -> String {

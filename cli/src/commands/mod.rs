@@ -1,5 +1,6 @@
 //! The subcommands: each takes its parsed flags, talks to the API and returns an exit code.
 
+mod admin;
 mod executors;
 mod results;
 mod status;
@@ -14,7 +15,11 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Submit(args) => submit::run(&client, *args, cli.output).await,
         Command::Status(arg) => status::run(&client, &arg.job_id, cli.output).await,
-        Command::Results(arg) => results::run(&client, &arg.job_id, cli.output).await,
+        Command::Results(arg) => {
+            results::run(&client, &arg.job_id, arg.by_executor, cli.output).await
+        }
         Command::Executors => executors::run(&client, cli.output).await,
+        Command::Group(cmd) => admin::group(&client, cmd, cli.output).await,
+        Command::Token(cmd) => admin::token(&client, cmd, cli.output).await,
     }
 }

@@ -8,9 +8,19 @@ use crate::client::{Answer, Client};
 use crate::error::CliError;
 use crate::output;
 
-pub async fn run(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, CliError> {
+pub async fn run(
+    client: &Client,
+    job_id: &Uuid,
+    by_executor: bool,
+    format: Output,
+) -> Result<u8, CliError> {
     let answer = client.results(job_id).await?;
-    print(&answer, format)?;
+    if by_executor && format == Output::Text {
+        let results: Results = answer.decode("job results")?;
+        output::emit(&output::render_results_by_executor(&results))?;
+    } else {
+        print(&answer, format)?;
+    }
     Ok(0)
 }
 

@@ -1,0 +1,174 @@
+//! `fleetctl group ...` and `fleetctl token ...`: administration through the API.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::cli::{GroupCommand, Output, TokenCommand};
+use crate::client::{Answer, Client};
+use crate::error::CliError;
+use crate::output;
+
+/// Path segments come from the user: keep them to what ids and group names may hold.
+fn segment(what: &str, s: &str) -> Result<String, CliError> {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        Ok(s.to_owned())
+    } else {
+        Err(CliError::Other(anyhow::anyhow!(
+            "{what} {s:?} may hold only letters, digits, '-', '_' and '.'"
+        )))
+    }
+}
+
+fn done(answer: &Answer, format: Output, text: String) -> Result<u8, CliError> {
+    match format {
+        Output::Json => output::emit_json(answer)?,
+        Output::Text => output::emit(&text)?,
+    }
+    Ok(0)
+}
+
+pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result<u8, CliError> {
+    match cmd {
+        GroupCommand::List => {
+            let answer = client.call(Method::GET, "/v1/groups", None).await?;
+            let v: Value = answer.decode("group list")?;
+            done(&answer, format, render_groups(&v))
+        }
+        GroupCommand::Create { name, description } => {
+            let body = json!({"name": name, "description": description});
+            let answer = client.call(Method::POST, "/v1/groups", Some(&body)).await?;
+            done(&answer, format, format!("created group {name}\n"))
+        }
+        GroupCommand::Delete { name } => {
+            let path = format!("/v1/groups/{}", segment("group", &name)?);
+            let answer = client.call(Method::DELETE, &path, None).await?;
+            done(&answer, format, format!("deleted group {name}\n"))
+        }
+        GroupCommand::Add { group, executor } => {
+            let path = format!(
+                "/v1/groups/{}/members/{}",
+                segment("group", &group)?,
+                segment("executor", &executor)?
+            );
+            let answer = client.call(Method::PUT, &path, None).await?;
+            done(&answer, format, format!("{executor} is in {group}\n"))
+        }
+        GroupCommand::Remove { group, executor } => {
+            let path = format!(
+                "/v1/groups/{}/members/{}",
+                segment("group", &group)?,
+                segment("executor", &executor)?
+            );
+            let answer = client.call(Method::DELETE, &path, None).await?;
+            done(
+                &answer,
+                format,
+                format!("{executor} is no longer in {group}\n"),
+            )
+        }
+    }
+}
+
+pub async fn token(client: &Client, cmd: TokenCommand, format: Output) -> Result<u8, CliError> {
+    match cmd {
+        TokenCommand::Create { name, role } => {
+            let body = json!({"name": name, "role": role.as_str()});
+            let answer = client.call(Method::POST, "/v1/tokens", Some(&body)).await?;
+            let v: Value = answer.decode("new token")?;
+            let text = format!(
+                "token {} ({}, role {}):\n{}\nShown once: keep it now (e.g. as FLEET_TOKEN).\n",
+                v["token_id"].as_str().unwrap_or("?"),
+                name,
+                role.as_str(),
+                v["token"].as_str().unwrap_or("?")
+            );
+            done(&answer, format, text)
+        }
+        TokenCommand::List => {
+            let answer = client.call(Method::GET, "/v1/tokens", None).await?;
+            let v: Value = answer.decode("token list")?;
+            let rows: Vec<Vec<String>> = v["tokens"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|t| {
+                    let s = |k: &str| t[k].as_str().unwrap_or("-").to_owned();
+                    vec![
+                        s("token_id"),
+                        s("name"),
+                        s("role"),
+                        s("created_at"),
+                        s("revoked_at"),
+                    ]
+                })
+                .collect();
+            let text = if rows.is_empty() {
+                "no tokens (besides the configured admin token)\n".to_owned()
+            } else {
+                output::table(&["TOKEN_ID", "NAME", "ROLE", "CREATED", "REVOKED"], &rows)
+            };
+            done(&answer, format, text)
+        }
+        TokenCommand::Revoke { token_id } => {
+            let path = format!("/v1/tokens/{token_id}");
+            let answer = client.call(Method::DELETE, &path, None).await?;
+            done(&answer, format, format!("revoked token {token_id}\n"))
+        }
+    }
+}
+
+/// One line per group, nested groups indented under their parent.
+fn render_groups(v: &Value) -> String {
+    let mut groups: Vec<&Value> = v["groups"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    // Parents before children, siblings by name: `default`, `site`, `site.db`, `site-x`.
+    groups.sort_by_key(|g| {
+        let name = g["name"].as_str().unwrap_or("");
+        (
+            name != "default",
+            name.split('.').map(str::to_owned).collect::<Vec<_>>(),
+        )
+    });
+    let rows: Vec<Vec<String>> = groups
+        .into_iter()
+        .map(|g| {
+            let name = g["name"].as_str().unwrap_or("?");
+            let depth = if name == "default" {
+                0
+            } else {
+                name.matches('.').count() + 1
+            };
+            let members: Vec<String> = g["members"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|m| {
+                    let id = m["executor_id"].as_str().unwrap_or("?");
+                    match m["source"].as_str() {
+                        Some("assigned") => format!("{id}*"),
+                        _ => id.to_owned(),
+                    }
+                })
+                .collect();
+            vec![
+                format!("{}{name}", "  ".repeat(depth)),
+                if members.is_empty() {
+                    "-".into()
+                } else {
+                    members.join(", ")
+                },
+                g["description"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    let mut out = output::table(&["GROUP", "MEMBERS", "DESCRIPTION"], &rows);
+    out.push_str("(* put in the group by an administrator; others declare it themselves)\n");
+    out
+}
