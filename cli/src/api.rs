@@ -111,6 +111,23 @@ pub struct TaskStatus {
     /// Every attempt, oldest first.
     #[serde(default)]
     pub history: Vec<AttemptStatus>,
+    /// Runs once on every member of its group.
+    #[serde(default)]
+    pub each: bool,
+    #[serde(default)]
+    pub quorum: Option<u64>,
+    /// With `each`: one per member.
+    #[serde(default)]
+    pub copies: Vec<CopyStatus>,
+}
+
+/// One member's copy of an `each` task.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CopyStatus {
+    pub executor_id: String,
+    pub state: String,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One attempt of a task: where it ran and how it ended.

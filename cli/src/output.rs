@@ -154,9 +154,35 @@ pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
             &rows,
         ));
     }
+    let each: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.each)
+        .map(|t| {
+            let ok = t.copies.iter().filter(|c| c.state == "succeeded").count();
+            let needed = t.quorum.map_or(t.copies.len(), |q| q as usize);
+            let members: Vec<String> = t
+                .copies
+                .iter()
+                .map(|c| match &c.error {
+                    Some(e) => format!("{} {} ({e})", c.executor_id, c.state),
+                    None => format!("{} {}", c.executor_id, c.state),
+                })
+                .collect();
+            format!(
+                "  {} {}: {ok} of {needed} needed succeeded; {}\n",
+                t.index,
+                t.name,
+                members.join(", ")
+            )
+        })
+        .collect();
+    if !each.is_empty() {
+        out.push_str("\nmembers of the tasks run on every member:\n");
+        out.extend(each);
+    }
     let retried: Vec<String> = tasks
         .iter()
-        .filter(|t| t.history.len() > 1)
+        .filter(|t| !t.each && t.history.len() > 1)
         .map(|t| format!("  {} {}: {}\n", t.index, t.name, render_history(&t.history)))
         .collect();
     if !retried.is_empty() {
