@@ -124,6 +124,16 @@ pub enum Command {
         fleetctl token revoke 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b"
     )]
     Token(TokenCommand),
+
+    /// Control one executor (admin): drain, resume, cancel an attempt
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        fleetctl executor drain cpu-1\n  \
+        fleetctl executor resume cpu-1\n  \
+        fleetctl executor cancel cpu-1 --task 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b --attempt 1"
+    )]
+    Executor(ExecutorCommand),
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +165,35 @@ pub enum GroupCommand {
     Add { group: String, executor: String },
     /// Take an executor out of a group it was put in
     Remove { group: String, executor: String },
+    /// Drain every executor of a group and its subgroups (they finish what they run)
+    Drain { name: String },
+    /// Resume every executor of a group and its subgroups
+    Resume { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExecutorCommand {
+    /// Finish what it runs, start nothing new, receive no new work
+    Drain {
+        #[arg(value_name = "EXECUTOR_ID")]
+        id: String,
+    },
+    /// Take work again after a drain
+    Resume {
+        #[arg(value_name = "EXECUTOR_ID")]
+        id: String,
+    },
+    /// Cancel one attempt it holds: its process group is killed, the task ends cancelled
+    Cancel {
+        #[arg(value_name = "EXECUTOR_ID")]
+        id: String,
+        /// The task's id (see `fleetctl status -o json`)
+        #[arg(long)]
+        task: Uuid,
+        /// The attempt number
+        #[arg(long)]
+        attempt: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]

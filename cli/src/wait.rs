@@ -182,6 +182,9 @@ mod tests {
             attempts: 1,
             executor_id: None,
             history: Vec::new(),
+            each: false,
+            quorum: None,
+            copies: Vec::new(),
             end: Ending {
                 exit_code,
                 ..Ending::default()

@@ -108,12 +108,14 @@ impl<'de, T> Deserialize<'de> for Id<T> {
 pub struct ExecutorId(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("executor id {0:?} must be 1 to 64 characters of a-z, 0-9, '-' and '_'")]
+#[error("executor id {0:?} must be 1 to 64 characters of a-z, 0-9, '-' and '_', and not 'all'")]
 pub struct BadExecutorId(pub String);
 
 impl ExecutorId {
     pub fn parse(s: &str) -> Result<Self, BadExecutorId> {
+        // `control.all` addresses every executor of a group: `all` cannot be one of them.
         let ok = !s.is_empty()
+            && s != "all"
             && s.len() <= 64
             && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');

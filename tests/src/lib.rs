@@ -331,6 +331,41 @@ impl TestFleet {
         Ok((status, resp.json().await?))
     }
 
+    /// Any API call as the fleet's admin; returns the status and the JSON body (Null when
+    /// there is none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.api));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// Waits until the API shows `id` with `draining` as given.
+    pub async fn wait_draining(&self, id: &str, draining: bool) -> Result<()> {
+        wait_for(
+            &format!("{id} to report draining={draining}"),
+            Duration::from_secs(30),
+            || async {
+                let view: ExecutorsView = self.get_json("/v1/executors").await?;
+                Ok(view
+                    .executors
+                    .iter()
+                    .any(|e| e.executor_id == id && e.alive && e.draining == draining)
+                    .then_some(()))
+            },
+        )
+        .await
+    }
+
     pub async fn submit(&self, job: &Value) -> Result<JobId> {
         let (status, body) = self.post_job(job, None).await?;
         if status != 201 {

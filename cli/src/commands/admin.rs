@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{GroupCommand, Output, TokenCommand};
+use crate::cli::{ExecutorCommand, GroupCommand, Output, TokenCommand};
 use crate::client::{Answer, Client};
 use crate::error::CliError;
 use crate::output;
@@ -55,6 +55,24 @@ pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result
             );
             let answer = client.call(Method::PUT, &path, None).await?;
             done(&answer, format, format!("{executor} is in {group}\n"))
+        }
+        GroupCommand::Drain { name } => {
+            let path = format!("/v1/groups/{}/drain", segment("group", &name)?);
+            let answer = client.call(Method::POST, &path, None).await?;
+            done(
+                &answer,
+                format,
+                format!("drain sent to the executors of {name}\n"),
+            )
+        }
+        GroupCommand::Resume { name } => {
+            let path = format!("/v1/groups/{}/resume", segment("group", &name)?);
+            let answer = client.call(Method::POST, &path, None).await?;
+            done(
+                &answer,
+                format,
+                format!("resume sent to the executors of {name}\n"),
+            )
         }
         GroupCommand::Remove { group, executor } => {
             let path = format!(
@@ -119,6 +137,32 @@ pub async fn token(client: &Client, cmd: TokenCommand, format: Output) -> Result
             done(&answer, format, format!("revoked token {token_id}\n"))
         }
     }
+}
+
+pub async fn executor(
+    client: &Client,
+    cmd: ExecutorCommand,
+    format: Output,
+) -> Result<u8, CliError> {
+    let (path, body, text) = match cmd {
+        ExecutorCommand::Drain { id } => (
+            format!("/v1/executors/{}/drain", segment("executor", &id)?),
+            None,
+            format!("drain sent to {id}: it finishes what it runs and takes nothing new\n"),
+        ),
+        ExecutorCommand::Resume { id } => (
+            format!("/v1/executors/{}/resume", segment("executor", &id)?),
+            None,
+            format!("resume sent to {id}\n"),
+        ),
+        ExecutorCommand::Cancel { id, task, attempt } => (
+            format!("/v1/executors/{}/cancel", segment("executor", &id)?),
+            Some(json!({"task_id": task, "attempt": attempt})),
+            format!("cancel of task {task} attempt {attempt} sent to {id}\n"),
+        ),
+    };
+    let answer = client.call(Method::POST, &path, body.as_ref()).await?;
+    done(&answer, format, text)
 }
 
 /// One line per group, nested groups indented under their parent.

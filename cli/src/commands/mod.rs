@@ -21,5 +21,6 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Executors => executors::run(&client, cli.output).await,
         Command::Group(cmd) => admin::group(&client, cmd, cli.output).await,
         Command::Token(cmd) => admin::token(&client, cmd, cli.output).await,
+        Command::Executor(cmd) => admin::executor(&client, cmd, cli.output).await,
     }
 }

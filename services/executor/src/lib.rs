@@ -16,7 +16,7 @@ use fleet_shared::config::{Config, ConfigError};
 use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
 use fleet_shared::id::{ExecutorId, TaskId};
-use fleet_shared::proto::{self, HeldAttempt, Info, Request, TaskResult};
+use fleet_shared::proto::{self, Control, ControlAction, HeldAttempt, Info, Request, TaskResult};
 use fleet_shared::svc;
 use futures_util::StreamExt;
 use lapin::options::BasicCancelOptions;
@@ -121,7 +121,12 @@ struct Shared {
     names: Names,
     cfg: Config,
     attempts: Mutex<Attempts>,
+    /// Shutting down: take nothing new.
     draining: AtomicBool,
+    /// Drained by an operator (`control` drain): start nothing new until resumed.
+    drained: watch::Sender<bool>,
+    /// A token per attempt held, cancelled by a `control` cancel.
+    cancels: Mutex<HashMap<AttemptKey, CancellationToken>>,
     changed: Notify,
     slots: Semaphore,
     /// The current session's publisher; `None` while reconnecting.
@@ -158,9 +163,50 @@ impl Shared {
                     running,
                 })
                 .collect(),
-            draining: self.draining.load(Ordering::Relaxed),
+            draining: self.draining.load(Ordering::Relaxed) || *self.drained.borrow(),
             sent_at: Utc::now(),
         }
+    }
+
+    /// Drops an attempt it will not report (shutdown).
+    fn forget(&self, key: AttemptKey) {
+        self.lock().held.remove(&key);
+        if let Ok(mut c) = self.cancels.lock() {
+            c.remove(&key);
+        }
+    }
+
+    /// An operator's `control` message: drain, resume, or cancel one attempt.
+    fn control(&self, action: ControlAction) {
+        match action {
+            ControlAction::Drain => {
+                tracing::info!(
+                    "drained by an operator: finishing running attempts, starting nothing new"
+                );
+                self.drained.send_replace(true);
+            }
+            ControlAction::Resume => {
+                tracing::info!("resumed by an operator");
+                self.drained.send_replace(false);
+            }
+            ControlAction::Cancel { task_id, attempt } => {
+                let token = self
+                    .cancels
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.get(&(task_id, attempt)).cloned());
+                match token {
+                    Some(t) => {
+                        tracing::info!(%task_id, attempt, "cancelling an attempt");
+                        t.cancel();
+                    }
+                    None => {
+                        tracing::info!(%task_id, attempt, "cancel for an attempt not held here; ignored")
+                    }
+                }
+            }
+        }
+        self.changed.notify_one();
     }
 
     /// Publishes on the current session, waiting out reconnects; gives up only when
@@ -213,6 +259,8 @@ pub async fn run(
         cfg: cfg.clone(),
         attempts: Mutex::default(),
         draining: AtomicBool::new(false),
+        drained: watch::channel(false).0,
+        cancels: Mutex::default(),
         changed: Notify::new(),
         publisher,
         stop_starting: token.child_token(),
@@ -294,6 +342,24 @@ async fn session(
         };
         let req = match proto::decode::<Request>(&delivery.data) {
             Ok(r) => r,
+            Err(proto::DecodeError::UnknownType { found, .. }) if found == "control" => {
+                match proto::decode::<Control>(&delivery.data) {
+                    Ok(c) => shared.control(c.action),
+                    Err(e) => {
+                        publisher
+                            .publish(amqp::dead_letter(
+                                n,
+                                &delivery,
+                                &queue,
+                                e.reason(),
+                                &e.to_string(),
+                            ))
+                            .await?;
+                    }
+                }
+                ack_one(&delivery).await?;
+                continue;
+            }
             Err(e) => {
                 publisher
                     .publish(amqp::dead_letter(
@@ -304,7 +370,7 @@ async fn session(
                         &e.to_string(),
                     ))
                     .await?;
-                amqp::ack_through(&delivery).await?;
+                ack_one(&delivery).await?;
                 continue;
             }
         };
@@ -318,6 +384,11 @@ async fn session(
                 false
             }
         };
+        if !duplicate {
+            if let Ok(mut c) = shared.cancels.lock() {
+                c.insert(key, shared.kill.child_token());
+            }
+        }
         if duplicate {
             // Already running or done here: a redelivery after a reconnect.
             let _ = delivery
@@ -331,13 +402,41 @@ async fn session(
     }
 }
 
+/// Acks this delivery alone: requests before it may still be running, each acked when its
+/// result is confirmed (a `multiple` ack would take them too, and their own acks would
+/// then close the channel).
+async fn ack_one(delivery: &Delivery) -> Result<(), amqp::AmqpError> {
+    delivery
+        .acker
+        .ack(lapin::options::BasicAckOptions::default())
+        .await?;
+    Ok(())
+}
+
 async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     let key = (req.task_id, req.attempt);
+    let cancel = shared
+        .cancels
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&key).cloned())
+        .unwrap_or_else(|| shared.kill.child_token());
+    let mut drained = shared.drained.subscribe();
     let permit = tokio::select! {
-        p = shared.slots.acquire() => p,
+        p = async {
+            // Drained by an operator: hold it, unstarted, until resumed.
+            let _ = drained.wait_for(|d| !*d).await;
+            shared.slots.acquire().await
+        } => p,
         _ = shared.stop_starting.cancelled() => {
             // Not started: leave it unacked, so the broker gives it back on close.
-            shared.lock().held.remove(&key);
+            shared.forget(key);
+            return;
+        }
+        _ = cancel.cancelled() => {
+            // Cancelled before it started: report that, run nothing.
+            let ran = run::Ran::cancelled_before_start();
+            report(&shared, &req, ran, delivery).await;
             return;
         }
     };
@@ -362,13 +461,19 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
         timeout: Duration::from_secs(req.timeout_secs),
         max_output: shared.cfg.executor.max_output_bytes,
     };
-    let ran = run::run(&spec, &shared.kill).await;
+    let ran = run::run(&spec, &cancel).await;
     if shared.kill.is_cancelled() {
         // Killed by our own shutdown, not the user's cancel: report nothing and let the
         // lease send the task elsewhere.
-        shared.lock().held.remove(&key);
+        shared.forget(key);
         return;
     }
+    report(&shared, &req, ran, delivery).await;
+}
+
+/// Publishes an attempt's result (confirmed), then acks its request.
+async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: Delivery) {
+    let key = (req.task_id, req.attempt);
     metrics::counter!("fleet_executor_attempts_total", "outcome" => ran.outcome.as_str())
         .increment(1);
     let result = TaskResult {
@@ -403,6 +508,9 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     .mandatory();
     if shared.publish_reliably(msg).await {
         shared.lock().finish(key);
+        if let Ok(mut c) = shared.cancels.lock() {
+            c.remove(&key);
+        }
         // If the channel this came on is gone, the ack fails; the redelivery is then
         // recognised as done and acked without running again.
         let _ = delivery
@@ -410,7 +518,7 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
             .ack(lapin::options::BasicAckOptions::default())
             .await;
     } else {
-        shared.lock().held.remove(&key);
+        shared.forget(key);
     }
     shared.changed.notify_one();
 }

@@ -38,6 +38,24 @@ pub struct Ran {
     pub finished_at: DateTime<Utc>,
 }
 
+impl Ran {
+    /// An attempt cancelled before its command started.
+    pub fn cancelled_before_start() -> Self {
+        Self {
+            outcome: Outcome::Cancelled,
+            exit_code: None,
+            signal: None,
+            error: Some("cancelled before it started".into()),
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            started_at: None,
+            finished_at: Utc::now(),
+        }
+    }
+}
+
 /// After the main process exits, how long its pipes may stay open (held by children it
 /// left behind) before we stop reading.
 const PIPE_GRACE: Duration = Duration::from_secs(2);

@@ -32,10 +32,18 @@ struct Inner {
     /// The broker connection's state, kept by the intake.
     health: Health,
     accept_without_broker: bool,
+    /// The intake's broker session, for control messages; `None` while reconnecting.
+    publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
+    names: fleet_shared::amqp::Names,
 }
 
 impl AppState {
-    pub fn new(cfg: &Config, pool: Pool, health: Health) -> Self {
+    pub fn new(
+        cfg: &Config,
+        pool: Pool,
+        health: Health,
+        publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
+    ) -> Self {
         Self(Arc::new(Inner {
             pool,
             auth: crate::auth::Authenticator::new(&cfg.auth),
@@ -44,6 +52,8 @@ impl AppState {
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
             health,
             accept_without_broker: cfg.submitter.accept_without_broker,
+            publisher,
+            names: fleet_shared::amqp::Names::new(&cfg.amqp.prefix),
         }))
     }
 }
@@ -60,6 +70,19 @@ impl AppState {
     pub fn silent_after_secs(&self) -> f64 {
         self.0.silent_after_secs
     }
+
+    /// The broker session, or a 503 while there is none.
+    pub fn publisher(&self) -> Result<fleet_shared::amqp::Publisher, ApiError> {
+        self.0
+            .publisher
+            .borrow()
+            .clone()
+            .ok_or(ApiError::Unavailable("the message broker"))
+    }
+
+    pub fn names(&self) -> &fleet_shared::amqp::Names {
+        &self.0.names
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -70,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/results", get(get_results))
         .route("/v1/executors", get(get_executors))
         .merge(crate::admin::routes())
+        .merge(crate::control::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -13,12 +13,20 @@ use fleet_shared::id::JobId;
 use fleet_shared::proto::{self, Submit, SubmitReply};
 use fleet_shared::svc;
 use lapin::Connection;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(cfg: Config, pool: Pool, health: Health, token: CancellationToken) {
+pub async fn run(
+    cfg: Config,
+    pool: Pool,
+    health: Health,
+    publisher: watch::Sender<Option<Publisher>>,
+    token: CancellationToken,
+) {
     let mut sup = svc::Supervisor::new(&cfg.amqp, "fleet-submitter", &health);
     while let Some(conn) = sup.connect(&token).await {
-        let result = session(&cfg, &pool, &health, &conn, &token).await;
+        let result = session(&cfg, &pool, &health, &publisher, &conn, &token).await;
+        publisher.send_replace(None);
         if let Some(conn) = sup.ended(conn, result, &token).await {
             let _ = conn.close(200, "shutdown".into()).await;
             break;
@@ -30,6 +38,7 @@ async fn session(
     cfg: &Config,
     pool: &Pool,
     health: &Health,
+    shared_publisher: &watch::Sender<Option<Publisher>>,
     conn: &Connection,
     token: &CancellationToken,
 ) -> Result<(), amqp::AmqpError> {
@@ -48,6 +57,7 @@ async fn session(
     let prefetch = u16::try_from(batch_size * 2).unwrap_or(u16::MAX);
     let (_ch, consumer) =
         amqp::consume(conn, &n.submit_queue(), "fleet-submitter", prefetch).await?;
+    shared_publisher.send_replace(Some(publisher.clone()));
     health.set_broker_up(true);
     let mut batches = amqp::BatchConsumer::new(consumer, batch_size, Duration::from_millis(5));
     while let Some(deliveries) = batches.next(token).await? {

@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod auth;
+mod control;
 mod intake;
 
 use fleet_shared::config::Config;
@@ -32,14 +33,17 @@ pub async fn run(
     let Some((pool, health)) = svc::start_with_db(&cfg, &token).await? else {
         return Ok(());
     };
+    // The intake's broker session, shared with the API for control messages.
+    let (publisher, _) = tokio::sync::watch::channel(None);
     let intake = tokio::spawn(intake::run(
         cfg.clone(),
         pool.clone(),
         health.clone(),
+        publisher.clone(),
         token.clone(),
     ));
-    let router = api::router(api::AppState::new(&cfg, pool, health.clone()))
-        .merge(http::health_routes(health));
+    let state = api::AppState::new(&cfg, pool, health.clone(), publisher);
+    let router = api::router(state).merge(http::health_routes(health));
     let served = http::serve(listener, router, token.clone()).await;
     token.cancel();
     let _ = intake.await;

@@ -1,0 +1,170 @@
+//! Operators' control of executors (admin): drain, resume, cancel an attempt. Sent as
+//! `control` messages on the group exchanges: to one executor (`control.<id>`, published
+//! on `default`, from where it reaches the executor's queue through any of its groups) or
+//! to every executor of a group and its subgroups (`control.all` on the group's exchange).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use fleet_shared::amqp::{self, keys, AmqpError, Outgoing};
+use fleet_shared::auth::Permission;
+use fleet_shared::group::GroupName;
+use fleet_shared::id::{ExecutorId, TaskId};
+use fleet_shared::job::FieldError;
+use fleet_shared::proto::{self, Control, ControlAction};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{ApiError, AppState};
+use crate::auth::Caller;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/executors/{id}/drain", post(drain_executor))
+        .route("/v1/executors/{id}/resume", post(resume_executor))
+        .route("/v1/executors/{id}/cancel", post(cancel_attempt))
+        .route("/v1/groups/{name}/drain", post(drain_group))
+        .route("/v1/groups/{name}/resume", post(resume_group))
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Invalid(FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+enum Target {
+    Executor(ExecutorId),
+    Group(GroupName),
+}
+
+/// Publishes one control message (confirmed, mandatory: nobody to receive it is a 404).
+async fn send(s: &AppState, target: &Target, action: ControlAction) -> Result<Response, ApiError> {
+    let publisher = s.publisher()?;
+    let n = s.names();
+    let (exchange, key, what) = match target {
+        Target::Executor(id) => (
+            n.root_exchange(),
+            keys::control(id),
+            json!({"executor_id": id}),
+        ),
+        Target::Group(g) => {
+            // Publishing to an exchange that does not exist would close the channel;
+            // declaring it (and its lineage) is idempotent.
+            amqp::declare_group(publisher.channel(), n, g)
+                .await
+                .map_err(broker)?;
+            (
+                n.group_exchange(g),
+                keys::CONTROL_ALL.to_owned(),
+                json!({"group": g}),
+            )
+        }
+    };
+    let body = proto::encode(&Control {
+        action: action.clone(),
+    });
+    match publisher
+        .publish(Outgoing::new(exchange, key, body).mandatory())
+        .await
+    {
+        Ok(()) => {}
+        Err(AmqpError::Unroutable { .. }) => {
+            return Err(ApiError::NotFound(match target {
+                Target::Executor(_) => "executor (none with that id has a queue on the broker)",
+                Target::Group(_) => "executor in that group or its subgroups",
+            }))
+        }
+        Err(e) => return Err(broker(e)),
+    }
+    let mut answer = what;
+    answer["action"] = serde_json::to_value(&action)
+        .ok()
+        .and_then(|v| v.get("action").cloned())
+        .unwrap_or_default();
+    answer["sent"] = true.into();
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+fn broker(e: AmqpError) -> ApiError {
+    tracing::warn!(error = %e, "control message not sent");
+    ApiError::Unavailable("the message broker")
+}
+
+fn executor(id: &str) -> Result<Target, ApiError> {
+    ExecutorId::parse(id)
+        .map(Target::Executor)
+        .map_err(|e| invalid("executor_id", e.to_string()))
+}
+
+fn group(name: &str) -> Result<Target, ApiError> {
+    GroupName::parse(name)
+        .map(Target::Group)
+        .map_err(|e| invalid("group", e.to_string()))
+}
+
+async fn drain_executor(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.need(Permission::Admin)?;
+    send(&s, &executor(&id)?, ControlAction::Drain).await
+}
+
+async fn resume_executor(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.need(Permission::Admin)?;
+    send(&s, &executor(&id)?, ControlAction::Resume).await
+}
+
+async fn drain_group(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.need(Permission::Admin)?;
+    send(&s, &group(&name)?, ControlAction::Drain).await
+}
+
+async fn resume_group(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.need(Permission::Admin)?;
+    send(&s, &group(&name)?, ControlAction::Resume).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    task_id: TaskId,
+    attempt: i32,
+}
+
+async fn cancel_attempt(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.need(Permission::Admin)?;
+    let b: CancelBody = crate::admin::parse_body(&body)?;
+    send(
+        &s,
+        &executor(&id)?,
+        ControlAction::Cancel {
+            task_id: b.task_id,
+            attempt: b.attempt,
+        },
+    )
+    .await
+}
