@@ -125,10 +125,12 @@ pub enum Command {
     )]
     Token(TokenCommand),
 
-    /// Control one executor (admin): drain, resume, cancel an attempt
+    /// Executors (admin): join tokens, revoke, drain, resume, cancel an attempt
     #[command(
         subcommand,
         after_help = "Examples:\n  \
+        fleetctl executor join-token --group site.web\n  \
+        fleetctl executor revoke web-1\n  \
         fleetctl executor drain cpu-1\n  \
         fleetctl executor resume cpu-1\n  \
         fleetctl executor cancel cpu-1 --task 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b --attempt 1"
@@ -180,6 +182,21 @@ pub enum ExecutorCommand {
     },
     /// Take work again after a drain
     Resume {
+        #[arg(value_name = "EXECUTOR_ID")]
+        id: String,
+    },
+    /// Make a one-time join token for a new executor (FLEET_EXECUTOR__JOIN_TOKEN)
+    JoinToken {
+        /// A group the executor may declare (repeatable; none: any)
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// How long the token stays usable, in seconds
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+    /// Revoke an executor's credential: it is disconnected, its attempts are lost and
+    /// rerun elsewhere, and it cannot reconnect
+    Revoke {
         #[arg(value_name = "EXECUTOR_ID")]
         id: String,
     },

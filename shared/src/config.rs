@@ -59,6 +59,9 @@ pub struct AmqpConfig {
     pub connect_timeout_ms: u64,
     /// How long a publish may wait for the broker's confirm.
     pub confirm_timeout_ms: u64,
+    /// RabbitMQ's management API, where the submitter creates executors' broker users
+    /// (with the user and password of `url`).
+    pub management_url: String,
 }
 
 impl Default for AmqpConfig {
@@ -68,6 +71,7 @@ impl Default for AmqpConfig {
             prefix: "fleet".into(),
             connect_timeout_ms: 5_000,
             confirm_timeout_ms: 10_000,
+            management_url: "http://127.0.0.1:15672".into(),
         }
     }
 }
@@ -176,6 +180,14 @@ pub struct ExecutorConfig {
     pub max_output_bytes: usize,
     /// How long a draining executor waits for its running tasks on SIGTERM.
     pub drain_timeout_secs: u64,
+    /// A one-time join token (from `fleetctl executor join-token`): the executor
+    /// registers with it at `register_url` and gets a broker user of its own. Without one
+    /// (and without a saved credential) it connects with `amqp.url` as given.
+    pub join_token: Option<String>,
+    /// The submitter's API, where an executor registers.
+    pub register_url: String,
+    /// Where the credential from registration is kept (and read back on restarts).
+    pub credentials_file: Option<String>,
 }
 
 impl Default for ExecutorConfig {
@@ -188,6 +200,9 @@ impl Default for ExecutorConfig {
             info_interval_ms: 1_000,
             max_output_bytes: 256 * 1024,
             drain_timeout_secs: 30,
+            join_token: None,
+            register_url: "http://127.0.0.1:7070".into(),
+            credentials_file: None,
         }
     }
 }
@@ -362,6 +377,9 @@ impl Config {
         c.database.url = redact_url(&c.database.url);
         if c.auth.admin_token.is_some() {
             c.auth.admin_token = Some("***".into());
+        }
+        if c.executor.join_token.is_some() {
+            c.executor.join_token = Some("***".into());
         }
         serde_json::to_value(&c).unwrap_or_default()
     }

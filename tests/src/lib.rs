@@ -628,19 +628,27 @@ impl TestFleet {
         binary: &str,
         spec: ExecutorSpec,
     ) -> Result<ServiceProcess> {
+        self.spawn_executor_process_with(binary, spec, &[])
+    }
+
+    /// As [`Self::spawn_executor_process`], with more environment (a join token, say).
+    pub fn spawn_executor_process_with(
+        &self,
+        binary: &str,
+        spec: ExecutorSpec,
+        extra: &[(&str, String)],
+    ) -> Result<ServiceProcess> {
         if let Ok(mut ids) = self.process_executors.lock() {
             ids.push(spec.id.clone());
         }
-        self.spawn_process(
-            binary,
-            &spec.id,
-            &[
-                ("FLEET_EXECUTOR__ID", spec.id.clone()),
-                ("FLEET_EXECUTOR__GROUPS", spec.groups.join(",")),
-                ("FLEET_EXECUTOR__LABELS", spec.labels.join(",")),
-                ("FLEET_EXECUTOR__CAPACITY", spec.capacity.to_string()),
-            ],
-        )
+        let mut env = vec![
+            ("FLEET_EXECUTOR__ID", spec.id.clone()),
+            ("FLEET_EXECUTOR__GROUPS", spec.groups.join(",")),
+            ("FLEET_EXECUTOR__LABELS", spec.labels.join(",")),
+            ("FLEET_EXECUTOR__CAPACITY", spec.capacity.to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        self.spawn_process(binary, &spec.id, &env)
     }
 
     /// Starts a service binary against this fleet's broker prefix and schema, with the

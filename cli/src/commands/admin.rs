@@ -145,6 +145,26 @@ pub async fn executor(
     format: Output,
 ) -> Result<u8, CliError> {
     let (path, body, text) = match cmd {
+        ExecutorCommand::JoinToken { groups, ttl_secs } => {
+            let body = json!({"groups": groups, "ttl_secs": ttl_secs});
+            let answer = client
+                .call(Method::POST, "/v1/join-tokens", Some(&body))
+                .await?;
+            let v: Value = answer.decode("join token")?;
+            let text = format!(
+                "{}\nOne executor may register with it once, until {}. Start it with\n  \
+                 FLEET_EXECUTOR__JOIN_TOKEN=<token> FLEET_EXECUTOR__REGISTER_URL=<this API> \
+                 FLEET_EXECUTOR__CREDENTIALS_FILE=<path> fleet-executor\n",
+                v["token"].as_str().unwrap_or("?"),
+                v["expires_at"].as_str().unwrap_or("?"),
+            );
+            return done(&answer, format, text);
+        }
+        ExecutorCommand::Revoke { id } => (
+            format!("/v1/executors/{}/revoke", segment("executor", &id)?),
+            None,
+            format!("revoked {id}: disconnected; its attempts run again elsewhere\n"),
+        ),
         ExecutorCommand::Drain { id } => (
             format!("/v1/executors/{}/drain", segment("executor", &id)?),
             None,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use fleet_shared::amqp::{self, Delivery, Handled, Names, Publisher};
+use fleet_shared::amqp::{self, keys, Delivery, Handled, Names, Publisher};
 use fleet_shared::config::Config;
 use fleet_shared::db::{self, collect, outbox, DbError, Pool};
 use fleet_shared::http::{self, Health};
@@ -102,6 +102,20 @@ async fn handle_batch(
     let mut sources = Vec::with_capacity(deliveries.len());
     for d in deliveries {
         match proto::decode::<TaskResult>(&d.data) {
+            // The routing key is what the broker checked against the sender's
+            // permissions; a body naming another executor is a forgery.
+            Ok(r) if d.routing_key.as_str() != keys::result(&r.executor_id) => {
+                out.push(amqp::dead_letter(
+                    n,
+                    d,
+                    &source,
+                    "forged",
+                    &format!(
+                        "result for executor {} sent with routing key {}",
+                        r.executor_id, d.routing_key
+                    ),
+                ));
+            }
             Ok(r) => {
                 results.push(r);
                 sources.push(d);

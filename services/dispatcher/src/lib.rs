@@ -263,11 +263,14 @@ impl Dispatcher {
         let outstanding = dispatch::outstanding(&client).await?;
         // Groups an administrator put executors in, on top of those they declare.
         let assigned = db::admin::assigned_groups(&client).await?;
+        // Revoked executors get nothing (the sweep above already lost their attempts).
+        let revoked = db::admin::revoked_executors(&client).await?;
         let alive_for = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
         let mut views: Vec<ExecutorView> = self
             .executors
             .values()
             .filter(|s| s.at.elapsed() < alive_for)
+            .filter(|s| !revoked.contains(s.info.executor_id.as_str()))
             .map(|s| ExecutorView {
                 id: s.info.executor_id.clone(),
                 groups: with_assigned(&s.info.groups, assigned.get(s.info.executor_id.as_str())),
@@ -449,6 +452,12 @@ async fn session(
                     match next {
                         Some(Ok(delivery)) => {
                             match proto::decode::<Info>(&delivery.data) {
+                                // The routing key is what the broker checked against the
+                                // sender's permissions; a body naming another executor is forged.
+                                Ok(info) if delivery.routing_key.as_str() != keys::info(&info.executor_id) => publisher
+                                    .publish(amqp::dead_letter(&n, &delivery, &n.info_queue(), "forged",
+                                        &format!("INFO for executor {} sent with routing key {}", info.executor_id, delivery.routing_key)))
+                                    .await?,
                                 Ok(info) => d.heard(info),
                                 Err(e) => publisher
                                     .publish(amqp::dead_letter(&n, &delivery, &n.info_queue(), e.reason(), &e.to_string()))

@@ -3,6 +3,7 @@
 //! the request; it reports INFO every interval and at once on change. A request
 //! redelivered after a reconnect is recognised by (task, attempt) and not run twice.
 
+pub mod register;
 pub mod run;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -36,6 +37,8 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Register(#[from] register::RegisterError),
 }
 
 /// Who this executor is, resolved from configuration.
@@ -121,6 +124,8 @@ struct Shared {
     names: Names,
     cfg: Config,
     attempts: Mutex<Attempts>,
+    /// Connected as its own broker user: it may not declare anything.
+    registered: bool,
     /// Shutting down: take nothing new.
     draining: AtomicBool,
     /// Drained by an operator (`control` drain): start nothing new until resumed.
@@ -238,11 +243,23 @@ impl Shared {
 }
 
 pub async fn run(
-    cfg: Config,
+    mut cfg: Config,
     listener: TcpListener,
     token: CancellationToken,
 ) -> Result<(), Error> {
-    let me = Identity::from_config(&cfg)?;
+    let mut me = Identity::from_config(&cfg)?;
+    // A registered executor connects as its own broker user, whose permissions cover only
+    // its queue and its groups: the submitter declared those for it.
+    let registered = match register::credential(&cfg, &me.id, &me.groups, &token).await {
+        Ok(Some(c)) => {
+            cfg.amqp.url = register::url_with(&cfg.amqp.url, &c);
+            me.groups = c.groups;
+            true
+        }
+        Ok(None) => false,
+        Err(register::RegisterError::Cancelled) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(executor_id = %me.id, capacity = me.capacity, groups = ?me.groups, "executor starting");
     let health = Health::new(None);
     let server_token = CancellationToken::new();
@@ -258,6 +275,7 @@ pub async fn run(
         names: Names::new(&cfg.amqp.prefix),
         cfg: cfg.clone(),
         attempts: Mutex::default(),
+        registered,
         draining: AtomicBool::new(false),
         drained: watch::channel(false).0,
         cancels: Mutex::default(),
@@ -316,8 +334,11 @@ async fn session(
 ) -> Result<(), amqp::AmqpError> {
     let n = &shared.names;
     let publisher = Publisher::new(conn, &shared.cfg.amqp).await?;
-    amqp::declare_core(publisher.channel(), n).await?;
-    amqp::declare_executor_queue(publisher.channel(), n, &shared.me.id, &shared.me.groups).await?;
+    if !shared.registered {
+        amqp::declare_core(publisher.channel(), n).await?;
+        amqp::declare_executor_queue(publisher.channel(), n, &shared.me.id, &shared.me.groups)
+            .await?;
+    }
     // The dispatcher bounds what it sends us to capacity + window; the prefetch only
     // needs to be no smaller than that.
     let prefetch =

@@ -35,6 +35,7 @@ struct Inner {
     /// The intake's broker session, for control messages; `None` while reconnecting.
     publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
     names: fleet_shared::amqp::Names,
+    broker_admin: Option<crate::broker_admin::BrokerAdmin>,
 }
 
 impl AppState {
@@ -54,6 +55,9 @@ impl AppState {
             accept_without_broker: cfg.submitter.accept_without_broker,
             publisher,
             names: fleet_shared::amqp::Names::new(&cfg.amqp.prefix),
+            broker_admin: crate::broker_admin::BrokerAdmin::new(&cfg.amqp)
+                .map_err(|e| tracing::warn!(error = %e, "no broker management; executors cannot register"))
+                .ok(),
         }))
     }
 }
@@ -80,6 +84,13 @@ impl AppState {
             .ok_or(ApiError::Unavailable("the message broker"))
     }
 
+    pub fn broker_admin(&self) -> Result<&crate::broker_admin::BrokerAdmin, ApiError> {
+        self.0
+            .broker_admin
+            .as_ref()
+            .ok_or(ApiError::Unavailable("the broker's management API"))
+    }
+
     pub fn names(&self) -> &fleet_shared::amqp::Names {
         &self.0.names
     }
@@ -94,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/executors", get(get_executors))
         .merge(crate::admin::routes())
         .merge(crate::control::routes())
+        .merge(crate::identity::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -107,6 +119,8 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("a valid bearer token is required")]
     Unauthenticated,
+    #[error("the join token is unknown, already used or expired")]
+    BadJoinToken,
     #[error("the role {} may not do this", .0.as_str())]
     Forbidden(Role, Permission),
     #[error("{0}")]
@@ -146,6 +160,12 @@ impl IntoResponse for ApiError {
                 );
                 r
             }
+            Self::BadJoinToken => error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the join token is unknown, already used or expired",
+                Some("join_token".into()),
+            ),
             Self::Forbidden(role, p) => error_response(
                 StatusCode::FORBIDDEN,
                 "forbidden",

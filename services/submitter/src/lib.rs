@@ -4,7 +4,9 @@
 mod admin;
 mod api;
 mod auth;
+mod broker_admin;
 mod control;
+mod identity;
 mod intake;
 
 use fleet_shared::config::Config;

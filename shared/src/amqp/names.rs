@@ -62,6 +62,57 @@ impl Names {
     }
 }
 
+/// What an executor's own broker user may do: RabbitMQ's configure/write/read regexes
+/// for the vhost, and per topic exchange the routing keys it may publish with. Nothing to
+/// configure (the submitter declares its queue and exchanges at registration); publish
+/// only on its groups' exchanges (and dead letters), only with keys that carry its id;
+/// consume only its own queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorPermissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+    /// (exchange, write regex, read regex)
+    pub topic: Vec<(String, String, String)>,
+}
+
+/// Escapes the one regex metacharacter names can hold: `.`.
+fn re(name: &str) -> String {
+    name.replace('.', "\\.")
+}
+
+impl Names {
+    /// The broker user an executor registers as: `<prefix>-exec-<id>`.
+    pub fn executor_user(&self, id: &ExecutorId) -> String {
+        format!("{}-exec-{id}", self.prefix)
+    }
+
+    pub fn executor_permissions(
+        &self,
+        id: &ExecutorId,
+        groups: &[GroupName],
+    ) -> ExecutorPermissions {
+        let exchanges: Vec<String> = groups.iter().map(|g| self.group_exchange(g)).collect();
+        let alternatives: Vec<String> = exchanges.iter().map(|e| re(e)).collect();
+        let own_keys = format!("^(info|result|log)\\.{id}$");
+        let mut topic: Vec<(String, String, String)> = exchanges
+            .iter()
+            .map(|e| (e.clone(), own_keys.clone(), "^$".to_owned()))
+            .collect();
+        topic.push((
+            self.dlx(),
+            format!("^{}$", re(&self.executor_queue(id))),
+            "^$".to_owned(),
+        ));
+        ExecutorPermissions {
+            configure: "^$".to_owned(),
+            write: format!("^({}|{})$", alternatives.join("|"), re(&self.dlx())),
+            read: format!("^{}$", re(&self.executor_queue(id))),
+            topic,
+        }
+    }
+}
+
 /// Routing keys on the group exchanges; each carries the executor's id, which is what
 /// broker permissions will match on.
 pub mod keys {
@@ -104,5 +155,43 @@ mod tests {
         let e = ExecutorId::parse("gpu-1").expect("id");
         assert_eq!(n.executor_queue(&e), "t1.exec.gpu-1");
         assert_eq!(keys::request(&e), "request.gpu-1");
+    }
+
+    #[test]
+    fn an_executor_may_publish_only_on_its_groups_with_its_own_id() {
+        let n = Names::new("fleet");
+        let id = ExecutorId::parse("web-1").expect("id");
+        let groups = [
+            GroupName::parse("site.web").expect("g"),
+            GroupName::parse("lab").expect("g"),
+        ];
+        let p = n.executor_permissions(&id, &groups);
+        assert_eq!(n.executor_user(&id), "fleet-exec-web-1");
+        assert_eq!(p.configure, "^$");
+        assert_eq!(
+            p.write,
+            r"^(fleet\.group\.site\.web|fleet\.group\.lab|fleet\.dlx)$"
+        );
+        assert_eq!(p.read, r"^fleet\.exec\.web-1$");
+        assert_eq!(
+            p.topic,
+            vec![
+                (
+                    "fleet.group.site.web".into(),
+                    r"^(info|result|log)\.web-1$".into(),
+                    "^$".into()
+                ),
+                (
+                    "fleet.group.lab".into(),
+                    r"^(info|result|log)\.web-1$".into(),
+                    "^$".into()
+                ),
+                (
+                    "fleet.dlx".into(),
+                    r"^fleet\.exec\.web-1$".into(),
+                    "^$".into()
+                ),
+            ]
+        );
     }
 }

@@ -395,3 +395,123 @@ pub async fn assigned_groups(
     }
     Ok(out)
 }
+
+/// A join token just made: shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewJoinToken {
+    pub token_id: uuid::Uuid,
+    pub token: String,
+    pub groups: Vec<GroupName>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn create_join_token(
+    client: &Client,
+    groups: &[GroupName],
+    ttl_secs: f64,
+) -> Result<NewJoinToken, DbError> {
+    let token = format!("fjt_{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]);
+    let id = uuid::Uuid::now_v7();
+    let row = client
+        .query_one(
+            "INSERT INTO join_tokens (id, secret_sha256, groups, expires_at)
+             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4))
+             RETURNING expires_at",
+            &[
+                &id,
+                &auth::token_hash(&token),
+                &serde_json::to_value(groups).map_err(|e| DbError::Row(e.to_string()))?,
+                &ttl_secs,
+            ],
+        )
+        .await?;
+    Ok(NewJoinToken {
+        token_id: id,
+        token,
+        groups: groups.to_vec(),
+        expires_at: row.get(0),
+    })
+}
+
+/// Uses up a join token for `executor` inside `tx`: the groups it allows (empty: any),
+/// or `None` when it is unknown, used or expired. Rolled back, it stays unused.
+pub async fn use_join_token(
+    tx: &super::Transaction<'_>,
+    token: &str,
+    executor: &ExecutorId,
+) -> Result<Option<Vec<GroupName>>, DbError> {
+    let row = tx
+        .query_opt(
+            "UPDATE join_tokens SET used_at = clock_timestamp(), used_by = $2
+             WHERE secret_sha256 = $1 AND used_at IS NULL AND expires_at > clock_timestamp()
+             RETURNING groups",
+            &[&auth::token_hash(token), &executor.as_str()],
+        )
+        .await?;
+    row.map(|r| serde_json::from_value(r.get(0)).map_err(|e| DbError::Row(e.to_string())))
+        .transpose()
+}
+
+/// Records an executor's credential (a re-registration replaces it and lifts a
+/// revocation), and creates the groups it declares, with their ancestors, if missing.
+pub async fn record_credential(
+    tx: &super::Transaction<'_>,
+    executor: &ExecutorId,
+    broker_user: &str,
+    groups: &[GroupName],
+) -> Result<(), DbError> {
+    let groups_json = serde_json::to_value(groups).map_err(|e| DbError::Row(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO executor_credentials (executor_id, broker_user, groups) VALUES ($1, $2, $3)
+         ON CONFLICT (executor_id) DO UPDATE SET broker_user = $2, groups = $3,
+             registered_at = clock_timestamp(), revoked_at = NULL",
+        &[&executor.as_str(), &broker_user, &groups_json],
+    )
+    .await?;
+    let mut names: Vec<String> = groups
+        .iter()
+        .flat_map(|g| g.lineage())
+        .filter(|g| !g.is_default())
+        .map(|g| g.to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    tx.execute(
+        "INSERT INTO groups (name, description)
+         SELECT n, 'declared by an executor at registration' FROM unnest($1::text[]) AS n
+         ON CONFLICT (name) DO NOTHING",
+        &[&names],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks an executor's credential revoked; its broker user, or `None` if it has none.
+pub async fn revoke_executor(
+    client: &Client,
+    executor: &ExecutorId,
+) -> Result<Option<String>, DbError> {
+    let row = client
+        .query_opt(
+            "UPDATE executor_credentials SET revoked_at = coalesce(revoked_at, clock_timestamp())
+             WHERE executor_id = $1 RETURNING broker_user",
+            &[&executor.as_str()],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Executors whose credential was revoked: they get no work, and their attempts are lost.
+pub async fn revoked_executors(
+    client: &Client,
+) -> Result<std::collections::HashSet<String>, DbError> {
+    Ok(client
+        .query(
+            "SELECT executor_id FROM executor_credentials WHERE revoked_at IS NOT NULL",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}

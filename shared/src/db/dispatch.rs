@@ -497,7 +497,10 @@ async fn sweep_attempts(tx: &Transaction<'_>) -> Result<Settled, DbError> {
     let rows = tx
         .query(
             "UPDATE attempts SET state = 'lost', finished_at = clock_timestamp()
-             WHERE state IN ('assigned', 'running') AND lease_deadline < clock_timestamp()
+             WHERE state IN ('assigned', 'running')
+               AND (lease_deadline < clock_timestamp()
+                    OR executor_id IN (SELECT executor_id FROM executor_credentials
+                                       WHERE revoked_at IS NOT NULL))
              RETURNING task_id, attempt, executor_id",
             &[],
         )

@@ -117,6 +117,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../../migrations/0004_tokens_groups.sql"),
     ),
     (5, include_str!("../../../migrations/0005_each.sql")),
+    (6, include_str!("../../../migrations/0006_identity.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

@@ -1,0 +1,137 @@
+//! RabbitMQ's management API, as the submitter uses it: a broker user per registered
+//! executor, with permissions that let it use only its own queue and its groups'
+//! exchanges, and only routing keys that carry its id.
+
+use std::time::Duration;
+
+use fleet_shared::amqp::ExecutorPermissions;
+use fleet_shared::config::AmqpConfig;
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerAdminError {
+    #[error("broker management API: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("broker management API: {what} answered {status}: {body}")]
+    Status {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("broker management API: {0}")]
+    Config(String),
+}
+
+#[derive(Clone)]
+pub struct BrokerAdmin {
+    http: reqwest::Client,
+    base: String,
+    user: String,
+    password: String,
+    /// Percent-encoded, as it goes in a path.
+    vhost: String,
+}
+
+impl BrokerAdmin {
+    /// The management API at `amqp.management_url`, as the user of `amqp.url`.
+    pub fn new(cfg: &AmqpConfig) -> Result<Self, BrokerAdminError> {
+        let url = reqwest::Url::parse(&cfg.url)
+            .map_err(|e| BrokerAdminError::Config(format!("amqp.url: {e}")))?;
+        let vhost = match url.path().trim_start_matches('/') {
+            "" => "%2F".to_owned(),
+            v => v.to_owned(),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(TIMEOUT)
+            .build()?;
+        Ok(Self {
+            http,
+            base: cfg.management_url.trim_end_matches('/').to_owned(),
+            user: url.username().to_owned(),
+            password: url.password().unwrap_or_default().to_owned(),
+            vhost,
+        })
+    }
+
+    async fn put(
+        &self,
+        what: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(), BrokerAdminError> {
+        let resp = self
+            .http
+            .put(format!("{}/api/{path}", self.base))
+            .basic_auth(&self.user, Some(&self.password))
+            .json(&body)
+            .send()
+            .await?;
+        check(what, resp).await
+    }
+
+    /// Creates (or resets) a user with this password and these permissions.
+    pub async fn grant(
+        &self,
+        user: &str,
+        password: &str,
+        p: &ExecutorPermissions,
+    ) -> Result<(), BrokerAdminError> {
+        self.put(
+            "user",
+            &format!("users/{user}"),
+            json!({"password": password, "tags": ""}),
+        )
+        .await?;
+        self.put(
+            "permissions",
+            &format!("permissions/{}/{user}", self.vhost),
+            json!({"configure": p.configure, "write": p.write, "read": p.read}),
+        )
+        .await?;
+        for (exchange, write, read) in &p.topic {
+            self.put(
+                "topic permissions",
+                &format!("topic-permissions/{}/{user}", self.vhost),
+                json!({"exchange": exchange, "write": write, "read": read}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a user; the broker closes its connections. A user already gone is fine.
+    pub async fn delete_user(&self, user: &str) -> Result<(), BrokerAdminError> {
+        let resp = self
+            .http
+            .delete(format!("{}/api/users/{user}", self.base))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        check("delete user", resp).await
+    }
+}
+
+async fn check(what: &str, resp: reqwest::Response) -> Result<(), BrokerAdminError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body: String = resp
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    Err(BrokerAdminError::Status {
+        what: what.to_owned(),
+        status: status.as_u16(),
+        body,
+    })
+}

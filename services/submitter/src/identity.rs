@@ -1,0 +1,171 @@
+//! Executor identity: one-time join tokens (admin), registration (with a join token: the
+//! executor gets a broker user of its own, restricted to its queue, its groups' exchanges
+//! and routing keys carrying its id), and revocation (admin: the broker user is deleted,
+//! which closes its connections; its attempts are lost at the dispatcher's next round).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use fleet_shared::amqp;
+use fleet_shared::auth::Permission;
+use fleet_shared::db::{admin, DbError};
+use fleet_shared::group::GroupName;
+use fleet_shared::id::ExecutorId;
+use fleet_shared::job::FieldError;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::admin::parse_body;
+use crate::api::{ApiError, AppState};
+use crate::auth::Caller;
+use crate::broker_admin::BrokerAdminError;
+
+/// The longest a join token may live: 30 days.
+const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/join-tokens", post(create_join_token))
+        .route("/v1/executors/register", post(register))
+        .route("/v1/executors/{id}/revoke", post(revoke))
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Invalid(FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+fn groups(field: &str, names: &[String]) -> Result<Vec<GroupName>, ApiError> {
+    let mut out = Vec::new();
+    for (i, g) in names.iter().enumerate() {
+        let g =
+            GroupName::parse(g).map_err(|e| invalid(&format!("{field}[{i}]"), e.to_string()))?;
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+fn broker(e: BrokerAdminError) -> ApiError {
+    tracing::warn!(error = %e, "broker management failed");
+    ApiError::Unavailable("the broker's management API")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewJoinToken {
+    /// Groups the executor may declare (empty: any).
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+async fn create_join_token(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.need(Permission::Admin)?;
+    let b: NewJoinToken = parse_body(&body)?;
+    let groups = groups("groups", &b.groups)?;
+    let ttl = b.ttl_secs.unwrap_or(3600);
+    if !(1..=MAX_TTL_SECS).contains(&ttl) {
+        return Err(invalid("ttl_secs", format!("must be 1 to {MAX_TTL_SECS}")));
+    }
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let made = admin::create_join_token(&client, &groups, ttl as f64).await?;
+    Ok((StatusCode::CREATED, Json(made)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    join_token: String,
+    executor_id: String,
+    /// Groups it declares (default: `default`).
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// Authenticated by the join token in the body, not by a bearer token.
+async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let b: Registration = parse_body(&body)?;
+    let id =
+        ExecutorId::parse(&b.executor_id).map_err(|e| invalid("executor_id", e.to_string()))?;
+    let mut wanted = groups("groups", &b.groups)?;
+    if wanted.is_empty() {
+        wanted.push(GroupName::default_group());
+    }
+    let admin_api = s.broker_admin()?;
+    let publisher = s.publisher()?;
+    let n = s.names();
+    let mut client = s.pool().get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let Some(allowed) = admin::use_join_token(&tx, &b.join_token, &id).await? else {
+        return Err(ApiError::BadJoinToken);
+    };
+    if let Some(g) = wanted
+        .iter()
+        .find(|g| !allowed.is_empty() && !allowed.iter().any(|a| g.is_within(a)))
+    {
+        return Err(ApiError::Conflict(format!(
+            "this join token does not allow the group '{g}'"
+        )));
+    }
+    // What the executor may not declare itself, declared for it.
+    amqp::declare_core(publisher.channel(), n)
+        .await
+        .map_err(|e| broker(BrokerAdminError::Config(e.to_string())))?;
+    amqp::declare_executor_queue(publisher.channel(), n, &id, &wanted)
+        .await
+        .map_err(|e| broker(BrokerAdminError::Config(e.to_string())))?;
+    let user = n.executor_user(&id);
+    let password = fleet_shared::auth::new_token();
+    admin_api
+        .grant(&user, &password, &n.executor_permissions(&id, &wanted))
+        .await
+        .map_err(broker)?;
+    admin::record_credential(&tx, &id, &user, &wanted).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    tracing::info!(executor_id = %id, broker_user = %user, "executor registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "executor_id": id,
+            "broker_user": user,
+            "broker_password": password,
+            "groups": wanted,
+            "amqp_prefix": n.prefix(),
+        })),
+    )
+        .into_response())
+}
+
+async fn revoke(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.need(Permission::Admin)?;
+    let id = ExecutorId::parse(&id).map_err(|e| invalid("executor_id", e.to_string()))?;
+    let admin_api = s.broker_admin()?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let Some(user) = admin::revoke_executor(&client, &id).await? else {
+        return Err(ApiError::NotFound("registered executor"));
+    };
+    // Recorded first: if the broker call fails, a retry finds it revoked and deletes.
+    admin_api.delete_user(&user).await.map_err(broker)?;
+    tracing::info!(executor_id = %id, "executor revoked");
+    Ok((
+        StatusCode::OK,
+        Json(json!({"executor_id": id, "revoked": true})),
+    )
+        .into_response())
+}

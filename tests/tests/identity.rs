@@ -1,0 +1,241 @@
+//! Executor identity (issue 5): a join token buys a broker user of the executor's own;
+//! the broker refuses what that user may not do (another executor's routing keys or
+//! queue), a wrong password, and a revoked executor, whose attempts are lost at once.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fleet_tests::{job_of, wait_for, ExecutorSpec, TestFleet};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const EXECUTOR_BIN: &str = env!("CARGO_BIN_EXE_fleet-test-executor");
+
+fn url_as(base: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = base.split_once("://").unwrap_or(("amqp", base));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+async fn connect_as(fleet: &TestFleet, user: &str, password: &str) -> Result<lapin::Connection> {
+    let mut cfg = fleet.cfg.amqp.clone();
+    cfg.url = url_as(&cfg.url, user, password);
+    Ok(fleet_shared::amqp::connect(&cfg, "fleet-test-impostor").await?)
+}
+
+/// Publishes (confirmed) and says how the broker took it.
+async fn try_publish(
+    conn: &lapin::Connection,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+) -> Result<()> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            fleet_shared::amqp::json_properties(),
+        )
+        .await?;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), confirm)
+        .await
+        .context("no confirm within 10s")??;
+    if outcome.is_nack() {
+        bail!("nacked");
+    }
+    Ok(())
+}
+
+fn refused(what: &str, r: Result<impl std::fmt::Debug>) {
+    match r {
+        Ok(v) => panic!("{what}: the broker accepted it ({v:?})"),
+        Err(e) => {
+            let text = format!("{e:#}");
+            assert!(
+                text.contains("ACCESS_REFUSED")
+                    || text.contains("ACCESS-REFUSED")
+                    || text.contains("403"),
+                "{what}: refused, but not by permissions: {text}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_identity() -> Result<()>
+{
+    let mut fleet = TestFleet::start("identity").await?;
+    let (s, made) = fleet
+        .call(
+            Method::POST,
+            "/v1/join-tokens",
+            Some(json!({"groups": ["secure"]})),
+        )
+        .await?;
+    assert_eq!(s, 201, "{made}");
+    let join = made["token"].as_str().unwrap_or_default().to_owned();
+    let creds = std::env::temp_dir().join(format!("{}-reg-1.json", fleet.name));
+    let _reg = fleet.spawn_executor_process_with(
+        EXECUTOR_BIN,
+        ExecutorSpec::new("reg-1", &["secure"], 1),
+        &[
+            ("FLEET_EXECUTOR__JOIN_TOKEN", join.clone()),
+            ("FLEET_EXECUTOR__REGISTER_URL", fleet.api.clone()),
+            (
+                "FLEET_EXECUTOR__CREDENTIALS_FILE",
+                creds.display().to_string(),
+            ),
+        ],
+    )?;
+    fleet.wait_executors(&["reg-1"]).await?;
+    // It works as its own broker user.
+    let job = fleet
+        .submit(&job_of(
+            1,
+            &["sh", "-c", "echo hi from $FLEET_EXECUTOR_ID"],
+            json!({"group": "secure"}),
+        ))
+        .await?;
+    assert_eq!(
+        fleet.wait_job(job, Duration::from_secs(60)).await?.state,
+        "succeeded"
+    );
+    assert_eq!(
+        fleet.results(job).await?.results[0].stdout,
+        "hi from reg-1\n"
+    );
+    let cred: Value = serde_json::from_str(&std::fs::read_to_string(&creds)?)?;
+    let (user, password) = (
+        cred["broker_user"].as_str().unwrap_or_default().to_owned(),
+        cred["broker_password"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    assert_eq!(user, format!("{}-exec-reg-1", fleet.name));
+
+    // The join token worked once.
+    let (s, b) = fleet
+        .call(
+            Method::POST,
+            "/v1/executors/register",
+            Some(json!({"join_token": join, "executor_id": "reg-2"})),
+        )
+        .await?;
+    assert_eq!(s, 401, "a used join token: {b}");
+
+    // A plain executor beside it, whose queue reg-1 must not read.
+    fleet
+        .add_executor(ExecutorSpec::new("plain-1", &["secure"], 1))
+        .await?;
+    fleet.wait_executors(&["plain-1"]).await?;
+    let n = fleet_shared::amqp::Names::new(&fleet.cfg.amqp.prefix);
+    let secure = n.group_exchange(&fleet_shared::group::GroupName::parse("secure")?);
+    let forged =
+        serde_json::to_vec(&json!({"type": "result", "v": 1, "note": "in plain-1's name"}))?;
+
+    let conn = connect_as(&fleet, &user, &password).await?;
+    // Its own keys pass the broker...
+    try_publish(&conn, &secure, "info.reg-1", b"{}").await?;
+    // ...another executor's id in the routing key does not.
+    refused(
+        "a result published as plain-1",
+        try_publish(&conn, &secure, "result.plain-1", &forged).await,
+    );
+    refused(
+        "an INFO published as plain-1",
+        try_publish(&conn, &secure, "info.plain-1", &forged).await,
+    );
+    // Nor may it publish on a group it is not in, or read another executor's queue.
+    refused(
+        "a publish on the default exchange",
+        try_publish(&conn, &n.root_exchange(), "result.reg-1", &forged).await,
+    );
+    let ch = conn.create_channel().await?;
+    refused(
+        "consuming plain-1's queue",
+        ch.basic_consume(
+            n.executor_queue(&fleet_shared::id::ExecutorId::parse("plain-1")?)
+                .as_str()
+                .into(),
+            "impostor".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(anyhow::Error::from),
+    );
+    let _ = conn.close(200, "done".into()).await;
+    // A wrong password does not even connect.
+    refused(
+        "a wrong password",
+        connect_as(&fleet, &user, "not-the-password").await,
+    );
+
+    // Revoked while it runs a task: the attempt is lost at once (not at the lease, 15 s)
+    // and the task runs again on plain-1; reg-1 can no longer connect.
+    fleet
+        .call(Method::POST, "/v1/executors/plain-1/drain", None)
+        .await?;
+    fleet.wait_draining("plain-1", true).await?;
+    let long = fleet
+        .submit(&job_of(
+            1,
+            &["sh", "-c", "sleep 2; echo done on $FLEET_EXECUTOR_ID"],
+            json!({"group": "secure"}),
+        ))
+        .await?;
+    wait_for(
+        "the task to run on reg-1",
+        Duration::from_secs(30),
+        || async {
+            let j = fleet.job(long).await?;
+            Ok((j.tasks[0].state == "running"
+                && j.tasks[0].executor_id.as_deref() == Some("reg-1"))
+            .then_some(()))
+        },
+    )
+    .await?;
+    fleet
+        .call(Method::POST, "/v1/executors/plain-1/resume", None)
+        .await?;
+    let revoked_at = Instant::now();
+    let (s, b) = fleet
+        .call(Method::POST, "/v1/executors/reg-1/revoke", None)
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    let done = fleet.wait_job(long, Duration::from_secs(60)).await?;
+    let took = revoked_at.elapsed();
+    assert_eq!(done.state, "succeeded");
+    assert_eq!(
+        fleet.results(long).await?.results[0].stdout,
+        "done on plain-1\n"
+    );
+    assert_eq!(
+        fleet.attempts_of(done.tasks[0].task_id).await?,
+        vec![
+            ("reg-1".into(), "lost".into()),
+            ("plain-1".into(), "succeeded".into())
+        ]
+    );
+    assert!(
+        took < Duration::from_secs(12),
+        "rerun {took:?} after the revocation"
+    );
+    refused(
+        "the revoked credential",
+        connect_as(&fleet, &user, &password).await,
+    );
+    eprintln!(
+        "revocation: task rerun elsewhere and recorded {:.1}s after the revoke (lease 15s)",
+        took.as_secs_f64()
+    );
+    let _ = std::fs::remove_file(&creds);
+    fleet.shutdown().await
+}
