@@ -339,7 +339,18 @@ impl TestFleet {
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.api));
+        self.call_as(&self.http, method, path, body).await
+    }
+
+    /// [`Self::call`] with another client (another token, or none).
+    pub async fn call_as(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = http.request(method, format!("{}{path}", self.api));
         if let Some(b) = body {
             req = req.json(&b);
         }

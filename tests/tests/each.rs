@@ -154,6 +154,22 @@ async fn process_members(hint: &str) -> Result<(TestFleet, Vec<fleet_tests::Serv
     Ok((fleet, procs))
 }
 
+async fn wait_copy_running(fleet: &TestFleet, job: JobId, member: &str) -> Result<()> {
+    wait_for(
+        &format!("{member} to run its copy"),
+        Duration::from_secs(30),
+        || async {
+            let j = fleet.job(job).await?;
+            Ok(j.tasks[0]
+                .history
+                .iter()
+                .any(|a| a.executor_id == member && a.state == "running")
+                .then_some(()))
+        },
+    )
+    .await
+}
+
 async fn copy_state(fleet: &TestFleet, job: JobId, member: &str) -> Result<(String, JobView)> {
     let j = fleet.job(job).await?;
     let state = j.tasks[0]
@@ -174,15 +190,7 @@ async fn a_killed_member_gets_its_copy_again_when_it_comes_back_and_it_never_mov
             json!({"max_attempts": 3}),
         ))
         .await?;
-    wait_for("e-4 to run its copy", Duration::from_secs(30), || async {
-        let j = fleet.job(job).await?;
-        Ok(j.tasks[0]
-            .history
-            .iter()
-            .any(|a| a.executor_id == "e-4" && a.state == "running")
-            .then_some(()))
-    })
-    .await?;
+    wait_copy_running(&fleet, job, "e-4").await?;
     let victim = procs.pop().expect("four processes");
     victim.kill().await?;
     // Its lease runs out: the attempt is lost and the copy waits for e-4, not for anyone else.
@@ -226,15 +234,7 @@ async fn a_member_not_back_within_the_grace_period_counts_as_failed() -> Result<
     let job = fleet
         .submit(&each_task("sleep 2", json!({"max_attempts": 2})))
         .await?;
-    wait_for("e-4 to run its copy", Duration::from_secs(30), || async {
-        let j = fleet.job(job).await?;
-        Ok(j.tasks[0]
-            .history
-            .iter()
-            .any(|a| a.executor_id == "e-4" && a.state == "running")
-            .then_some(()))
-    })
-    .await?;
+    wait_copy_running(&fleet, job, "e-4").await?;
     procs.pop().expect("four processes").kill().await?;
     // Quorum = all: once e-4 is gone past the grace period (lease 2 s x 2 attempts), the
     // task fails, and nobody else ran e-4's copy.

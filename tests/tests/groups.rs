@@ -9,8 +9,6 @@ use serde_json::{json, Value};
 
 const JOB_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Sends `method path` with `body` as the given client; returns the status and JSON body
-/// (Null when there is none).
 async fn call(
     http: &reqwest::Client,
     fleet: &TestFleet,
@@ -18,14 +16,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> Result<(u16, Value)> {
-    let mut req = http.request(method, format!("{}{path}", fleet.api));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await?;
-    let status = resp.status().as_u16();
-    let text = resp.text().await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    fleet.call_as(http, method, path, body).await
 }
 
 async fn ran_on(fleet: &TestFleet, id: fleet_shared::id::JobId) -> Result<Vec<String>> {

@@ -361,23 +361,19 @@ async fn session(
                 None => return Err(amqp::AmqpError::Timeout("consumer ended")),
             },
         };
-        let req = match proto::decode::<Request>(&delivery.data) {
-            Ok(r) => r,
+        // A request, or else an operator's control message; anything else is dead-lettered.
+        let decoded = match proto::decode::<Request>(&delivery.data) {
             Err(proto::DecodeError::UnknownType { found, .. }) if found == "control" => {
-                match proto::decode::<Control>(&delivery.data) {
-                    Ok(c) => shared.control(c.action),
-                    Err(e) => {
-                        publisher
-                            .publish(amqp::dead_letter(
-                                n,
-                                &delivery,
-                                &queue,
-                                e.reason(),
-                                &e.to_string(),
-                            ))
-                            .await?;
-                    }
-                }
+                proto::decode::<Control>(&delivery.data).map(|c| {
+                    shared.control(c.action);
+                    None
+                })
+            }
+            other => other.map(Some),
+        };
+        let req = match decoded {
+            Ok(Some(r)) => r,
+            Ok(None) => {
                 ack_one(&delivery).await?;
                 continue;
             }

@@ -14,7 +14,7 @@ use fleet_shared::id::ExecutorId;
 use fleet_shared::job::FieldError;
 use serde::Deserialize;
 
-use crate::api::{ApiError, AppState};
+use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
 
 pub fn routes() -> Router<AppState> {
@@ -38,13 +38,6 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             field: if path == "." { "body".into() } else { path },
             message: e.into_inner().to_string(),
         })
-    })
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Invalid(FieldError {
-        field: field.into(),
-        message: message.into(),
     })
 }
 

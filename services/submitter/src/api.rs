@@ -239,11 +239,16 @@ impl From<fleet_shared::db::admin::AdminError> for ApiError {
     }
 }
 
-fn bad_id(_: uuid::Error) -> ApiError {
+/// A 400 naming the field that is wrong.
+pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::Invalid(FieldError {
-        field: "job_id".into(),
-        message: "not a UUID".into(),
+        field: field.into(),
+        message: message.into(),
     })
+}
+
+fn bad_id(_: uuid::Error) -> ApiError {
+    invalid("job_id", "not a UUID")
 }
 
 async fn submit_job(

@@ -13,12 +13,11 @@ use fleet_shared::amqp::{self, keys, AmqpError, Outgoing};
 use fleet_shared::auth::Permission;
 use fleet_shared::group::GroupName;
 use fleet_shared::id::{ExecutorId, TaskId};
-use fleet_shared::job::FieldError;
 use fleet_shared::proto::{self, Control, ControlAction};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{ApiError, AppState};
+use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
 
 pub fn routes() -> Router<AppState> {
@@ -28,13 +27,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/executors/{id}/cancel", post(cancel_attempt))
         .route("/v1/groups/{name}/drain", post(drain_group))
         .route("/v1/groups/{name}/resume", post(resume_group))
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Invalid(FieldError {
-        field: field.into(),
-        message: message.into(),
-    })
 }
 
 enum Target {

@@ -14,12 +14,11 @@ use fleet_shared::auth::Permission;
 use fleet_shared::db::{admin, DbError};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::ExecutorId;
-use fleet_shared::job::FieldError;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::admin::parse_body;
-use crate::api::{ApiError, AppState};
+use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
 use crate::broker_admin::BrokerAdminError;
 
@@ -31,13 +30,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/join-tokens", post(create_join_token))
         .route("/v1/executors/register", post(register))
         .route("/v1/executors/{id}/revoke", post(revoke))
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Invalid(FieldError {
-        field: field.into(),
-        message: message.into(),
-    })
 }
 
 fn groups(field: &str, names: &[String]) -> Result<Vec<GroupName>, ApiError> {

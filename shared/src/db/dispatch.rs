@@ -12,6 +12,14 @@ use crate::group::GroupName;
 use crate::id::{ExecutorId, JobId, TaskId};
 use crate::proto::{Info, Outcome};
 
+/// The columns [`task_row`] reads, in its order.
+macro_rules! task_select {
+    () => {
+        "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
+                target_group, labels, each
+         FROM tasks "
+    };
+}
 /// This dispatcher's hold on leadership: who, and under which epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leadership {
@@ -194,13 +202,13 @@ pub async fn ready_page(
     let (p, s) = after.unwrap_or((i32::MAX, i64::MIN));
     let rows = client
         .query(
-            "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
-                    target_group, labels, each
-             FROM tasks
-             WHERE state = 'ready' AND NOT each
+            concat!(
+                task_select!(),
+                "WHERE state = 'ready' AND NOT each
                AND (priority < $1 OR (priority = $1 AND seq > $2))
              ORDER BY priority DESC, seq
-             LIMIT $3",
+             LIMIT $3"
+            ),
             &[&p, &s, &limit],
         )
         .await?;
@@ -211,10 +219,10 @@ pub async fn ready_page(
 pub async fn ready_each(client: &Client, limit: i64) -> Result<Vec<ReadyRow>, DbError> {
     let rows = client
         .query(
-            "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
-                    target_group, labels, each
-             FROM tasks WHERE state = 'ready' AND each
-             ORDER BY priority DESC, seq LIMIT $1",
+            concat!(
+                task_select!(),
+                "WHERE state = 'ready' AND each ORDER BY priority DESC, seq LIMIT $1"
+            ),
             &[&limit],
         )
         .await?;
@@ -246,12 +254,7 @@ pub async fn task_rows(
 ) -> Result<HashMap<TaskId, ReadyRow>, DbError> {
     let ids: Vec<uuid::Uuid> = ids.iter().map(|t| t.uuid()).collect();
     let rows = client
-        .query(
-            "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
-                    target_group, labels, each
-             FROM tasks WHERE id = ANY($1)",
-            &[&ids],
-        )
+        .query(concat!(task_select!(), "WHERE id = ANY($1)"), &[&ids])
         .await?;
     rows.iter()
         .map(|r| task_row(r).map(|t| (t.id, t)))
