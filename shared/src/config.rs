@@ -151,6 +151,9 @@ pub struct DispatcherConfig {
     /// How long a dispatcher's leadership lasts unless renewed (every round); a standby
     /// takes over this long after the leader dies or freezes.
     pub leader_ttl_secs: u64,
+    /// Give work only to executors that registered with a join token (off: executors
+    /// connecting with the shared broker user are trusted too).
+    pub require_registration: bool,
 }
 
 impl Default for DispatcherConfig {
@@ -161,6 +164,7 @@ impl Default for DispatcherConfig {
             lease_timeout_secs: 15,
             executor_timeout_secs: 5,
             leader_ttl_secs: 5,
+            require_registration: false,
         }
     }
 }

@@ -129,6 +129,24 @@ async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_ident
         )
         .await?;
     assert_eq!(s, 401, "a used join token: {b}");
+    // Another valid join token cannot take over a registered executor's id.
+    let (_, other) = fleet
+        .call(Method::POST, "/v1/join-tokens", Some(json!({})))
+        .await?;
+    let (s, b) = fleet
+        .call(
+            Method::POST,
+            "/v1/executors/register",
+            Some(
+                json!({"join_token": other["token"], "executor_id": "reg-1", "groups": ["secure"]}),
+            ),
+        )
+        .await?;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{b}"
+    );
 
     // A plain executor beside it, whose queue reg-1 must not read.
     fleet

@@ -58,6 +58,9 @@ pub struct Dispatcher {
     /// Names this process in the leader row.
     holder: String,
     lead: Option<dispatch::Leadership>,
+    /// When this dispatcher last became leader: until every alive executor has had time
+    /// to report, it does not know all members of a group.
+    led_since: Option<Instant>,
     cfg: Config,
     pool: Pool,
     names: Names,
@@ -79,6 +82,7 @@ impl Dispatcher {
         Self {
             holder,
             lead: None,
+            led_since: None,
             cfg,
             pool,
             names,
@@ -137,6 +141,7 @@ impl Dispatcher {
                 tracing::info!(holder = %self.holder, epoch = lead.epoch, "leading");
                 metrics::gauge!("fleet_dispatcher_leader").set(1.0);
                 self.lead = Some(lead);
+                self.led_since = Some(Instant::now());
                 return Ok(true);
             }
             drop(client);
@@ -186,6 +191,12 @@ impl Dispatcher {
         views: &[ExecutorView],
         publisher: &Publisher,
     ) -> Result<(), Error> {
+        // Members are the executors heard from; right after taking the lead, not all of
+        // them have been heard yet, and a fan-out would leave some out for good.
+        let heard_all = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
+        if self.led_since.is_none_or(|t| t.elapsed() < heard_all) {
+            return Ok(());
+        }
         let ready = dispatch::ready_each(client, PAGE).await?;
         let fan: Vec<_> = ready
             .iter()
@@ -245,15 +256,23 @@ impl Dispatcher {
         }
 
         let tx = self.fenced(&mut client).await?;
-        let settled = dispatch::sweep_leases(
+        let mut settled = dispatch::sweep_leases(&tx).await?;
+        // Tasks failed as lost (and their jobs) are announced like any other outcome.
+        outbox::enqueue(&tx, &outbox::events(&self.names, &settled)).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        // Members of `each` tasks gone past their grace: a transaction of its own, so its
+        // locks are taken in settle()'s order (tasks, copies, jobs).
+        let tx = self.fenced(&mut client).await?;
+        let graced = dispatch::sweep_grace(
             &tx,
             self.lease_secs(),
             self.cfg.dispatcher.executor_timeout_secs as f64,
         )
         .await?;
-        // Tasks failed as lost (and their jobs) are announced like any other outcome.
-        outbox::enqueue(&tx, &outbox::events(&self.names, &settled)).await?;
+        outbox::enqueue(&tx, &outbox::events(&self.names, &graced)).await?;
         tx.commit().await.map_err(DbError::from)?;
+        settled.finished.extend(graced.finished);
+        settled.jobs.extend(graced.jobs);
         if !settled.finished.is_empty() || !settled.jobs.is_empty() {
             self.relay_events(publisher).await?;
         }
@@ -263,17 +282,28 @@ impl Dispatcher {
         let outstanding = dispatch::outstanding(&client).await?;
         // Groups an administrator put executors in, on top of those they declare.
         let assigned = db::admin::assigned_groups(&client).await?;
-        // Revoked executors get nothing (the sweep above already lost their attempts).
-        let revoked = db::admin::revoked_executors(&client).await?;
+        // Registered executors are held to the groups they registered with; revoked ones
+        // get nothing (the sweep above already lost their attempts).
+        let registered = db::admin::registered_executors(&client).await?;
+        let require = self.cfg.dispatcher.require_registration;
         let alive_for = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
         let mut views: Vec<ExecutorView> = self
             .executors
             .values()
             .filter(|s| s.at.elapsed() < alive_for)
-            .filter(|s| !revoked.contains(s.info.executor_id.as_str()))
-            .map(|s| ExecutorView {
+            .filter_map(|s| {
+                let id = s.info.executor_id.as_str();
+                let declared = match registered.get(id) {
+                    Some(r) if r.revoked => return None,
+                    Some(r) => &r.groups,
+                    None if require => return None,
+                    None => &s.info.groups,
+                };
+                Some((s, with_assigned(declared, assigned.get(id))))
+            })
+            .map(|(s, groups)| ExecutorView {
                 id: s.info.executor_id.clone(),
-                groups: with_assigned(&s.info.groups, assigned.get(s.info.executor_id.as_str())),
+                groups,
                 labels: s.info.labels.clone(),
                 capacity: s.info.capacity,
                 outstanding: outstanding

@@ -441,9 +441,15 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     let mut drained = shared.drained.subscribe();
     let permit = tokio::select! {
         p = async {
-            // Drained by an operator: hold it, unstarted, until resumed.
-            let _ = drained.wait_for(|d| !*d).await;
-            shared.slots.acquire().await
+            loop {
+                // Drained by an operator: hold it, unstarted, until resumed; a drain that
+                // came while it waited for a slot counts too.
+                let _ = drained.wait_for(|d| !*d).await;
+                match shared.slots.acquire().await {
+                    Ok(p) if *shared.drained.borrow() => drop(p),
+                    other => break other,
+                }
+            }
         } => p,
         _ = shared.stop_starting.cancelled() => {
             // Not started: leave it unacked, so the broker gives it back on close.
@@ -457,7 +463,10 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
             return;
         }
     };
-    let Ok(_permit) = permit else { return };
+    let Ok(_permit) = permit else {
+        shared.forget(key);
+        return;
+    };
     if let Some(r) = shared.lock().held.get_mut(&key) {
         *r = true;
     }

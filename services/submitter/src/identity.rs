@@ -98,9 +98,12 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
     let admin_api = s.broker_admin()?;
     let publisher = s.publisher()?;
     let n = s.names();
+    let user = n.executor_user(&id);
+    // First the token is spent and the id claimed (one transaction, nothing slow in it);
+    // then the broker; a broker failure gives the token back.
     let mut client = s.pool().get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
-    let Some(allowed) = admin::use_join_token(&tx, &b.join_token, &id).await? else {
+    let Some((token_id, allowed)) = admin::use_join_token(&tx, &b.join_token, &id).await? else {
         return Err(ApiError::BadJoinToken);
     };
     if let Some(g) = wanted
@@ -111,21 +114,36 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
             "this join token does not allow the group '{g}'"
         )));
     }
-    // What the executor may not declare itself, declared for it.
-    amqp::declare_core(publisher.channel(), n)
-        .await
-        .map_err(|e| broker(BrokerAdminError::Config(e.to_string())))?;
-    amqp::declare_executor_queue(publisher.channel(), n, &id, &wanted)
-        .await
-        .map_err(|e| broker(BrokerAdminError::Config(e.to_string())))?;
-    let user = n.executor_user(&id);
-    let password = fleet_shared::auth::new_token();
-    admin_api
-        .grant(&user, &password, &n.executor_permissions(&id, &wanted))
-        .await
-        .map_err(broker)?;
+    // Registering an id that holds a live credential would hand its broker user to
+    // whoever has any join token: an administrator revokes it first.
+    if admin::is_registered(&tx, &id).await? {
+        return Err(ApiError::Conflict(format!(
+            "executor {id} is already registered; revoke it first to register it again"
+        )));
+    }
     admin::record_credential(&tx, &id, &user, &wanted).await?;
     tx.commit().await.map_err(DbError::from)?;
+
+    let password = fleet_shared::auth::new_token();
+    let granted = async {
+        // What the executor may not declare itself, declared for it.
+        amqp::declare_core(publisher.channel(), n)
+            .await
+            .map_err(|e| BrokerAdminError::Config(e.to_string()))?;
+        amqp::declare_executor_queue(publisher.channel(), n, &id, &wanted)
+            .await
+            .map_err(|e| BrokerAdminError::Config(e.to_string()))?;
+        admin_api
+            .grant(&user, &password, &n.executor_permissions(&id, &wanted))
+            .await
+    }
+    .await;
+    if let Err(e) = granted {
+        if let Err(undo) = admin::undo_registration(&client, token_id, &id).await {
+            tracing::error!(error = %undo, executor_id = %id, "could not give the join token back");
+        }
+        return Err(broker(e));
+    }
     tracing::info!(executor_id = %id, broker_user = %user, "executor registered");
     Ok((
         StatusCode::CREATED,

@@ -433,23 +433,65 @@ pub async fn create_join_token(
     })
 }
 
-/// Uses up a join token for `executor` inside `tx`: the groups it allows (empty: any),
-/// or `None` when it is unknown, used or expired. Rolled back, it stays unused.
+/// Uses up a join token for `executor` inside `tx`: its id and the groups it allows
+/// (empty: any), or `None` when it is unknown, used or expired. Rolled back, it stays
+/// unused.
 pub async fn use_join_token(
     tx: &super::Transaction<'_>,
     token: &str,
     executor: &ExecutorId,
-) -> Result<Option<Vec<GroupName>>, DbError> {
+) -> Result<Option<(uuid::Uuid, Vec<GroupName>)>, DbError> {
     let row = tx
         .query_opt(
             "UPDATE join_tokens SET used_at = clock_timestamp(), used_by = $2
              WHERE secret_sha256 = $1 AND used_at IS NULL AND expires_at > clock_timestamp()
-             RETURNING groups",
+             RETURNING id, groups",
             &[&auth::token_hash(token), &executor.as_str()],
         )
         .await?;
-    row.map(|r| serde_json::from_value(r.get(0)).map_err(|e| DbError::Row(e.to_string())))
-        .transpose()
+    row.map(|r| {
+        let groups = serde_json::from_value(r.get(1)).map_err(|e| DbError::Row(e.to_string()))?;
+        Ok((r.get(0), groups))
+    })
+    .transpose()
+}
+
+/// Gives a join token back (registration failed after it was used) and marks the
+/// credential recorded for it revoked, since nobody received its password.
+pub async fn undo_registration(
+    client: &Client,
+    token_id: uuid::Uuid,
+    executor: &ExecutorId,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE join_tokens SET used_at = NULL, used_by = NULL WHERE id = $1",
+            &[&token_id],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE executor_credentials SET revoked_at = clock_timestamp() WHERE executor_id = $1",
+            &[&executor.as_str()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether `executor` holds a credential that is not revoked (locked for the caller's
+/// transaction, so two registrations of one id cannot both pass).
+pub async fn is_registered(
+    tx: &super::Transaction<'_>,
+    executor: &ExecutorId,
+) -> Result<bool, DbError> {
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM executor_credentials WHERE executor_id = $1 AND revoked_at IS NULL
+             FOR UPDATE",
+            &[&executor.as_str()],
+        )
+        .await?
+        .is_some())
 }
 
 /// Records an executor's credential (a re-registration replaces it and lifts a
@@ -501,17 +543,35 @@ pub async fn revoke_executor(
     Ok(row.map(|r| r.get(0)))
 }
 
-/// Executors whose credential was revoked: they get no work, and their attempts are lost.
-pub async fn revoked_executors(
+/// A registered executor as the dispatcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The groups it registered with: what it may claim, whatever its INFO says.
+    pub groups: Vec<GroupName>,
+    /// Revoked: no work, and its attempts are lost.
+    pub revoked: bool,
+}
+
+/// Every registered executor, by id.
+pub async fn registered_executors(
     client: &Client,
-) -> Result<std::collections::HashSet<String>, DbError> {
-    Ok(client
+) -> Result<std::collections::HashMap<String, Registered>, DbError> {
+    client
         .query(
-            "SELECT executor_id FROM executor_credentials WHERE revoked_at IS NOT NULL",
+            "SELECT executor_id, groups, revoked_at IS NOT NULL FROM executor_credentials",
             &[],
         )
         .await?
         .iter()
-        .map(|r| r.get(0))
-        .collect())
+        .map(|r| {
+            Ok((
+                r.get(0),
+                Registered {
+                    groups: serde_json::from_value(r.get(1))
+                        .map_err(|e| DbError::Row(e.to_string()))?,
+                    revoked: r.get(2),
+                },
+            ))
+        })
+        .collect()
 }

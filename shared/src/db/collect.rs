@@ -248,13 +248,18 @@ async fn end_copies(
         let (Some(&used), Some(t)) = (open.get(&key), tasks.get(&key.0)) else {
             continue;
         };
-        let to = copy_after(
+        let mut to = copy_after(
             e.outcome,
             u32::try_from(used).unwrap_or(0),
             u32::try_from(t.max_attempts).unwrap_or(0),
         );
-        let error = (to == CopyState::Failed && e.outcome == Outcome::Lost)
+        let mut error = (to == CopyState::Failed && e.outcome == Outcome::Lost)
             .then_some("attempt lost: its executor stopped reporting, and no attempt is left");
+        // A decided task tries nothing again: nobody would pick the copy up.
+        if to == CopyState::Pending && t.state.is_terminal() {
+            to = CopyState::Cancelled;
+            error = Some("attempt lost after the task was decided; not tried again");
+        }
         updates.push(json!({"task_id": e.task_id, "attempt": e.attempt,
                             "state": to.as_str(), "error": error}));
         deciding.insert(key.0, e.attempt);

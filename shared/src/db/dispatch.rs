@@ -452,23 +452,54 @@ pub async fn assign(
     out.iter().map(assignment).collect()
 }
 
-/// Marks every attempt whose lease ran out as lost and settles its task: back to ready
-/// while attempts remain, else failed. Then fails the `each` copies whose member has
-/// been gone past the grace period (`lease_secs` times the task's attempts) and
-/// re-decides their tasks.
-pub async fn sweep_leases(
+/// Marks every attempt whose lease ran out (or whose executor was revoked) as lost and
+/// settles its task: back to ready while attempts remain, else failed.
+pub async fn sweep_leases(tx: &Transaction<'_>) -> Result<Settled, DbError> {
+    sweep_attempts(tx).await
+}
+
+/// Fails the `each` copies whose member has been gone past the grace period
+/// (`lease_secs` times the task's attempts, from the loss or the member's last INFO,
+/// whichever is later) and re-decides their tasks. The tasks are locked first, in id
+/// order, then their copies, then their jobs: the order settle() takes them in.
+pub async fn sweep_grace(
     tx: &Transaction<'_>,
     lease_secs: f64,
     alive_secs: f64,
 ) -> Result<Settled, DbError> {
-    let mut settled = sweep_attempts(tx).await?;
-    let gone = tx
+    let gone: Vec<uuid::Uuid> = tx
+        .query(
+            "SELECT DISTINCT c.task_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
+             WHERE c.state = 'pending' AND t.state IN ('assigned', 'running')
+               AND greatest(c.pending_since,
+                            (SELECT e.last_info_at FROM executors e WHERE e.id = c.executor_id))
+                   < clock_timestamp() - make_interval(secs => $1::float8 * t.max_attempts)
+               AND NOT EXISTS (
+                   SELECT 1 FROM executors e WHERE e.id = c.executor_id
+                   AND e.last_info_at >= clock_timestamp() - make_interval(secs => $2))",
+            &[&lease_secs, &alive_secs],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if gone.is_empty() {
+        return Ok(Settled::default());
+    }
+    let mut ids = gone;
+    ids.sort();
+    tx.execute(
+        "SELECT 1 FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
+    )
+    .await?;
+    let failed = tx
         .query(
             "UPDATE task_copies c
              SET state = 'failed', pending_since = NULL,
                  error = 'its executor did not come back within the grace period'
              FROM tasks t
-             WHERE c.task_id = t.id AND c.state = 'pending'
+             WHERE c.task_id = t.id AND c.task_id = ANY($3) AND c.state = 'pending'
                AND t.state IN ('assigned', 'running')
                AND greatest(c.pending_since,
                             (SELECT e.last_info_at FROM executors e WHERE e.id = c.executor_id))
@@ -477,23 +508,18 @@ pub async fn sweep_leases(
                    SELECT 1 FROM executors e WHERE e.id = c.executor_id
                    AND e.last_info_at >= clock_timestamp() - make_interval(secs => $2))
              RETURNING c.task_id, c.executor_id",
-            &[&lease_secs, &alive_secs],
+            &[&lease_secs, &alive_secs, &ids],
         )
         .await?;
-    if !gone.is_empty() {
-        let ids: Vec<TaskId> = gone
-            .iter()
-            .map(|r| {
-                tracing::warn!(task_id = %r.get::<_, uuid::Uuid>(0), executor_id = %r.get::<_, String>(1),
-                               "member gone past the grace period: its copy fails");
-                TaskId::from_uuid(r.get(0))
-            })
-            .collect();
-        let more = settle_each(tx, &ids).await?;
-        settled.finished.extend(more.finished);
-        settled.jobs.extend(more.jobs);
-    }
-    Ok(settled)
+    let ids: Vec<TaskId> = failed
+        .iter()
+        .map(|r| {
+            tracing::warn!(task_id = %r.get::<_, uuid::Uuid>(0), executor_id = %r.get::<_, String>(1),
+                           "member gone past the grace period: its copy fails");
+            TaskId::from_uuid(r.get(0))
+        })
+        .collect();
+    settle_each(tx, &ids).await
 }
 
 async fn sweep_attempts(tx: &Transaction<'_>) -> Result<Settled, DbError> {
