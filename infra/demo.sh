@@ -324,8 +324,8 @@ if ((submit_rc != EXPECTED_RC)); then
     die "fleetctl submit --wait exited $submit_rc, expected $EXPECTED_RC"
 fi
 
-JOB_JSON="$(curl -fsS --max-time 10 "$FLEET_ADDR/v1/jobs/$JOB_ID")" || die "GET /v1/jobs/$JOB_ID failed"
-RESULTS_JSON="$(curl -fsS --max-time 10 "$FLEET_ADDR/v1/jobs/$JOB_ID/results")" || die "GET /v1/jobs/$JOB_ID/results failed"
+JOB_JSON="$(curl -fsS --max-time 10 -H "Authorization: Bearer $FLEET_TOKEN" "$FLEET_ADDR/v1/jobs/$JOB_ID")" || die "GET /v1/jobs/$JOB_ID failed"
+RESULTS_JSON="$(curl -fsS --max-time 10 -H "Authorization: Bearer $FLEET_TOKEN" "$FLEET_ADDR/v1/jobs/$JOB_ID/results")" || die "GET /v1/jobs/$JOB_ID/results failed"
 printf '%s\n' "$JOB_JSON" >"$DEMO_DIR/job-status.json"
 printf '%s\n' "$RESULTS_JSON" >"$DEMO_DIR/job-results.json"
 
