@@ -196,6 +196,80 @@ async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_ident
         connect_as(&fleet, &user, "not-the-password").await,
     );
 
+    // An INFO in its own name may claim other groups; the dispatcher holds a registered
+    // executor to the groups it registered with. (The forged INFO is dated 2 s ahead, so
+    // the real ones, older, are ignored meanwhile.)
+    fleet
+        .add_executor(ExecutorSpec::new("else-1", &["elsewhere"], 2))
+        .await?;
+    fleet.wait_executors(&["else-1"]).await?;
+    let claim = fleet_shared::proto::Info {
+        executor_id: fleet_shared::id::ExecutorId::parse("reg-1")?,
+        groups: vec![fleet_shared::group::GroupName::parse("elsewhere")?],
+        labels: Default::default(),
+        capacity: 8,
+        running: 0,
+        queued: 0,
+        in_flight: Vec::new(),
+        draining: false,
+        sent_at: chrono::Utc::now() + chrono::Duration::seconds(2),
+    };
+    let conn = connect_as(&fleet, &user, &password).await?;
+    try_publish(
+        &conn,
+        &secure,
+        "info.reg-1",
+        &fleet_shared::proto::encode(&claim),
+    )
+    .await?;
+    let _ = conn.close(200, "done".into()).await;
+    let groups_of = |id: &'static str| {
+        let fleet = &fleet;
+        async move {
+            let view: fleet_shared::db::read::ExecutorsView =
+                fleet.get_json("/v1/executors").await?;
+            Ok::<_, anyhow::Error>(
+                view.executors
+                    .into_iter()
+                    .find(|e| e.executor_id == id)
+                    .map(|e| e.groups)
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    wait_for("the claim to be heard", Duration::from_secs(5), || async {
+        Ok((groups_of("reg-1").await? == ["elsewhere"]).then_some(()))
+    })
+    .await?;
+    let elsewhere = fleet
+        .submit(&job_of(10, &["true"], json!({"group": "elsewhere"})))
+        .await?;
+    assert_eq!(
+        fleet
+            .wait_job(elsewhere, Duration::from_secs(60))
+            .await?
+            .state,
+        "succeeded"
+    );
+    let ran: Vec<String> = fleet
+        .results(elsewhere)
+        .await?
+        .results
+        .into_iter()
+        .map(|r| r.executor_id)
+        .collect();
+    assert!(
+        ran.iter().all(|e| e == "else-1"),
+        "a claimed group was believed: {ran:?}"
+    );
+    wait_for(
+        "reg-1's own INFO again",
+        Duration::from_secs(30),
+        || async { Ok((groups_of("reg-1").await? == ["secure"]).then_some(())) },
+    )
+    .await?;
+    fleet.wait_executors(&["reg-1"]).await?;
+
     // Revoked while it runs a task: the attempt is lost at once (not at the lease, 15 s)
     // and the task runs again on plain-1; reg-1 can no longer connect.
     fleet
