@@ -174,5 +174,32 @@ async fn a_cancelled_attempt_is_killed_and_its_task_ends_cancelled() -> Result<(
     let done = fleet.wait_job(job, Duration::from_secs(20)).await?;
     assert_eq!(done.state, "cancelled");
     assert_eq!(fleet.results(job).await?.results[0].outcome, "cancelled");
+    // A cancel that arrives before its request is remembered: drained, c-1 gets no
+    // request yet; the cancel for the attempt to come goes first; after the resume the
+    // request arrives and is reported cancelled without running.
+    fleet
+        .call(Method::POST, "/v1/executors/c-1/drain", None)
+        .await?;
+    fleet.wait_draining("c-1", true).await?;
+    let job = fleet
+        .submit(&job_of(1, &["sleep", "60"], json!({"group": "cpu"})))
+        .await?;
+    let task = fleet.job(job).await?.tasks[0].task_id;
+    let (s, b) = fleet
+        .call(
+            Method::POST,
+            "/v1/executors/c-1/cancel",
+            Some(json!({"task_id": task, "attempt": 1})),
+        )
+        .await?;
+    assert_eq!(s, 202, "{b}");
+    fleet
+        .call(Method::POST, "/v1/executors/c-1/resume", None)
+        .await?;
+    let done = fleet.wait_job(job, Duration::from_secs(20)).await?;
+    assert_eq!(done.state, "cancelled");
+    let r = &fleet.results(job).await?.results[0];
+    assert_eq!(r.outcome, "cancelled");
+    assert_eq!(r.error.as_deref(), Some("cancelled before it started"));
     fleet.shutdown().await
 }

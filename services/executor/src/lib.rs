@@ -30,6 +30,8 @@ use tokio_util::task::TaskTracker;
 pub const DEFAULT_ADDR: &str = "127.0.0.1:0";
 /// Finished attempts remembered to recognise redeliveries.
 const REMEMBERED: usize = 10_000;
+/// Cancels remembered for requests not received yet.
+const CANCELLED_EARLY: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -132,6 +134,9 @@ struct Shared {
     drained: watch::Sender<bool>,
     /// A token per attempt held, cancelled by a `control` cancel.
     cancels: Mutex<HashMap<AttemptKey, CancellationToken>>,
+    /// Cancels that came before their request (control messages and requests come from
+    /// different publishers, so either may arrive first); the last few hundred.
+    cancelled_early: Mutex<VecDeque<AttemptKey>>,
     changed: Notify,
     slots: Semaphore,
     /// The current session's publisher; `None` while reconnecting.
@@ -206,7 +211,14 @@ impl Shared {
                         t.cancel();
                     }
                     None => {
-                        tracing::info!(%task_id, attempt, "cancel for an attempt not held here; ignored")
+                        // Its request may still be on its way: remember the cancel.
+                        tracing::info!(%task_id, attempt, "cancel for an attempt not held (yet); remembered");
+                        if let Ok(mut early) = self.cancelled_early.lock() {
+                            early.push_back((task_id, attempt));
+                            if early.len() > CANCELLED_EARLY {
+                                early.pop_front();
+                            }
+                        }
                     }
                 }
             }
@@ -279,6 +291,7 @@ pub async fn run(
         draining: AtomicBool::new(false),
         drained: watch::channel(false).0,
         cancels: Mutex::default(),
+        cancelled_early: Mutex::default(),
         changed: Notify::new(),
         publisher,
         stop_starting: token.child_token(),
@@ -402,8 +415,21 @@ async fn session(
             }
         };
         if !duplicate {
+            let token = shared.kill.child_token();
+            let early = shared
+                .cancelled_early
+                .lock()
+                .map(|mut e| match e.iter().position(|k| *k == key) {
+                    Some(i) => e.remove(i).is_some(),
+                    None => false,
+                })
+                .unwrap_or(false);
+            if early {
+                // Reported as cancelled before it starts (see attempt()).
+                token.cancel();
+            }
             if let Ok(mut c) = shared.cancels.lock() {
-                c.insert(key, shared.kill.child_token());
+                c.insert(key, token);
             }
         }
         if duplicate {
@@ -440,17 +466,8 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
         .unwrap_or_else(|| shared.kill.child_token());
     let mut drained = shared.drained.subscribe();
     let permit = tokio::select! {
-        p = async {
-            loop {
-                // Drained by an operator: hold it, unstarted, until resumed; a drain that
-                // came while it waited for a slot counts too.
-                let _ = drained.wait_for(|d| !*d).await;
-                match shared.slots.acquire().await {
-                    Ok(p) if *shared.drained.borrow() => drop(p),
-                    other => break other,
-                }
-            }
-        } => p,
+        // A shutdown or a cancel wins over a free slot.
+        biased;
         _ = shared.stop_starting.cancelled() => {
             // Not started: leave it unacked, so the broker gives it back on close.
             shared.forget(key);
@@ -462,6 +479,17 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
             report(&shared, &req, ran, delivery).await;
             return;
         }
+        p = async {
+            loop {
+                // Drained by an operator: hold it, unstarted, until resumed; a drain that
+                // came while it waited for a slot counts too.
+                let _ = drained.wait_for(|d| !*d).await;
+                match shared.slots.acquire().await {
+                    Ok(p) if *shared.drained.borrow() => drop(p),
+                    other => break other,
+                }
+            }
+        } => p,
     };
     let Ok(_permit) = permit else {
         shared.forget(key);
