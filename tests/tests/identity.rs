@@ -331,3 +331,56 @@ async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_ident
     let _ = std::fs::remove_file(&creds);
     fleet.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_registration_required_only_registered_executors_take_work() -> Result<()> {
+    let mut fleet =
+        TestFleet::start_with("regonly", |c| c.dispatcher.require_registration = true).await?;
+    let (s, made) = fleet
+        .call(Method::POST, "/v1/join-tokens", Some(json!({})))
+        .await?;
+    assert_eq!(s, 201, "{made}");
+    let creds = std::env::temp_dir().join(format!("{}-member.json", fleet.name));
+    let _member = fleet.spawn_executor_process_with(
+        EXECUTOR_BIN,
+        ExecutorSpec::new("member", &["pool"], 2),
+        &[
+            (
+                "FLEET_EXECUTOR__JOIN_TOKEN",
+                made["token"].as_str().unwrap_or_default().to_owned(),
+            ),
+            ("FLEET_EXECUTOR__REGISTER_URL", fleet.api.clone()),
+            (
+                "FLEET_EXECUTOR__CREDENTIALS_FILE",
+                creds.display().to_string(),
+            ),
+        ],
+    )?;
+    // On the shared broker user, without a join token: alive, but not let in.
+    fleet
+        .add_executor(ExecutorSpec::new("stranger", &["pool"], 2))
+        .await?;
+    fleet.wait_executors(&["member", "stranger"]).await?;
+    let job = fleet
+        .submit(&job_of(20, &["true"], json!({"group": "pool"})))
+        .await?;
+    assert_eq!(
+        fleet.wait_job(job, Duration::from_secs(60)).await?.state,
+        "succeeded"
+    );
+    let ran: Vec<String> = fleet
+        .results(job)
+        .await?
+        .results
+        .into_iter()
+        .map(|r| r.executor_id)
+        .collect();
+    assert_eq!(ran.len(), 20);
+    assert!(ran.iter().all(|e| e == "member"), "{ran:?}");
+    let (s, _) = fleet
+        .call(Method::POST, "/v1/executors/member/revoke", None)
+        .await?;
+    assert_eq!(s, 200);
+    let _ = std::fs::remove_file(&creds);
+    fleet.shutdown().await
+}
