@@ -261,30 +261,33 @@ impl Dispatcher {
         outbox::enqueue(&tx, &outbox::events(&self.names, &settled)).await?;
         tx.commit().await.map_err(DbError::from)?;
         // Members of `each` tasks gone past their grace: a transaction of its own, so its
-        // locks are taken in settle()'s order (tasks, copies, jobs).
-        let tx = self.fenced(&mut client).await?;
-        let graced = dispatch::sweep_grace(
-            &tx,
-            self.lease_secs(),
-            self.cfg.dispatcher.executor_timeout_secs as f64,
-        )
-        .await?;
-        outbox::enqueue(&tx, &outbox::events(&self.names, &graced)).await?;
-        tx.commit().await.map_err(DbError::from)?;
-        settled.finished.extend(graced.finished);
-        settled.jobs.extend(graced.jobs);
+        // locks are taken in settle()'s order (tasks, copies, jobs), and only when a
+        // lock-free look found any.
+        let alive_secs = self.cfg.dispatcher.executor_timeout_secs as f64;
+        let gone = dispatch::grace_candidates(&client, self.lease_secs(), alive_secs).await?;
+        if !gone.is_empty() {
+            let tx = self.fenced(&mut client).await?;
+            let graced = dispatch::sweep_grace(&tx, &gone, self.lease_secs(), alive_secs).await?;
+            outbox::enqueue(&tx, &outbox::events(&self.names, &graced)).await?;
+            tx.commit().await.map_err(DbError::from)?;
+            settled.finished.extend(graced.finished);
+            settled.jobs.extend(graced.jobs);
+        }
         if !settled.finished.is_empty() || !settled.jobs.is_empty() {
             self.relay_events(publisher).await?;
         }
         report.lost = settled.finished.len() + settled.readied;
         metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
 
-        let outstanding = dispatch::outstanding(&client).await?;
-        // Groups an administrator put executors in, on top of those they declare.
-        let assigned = db::admin::assigned_groups(&client).await?;
-        // Registered executors are held to the groups they registered with; revoked ones
-        // get nothing (the sweep above already lost their attempts).
-        let registered = db::admin::registered_executors(&client).await?;
+        // Three small reads, pipelined on one connection. Groups an administrator put
+        // executors in add to those they declare; registered executors are held to the
+        // groups they registered with, and revoked ones get nothing (the sweep above
+        // already lost their attempts).
+        let (outstanding, assigned, registered) = tokio::try_join!(
+            dispatch::outstanding(&client),
+            db::admin::assigned_groups(&client),
+            db::admin::registered_executors(&client),
+        )?;
         let require = self.cfg.dispatcher.require_registration;
         let alive_for = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
         let mut views: Vec<ExecutorView> = self

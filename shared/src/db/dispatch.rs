@@ -20,6 +20,21 @@ macro_rules! task_select {
          FROM tasks "
     };
 }
+/// A pending copy `c` of an undecided task `t` whose member is gone past the grace
+/// period: silent now ($2 seconds), and since the loss or its last INFO, whichever is
+/// later, for longer than $1 seconds times the task's attempts.
+macro_rules! grace_gone {
+    () => {
+        "c.state = 'pending' AND t.state IN ('assigned', 'running')
+         AND greatest(c.pending_since,
+                      (SELECT e.last_info_at FROM executors e WHERE e.id = c.executor_id))
+             < clock_timestamp() - make_interval(secs => $1::float8 * t.max_attempts)
+         AND NOT EXISTS (
+             SELECT 1 FROM executors e WHERE e.id = c.executor_id
+             AND e.last_info_at >= clock_timestamp() - make_interval(secs => $2))"
+    };
+}
+
 /// This dispatcher's hold on leadership: who, and under which epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leadership {
@@ -458,36 +473,44 @@ pub async fn sweep_leases(tx: &Transaction<'_>) -> Result<Settled, DbError> {
     sweep_attempts(tx).await
 }
 
-/// Fails the `each` copies whose member has been gone past the grace period
+/// `each` tasks with a copy whose member has been gone past the grace period
 /// (`lease_secs` times the task's attempts, from the loss or the member's last INFO,
-/// whichever is later) and re-decides their tasks. The tasks are locked first, in id
-/// order, then their copies, then their jobs: the order settle() takes them in.
-pub async fn sweep_grace(
-    tx: &Transaction<'_>,
+/// whichever is later). Read without locks; [`sweep_grace`] checks again under them.
+pub async fn grace_candidates(
+    client: &Client,
     lease_secs: f64,
     alive_secs: f64,
-) -> Result<Settled, DbError> {
-    let gone: Vec<uuid::Uuid> = tx
+) -> Result<Vec<uuid::Uuid>, DbError> {
+    Ok(client
         .query(
-            "SELECT DISTINCT c.task_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
-             WHERE c.state = 'pending' AND t.state IN ('assigned', 'running')
-               AND greatest(c.pending_since,
-                            (SELECT e.last_info_at FROM executors e WHERE e.id = c.executor_id))
-                   < clock_timestamp() - make_interval(secs => $1::float8 * t.max_attempts)
-               AND NOT EXISTS (
-                   SELECT 1 FROM executors e WHERE e.id = c.executor_id
-                   AND e.last_info_at >= clock_timestamp() - make_interval(secs => $2))",
+            concat!(
+                "SELECT DISTINCT c.task_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
+                 WHERE ",
+                grace_gone!()
+            ),
             &[&lease_secs, &alive_secs],
         )
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
-    if gone.is_empty() {
+        .collect())
+}
+
+/// Fails the copies of these tasks whose member is gone past the grace period, and
+/// re-decides the tasks. The tasks are locked first, in id order, then their copies, then
+/// their jobs: the order settle() takes them in.
+pub async fn sweep_grace(
+    tx: &Transaction<'_>,
+    candidates: &[uuid::Uuid],
+    lease_secs: f64,
+    alive_secs: f64,
+) -> Result<Settled, DbError> {
+    if candidates.is_empty() {
         return Ok(Settled::default());
     }
-    let mut ids = gone;
+    let mut ids = candidates.to_vec();
     ids.sort();
+    ids.dedup();
     tx.execute(
         "SELECT 1 FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         &[&ids],
@@ -495,19 +518,15 @@ pub async fn sweep_grace(
     .await?;
     let failed = tx
         .query(
-            "UPDATE task_copies c
-             SET state = 'failed', pending_since = NULL,
-                 error = 'its executor did not come back within the grace period'
-             FROM tasks t
-             WHERE c.task_id = t.id AND c.task_id = ANY($3) AND c.state = 'pending'
-               AND t.state IN ('assigned', 'running')
-               AND greatest(c.pending_since,
-                            (SELECT e.last_info_at FROM executors e WHERE e.id = c.executor_id))
-                   < clock_timestamp() - make_interval(secs => $1::float8 * t.max_attempts)
-               AND NOT EXISTS (
-                   SELECT 1 FROM executors e WHERE e.id = c.executor_id
-                   AND e.last_info_at >= clock_timestamp() - make_interval(secs => $2))
-             RETURNING c.task_id, c.executor_id",
+            concat!(
+                "UPDATE task_copies c
+                 SET state = 'failed', pending_since = NULL,
+                     error = 'its executor did not come back within the grace period'
+                 FROM tasks t
+                 WHERE c.task_id = t.id AND c.task_id = ANY($3) AND ",
+                grace_gone!(),
+                " RETURNING c.task_id, c.executor_id"
+            ),
             &[&lease_secs, &alive_secs, &ids],
         )
         .await?;
