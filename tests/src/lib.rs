@@ -462,6 +462,30 @@ async fn cleanup_broker(cfg: &Config, executors: &[String]) -> Result<()> {
             exchanges.push(n.group_exchange(&g));
         }
     }
+    // Whatever else carries the prefix (groups a test made up, registered executors'
+    // queues and broker users), as the management API lists it.
+    let listed = management_names(cfg).await;
+    let mine = format!("{}.", cfg.amqp.prefix);
+    exchanges.extend(
+        listed
+            .exchanges
+            .into_iter()
+            .filter(|e| e.starts_with(&mine)),
+    );
+    let extra_queues: Vec<String> = listed
+        .queues
+        .into_iter()
+        .filter(|q| q.starts_with(&mine))
+        .collect();
+    for q in extra_queues {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let users = format!("{}-exec-", cfg.amqp.prefix);
+    for u in listed.users.into_iter().filter(|u| u.starts_with(&users)) {
+        let _ = management(cfg, reqwest::Method::DELETE, &format!("users/{u}")).await;
+    }
     for ex in exchanges {
         let _ = ch
             .exchange_delete(ex.as_str().into(), ExchangeDeleteOptions::default())
@@ -469,6 +493,42 @@ async fn cleanup_broker(cfg: &Config, executors: &[String]) -> Result<()> {
     }
     let _ = conn.close(200, "done".into()).await;
     Ok(())
+}
+
+#[derive(Default)]
+struct Listed {
+    exchanges: Vec<String>,
+    queues: Vec<String>,
+    users: Vec<String>,
+}
+
+/// A call of RabbitMQ's management API as the user of `amqp.url`.
+async fn management(cfg: &Config, method: reqwest::Method, path: &str) -> Result<Value> {
+    let url = reqwest::Url::parse(&cfg.amqp.url)?;
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}/api/{path}", cfg.amqp.management_url))
+        .basic_auth(url.username(), url.password())
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?;
+    Ok(resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Names the broker holds; empty where the management API does not answer.
+async fn management_names(cfg: &Config) -> Listed {
+    let names = |v: Result<Value>| -> Vec<String> {
+        v.ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|x| x["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    Listed {
+        exchanges: names(management(cfg, reqwest::Method::GET, "exchanges/%2F?columns=name").await),
+        queues: names(management(cfg, reqwest::Method::GET, "queues/%2F?columns=name").await),
+        users: names(management(cfg, reqwest::Method::GET, "users?columns=name").await),
+    }
 }
 
 /// An HTTP client that sends `token` (if any) as its bearer token, with a 10 s deadline.

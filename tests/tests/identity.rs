@@ -328,6 +328,47 @@ async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_ident
         "revocation: task rerun elsewhere and recorded {:.1}s after the revoke (lease 15s)",
         took.as_secs_f64()
     );
+    // Registered again (a new join token) with other groups: the queue leaves the old ones.
+    let (_, again) = fleet
+        .call(Method::POST, "/v1/join-tokens", Some(json!({})))
+        .await?;
+    let (s, b) = fleet
+        .call(
+            Method::POST,
+            "/v1/executors/register",
+            Some(
+                json!({"join_token": again["token"], "executor_id": "reg-1", "groups": ["moved"]}),
+            ),
+        )
+        .await?;
+    assert_eq!(s, 201, "{b}");
+    let queue = n.executor_queue(&fleet_shared::id::ExecutorId::parse("reg-1")?);
+    let bindings: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/queues/%2F/{queue}/bindings",
+            fleet.cfg.amqp.management_url
+        ))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let sources: Vec<&str> = bindings
+        .as_array()
+        .map(|a| a.iter().filter_map(|b| b["source"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        !sources.contains(&secure.as_str()),
+        "still bound to {secure}: {sources:?}"
+    );
+    assert!(
+        sources.iter().any(|s| s.ends_with(".group.moved")),
+        "{sources:?}"
+    );
+    let (s, _) = fleet
+        .call(Method::POST, "/v1/executors/reg-1/revoke", None)
+        .await?;
+    assert_eq!(s, 200);
     let _ = std::fs::remove_file(&creds);
     fleet.shutdown().await
 }

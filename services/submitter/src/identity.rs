@@ -121,8 +121,10 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
             "executor {id} is already registered; revoke it first to register it again"
         )));
     }
+    let before = admin::registered_groups(&tx, &id).await?;
     admin::record_credential(&tx, &id, &user, &wanted).await?;
     tx.commit().await.map_err(DbError::from)?;
+    let dropped: Vec<GroupName> = before.into_iter().filter(|g| !wanted.contains(g)).collect();
 
     let password = fleet_shared::auth::new_token();
     let granted = async {
@@ -131,6 +133,9 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
             .await
             .map_err(|e| BrokerAdminError::Config(e.to_string()))?;
         amqp::declare_executor_queue(publisher.channel(), n, &id, &wanted)
+            .await
+            .map_err(|e| BrokerAdminError::Config(e.to_string()))?;
+        amqp::unbind_executor_queue(publisher.channel(), n, &id, &dropped)
             .await
             .map_err(|e| BrokerAdminError::Config(e.to_string()))?;
         admin_api

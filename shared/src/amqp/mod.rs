@@ -308,6 +308,38 @@ pub async fn declare_executor_queue(
     Ok(())
 }
 
+/// Takes an executor's queue out of groups it no longer belongs to (re-registration with
+/// other groups): it then gets no `control.all` from them.
+pub async fn unbind_executor_queue(
+    ch: &Channel,
+    n: &Names,
+    id: &ExecutorId,
+    groups: &[GroupName],
+) -> Result<(), AmqpError> {
+    let q = n.executor_queue(id);
+    for g in groups {
+        let ex = n.group_exchange(g);
+        for key in [
+            keys::request(id),
+            keys::control(id),
+            keys::CONTROL_ALL.to_owned(),
+        ] {
+            deadline(
+                "queue.unbind",
+                DECLARE_TIMEOUT,
+                ch.queue_unbind(
+                    q.as_str().into(),
+                    ex.as_str().into(),
+                    key.as_str().into(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// One message to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing {

@@ -478,6 +478,23 @@ pub async fn undo_registration(
     Ok(())
 }
 
+/// The groups an executor last registered with (empty if it never did).
+pub async fn registered_groups(
+    tx: &super::Transaction<'_>,
+    executor: &ExecutorId,
+) -> Result<Vec<GroupName>, DbError> {
+    match tx
+        .query_opt(
+            "SELECT groups FROM executor_credentials WHERE executor_id = $1",
+            &[&executor.as_str()],
+        )
+        .await?
+    {
+        Some(r) => serde_json::from_value(r.get(0)).map_err(|e| DbError::Row(e.to_string())),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Whether `executor` holds a credential that is not revoked (locked for the caller's
 /// transaction, so two registrations of one id cannot both pass).
 pub async fn is_registered(
