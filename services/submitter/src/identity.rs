@@ -114,15 +114,13 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
             "this join token does not allow the group '{g}'"
         )));
     }
-    // Registering an id that holds a live credential would hand its broker user to
-    // whoever has any join token: an administrator revokes it first.
-    if admin::is_registered(&tx, &id).await? {
+    let before = admin::registered_groups(&tx, &id).await?;
+    // A live credential is not replaced: an administrator revokes it first.
+    if !admin::record_credential(&tx, &id, &user, &wanted).await? {
         return Err(ApiError::Conflict(format!(
             "executor {id} is already registered; revoke it first to register it again"
         )));
     }
-    let before = admin::registered_groups(&tx, &id).await?;
-    admin::record_credential(&tx, &id, &user, &wanted).await?;
     tx.commit().await.map_err(DbError::from)?;
     let dropped: Vec<GroupName> = before.into_iter().filter(|g| !wanted.contains(g)).collect();
 

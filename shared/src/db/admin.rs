@@ -495,38 +495,30 @@ pub async fn registered_groups(
     }
 }
 
-/// Whether `executor` holds a credential that is not revoked (locked for the caller's
-/// transaction, so two registrations of one id cannot both pass).
-pub async fn is_registered(
-    tx: &super::Transaction<'_>,
-    executor: &ExecutorId,
-) -> Result<bool, DbError> {
-    Ok(tx
-        .query_opt(
-            "SELECT 1 FROM executor_credentials WHERE executor_id = $1 AND revoked_at IS NULL
-             FOR UPDATE",
-            &[&executor.as_str()],
-        )
-        .await?
-        .is_some())
-}
-
-/// Records an executor's credential (a re-registration replaces it and lifts a
-/// revocation), and creates the groups it declares, with their ancestors, if missing.
+/// Records an executor's credential, and creates the groups it declares, with their
+/// ancestors, if missing. A revoked credential is replaced; a live one is not (false):
+/// registering an id that holds one would hand its broker user to whoever has any join
+/// token. Atomic, so two registrations of one new id cannot both succeed.
 pub async fn record_credential(
     tx: &super::Transaction<'_>,
     executor: &ExecutorId,
     broker_user: &str,
     groups: &[GroupName],
-) -> Result<(), DbError> {
+) -> Result<bool, DbError> {
     let groups_json = serde_json::to_value(groups).map_err(|e| DbError::Row(e.to_string()))?;
-    tx.execute(
-        "INSERT INTO executor_credentials (executor_id, broker_user, groups) VALUES ($1, $2, $3)
-         ON CONFLICT (executor_id) DO UPDATE SET broker_user = $2, groups = $3,
-             registered_at = clock_timestamp(), revoked_at = NULL",
-        &[&executor.as_str(), &broker_user, &groups_json],
-    )
-    .await?;
+    let recorded = tx
+        .execute(
+            "INSERT INTO executor_credentials AS c (executor_id, broker_user, groups)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (executor_id) DO UPDATE SET broker_user = $2, groups = $3,
+                 registered_at = clock_timestamp(), revoked_at = NULL
+             WHERE c.revoked_at IS NOT NULL",
+            &[&executor.as_str(), &broker_user, &groups_json],
+        )
+        .await?;
+    if recorded == 0 {
+        return Ok(false);
+    }
     let mut names: Vec<String> = groups
         .iter()
         .flat_map(|g| g.lineage())
@@ -542,7 +534,7 @@ pub async fn record_credential(
         &[&names],
     )
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Marks an executor's credential revoked; its broker user, or `None` if it has none.
