@@ -52,6 +52,24 @@ async fn try_publish(
     Ok(())
 }
 
+/// Registers `id` with a fresh join token over the API; the status and the answer.
+async fn register_with_new_token(
+    fleet: &TestFleet,
+    id: &str,
+    groups: &[&str],
+) -> Result<(u16, Value)> {
+    let (_, token) = fleet
+        .call(Method::POST, "/v1/join-tokens", Some(json!({})))
+        .await?;
+    fleet
+        .call(
+            Method::POST,
+            "/v1/executors/register",
+            Some(json!({"join_token": token["token"], "executor_id": id, "groups": groups})),
+        )
+        .await
+}
+
 fn refused(what: &str, r: Result<impl std::fmt::Debug>) {
     match r {
         Ok(v) => panic!("{what}: the broker accepted it ({v:?})"),
@@ -130,18 +148,7 @@ async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_ident
         .await?;
     assert_eq!(s, 401, "a used join token: {b}");
     // Another valid join token cannot take over a registered executor's id.
-    let (_, other) = fleet
-        .call(Method::POST, "/v1/join-tokens", Some(json!({})))
-        .await?;
-    let (s, b) = fleet
-        .call(
-            Method::POST,
-            "/v1/executors/register",
-            Some(
-                json!({"join_token": other["token"], "executor_id": "reg-1", "groups": ["secure"]}),
-            ),
-        )
-        .await?;
+    let (s, b) = register_with_new_token(&fleet, "reg-1", &["secure"]).await?;
     assert_eq!(
         (s, b["error"]["code"].as_str()),
         (409, Some("conflict")),
@@ -329,18 +336,7 @@ async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_ident
         took.as_secs_f64()
     );
     // Registered again (a new join token) with other groups: the queue leaves the old ones.
-    let (_, again) = fleet
-        .call(Method::POST, "/v1/join-tokens", Some(json!({})))
-        .await?;
-    let (s, b) = fleet
-        .call(
-            Method::POST,
-            "/v1/executors/register",
-            Some(
-                json!({"join_token": again["token"], "executor_id": "reg-1", "groups": ["moved"]}),
-            ),
-        )
-        .await?;
+    let (s, b) = register_with_new_token(&fleet, "reg-1", &["moved"]).await?;
     assert_eq!(s, 201, "{b}");
     let queue = n.executor_queue(&fleet_shared::id::ExecutorId::parse("reg-1")?);
     let bindings: Value = reqwest::Client::new()
