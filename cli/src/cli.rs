@@ -17,11 +17,15 @@ const GLOBAL: &str = "Global options";
     version,
     about = "Command-line client of the Fleet job system",
     long_about = "Command-line client of the Fleet job system: submit jobs to the submitter's \
-                  HTTP API, follow them, read their results and look at the executors.",
+                  HTTP API, follow them, read their results, look at the executors, and \
+                  administer groups, executors and tokens.",
     after_help = "Examples:\n  \
         fleetctl submit --wait -- sha256sum README.md\n  \
         fleetctl status 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
-        FLEET_ADDR=http://fleet.internal:7070 fleetctl executors -o json"
+        fleetctl submit --group site --each --quorum 3 --wait -- uname -a\n  \
+        FLEET_ADDR=http://fleet.internal:7070 FLEET_TOKEN=flt_... fleetctl executors -o json\n\n\
+        Every call needs a token (FLEET_TOKEN or --token): the submitter's admin token, or one \
+        made with `fleetctl token create`."
 )]
 pub struct Cli {
     /// Base URL of the Fleet API (the submitter)
