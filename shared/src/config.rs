@@ -323,6 +323,13 @@ impl Config {
         }
         self.executor_groups()?;
         self.executor_labels()?;
+        if self.executor.join_token.is_some() && self.executor.credentials_file.is_none() {
+            return Err(invalid(
+                "executor.credentials_file",
+                "is needed with executor.join_token: a join token works once, and the \
+                 credential it buys must be kept for restarts",
+            ));
+        }
         Ok(())
     }
 
@@ -466,6 +473,9 @@ mod tests {
         assert!(err.to_string().contains("executor.labels"), "{err}");
         let err = Config::load(None, env(&[("FLEET_HTTP__ADDR", "nowhere")])).expect_err("addr");
         assert!(err.to_string().contains("http.addr"), "{err}");
+        let err = Config::load(None, env(&[("FLEET_EXECUTOR__JOIN_TOKEN", "fjt_x")]))
+            .expect_err("a join token without a place to keep the credential");
+        assert!(err.to_string().contains("executor.credentials_file"), "{err}");
     }
 
     #[test]
