@@ -475,7 +475,10 @@ mod tests {
         assert!(err.to_string().contains("http.addr"), "{err}");
         let err = Config::load(None, env(&[("FLEET_EXECUTOR__JOIN_TOKEN", "fjt_x")]))
             .expect_err("a join token without a place to keep the credential");
-        assert!(err.to_string().contains("executor.credentials_file"), "{err}");
+        assert!(
+            err.to_string().contains("executor.credentials_file"),
+            "{err}"
+        );
     }
 
     #[test]
