@@ -369,19 +369,28 @@ async fn an_exhausted_database_pool_fails_fast_with_503_instead_of_hanging() -> 
         })
     };
     // Wait until that submission is blocked on the lock, holding the connection.
-    wait_for("the first submission to hold the connection", Duration::from_secs(10), || async {
-        if let Some(answer) = early.lock().ok().and_then(|e| e.clone()) {
-            anyhow::bail!("the first submission was answered instead of waiting on the lock: {answer}");
-        }
-        let n: i64 = tx
+    wait_for(
+        "the first submission to hold the connection",
+        Duration::from_secs(10),
+        || async {
+            if let Some(answer) = early.lock().ok().and_then(|e| e.clone()) {
+                anyhow::bail!(
+                    "the first submission was answered instead of waiting on the lock: {answer}"
+                );
+            }
+            // A lock request on this test's jobs table that is not granted: the submission
+            // waits on it. (pg_stat_activity's query text is no guide: while a statement is
+            // being parsed it can still show the connection's previous one.)
+            let n: i64 = tx
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO jobs%'",
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'jobs'::regclass",
                 &[],
             )
             .await?
             .get(0);
-        Ok((n > 0).then_some(()))
-    })
+            Ok((n > 0).then_some(()))
+        },
+    )
     .await?;
     let asked = std::time::Instant::now();
     let (status, body) = fleet.post_job(&job, None).await?;
