@@ -9,16 +9,6 @@ use serde_json::{json, Value};
 
 const JOB_DEADLINE: Duration = Duration::from_secs(60);
 
-async fn call(
-    http: &reqwest::Client,
-    fleet: &TestFleet,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<(u16, Value)> {
-    fleet.call_as(http, method, path, body).await
-}
-
 async fn ran_on(fleet: &TestFleet, id: fleet_shared::id::JobId) -> Result<Vec<String>> {
     Ok(fleet
         .results(id)
@@ -75,15 +65,13 @@ async fn a_parent_group_reaches_its_subgroups_and_a_sibling_never_runs_the_other
 async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Result<()> {
     use reqwest::Method;
     let mut fleet = TestFleet::start("groupcrud").await?;
-    let http = fleet.http.clone();
-    let (s, b) = call(
-        &http,
-        &fleet,
-        Method::POST,
-        "/v1/groups",
-        Some(json!({"name": "site.web"})),
-    )
-    .await?;
+    let (s, b) = fleet
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(json!({"name": "site.web"})),
+        )
+        .await?;
     assert_eq!(s, 409, "a child before its parent: {b}");
     assert!(
         b["error"]["message"]
@@ -92,59 +80,38 @@ async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Resu
             .contains("'site'"),
         "{b}"
     );
-    let (s, b) = call(
-        &http,
-        &fleet,
-        Method::POST,
-        "/v1/groups",
-        Some(json!({"name": "Bad Name"})),
-    )
-    .await?;
+    let (s, b) = fleet
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(json!({"name": "Bad Name"})),
+        )
+        .await?;
     assert_eq!(
         (s, b["error"]["field"].as_str()),
         (400, Some("name")),
         "{b}"
     );
     for g in ["site", "site.web", "site.db"] {
-        let (s, b) = call(
-            &http,
-            &fleet,
-            Method::POST,
-            "/v1/groups",
-            Some(json!({"name": g})),
-        )
-        .await?;
+        let (s, b) = fleet
+            .call(Method::POST, "/v1/groups", Some(json!({"name": g})))
+            .await?;
         assert_eq!(s, 201, "{b}");
     }
-    let (s, _) = call(
-        &http,
-        &fleet,
-        Method::POST,
-        "/v1/groups",
-        Some(json!({"name": "site"})),
-    )
-    .await?;
+    let (s, _) = fleet
+        .call(Method::POST, "/v1/groups", Some(json!({"name": "site"})))
+        .await?;
     assert_eq!(s, 409, "a duplicate");
-    let (s, _) = call(
-        &http,
-        &fleet,
-        Method::PUT,
-        "/v1/groups/site.web/members/web-1",
-        None,
-    )
-    .await?;
+    let (s, _) = fleet
+        .call(Method::PUT, "/v1/groups/site.web/members/web-1", None)
+        .await?;
     assert_eq!(s, 204);
-    let (s, _) = call(
-        &http,
-        &fleet,
-        Method::PUT,
-        "/v1/groups/nowhere/members/web-1",
-        None,
-    )
-    .await?;
+    let (s, _) = fleet
+        .call(Method::PUT, "/v1/groups/nowhere/members/web-1", None)
+        .await?;
     assert_eq!(s, 404);
 
-    let (_, listing) = call(&http, &fleet, Method::GET, "/v1/groups", None).await?;
+    let (_, listing) = fleet.call(Method::GET, "/v1/groups", None).await?;
     let find = |name: &str| {
         listing["groups"]
             .as_array()
@@ -160,13 +127,15 @@ async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Resu
     );
 
     // Refused while it has subgroups, members, or unfinished work; each with a reason.
-    let (s, b) = call(&http, &fleet, Method::DELETE, "/v1/groups/site", None).await?;
+    let (s, b) = fleet.call(Method::DELETE, "/v1/groups/site", None).await?;
     assert_eq!(
         (s, b["error"]["code"].as_str()),
         (409, Some("conflict")),
         "{b}"
     );
-    let (s, b) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.web", None).await?;
+    let (s, b) = fleet
+        .call(Method::DELETE, "/v1/groups/site.web", None)
+        .await?;
     assert_eq!(s, 409, "{b}");
     assert!(
         b["error"]["message"]
@@ -175,20 +144,17 @@ async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Resu
             .contains("web-1"),
         "{b}"
     );
-    let (s, _) = call(
-        &http,
-        &fleet,
-        Method::DELETE,
-        "/v1/groups/site.web/members/web-1",
-        None,
-    )
-    .await?;
+    let (s, _) = fleet
+        .call(Method::DELETE, "/v1/groups/site.web/members/web-1", None)
+        .await?;
     assert_eq!(s, 204);
     // No executor in site.db yet: the task waits, and the group is in use.
     let waiting = fleet
         .submit(&job_of(1, &["true"], json!({"group": "site.db"})))
         .await?;
-    let (s, b) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.db", None).await?;
+    let (s, b) = fleet
+        .call(Method::DELETE, "/v1/groups/site.db", None)
+        .await?;
     assert_eq!(s, 409, "{b}");
     assert!(
         b["error"]["message"]
@@ -205,7 +171,9 @@ async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Resu
         "succeeded"
     );
     // Its member declares it and is alive: still refused.
-    let (s, b) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.db", None).await?;
+    let (s, b) = fleet
+        .call(Method::DELETE, "/v1/groups/site.db", None)
+        .await?;
     assert_eq!(s, 409, "{b}");
     assert!(
         b["error"]["message"]
@@ -216,23 +184,13 @@ async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Resu
     );
 
     // An executor put in a group by an administrator takes that group's work.
-    let (s, _) = call(
-        &http,
-        &fleet,
-        Method::POST,
-        "/v1/groups",
-        Some(json!({"name": "batch"})),
-    )
-    .await?;
+    let (s, _) = fleet
+        .call(Method::POST, "/v1/groups", Some(json!({"name": "batch"})))
+        .await?;
     assert_eq!(s, 201);
-    let (s, _) = call(
-        &http,
-        &fleet,
-        Method::PUT,
-        "/v1/groups/batch/members/db-1",
-        None,
-    )
-    .await?;
+    let (s, _) = fleet
+        .call(Method::PUT, "/v1/groups/batch/members/db-1", None)
+        .await?;
     assert_eq!(s, 204);
     let batch = fleet
         .submit(&job_of(3, &["true"], json!({"group": "batch"})))
@@ -243,9 +201,13 @@ async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Resu
     );
     assert_eq!(ran_on(&fleet, batch).await?, ["db-1", "db-1", "db-1"]);
 
-    let (s, _) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.web", None).await?;
+    let (s, _) = fleet
+        .call(Method::DELETE, "/v1/groups/site.web", None)
+        .await?;
     assert_eq!(s, 204);
-    let (s, _) = call(&http, &fleet, Method::DELETE, "/v1/groups/site.web", None).await?;
+    let (s, _) = fleet
+        .call(Method::DELETE, "/v1/groups/site.web", None)
+        .await?;
     assert_eq!(s, 404);
     fleet.shutdown().await
 }
@@ -254,7 +216,6 @@ async fn groups_are_created_nested_listed_and_deleted_only_when_unused() -> Resu
 async fn calls_without_a_token_get_401_and_a_reader_cannot_submit() -> Result<()> {
     use reqwest::Method;
     let fleet = TestFleet::start("auth").await?;
-    let admin = fleet.http.clone();
     let anonymous = client_with_token(None)?;
     let wrong = client_with_token(Some("flt_not-a-token-of-this-fleet"))?;
     let job = job_of(1, &["true"], json!({}));
@@ -267,27 +228,29 @@ async fn calls_without_a_token_get_401_and_a_reader_cannot_submit() -> Result<()
         (Method::GET, "/v1/jobs/01900000-0000-7000-8000-000000000000"),
     ] {
         for who in [&anonymous, &wrong] {
-            let (s, b) = call(who, &fleet, method.clone(), path, Some(job.clone())).await?;
+            let (s, b) = fleet
+                .call_as(who, method.clone(), path, Some(job.clone()))
+                .await?;
             assert_eq!(s, 401, "{method} {path}: {b}");
             assert_eq!(b["error"]["code"], "unauthorized");
         }
     }
     // Health and metrics stay open for probes.
-    let (s, _) = call(&anonymous, &fleet, Method::GET, "/healthz", None).await?;
+    let (s, _) = fleet
+        .call_as(&anonymous, Method::GET, "/healthz", None)
+        .await?;
     assert_eq!(s, 200);
 
     let make = |role: &'static str| {
-        let admin = admin.clone();
         let fleet = &fleet;
         async move {
-            let (s, b) = call(
-                &admin,
-                fleet,
-                Method::POST,
-                "/v1/tokens",
-                Some(json!({"name": format!("a {role}"), "role": role})),
-            )
-            .await?;
+            let (s, b) = fleet
+                .call(
+                    Method::POST,
+                    "/v1/tokens",
+                    Some(json!({"name": format!("a {role}"), "role": role})),
+                )
+                .await?;
             assert_eq!(s, 201, "{b}");
             let token = b["token"].as_str().unwrap_or_default().to_owned();
             Ok::<_, anyhow::Error>((b["token_id"].as_str().unwrap_or_default().to_owned(), token))
@@ -298,40 +261,38 @@ async fn calls_without_a_token_get_401_and_a_reader_cannot_submit() -> Result<()
     let reader = client_with_token(Some(&reader_token))?;
     let submitter = client_with_token(Some(&submitter_token))?;
 
-    let (s, b) = call(&reader, &fleet, Method::POST, "/v1/jobs", Some(job.clone())).await?;
+    let (s, b) = fleet
+        .call_as(&reader, Method::POST, "/v1/jobs", Some(job.clone()))
+        .await?;
     assert_eq!(
         (s, b["error"]["code"].as_str()),
         (403, Some("forbidden")),
         "{b}"
     );
-    let (s, _) = call(&reader, &fleet, Method::GET, "/v1/executors", None).await?;
+    let (s, _) = fleet
+        .call_as(&reader, Method::GET, "/v1/executors", None)
+        .await?;
     assert_eq!(s, 200, "a reader reads");
-    let (s, b) = call(
-        &submitter,
-        &fleet,
-        Method::POST,
-        "/v1/jobs",
-        Some(job.clone()),
-    )
-    .await?;
+    let (s, b) = fleet
+        .call_as(&submitter, Method::POST, "/v1/jobs", Some(job.clone()))
+        .await?;
     assert_eq!(s, 201, "a submitter submits: {b}");
-    let (s, _) = call(
-        &submitter,
-        &fleet,
-        Method::POST,
-        "/v1/groups",
-        Some(json!({"name": "x"})),
-    )
-    .await?;
+    let (s, _) = fleet
+        .call_as(
+            &submitter,
+            Method::POST,
+            "/v1/groups",
+            Some(json!({"name": "x"})),
+        )
+        .await?;
     assert_eq!(s, 403, "a submitter does not administer");
-    let (s, b) = call(
-        &admin,
-        &fleet,
-        Method::POST,
-        "/v1/tokens",
-        Some(json!({"name": "x", "role": "root"})),
-    )
-    .await?;
+    let (s, b) = fleet
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "x", "role": "root"})),
+        )
+        .await?;
     assert_eq!(
         (s, b["error"]["field"].as_str()),
         (400, Some("role")),
@@ -339,23 +300,20 @@ async fn calls_without_a_token_get_401_and_a_reader_cannot_submit() -> Result<()
     );
 
     // The listing never shows a secret.
-    let (_, listing) = call(&admin, &fleet, Method::GET, "/v1/tokens", None).await?;
+    let (_, listing) = fleet.call(Method::GET, "/v1/tokens", None).await?;
     assert!(!listing.to_string().contains(&submitter_token));
     // A revoked token stops working (within the cache time).
-    let (s, _) = call(
-        &admin,
-        &fleet,
-        Method::DELETE,
-        &format!("/v1/tokens/{submitter_id}"),
-        None,
-    )
-    .await?;
+    let (s, _) = fleet
+        .call(Method::DELETE, &format!("/v1/tokens/{submitter_id}"), None)
+        .await?;
     assert_eq!(s, 204);
     wait_for(
         "the revoked token to be refused",
         Duration::from_secs(15),
         || async {
-            let (s, _) = call(&submitter, &fleet, Method::GET, "/v1/executors", None).await?;
+            let (s, _) = fleet
+                .call_as(&submitter, Method::GET, "/v1/executors", None)
+                .await?;
             Ok((s == 401).then_some(()))
         },
     )
