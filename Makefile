@@ -36,7 +36,7 @@ bench: ## Start services, run fleet-bench in release with N jobs (make bench N=2
 	infra/services.sh up
 	$(CARGO) run --release -p fleet-tests --bin fleet-bench -- --jobs $(N) $(BENCH_ARGS)
 
-chaos: ## Soak: N jobs while a random service process is SIGKILLed every few seconds (CHAOS_ARGS=...)
+chaos: ## Soak: N jobs while random service processes are SIGKILLed, SIGTERMed or SIGSTOPped (CHAOS_ARGS=...)
 	infra/services.sh up
 	$(CARGO) build --release -p fleet-tests --bins
 	$(CARGO) run --release -p fleet-tests --bin fleet-chaos -- --jobs $(N) $(CHAOS_ARGS)

@@ -154,6 +154,11 @@ pub struct DispatcherConfig {
     /// Give work only to executors that registered with a join token (off: executors
     /// connecting with the shared broker user are trusted too).
     pub require_registration: bool,
+    /// An attempt its executor reported finished (its result published) whose result
+    /// is not recorded within this long is lost after all: the result was refused or
+    /// lost on the way. Long, because a slow or stopped collector is no reason to run a
+    /// finished task again.
+    pub result_timeout_secs: u64,
 }
 
 impl Default for DispatcherConfig {
@@ -165,6 +170,7 @@ impl Default for DispatcherConfig {
             executor_timeout_secs: 5,
             leader_ttl_secs: 5,
             require_registration: false,
+            result_timeout_secs: 600,
         }
     }
 }
@@ -308,6 +314,12 @@ impl Config {
         }
         if self.dispatcher.lease_timeout_secs == 0 {
             return Err(invalid("dispatcher.lease_timeout_secs", "must be positive"));
+        }
+        if self.dispatcher.result_timeout_secs < self.dispatcher.lease_timeout_secs {
+            return Err(invalid(
+                "dispatcher.result_timeout_secs",
+                "must be at least dispatcher.lease_timeout_secs",
+            ));
         }
         if self.collector.batch_size == 0 || self.submitter.batch_size == 0 {
             return Err(invalid(

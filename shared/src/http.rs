@@ -2,7 +2,7 @@
 //! and database reachable), `/metrics` (Prometheus text); and the shutdown plumbing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -17,38 +17,151 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ErrorBody;
 
-/// Readiness inputs a service keeps up to date.
+/// What a service knows of its broker connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerState {
+    /// Not connected yet since the process started: no verdict either way.
+    Connecting,
+    Up,
+    /// A connection failed or ended; reconnecting.
+    Down,
+}
+
+/// Readiness inputs a service keeps up to date. Every answer is read from flags that
+/// background work maintains, so `/readyz` answers at once whatever the broker or the
+/// database does (a database that accepts connections and never answers, say).
 #[derive(Clone)]
-pub struct Health {
-    pub db: Option<Pool>,
-    pub broker_up: Arc<AtomicBool>,
+pub struct Health(Arc<HealthInner>);
+
+struct HealthInner {
+    broker: tokio::sync::watch::Sender<BrokerState>,
+    /// The current connection's status, which knows whether the broker blocked it (a
+    /// memory or disk alarm).
+    connection: Mutex<Option<lapin::ConnectionStatus>>,
+    /// Whether this service uses PostgreSQL at all.
+    uses_db: bool,
+    /// Migrations applied: the service's tables can be used.
+    migrated: AtomicBool,
+    /// The latest probe's verdict on PostgreSQL: `None` when it answered.
+    db_problem: Mutex<Option<String>>,
 }
 
 impl Health {
-    pub fn new(db: Option<Pool>) -> Self {
-        Self {
-            db,
-            broker_up: Arc::new(AtomicBool::new(false)),
-        }
+    /// `uses_db`: whether readiness depends on PostgreSQL too.
+    pub fn new(uses_db: bool) -> Self {
+        Self(Arc::new(HealthInner {
+            broker: tokio::sync::watch::channel(BrokerState::Connecting).0,
+            connection: Mutex::new(None),
+            uses_db,
+            migrated: AtomicBool::new(false),
+            db_problem: Mutex::new(Some("not checked yet".into())),
+        }))
     }
 
     pub fn set_broker_up(&self, up: bool) {
-        self.broker_up.store(up, Ordering::Relaxed);
+        let state = if up {
+            BrokerState::Up
+        } else {
+            BrokerState::Down
+        };
+        self.0.broker.send_replace(state);
+    }
+
+    /// The broker connection now in use (its blocked flag is read on every check).
+    pub fn set_connection(&self, status: Option<lapin::ConnectionStatus>) {
+        if let Ok(mut c) = self.0.connection.lock() {
+            *c = status;
+        }
+    }
+
+    pub fn broker_state(&self) -> BrokerState {
+        *self.0.broker.borrow()
     }
 
     pub fn broker_up(&self) -> bool {
-        self.broker_up.load(Ordering::Relaxed)
+        self.broker_state() == BrokerState::Up
     }
 
-    async fn check(&self) -> Result<(), String> {
-        if !self.broker_up() {
-            return Err("broker not connected".into());
+    /// Why the broker takes no messages now: a resource alarm (memory, disk) blocked
+    /// our connection. Publishing would hang until it clears.
+    pub fn broker_blocked(&self) -> bool {
+        self.0
+            .connection
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|s| s.blocked()))
+            .unwrap_or(false)
+    }
+
+    /// Waits (at most `patience`) for a first verdict on the broker after start-up, so a
+    /// request that arrives while the first connection is being made is not refused for
+    /// a broker that is fine.
+    pub async fn broker_settled(&self, patience: Duration) -> BrokerState {
+        let mut rx = self.0.broker.subscribe();
+        let waited =
+            tokio::time::timeout(patience, rx.wait_for(|s| *s != BrokerState::Connecting)).await;
+        match waited {
+            Ok(Ok(s)) => *s,
+            _ => self.broker_state(),
         }
-        if let Some(pool) = &self.db {
-            match tokio::time::timeout(Duration::from_secs(2), crate::db::ping(pool)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err("database did not answer in 2s".into()),
+    }
+
+    pub fn set_migrated(&self) {
+        self.0.migrated.store(true, Ordering::Relaxed);
+    }
+
+    /// The service's tables exist: it may serve requests that use them.
+    pub fn migrated(&self) -> bool {
+        !self.0.uses_db || self.0.migrated.load(Ordering::Relaxed)
+    }
+
+    fn set_db_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.0.db_problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// Probes PostgreSQL every second (each probe bounded by 2 s) until `token` is
+    /// cancelled, keeping the verdict that `/readyz` reads.
+    pub fn spawn_db_probe(&self, pool: Pool, token: CancellationToken) {
+        let health = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let verdict = match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    crate::db::ping(&pool),
+                )
+                .await
+                {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("the database did not answer in 2s".into()),
+                };
+                health.set_db_problem(verdict);
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+
+    /// Ready, or why not. Reads flags only: never waits.
+    pub fn check(&self) -> Result<(), String> {
+        match self.broker_state() {
+            BrokerState::Up => {}
+            BrokerState::Connecting => return Err("connecting to the broker".into()),
+            BrokerState::Down => return Err("broker not connected".into()),
+        }
+        if self.broker_blocked() {
+            return Err("the broker blocked publishing (a memory or disk alarm)".into());
+        }
+        if self.0.uses_db {
+            if !self.0.migrated.load(Ordering::Relaxed) {
+                return Err("the database is not reachable yet (migrations pending)".into());
+            }
+            if let Some(p) = self.0.db_problem.lock().ok().and_then(|p| p.clone()) {
+                return Err(p);
             }
         }
         Ok(())
@@ -80,7 +193,7 @@ pub fn health_routes(health: Health) -> Router {
 }
 
 async fn readyz(State(h): State<Health>) -> Response {
-    match h.check().await {
+    match h.check() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(why) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why, None),
     }
@@ -136,7 +249,9 @@ pub async fn shutdown_signal() {
 /// Logging for a service binary: `RUST_LOG` or `info`.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=error"));
+        // lapin logs an ERROR for every connection that ends, closes included; the
+        // services report their broker sessions themselves.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -114,6 +114,13 @@ pub struct HeldAttempt {
     pub running: bool,
 }
 
+/// One attempt, by task and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub task_id: TaskId,
+    pub attempt: i32,
+}
+
 /// Executor -> dispatcher: the heartbeat and the queue-depth report at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Info {
@@ -126,6 +133,17 @@ pub struct Info {
     pub in_flight: Vec<HeldAttempt>,
     pub draining: bool,
     pub sent_at: DateTime<Utc>,
+    /// Attempts the executor gives back without a result as it shuts down: it acked
+    /// their requests and will not run them. `running: false` (never started): the
+    /// dispatcher takes the attempt back at once, as if never assigned; `running: true`
+    /// (killed at the drain deadline): the attempt is lost at once, not at its lease.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returned: Vec<HeldAttempt>,
+    /// Attempts whose result the executor published (and the broker confirmed) since
+    /// its previous INFO: their results are durable on their way to the collector, so
+    /// the dispatcher frees their slots and never declares them lost for silence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finished: Vec<AttemptRef>,
 }
 impl Wire for Info {
     const TYPE: &'static str = "info";
@@ -318,6 +336,8 @@ mod tests {
             }],
             draining: false,
             sent_at: Utc::now(),
+            returned: Vec::new(),
+            finished: Vec::new(),
         }
     }
 

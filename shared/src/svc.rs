@@ -150,12 +150,15 @@ where
 /// ```
 ///
 /// Connecting backs off while the broker is unreachable; a session that fails marks the
-/// broker down, is closed, and is followed by another after a backoff.
+/// broker down, is closed (within [`crate::amqp::CLOSE_TIMEOUT`]), and is followed by
+/// another after a backoff, which starts again from its first step once a session has
+/// lasted longer than the longest step.
 pub struct Supervisor<'a> {
     cfg: &'a crate::config::AmqpConfig,
     name: String,
     health: &'a crate::http::Health,
     backoff: crate::amqp::Backoff,
+    connected_at: Option<std::time::Instant>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -169,6 +172,7 @@ impl<'a> Supervisor<'a> {
             name: name.to_owned(),
             health,
             backoff: crate::amqp::Backoff::default(),
+            connected_at: None,
         }
     }
 
@@ -177,7 +181,10 @@ impl<'a> Supervisor<'a> {
         if token.is_cancelled() {
             return None;
         }
-        crate::amqp::connect_with_backoff(self.cfg, &self.name, token).await
+        let conn = crate::amqp::connect_with_backoff(self.cfg, &self.name, token).await?;
+        self.connected_at = Some(std::time::Instant::now());
+        self.health.set_connection(Some(conn.status().clone()));
+        Some(conn)
     }
 
     /// Takes a session's end: `Some(conn)` when it ended cleanly (shutdown: the caller
@@ -193,7 +200,17 @@ impl<'a> Supervisor<'a> {
             Ok(()) => Some(conn),
             Err(e) => {
                 tracing::warn!(error = %e, "{}: broker session ended; reconnecting", self.name);
-                let _ = conn.close(200, "reconnecting".into()).await;
+                self.health.set_connection(None);
+                crate::amqp::close(&conn, "reconnecting").await;
+                drop(conn);
+                // A session that ran for a while was a success: the next failure starts
+                // the backoff from its first step again.
+                if self
+                    .connected_at
+                    .is_some_and(|t| t.elapsed() >= crate::amqp::Backoff::default().max())
+                {
+                    self.backoff = crate::amqp::Backoff::default();
+                }
                 self.backoff.wait(token).await;
                 None
             }
@@ -201,25 +218,37 @@ impl<'a> Supervisor<'a> {
     }
 }
 
-/// The start every database-backed service shares: the pool, the migrations (retried
-/// while the database is unreachable), and the health routes served on `listener`.
-/// `None` when shutdown came first.
-pub async fn start_with_db(
+/// The pool and the health of a database-backed service, made without touching the
+/// database (the pool connects lazily): the service can serve `/healthz` and `/readyz`
+/// before PostgreSQL answers.
+pub fn db_and_health(
     cfg: &Config,
-    token: &CancellationToken,
-) -> Result<Option<(crate::db::Pool, crate::http::Health)>, crate::db::DbError> {
+) -> Result<(crate::db::Pool, crate::http::Health), crate::db::DbError> {
     let pool = crate::db::pool(&cfg.database)?;
+    Ok((pool, crate::http::Health::new(true)))
+}
+
+/// What every database-backed service does once its HTTP server runs: probes the
+/// database for `/readyz`, and applies the migrations, retried while the database is
+/// unreachable. `false` when shutdown came first.
+pub async fn migrate(
+    cfg: &Config,
+    pool: &crate::db::Pool,
+    health: &crate::http::Health,
+    token: &CancellationToken,
+) -> Result<bool, crate::db::DbError> {
+    health.spawn_db_probe(pool.clone(), token.clone());
     let schema = cfg.database.schema.clone();
     match retry("migrating the database", token, || {
-        crate::db::migrate(&pool, &schema)
+        crate::db::migrate(pool, &schema)
     })
     .await
     {
-        None => Ok(None),
+        None => Ok(false),
         Some(r) => {
             r?;
-            let health = crate::http::Health::new(Some(pool.clone()));
-            Ok(Some((pool, health)))
+            health.set_migrated();
+            Ok(true)
         }
     }
 }

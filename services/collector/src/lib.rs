@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleet_shared::amqp::{self, keys, Delivery, Handled, Names, Publisher};
 use fleet_shared::config::Config;
-use fleet_shared::db::{self, collect, outbox, DbError, Pool};
+use fleet_shared::db::{self, collect, outbox, DbError, HeldBy, Pool};
 use fleet_shared::http::{self, Health};
 use fleet_shared::proto::{self, TaskResult};
 use fleet_shared::svc;
@@ -30,19 +30,21 @@ pub async fn run(
     listener: TcpListener,
     token: CancellationToken,
 ) -> Result<(), Error> {
-    let Some((pool, health)) = svc::start_with_db(&cfg, &token).await? else {
-        return Ok(());
-    };
+    let (pool, health) = svc::db_and_health(&cfg)?;
     let server = tokio::spawn(http::serve(
         listener,
         http::health_routes(health.clone()),
         token.clone(),
     ));
+    if !svc::migrate(&cfg, &pool, &health, &token).await? {
+        let _ = server.await;
+        return Ok(());
+    }
     let mut sup = svc::Supervisor::new(&cfg.amqp, "fleet-collector", &health);
     while let Some(conn) = sup.connect(&token).await {
         let result = session(&cfg, &pool, &health, &conn, &token).await;
         if let Some(conn) = sup.ended(conn, result, &token).await {
-            let _ = conn.close(200, "shutdown".into()).await;
+            amqp::close(&conn, "shutdown").await;
             break;
         }
     }
@@ -61,7 +63,7 @@ async fn session(
     let n = Names::new(&cfg.amqp.prefix);
     let publisher = Publisher::new(conn, &cfg.amqp).await?;
     let ch = publisher.channel();
-    amqp::declare_core(ch, &n).await?;
+    amqp::declare_core(conn, &n).await?;
     amqp::declare_shared_queue(
         ch,
         &n,
@@ -127,62 +129,108 @@ async fn handle_batch(
         return Handled::Publish(out);
     }
     let schema = &cfg.database.schema;
+    // A result for an attempt that does not exist, or from an executor that does not
+    // hold it, is not stored: it is dead-lettered with the reason.
+    let refuse = |out: &mut Vec<_>, d: &Delivery, why: collect::Refused| {
+        out.push(amqp::dead_letter(n, d, &source, why.reason(), why.detail()));
+    };
+    // Results the database refuses for good (not for a passing reason): dead-lettered,
+    // and their attempts lost, so that their tasks do not wait for a result that will
+    // never be recorded.
+    let mut unusable = Vec::new();
     match svc::retry("recording results", token, || {
         record(pool, n, schema, &results)
     })
     .await
     {
         None => return Handled::Shutdown,
-        Some(Ok(())) => {}
-        Some(Err(e)) if results.len() == 1 => {
-            // It fails alone, and not for a passing reason: it would fail every time.
-            out.push(amqp::dead_letter(
-                n,
-                sources[0],
-                &source,
-                "rejected_by_database",
-                &e.to_string(),
-            ));
+        Some(Ok(refused)) => {
+            for (i, why) in refused {
+                refuse(&mut out, sources[i], why);
+            }
         }
+        Some(Err(e)) if results.len() == 1 => unusable.push((0, e)),
         Some(Err(e)) => {
             // One bad result must not take its batch down with it: record them one by
             // one, and dead-letter only what fails alone.
             tracing::warn!(error = %e, "a batch of results was refused; recording them one by one");
-            for (r, d) in results.iter().zip(&sources) {
+            for (i, (r, d)) in results.iter().zip(&sources).enumerate() {
                 match svc::retry("recording a result", token, || {
                     record(pool, n, schema, std::slice::from_ref(r))
                 })
                 .await
                 {
                     None => return Handled::Shutdown,
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => out.push(amqp::dead_letter(
-                        n,
-                        d,
-                        &source,
-                        "rejected_by_database",
-                        &e.to_string(),
-                    )),
+                    Some(Ok(refused)) => {
+                        for (_, why) in refused {
+                            refuse(&mut out, d, why);
+                        }
+                    }
+                    Some(Err(e)) => unusable.push((i, e)),
                 }
             }
+        }
+    }
+    if !unusable.is_empty() {
+        let held: Vec<HeldBy> = unusable
+            .iter()
+            .map(|(i, _)| HeldBy {
+                task_id: results[*i].task_id,
+                attempt: results[*i].attempt,
+                executor_id: results[*i].executor_id.clone(),
+            })
+            .collect();
+        match svc::retry("losing attempts whose results were refused", token, || {
+            lose(pool, n, schema, &held)
+        })
+        .await
+        {
+            None => return Handled::Shutdown,
+            Some(Ok(())) => {}
+            // The attempts stay open; the result timeout loses them later.
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "could not lose attempts whose results were refused")
+            }
+        }
+        for (i, e) in unusable {
+            out.push(amqp::dead_letter(
+                n,
+                sources[i],
+                &source,
+                "rejected_by_database",
+                &e.to_string(),
+            ));
         }
     }
     metrics::counter!("fleet_collector_results_total").increment(results.len() as u64);
     Handled::Publish(out)
 }
 
+/// Records results in one transaction; returns those refused (by position), with why.
 async fn record(
     pool: &Pool,
     n: &Names,
     schema: &str,
     results: &[TaskResult],
-) -> Result<(), DbError> {
+) -> Result<Vec<(usize, collect::Refused)>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let settled = collect::record_results(&tx, results).await?;
+    let recorded = collect::record_results(&tx, results).await?;
     // The events go out if and only if this commits: through the outbox.
-    outbox::enqueue(&tx, &outbox::events(n, &settled)).await?;
+    outbox::enqueue(&tx, &outbox::events(n, &recorded.settled)).await?;
     // Every recorded result frees a slot on its executor: let the dispatcher refill it.
+    db::notify_wake(&tx, schema).await?;
+    tx.commit().await?;
+    Ok(recorded.refused)
+}
+
+/// Loses attempts (their results were refused) and settles their tasks, in one
+/// transaction with their events and the dispatcher's wake-up.
+async fn lose(pool: &Pool, n: &Names, schema: &str, held: &[HeldBy]) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let settled = collect::lose(&tx, held).await?;
+    outbox::enqueue(&tx, &outbox::events(n, &settled)).await?;
     db::notify_wake(&tx, schema).await?;
     tx.commit().await?;
     Ok(())

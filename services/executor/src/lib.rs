@@ -17,7 +17,9 @@ use fleet_shared::config::{Config, ConfigError};
 use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
 use fleet_shared::id::{ExecutorId, TaskId};
-use fleet_shared::proto::{self, Control, ControlAction, HeldAttempt, Info, Request, TaskResult};
+use fleet_shared::proto::{
+    self, AttemptRef, Control, ControlAction, HeldAttempt, Info, Request, TaskResult,
+};
 use fleet_shared::svc;
 use futures_util::StreamExt;
 use lapin::options::BasicCancelOptions;
@@ -137,6 +139,12 @@ struct Shared {
     /// Cancels that came before their request (control messages and requests come from
     /// different publishers, so either may arrive first); the last few hundred.
     cancelled_early: Mutex<VecDeque<AttemptKey>>,
+    /// Attempts given back without a result on shutdown (acked, never to run here),
+    /// reported in INFO until an INFO that carries them is confirmed.
+    returned: Mutex<Vec<HeldAttempt>>,
+    /// Attempts whose result was confirmed, reported in INFO until an INFO that carries
+    /// them is confirmed.
+    finished: Mutex<Vec<AttemptRef>>,
     changed: Notify,
     slots: Semaphore,
     /// The current session's publisher; `None` while reconnecting.
@@ -175,6 +183,44 @@ impl Shared {
                 .collect(),
             draining: self.draining.load(Ordering::Relaxed) || *self.drained.borrow(),
             sent_at: Utc::now(),
+            returned: self.returned.lock().map(|r| r.clone()).unwrap_or_default(),
+            finished: self.finished.lock().map(|r| r.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Gives an attempt back: acks its request (so no restart under this id runs it),
+    /// then says so in the next INFO, so that the dispatcher hands it out again at once
+    /// (`started: false`) or counts it lost at once (`started: true`, killed unfinished)
+    /// instead of waiting for its lease.
+    async fn give_back(&self, key: AttemptKey, delivery: &Delivery, started: bool) {
+        let acked = ack_one(delivery).await;
+        self.forget(key);
+        if acked.is_ok() {
+            if let Ok(mut r) = self.returned.lock() {
+                r.push(HeldAttempt {
+                    task_id: key.0,
+                    attempt: key.1,
+                    running: started,
+                });
+            }
+        }
+        // Not acked (the channel is gone): the broker has it back in our queue, and only
+        // its lease will tell the dispatcher.
+        self.changed.notify_one();
+    }
+
+    /// An INFO carrying these was confirmed: the dispatcher has them.
+    fn info_sent(&self, info: &Info) {
+        if !info.returned.is_empty() {
+            if let Ok(mut r) = self.returned.lock() {
+                r.retain(|h| !info.returned.contains(h));
+            }
+        }
+        if !info.finished.is_empty() {
+            if let Ok(mut f) = self.finished.lock() {
+                let sent: HashSet<&AttemptRef> = info.finished.iter().collect();
+                f.retain(|a| !sent.contains(a));
+            }
         }
     }
 
@@ -273,7 +319,7 @@ pub async fn run(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(executor_id = %me.id, capacity = me.capacity, groups = ?me.groups, "executor starting");
-    let health = Health::new(None);
+    let health = Health::new(false);
     let server_token = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
@@ -292,6 +338,8 @@ pub async fn run(
         drained: watch::channel(false).0,
         cancels: Mutex::default(),
         cancelled_early: Mutex::default(),
+        returned: Mutex::default(),
+        finished: Mutex::default(),
         changed: Notify::new(),
         publisher,
         stop_starting: token.child_token(),
@@ -303,12 +351,22 @@ pub async fn run(
 
     let name = format!("fleet-executor-{}", shared.me.id);
     let mut conn_slot = None;
+    // The channel requests came on, kept open through the drain: the attempts still
+    // running are acked on it when their results are confirmed. (Closing it would hand
+    // every unacked request back to the queue at once, to run again after a restart.)
+    let mut consuming = None;
     let mut sup = svc::Supervisor::new(&cfg.amqp, &name, &health);
     while let Some(conn) = sup.connect(&token).await {
-        let result = session(&shared, &health, &conn, &tracker, &token).await;
-        if result.is_err() {
-            shared.publisher.send_replace(None);
-        }
+        let result = match session(&shared, &health, &conn, &tracker, &token).await {
+            Ok(ch) => {
+                consuming = Some(ch);
+                Ok(())
+            }
+            Err(e) => {
+                shared.publisher.send_replace(None);
+                Err(e)
+            }
+        };
         if let Some(conn) = sup.ended(conn, result, &token).await {
             conn_slot = Some(conn);
             break;
@@ -327,28 +385,33 @@ pub async fn run(
         shared.kill.cancel();
         tracker.wait().await;
     }
+    // The last INFO says what was given back.
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
+    if let Some(ch) = consuming {
+        amqp::close_channel(&ch).await;
+    }
     if let Some(conn) = conn_slot {
-        // Closing returns the requests received but not started to the queue.
-        let _ = conn.close(200, "shutdown".into()).await;
+        amqp::close(&conn, "shutdown").await;
     }
     server_token.cancel();
     let _ = server.await;
     Ok(())
 }
 
+/// Consumes requests until shutdown; then returns the consuming channel, which must stay
+/// open until the attempts it delivered are acked.
 async fn session(
     shared: &Arc<Shared>,
     health: &Health,
     conn: &Connection,
     tracker: &TaskTracker,
     token: &CancellationToken,
-) -> Result<(), amqp::AmqpError> {
+) -> Result<lapin::Channel, amqp::AmqpError> {
     let n = &shared.names;
     let publisher = Publisher::new(conn, &shared.cfg.amqp).await?;
     if !shared.registered {
-        amqp::declare_core(publisher.channel(), n).await?;
+        amqp::declare_core(conn, n).await?;
         amqp::declare_executor_queue(publisher.channel(), n, &shared.me.id, &shared.me.groups)
             .await?;
     }
@@ -362,17 +425,30 @@ async fn session(
     shared.publisher.send_replace(Some(publisher.clone()));
     health.set_broker_up(true);
     shared.changed.notify_one();
+    // After shutdown: what the broker had already sent us, until the stream ends or
+    // nothing more comes for a moment; each request is given back (see attempt()).
+    let mut stopping_until = None;
     loop {
-        let delivery = tokio::select! {
-            _ = token.cancelled() => {
-                let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                return Ok(());
-            }
-            d = consumer.next() => match d {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(amqp::AmqpError::Timeout("consumer ended")),
+        let next = match stopping_until {
+            None => tokio::select! {
+                _ = token.cancelled() => {
+                    let cancel = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+                    let _ = tokio::time::timeout(amqp::CLOSE_TIMEOUT, cancel).await;
+                    stopping_until = Some(tokio::time::Instant::now() + amqp::CLOSE_TIMEOUT);
+                    continue;
+                }
+                d = consumer.next() => d,
             },
+            Some(until) => match tokio::time::timeout_at(until, consumer.next()).await {
+                Ok(d) => d,
+                Err(_) => return Ok(ch),
+            },
+        };
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            None if stopping_until.is_some() => return Ok(ch),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(amqp::AmqpError::Timeout("consumer ended")),
         };
         // A request, or else an operator's control message; anything else is dead-lettered.
         let decoded = match proto::decode::<Request>(&delivery.data) {
@@ -469,8 +545,9 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
         // A shutdown or a cancel wins over a free slot.
         biased;
         _ = shared.stop_starting.cancelled() => {
-            // Not started: leave it unacked, so the broker gives it back on close.
-            shared.forget(key);
+            // Not started, and we are shutting down: give it back now, so it runs
+            // elsewhere at once rather than after its lease.
+            shared.give_back(key, &delivery, false).await;
             return;
         }
         _ = cancel.cancelled() => {
@@ -492,7 +569,7 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
         } => p,
     };
     let Ok(_permit) = permit else {
-        shared.forget(key);
+        shared.give_back(key, &delivery, false).await;
         return;
     };
     if let Some(r) = shared.lock().held.get_mut(&key) {
@@ -517,9 +594,9 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     };
     let ran = run::run(&spec, &cancel).await;
     if shared.kill.is_cancelled() {
-        // Killed by our own shutdown, not the user's cancel: report nothing and let the
-        // lease send the task elsewhere.
-        shared.forget(key);
+        // Killed by our own shutdown past the drain deadline, not by the user's cancel:
+        // no result; the attempt is given back as lost, and the task runs elsewhere.
+        shared.give_back(key, &delivery, true).await;
         return;
     }
     report(&shared, &req, ran, delivery).await;
@@ -562,6 +639,14 @@ async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: De
     .mandatory();
     if shared.publish_reliably(msg).await {
         shared.lock().finish(key);
+        // The result is durable at the broker: the next INFO tells the dispatcher, which
+        // frees the slot without waiting for the collector.
+        if let Ok(mut f) = shared.finished.lock() {
+            f.push(AttemptRef {
+                task_id: req.task_id,
+                attempt: req.attempt,
+            });
+        }
         if let Ok(mut c) = shared.cancels.lock() {
             c.remove(&key);
         }
@@ -600,9 +685,11 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         };
         let current = rx.borrow_and_update().clone();
         if let Some(p) = current {
-            let msg = Outgoing::new(exchange.clone(), key.clone(), proto::encode(&shared.info()));
-            if let Err(e) = p.publish(msg).await {
-                tracing::debug!(error = %e, "INFO not sent");
+            let info = shared.info();
+            let msg = Outgoing::new(exchange.clone(), key.clone(), proto::encode(&info));
+            match p.publish(msg).await {
+                Ok(()) => shared.info_sent(&info),
+                Err(e) => tracing::debug!(error = %e, "INFO not sent"),
             }
         }
         if stopping {

@@ -32,6 +32,8 @@ struct Inner {
     /// The broker connection's state, kept by the intake.
     health: Health,
     accept_without_broker: bool,
+    /// How long a submission right after start-up waits for the first broker connection.
+    first_connect: std::time::Duration,
     /// The intake's broker session, for control messages; `None` while reconnecting.
     publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
     names: fleet_shared::amqp::Names,
@@ -53,6 +55,7 @@ impl AppState {
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
             health,
             accept_without_broker: cfg.submitter.accept_without_broker,
+            first_connect: cfg.amqp.connect_timeout(),
             publisher,
             names: fleet_shared::amqp::Names::new(&cfg.amqp.prefix),
             broker_admin: crate::broker_admin::BrokerAdmin::new(&cfg.amqp)
@@ -84,6 +87,26 @@ impl AppState {
             .ok_or(ApiError::Unavailable("the message broker"))
     }
 
+    /// Whether the broker can take work now: connected, and not blocked by a resource
+    /// alarm. Right after start-up the first connection gets a moment to be made.
+    pub async fn broker_can_take_work(&self) -> Result<(), ApiError> {
+        use fleet_shared::http::BrokerState;
+        let state = self.0.health.broker_settled(self.0.first_connect).await;
+        if state != BrokerState::Up {
+            metrics::counter!("fleet_submitter_refused_total", "reason" => "broker_down")
+                .increment(1);
+            return Err(ApiError::Unavailable("the message broker"));
+        }
+        if self.0.health.broker_blocked() {
+            metrics::counter!("fleet_submitter_refused_total", "reason" => "broker_alarm")
+                .increment(1);
+            return Err(ApiError::Unavailable(
+                "the message broker (blocked by a memory or disk alarm)",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn broker_admin(&self) -> Result<&crate::broker_admin::BrokerAdmin, ApiError> {
         self.0
             .broker_admin
@@ -98,6 +121,7 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let limit = state.0.max_body;
+    let health = state.0.health.clone();
     Router::new()
         .route("/v1/jobs", post(submit_job))
         .route("/v1/jobs/{id}", get(get_job))
@@ -107,7 +131,25 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::control::routes())
         .merge(crate::identity::routes())
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            until_migrated(health.clone(), req, next)
+        }))
         .with_state(state)
+}
+
+/// Until the migrations are applied (the database has not answered since start-up),
+/// every API call is a 503 at once, rather than a wait on a database that may never
+/// answer.
+async fn until_migrated(
+    health: Health,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if health.migrated() {
+        next.run(req).await
+    } else {
+        ApiError::Unavailable("the database").into_response()
+    }
 }
 
 /// The API's error boundary: every variant is a status and a JSON body.
@@ -262,9 +304,8 @@ async fn submit_job(
     let job = spec.validate().map_err(ApiError::Invalid)?;
     // A valid job the fleet cannot start now is refused, not parked: the client is told
     // at once and retries (unless the operator chose to accept without a broker).
-    if !s.0.accept_without_broker && !s.0.health.broker_up() {
-        metrics::counter!("fleet_submitter_refused_total", "reason" => "broker_down").increment(1);
-        return Err(ApiError::Unavailable("the message broker"));
+    if !s.0.accept_without_broker {
+        s.broker_can_take_work().await?;
     }
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,

@@ -127,7 +127,7 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
     let password = fleet_shared::auth::new_token();
     let granted = async {
         // What the executor may not declare itself, declared for it.
-        amqp::declare_core(publisher.channel(), n)
+        amqp::declare_exchanges(publisher.channel(), n)
             .await
             .map_err(|e| BrokerAdminError::Config(e.to_string()))?;
         amqp::declare_executor_queue(publisher.channel(), n, &id, &wanted)

@@ -28,7 +28,7 @@ pub async fn run(
         let result = session(&cfg, &pool, &health, &publisher, &conn, &token).await;
         publisher.send_replace(None);
         if let Some(conn) = sup.ended(conn, result, &token).await {
-            let _ = conn.close(200, "shutdown".into()).await;
+            amqp::close(&conn, "shutdown").await;
             break;
         }
     }
@@ -44,7 +44,10 @@ async fn session(
 ) -> Result<(), amqp::AmqpError> {
     let n = Names::new(&cfg.amqp.prefix);
     let publisher = Publisher::new(conn, &cfg.amqp).await?;
-    amqp::declare_core(publisher.channel(), &n).await?;
+    amqp::declare_core(conn, &n).await?;
+    // A memory or disk alarm must show (submissions answer 503) even while nobody
+    // submits over AMQP.
+    let _probe = amqp::spawn_alarm_probe(conn).await?;
     amqp::declare_shared_queue(
         publisher.channel(),
         &n,

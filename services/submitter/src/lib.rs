@@ -26,29 +26,49 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Runs until `token` is cancelled: the HTTP API on `listener` and the AMQP intake.
+/// Runs until `token` is cancelled: the HTTP API on `listener` and the AMQP intake. The
+/// API is served at once, before the database answers: `/healthz` and `/readyz` tell
+/// the truth from the start, and calls that need the database get a 503 until the
+/// migrations are applied.
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
     token: CancellationToken,
 ) -> Result<(), Error> {
-    let Some((pool, health)) = svc::start_with_db(&cfg, &token).await? else {
-        return Ok(());
-    };
+    let (pool, health) = svc::db_and_health(&cfg)?;
     // The intake's broker session, shared with the API for control messages.
     let (publisher, _) = tokio::sync::watch::channel(None);
-    let intake = tokio::spawn(intake::run(
-        cfg.clone(),
-        pool.clone(),
-        health.clone(),
-        publisher.clone(),
-        token.clone(),
-    ));
+    let intake = tokio::spawn({
+        let (cfg, pool, health, publisher, token) = (
+            cfg.clone(),
+            pool.clone(),
+            health.clone(),
+            publisher.clone(),
+            token.clone(),
+        );
+        async move {
+            let migrated = svc::migrate(&cfg, &pool, &health, &token).await;
+            match migrated {
+                Ok(true) => {
+                    intake::run(cfg, pool, health, publisher, token).await;
+                    Ok(())
+                }
+                Ok(false) => Ok(()),
+                Err(e) => {
+                    // Nothing works without the tables: stop the service.
+                    token.cancel();
+                    Err(e)
+                }
+            }
+        }
+    });
     let state = api::AppState::new(&cfg, pool, health.clone(), publisher);
     let router = api::router(state).merge(http::health_routes(health));
     let served = http::serve(listener, router, token.clone()).await;
     token.cancel();
-    let _ = intake.await;
+    if let Ok(Err(e)) = intake.await {
+        return Err(e.into());
+    }
     served?;
     Ok(())
 }

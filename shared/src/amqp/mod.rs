@@ -78,6 +78,11 @@ impl Backoff {
         self.next = first;
     }
 
+    /// The longest wait.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
     /// Sleeps for the current delay, unless cancelled first (then returns false).
     pub async fn wait(&mut self, token: &CancellationToken) -> bool {
         let d = self.next;
@@ -103,7 +108,11 @@ pub async fn connect_with_backoff(
 ) -> Option<Connection> {
     let mut backoff = Backoff::default();
     loop {
-        match connect(cfg, name).await {
+        let attempt = tokio::select! {
+            _ = token.cancelled() => return None,
+            c = connect(cfg, name) => c,
+        };
+        match attempt {
             Ok(c) => return Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the broker; retrying");
@@ -117,6 +126,28 @@ pub async fn connect_with_backoff(
 
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long closing a connection may wait for the broker's close-ok. A broker that is
+/// frozen (SIGSTOP, a stalled host) never answers; past this the connection is dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Closes a connection, waiting at most [`CLOSE_TIMEOUT`] for the broker. Closing is the
+/// last thing a session does, and a close that hangs would hang the service with it.
+pub async fn close(conn: &Connection, why: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, why.into())).await {
+        Ok(Ok(())) => {}
+        // Already closed or broken: nothing left to close.
+        Ok(Err(_)) => {}
+        Err(_) => tracing::warn!(
+            "the broker did not answer the connection close within {CLOSE_TIMEOUT:?}; dropping it"
+        ),
+    }
+}
+
+/// Closes a channel, waiting at most [`CLOSE_TIMEOUT`].
+pub async fn close_channel(ch: &Channel) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.close(200, "done".into())).await;
+}
+
 fn topic() -> ExchangeKind {
     ExchangeKind::Topic
 }
@@ -128,9 +159,9 @@ fn durable_exchange() -> ExchangeDeclareOptions {
     }
 }
 
-/// Exchanges every service relies on: submit intake, events, dead letters (with the
-/// queue that keeps them), and the root group exchange.
-pub async fn declare_core(ch: &Channel, n: &Names) -> Result<(), AmqpError> {
+/// Exchanges every service relies on: submit intake, events, dead letters, and the root
+/// group exchange.
+pub async fn declare_exchanges(ch: &Channel, n: &Names) -> Result<(), AmqpError> {
     for ex in [
         n.submit_exchange(),
         n.events_exchange(),
@@ -149,8 +180,87 @@ pub async fn declare_core(ch: &Channel, n: &Names) -> Result<(), AmqpError> {
         )
         .await?;
     }
-    declare_queue(ch, &n.dead_queue(), QueueKind::Quorum, None).await?;
-    bind_queue(ch, &n.dead_queue(), &n.dlx(), "#").await
+    Ok(())
+}
+
+/// The core topology, on channels of its own: the core exchanges, and the dead-letter
+/// queue that keeps what consumers refuse.
+pub async fn declare_core(conn: &Connection, n: &Names) -> Result<(), AmqpError> {
+    let ch = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
+    declare_exchanges(&ch, n).await?;
+    declare_dead_queue(conn, n).await?;
+    bind_queue(&ch, &n.dead_queue(), &n.dlx(), "#").await?;
+    close_channel(&ch).await;
+    Ok(())
+}
+
+/// The dead-letter queue keeps at most this many messages; past it the oldest go first.
+pub const DEAD_LETTER_MAX: i64 = 100_000;
+/// ... and none longer than this (14 days), read or not.
+pub const DEAD_LETTER_TTL_MS: i64 = 14 * 24 * 3600 * 1000;
+
+/// The dead-letter queue, bounded in count and age so that a flood of garbage cannot
+/// fill the broker's disk. A queue declared by an older Fleet without the bounds is used
+/// as it is (redeclaring with other arguments is refused): delete it to bound it.
+async fn declare_dead_queue(conn: &Connection, n: &Names) -> Result<(), AmqpError> {
+    let mut args = quorum_args();
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_MAX),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_TTL_MS),
+    );
+    // On a channel of its own: a refused declaration closes the channel it was made on.
+    let probe = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
+    let opts = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = deadline(
+        "queue.declare",
+        DECLARE_TIMEOUT,
+        probe.queue_declare(n.dead_queue().as_str().into(), opts, args),
+    )
+    .await;
+    match declared {
+        Ok(_) => {
+            close_channel(&probe).await;
+            Ok(())
+        }
+        Err(AmqpError::Lapin(e)) if is_precondition_failed(&e) => {
+            tracing::warn!(
+                queue = %n.dead_queue(),
+                "the dead-letter queue exists without Fleet's bounds (an older version made it); \
+                 it is used as it is: delete it to bound it"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The broker's 406: a declaration whose arguments differ from the existing object's.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 406)
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args
 }
 
 /// Declares a group's exchange and those of its ancestors, bound so that requests and
@@ -221,17 +331,10 @@ pub async fn declare_queue(
     kind: QueueKind,
     dlx: Option<&str>,
 ) -> Result<(), AmqpError> {
-    let mut args = FieldTable::default();
-    if kind == QueueKind::Quorum {
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
-    }
+    let mut args = match kind {
+        QueueKind::Quorum => quorum_args(),
+        QueueKind::Classic => FieldTable::default(),
+    };
     if let Some(dlx) = dlx {
         args.insert(
             "x-dead-letter-exchange".into(),
@@ -389,6 +492,7 @@ pub fn json_properties() -> BasicProperties {
 pub struct Publisher {
     ch: Channel,
     confirm_timeout: Duration,
+    connection: lapin::ConnectionStatus,
 }
 
 impl Publisher {
@@ -403,6 +507,7 @@ impl Publisher {
         Ok(Self {
             ch,
             confirm_timeout: cfg.confirm_timeout(),
+            connection: conn.status().clone(),
         })
     }
 
@@ -410,11 +515,38 @@ impl Publisher {
         &self.ch
     }
 
+    /// Whether the broker blocked this connection (a memory or disk alarm): a publish
+    /// now would wait until the alarm clears.
+    pub fn blocked(&self) -> bool {
+        self.connection.blocked()
+    }
+
     pub async fn publish(&self, msg: Outgoing) -> Result<(), AmqpError> {
         self.publish_all(vec![msg]).await
     }
 
+    /// Publishes a batch and waits for its confirms; a mandatory message that no queue
+    /// took is an error ([`AmqpError::Unroutable`]).
     pub async fn publish_all(&self, msgs: Vec<Outgoing>) -> Result<(), AmqpError> {
+        let names: Vec<(String, String)> = msgs
+            .iter()
+            .map(|m| (m.exchange.clone(), m.routing_key.clone()))
+            .collect();
+        match self.publish_batch(msgs).await?.first() {
+            None => Ok(()),
+            Some(&i) => {
+                let (exchange, key) = names[i].clone();
+                Err(AmqpError::Unroutable { exchange, key })
+            }
+        }
+    }
+
+    /// Publishes a batch, then waits once for all the confirms, within the confirm
+    /// deadline. Returns the positions (in `msgs`) of mandatory messages the broker
+    /// returned because no queue was bound for them: each of those reached nobody, and
+    /// the rest of the batch is durable at the broker. A nack, a timeout or a broken
+    /// channel is an error, after which nothing is known of the batch.
+    pub async fn publish_batch(&self, msgs: Vec<Outgoing>) -> Result<Vec<usize>, AmqpError> {
         let deadline_at = tokio::time::Instant::now() + self.confirm_timeout;
         let mut pending = Vec::with_capacity(msgs.len());
         for m in msgs {
@@ -436,18 +568,61 @@ impl Publisher {
             .map_err(|_| AmqpError::Timeout("basic.publish"))??;
             pending.push((m.exchange, m.routing_key, confirm));
         }
-        for (exchange, key, confirm) in pending {
+        let mut returned = Vec::new();
+        for (i, (exchange, key, confirm)) in pending.into_iter().enumerate() {
             let c = tokio::time::timeout_at(deadline_at, confirm)
                 .await
                 .map_err(|_| AmqpError::Timeout("publisher confirm"))??;
             match c {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {}
-                Confirmation::Ack(Some(_)) => return Err(AmqpError::Unroutable { exchange, key }),
+                Confirmation::Ack(Some(_)) => returned.push(i),
                 Confirmation::Nack(_) => return Err(AmqpError::Nacked { exchange, key }),
             }
         }
-        Ok(())
+        Ok(returned)
     }
+}
+
+/// Stops a background task when dropped (with the session that started it).
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Makes a resource alarm visible on `conn`. RabbitMQ blocks a connection (and says so
+/// with `connection.blocked`, which [`lapin::ConnectionStatus::blocked`] reflects) only
+/// once it tries to publish during a memory or disk alarm; a connection that publishes
+/// rarely would go on believing all is well. This publishes a message that goes
+/// nowhere (the default exchange, no such queue) every second, unless the connection is
+/// blocked already, until the returned guard is dropped.
+pub async fn spawn_alarm_probe(conn: &Connection) -> Result<AbortOnDrop, AmqpError> {
+    let ch = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
+    let status = conn.status().clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if !status.blocked() {
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    ch.basic_publish(
+                        "".into(),
+                        "fleet.alarm-probe.nowhere".into(),
+                        BasicPublishOptions::default(),
+                        b"",
+                        BasicProperties::default(),
+                    ),
+                )
+                .await;
+                if matches!(sent, Ok(Err(_))) {
+                    return; // The channel is gone: so is the session.
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    Ok(AbortOnDrop(task))
 }
 
 /// Opens a channel with a prefetch and starts consuming `queue`.

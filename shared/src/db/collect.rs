@@ -33,48 +33,110 @@ pub struct Settled {
     pub jobs: Vec<(JobId, JobState)>,
 }
 
+/// Why a result was refused rather than stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No such attempt: the task does not exist, or has not reached that attempt (a
+    /// result planted ahead of its attempt must not take the real one's place).
+    UnknownAttempt,
+    /// The attempt exists but was given to another executor than the one reporting.
+    NotHolder,
+}
+
+impl Refused {
+    /// The dead-letter reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::UnknownAttempt => "unknown_attempt",
+            Self::NotHolder => "not_holder",
+        }
+    }
+
+    pub fn detail(self) -> &'static str {
+        match self {
+            Self::UnknownAttempt => "no such attempt of that task",
+            Self::NotHolder => "the attempt was given to another executor",
+        }
+    }
+}
+
+/// What recording a batch of results came to.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub settled: Settled,
+    /// Positions (in the batch given) of the results refused, with why.
+    pub refused: Vec<(usize, Refused)>,
+}
+
 /// Stores a batch of results (each once: a redelivered result is a no-op), closes the
-/// attempts they report, and settles the tasks whose current attempt that was. A late
-/// result of an attempt already lost is stored but decides nothing.
+/// attempts they report, and settles the tasks whose current attempt that was. Only the
+/// executor an attempt was given to may report it: a result for an attempt that does not
+/// exist, or from another executor, is refused (the caller dead-letters it), never
+/// stored. A late result of an attempt already lost is stored but decides nothing.
 pub async fn record_results(
     tx: &Transaction<'_>,
     results: &[TaskResult],
-) -> Result<Settled, DbError> {
+) -> Result<Recorded, DbError> {
     if results.is_empty() {
-        return Ok(Settled::default());
+        return Ok(Recorded::default());
     }
     // An executor restarted under its id may rerun an attempt and report it twice; two
     // rows for one attempt in one statement would let the stored result and the closed
     // attempt disagree. The first one reported is the one kept, as ON CONFLICT does.
+    // (Reports of one attempt from two executors are kept apart: only the holder's can
+    // match the attempt.)
     let mut seen = std::collections::HashSet::new();
-    let results: Vec<&TaskResult> = results
-        .iter()
-        .filter(|r| seen.insert((r.task_id, r.attempt)))
-        .collect();
-    let rows: Vec<_> = results
-        .iter()
-        .map(|r| {
-            json!({
-                "task_id": r.task_id, "attempt": r.attempt, "job_id": r.job_id,
-                "executor_id": r.executor_id, "outcome": r.outcome.as_str(),
-                "exit_code": r.exit_code, "signal": r.signal, "error": r.error,
-                "stdout": r.stdout.replace('\0', "\u{FFFD}"),
-                "stderr": r.stderr.replace('\0', "\u{FFFD}"),
-                "stdout_truncated": r.stdout_truncated, "stderr_truncated": r.stderr_truncated,
-                "started_at": r.started_at, "finished_at": r.finished_at,
-            })
+    let firsts: Vec<usize> = (0..results.len())
+        .filter(|&i| {
+            let r = &results[i];
+            seen.insert((r.task_id, r.attempt, r.executor_id.clone()))
         })
         .collect();
-    // Only the executor the attempt was given to may close it: a result naming another
-    // executor is stored (for the record) but does not count.
-    let closed = tx
+    let col = |f: &dyn Fn(&TaskResult) -> String| -> Vec<String> {
+        firsts.iter().map(|&i| f(&results[i])).collect()
+    };
+    let task_ids: Vec<uuid::Uuid> = firsts.iter().map(|&i| results[i].task_id.uuid()).collect();
+    let attempts: Vec<i32> = firsts.iter().map(|&i| results[i].attempt).collect();
+    let executors = col(&|r| r.executor_id.to_string());
+    let outcomes = col(&|r| r.outcome.as_str().to_owned());
+    let exit_codes: Vec<Option<i32>> = firsts.iter().map(|&i| results[i].exit_code).collect();
+    let signals: Vec<Option<i32>> = firsts.iter().map(|&i| results[i].signal).collect();
+    let errors: Vec<Option<&str>> = firsts
+        .iter()
+        .map(|&i| results[i].error.as_deref())
+        .collect();
+    // PostgreSQL text cannot hold NUL.
+    let stdouts = col(&|r| r.stdout.replace('\0', "\u{FFFD}"));
+    let stderrs = col(&|r| r.stderr.replace('\0', "\u{FFFD}"));
+    let out_cut: Vec<bool> = firsts
+        .iter()
+        .map(|&i| results[i].stdout_truncated)
+        .collect();
+    let err_cut: Vec<bool> = firsts
+        .iter()
+        .map(|&i| results[i].stderr_truncated)
+        .collect();
+    let started: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        firsts.iter().map(|&i| results[i].started_at).collect();
+    let finished: Vec<chrono::DateTime<chrono::Utc>> =
+        firsts.iter().map(|&i| results[i].finished_at).collect();
+    // `known`: the results whose attempt exists and is held by the executor reporting
+    // it. Only those are stored, and only those close their attempt (if it is still
+    // open); the job is the task's, whatever the message says.
+    let rows = tx
         .query(
             "WITH x AS (
-                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(
-                     task_id uuid, attempt int, job_id uuid, executor_id text, outcome text,
-                     exit_code int, signal int, error text, stdout text, stderr text,
-                     stdout_truncated bool, stderr_truncated bool,
-                     started_at timestamptz, finished_at timestamptz)),
+                 SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[],
+                                      $6::int[], $7::text[], $8::text[], $9::text[], $10::bool[],
+                                      $11::bool[], $12::timestamptz[], $13::timestamptz[])
+                     AS x(task_id, attempt, executor_id, outcome, exit_code, signal, error,
+                          stdout, stderr, stdout_truncated, stderr_truncated, started_at,
+                          finished_at)),
+             known AS (
+                 SELECT x.*, t.job_id FROM x
+                 JOIN attempts a ON a.task_id = x.task_id AND a.attempt = x.attempt
+                                AND a.executor_id = x.executor_id
+                 JOIN tasks t ON t.id = x.task_id),
              ins AS (
                  INSERT INTO results (task_id, attempt, job_id, executor_id, outcome, exit_code,
                      signal, error, stdout, stderr, stdout_truncated, stderr_truncated,
@@ -82,26 +144,110 @@ pub async fn record_results(
                  SELECT task_id, attempt, job_id, executor_id, outcome, exit_code, signal,
                      error, stdout, stderr, stdout_truncated, stderr_truncated, started_at,
                      finished_at
-                 FROM x
-                 ON CONFLICT (task_id, attempt) DO NOTHING)
-             UPDATE attempts a SET state = x.outcome, finished_at = x.finished_at,
-                                   started_at = coalesce(a.started_at, x.started_at)
-             FROM x
-             WHERE a.task_id = x.task_id AND a.attempt = x.attempt
-               AND a.executor_id = x.executor_id AND a.state IN ('assigned', 'running')
-             RETURNING a.task_id, a.attempt, x.outcome",
-            &[&serde_json::Value::Array(rows)],
+                 FROM known
+                 ON CONFLICT (task_id, attempt) DO NOTHING),
+             closed AS (
+                 UPDATE attempts a SET state = k.outcome, finished_at = k.finished_at,
+                                       started_at = coalesce(a.started_at, k.started_at)
+                 FROM known k
+                 WHERE a.task_id = k.task_id AND a.attempt = k.attempt
+                   AND a.executor_id = k.executor_id
+                   AND a.state IN ('assigned', 'running', 'reported')
+                 RETURNING a.task_id, a.attempt, k.outcome)
+             SELECT 'closed', task_id, attempt, outcome FROM closed
+             UNION ALL
+             SELECT CASE WHEN EXISTS (SELECT 1 FROM attempts a
+                                      WHERE a.task_id = x.task_id AND a.attempt = x.attempt)
+                         THEN 'not_holder' ELSE 'unknown_attempt' END,
+                    x.task_id, x.attempt, x.executor_id
+             FROM x WHERE NOT EXISTS (SELECT 1 FROM known k
+                                      WHERE k.task_id = x.task_id AND k.attempt = x.attempt
+                                        AND k.executor_id = x.executor_id)",
+            &[
+                &task_ids,
+                &attempts,
+                &executors,
+                &outcomes,
+                &exit_codes,
+                &signals,
+                &errors,
+                &stdouts,
+                &stderrs,
+                &out_cut,
+                &err_cut,
+                &started,
+                &finished,
+            ],
         )
         .await?;
-    let ended: Vec<Ended> = closed
+    let mut ended = Vec::new();
+    let mut refused_keys = HashMap::new();
+    for r in &rows {
+        let kind: &str = r.get(0);
+        let task_id = TaskId::from_uuid(r.get(1));
+        let attempt: i32 = r.get(2);
+        match kind {
+            "closed" => {
+                let outcome: String = r.get(3);
+                if let Some(outcome) = Outcome::parse(&outcome) {
+                    ended.push(Ended {
+                        task_id,
+                        attempt,
+                        outcome,
+                    });
+                }
+            }
+            why => {
+                let executor: String = r.get(3);
+                let why = if why == "not_holder" {
+                    Refused::NotHolder
+                } else {
+                    Refused::UnknownAttempt
+                };
+                refused_keys.insert((task_id, attempt, executor), why);
+            }
+        }
+    }
+    // Every copy of a refused result is refused (a repeat within the batch included).
+    let refused = results
         .iter()
-        .filter_map(|r| {
-            let outcome: String = r.get(2);
-            Some(Ended {
-                task_id: TaskId::from_uuid(r.get(0)),
-                attempt: r.get(1),
-                outcome: Outcome::parse(&outcome)?,
-            })
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let key = (r.task_id, r.attempt, r.executor_id.to_string());
+            refused_keys.get(&key).map(|&w| (i, w))
+        })
+        .collect();
+    Ok(Recorded {
+        settled: settle(tx, &ended).await?,
+        refused,
+    })
+}
+
+/// Marks these attempts lost now and settles their tasks, as the lease sweep would
+/// later: their executor says it killed them unfinished as it shut down (dispatcher),
+/// or their result was refused for good (collector).
+pub async fn lose(tx: &Transaction<'_>, held: &[super::HeldBy]) -> Result<Settled, DbError> {
+    if held.is_empty() {
+        return Ok(Settled::default());
+    }
+    let (tasks, attempts, executors) = super::held_by_columns(held);
+    let rows = tx
+        .query(
+            "UPDATE attempts a SET state = 'lost', finished_at = clock_timestamp()
+             FROM unnest($1::uuid[], $2::int[], $3::text[]) AS x(task_id, attempt, executor_id)
+             WHERE a.task_id = x.task_id AND a.attempt = x.attempt
+               AND a.executor_id = x.executor_id
+               AND a.state IN ('assigned', 'running', 'reported')
+             RETURNING a.task_id, a.attempt",
+            &[&tasks, &attempts, &executors],
+        )
+        .await?;
+    let ended: Vec<Ended> = rows
+        .iter()
+        .map(|r| Ended {
+            task_id: TaskId::from_uuid(r.get(0)),
+            attempt: r.get(1),
+            outcome: Outcome::Lost,
         })
         .collect();
     settle(tx, &ended).await

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+pub use super::collect::lose;
 use super::collect::{settle, settle_each, Ended, Settled};
+use super::held_by_columns;
+pub use super::HeldBy;
 use super::{Client, DbError, Transaction};
 use crate::group::GroupName;
 use crate::id::{ExecutorId, JobId, TaskId};
@@ -75,6 +78,19 @@ pub async fn renew(client: &Client, lead: &Leadership, ttl_secs: f64) -> Result<
             "UPDATE dispatcher_leader SET expires_at = clock_timestamp() + make_interval(secs => $3)
              WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > clock_timestamp()",
             &[&lead.holder, &lead.epoch, &ttl_secs],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Gives leadership up (a shutdown, a lost broker): the lease ends now, so a standby
+/// takes over at its next attempt instead of waiting out the TTL.
+pub async fn release(client: &Client, lead: &Leadership) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE dispatcher_leader SET expires_at = clock_timestamp()
+             WHERE id = 1 AND holder = $1 AND epoch = $2",
+            &[&lead.holder, &lead.epoch],
         )
         .await?;
     Ok(n == 1)
@@ -467,6 +483,81 @@ pub async fn assign(
     out.iter().map(assignment).collect()
 }
 
+/// Takes back attempts that never reached their executor (the broker returned the
+/// request: no queue for it) or that it gave back unstarted (its request acked, never
+/// run): the attempt row goes, and its task (or `each` copy) is ready again as if it had
+/// never been assigned; the attempt's number is used again. Only attempts still
+/// `assigned`, never started, held by that executor and without a result are taken
+/// back. Returns how many were.
+pub async fn unassign(tx: &Transaction<'_>, held: &[HeldBy]) -> Result<u64, DbError> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let (tasks, attempts, executors) = held_by_columns(held);
+    // One UPDATE of tasks for both kinds: a plain task goes back to ready with its
+    // counter down; an `each` task keeps its state, and its counter goes down only if
+    // no later copy took a number meanwhile.
+    let rows = tx
+        .query(
+            "WITH gone AS (
+                 DELETE FROM attempts a
+                 USING unnest($1::uuid[], $2::int[], $3::text[]) AS x(task_id, attempt, executor_id)
+                 WHERE a.task_id = x.task_id AND a.attempt = x.attempt
+                   AND a.executor_id = x.executor_id
+                   AND a.state = 'assigned' AND a.started_at IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM results r
+                                   WHERE r.task_id = a.task_id AND r.attempt = a.attempt)
+                 RETURNING a.task_id, a.attempt, a.executor_id),
+             tasks_back AS (
+                 UPDATE tasks t
+                 SET state = CASE WHEN t.each THEN t.state ELSE 'ready' END,
+                     attempts = CASE WHEN t.attempts = g.attempt THEN t.attempts - 1
+                                     ELSE t.attempts END,
+                     updated_at = clock_timestamp()
+                 FROM gone g
+                 WHERE t.id = g.task_id
+                   AND (t.each OR (t.attempts = g.attempt AND t.state = 'assigned'))
+                 RETURNING t.id),
+             copies_back AS (
+                 UPDATE task_copies c
+                 SET state = 'pending', attempts = c.attempts - 1,
+                     pending_since = clock_timestamp()
+                 FROM gone g
+                 WHERE c.task_id = g.task_id AND c.executor_id = g.executor_id
+                   AND c.current_attempt = g.attempt AND c.state = 'assigned'
+                 RETURNING c.task_id)
+             SELECT count(*) FROM gone",
+            &[&tasks, &attempts, &executors],
+        )
+        .await?;
+    let n: i64 = rows.first().map_or(0, |r| r.get(0));
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Marks attempts reported finished by their executor (INFO `finished`): their slots
+/// are free, and they are not lost for silence any more, only if no result is recorded
+/// within `result_secs`.
+pub async fn mark_reported(
+    tx: &Transaction<'_>,
+    held: &[HeldBy],
+    result_secs: f64,
+) -> Result<(), DbError> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let (tasks, attempts, executors) = held_by_columns(held);
+    tx.execute(
+        "UPDATE attempts a SET state = 'reported',
+             lease_deadline = clock_timestamp() + make_interval(secs => $4)
+         FROM unnest($1::uuid[], $2::int[], $3::text[]) AS x(task_id, attempt, executor_id)
+         WHERE a.task_id = x.task_id AND a.attempt = x.attempt
+           AND a.executor_id = x.executor_id AND a.state IN ('assigned', 'running')",
+        &[&tasks, &attempts, &executors, &result_secs],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Marks every attempt whose lease ran out (or whose executor was revoked) as lost and
 /// settles its task: back to ready while attempts remain, else failed.
 pub async fn sweep_leases(tx: &Transaction<'_>) -> Result<Settled, DbError> {
@@ -545,10 +636,13 @@ async fn sweep_attempts(tx: &Transaction<'_>) -> Result<Settled, DbError> {
     let rows = tx
         .query(
             "UPDATE attempts SET state = 'lost', finished_at = clock_timestamp()
-             WHERE state IN ('assigned', 'running')
-               AND (lease_deadline < clock_timestamp()
-                    OR executor_id IN (SELECT executor_id FROM executor_credentials
-                                       WHERE revoked_at IS NOT NULL))
+             WHERE (state IN ('assigned', 'running', 'reported')
+                    AND lease_deadline < clock_timestamp())
+                -- A revoked executor runs nothing more; what it reported finished may
+                -- still be recorded.
+                OR (state IN ('assigned', 'running')
+                    AND executor_id IN (SELECT executor_id FROM executor_credentials
+                                        WHERE revoked_at IS NOT NULL))
              RETURNING task_id, attempt, executor_id",
             &[],
         )

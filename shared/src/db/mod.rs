@@ -19,16 +19,45 @@ use crate::error::Transience;
 
 pub use deadpool_postgres::{Object as Client, Pool, Transaction};
 
+use crate::id::{ExecutorId, TaskId};
+
+/// One attempt, named with the executor it was given to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HeldBy {
+    pub task_id: TaskId,
+    pub attempt: i32,
+    pub executor_id: ExecutorId,
+}
+
+pub(crate) fn held_by_columns(held: &[HeldBy]) -> (Vec<uuid::Uuid>, Vec<i32>, Vec<String>) {
+    (
+        held.iter().map(|h| h.task_id.uuid()).collect(),
+        held.iter().map(|h| h.attempt).collect(),
+        held.iter().map(|h| h.executor_id.to_string()).collect(),
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database: {}", postgres_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("database pool: {0}")]
+    #[error("database pool: {}", pool_detail(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database pool setup: {0}")]
     Build(String),
     #[error("database row: {0}")]
     Row(String),
+}
+
+/// A pool error that wraps a server's refusal (PostgreSQL's "too many clients", a
+/// missing database, a bad password) says so, instead of deadpool's "db error".
+fn pool_detail(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => {
+            format!("cannot connect: {}", postgres_detail(pg))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// tokio-postgres' Display says only "db error" for a server error; the server's own
@@ -118,6 +147,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (5, include_str!("../../../migrations/0005_each.sql")),
     (6, include_str!("../../../migrations/0006_identity.sql")),
+    (7, include_str!("../../../migrations/0007_reported.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

@@ -113,6 +113,7 @@ pub async fn job(
                     r.exit_code, r.signal,
                     coalesce(r.error, CASE WHEN a.state = 'lost' AND t.state = 'failed' THEN $3 END),
                     NOT t.each AND t.state IN ('assigned', 'running')
+                      AND a.state IS DISTINCT FROM 'reported'
                       AND (e.last_info_at IS NULL
                            OR e.last_info_at < clock_timestamp() - make_interval(secs => $2)),
                     t.each, t.quorum
