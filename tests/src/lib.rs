@@ -653,12 +653,143 @@ impl TestFleet {
     }
 }
 
+/// Two dispatcher processes, one leading under `epoch`.
+pub struct DispatcherPair {
+    pub leader: ServiceProcess,
+    pub standby: ServiceProcess,
+    pub epoch: i64,
+}
+
+/// A message the fleet dead-lettered, as a reader of `<prefix>.dead` sees it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// `x-fleet-reason`: `malformed`, `forged`, `unknown_attempt`, ...
+    pub reason: String,
+    /// `x-fleet-source`: the queue it was refused on.
+    pub source: String,
+    pub detail: String,
+    pub body: Vec<u8>,
+}
+
+impl TestFleet {
+    /// Takes `n` messages off the dead-letter queue (waiting at most `deadline` for
+    /// them); fewer if they do not come.
+    pub async fn dead_letters(&self, n: usize, deadline: Duration) -> Result<Vec<DeadLetter>> {
+        let names = fleet_shared::amqp::Names::new(&self.cfg.amqp.prefix);
+        let conn = fleet_shared::amqp::connect(&self.cfg.amqp, "fleet-test-dead-reader").await?;
+        let ch = conn.create_channel().await?;
+        let mut out = Vec::new();
+        let until = tokio::time::Instant::now() + deadline;
+        while out.len() < n && tokio::time::Instant::now() < until {
+            let got = ch
+                .basic_get(
+                    names.dead_queue().as_str().into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await?;
+            let Some(m) = got else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+            let header = |k: &str| match headers.inner().get(k) {
+                Some(lapin::types::AMQPValue::LongString(v)) => {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                }
+                other => format!("{other:?}"),
+            };
+            out.push(DeadLetter {
+                reason: header("x-fleet-reason"),
+                source: header("x-fleet-source"),
+                detail: header("x-fleet-detail"),
+                body: m.delivery.data.clone(),
+            });
+        }
+        fleet_shared::amqp::close(&conn, "done").await;
+        Ok(out)
+    }
+
+    /// Publishes `body` on `exchange` with `key` as the broker user of the fleet's
+    /// configuration would (another system, or an impostor), and waits for the confirm.
+    pub async fn publish_raw(&self, exchange: &str, key: &str, body: &[u8]) -> Result<()> {
+        let conn = fleet_shared::amqp::connect(&self.cfg.amqp, "fleet-test-publisher").await?;
+        let publisher = fleet_shared::amqp::Publisher::new(&conn, &self.cfg.amqp).await?;
+        let sent = publisher
+            .publish(fleet_shared::amqp::Outgoing::new(
+                exchange,
+                key,
+                body.to_vec(),
+            ))
+            .await;
+        fleet_shared::amqp::close(&conn, "done").await;
+        Ok(sent?)
+    }
+
+    /// A queue's arguments as the broker's management API shows them.
+    pub async fn queue_arguments(&self, queue: &str) -> Result<Value> {
+        let q = management(
+            &self.cfg,
+            reqwest::Method::GET,
+            &format!("queues/%2F/{queue}"),
+        )
+        .await?;
+        Ok(q["arguments"].clone())
+    }
+}
+
+/// The shared RabbitMQ node, for the fault tests that pause it or raise its alarms.
+/// Such a test lives alone in its test binary: cargo runs test binaries one at a time,
+/// so nothing else uses the broker meanwhile.
+pub mod shared_broker {
+    use anyhow::{bail, Context, Result};
+
+    pub fn rabbitmqctl(args: &[&str]) -> Result<()> {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "rabbitmqctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The process id of the broker node (its Erlang VM).
+    pub fn pid() -> Result<i32> {
+        let out = std::process::Command::new("pgrep")
+            .args(["-o", "-x", "beam.smp"])
+            .output()
+            .context("pgrep")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .with_context(|| format!("no beam.smp process found ({text:?})"))
+    }
+
+    /// Sends `sig` to the broker node.
+    pub fn signal(sig: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid()?), sig)?;
+        Ok(())
+    }
+}
+
 /// A service running as a real process, which a fault test can kill or stop.
 pub struct ServiceProcess {
     pub id: String,
     child: tokio::process::Child,
     /// Where its output (the log) goes.
     pub log: std::path::PathBuf,
+    /// Its HTTP address (`/healthz`, `/readyz`, `/metrics`; the API on a submitter).
+    pub addr: String,
+}
+
+/// A free local address to give a process (bound, then released).
+pub fn free_addr() -> Result<String> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(probe.local_addr()?.to_string())
 }
 
 impl ServiceProcess {
@@ -688,6 +819,40 @@ impl ServiceProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GETs `path` from the process's HTTP server: the status and the body.
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.addr))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    }
+
+    /// The value of an unlabelled metric the process exports; `None` while it cannot
+    /// be asked or has not exported it yet.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, metrics) = self.get("/metrics").await.ok()?;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Whether this dispatcher process says it leads (its `fleet_dispatcher_leader`
+    /// gauge); `None` while it cannot be asked.
+    pub async fn leads(&self) -> Option<bool> {
+        Some(self.metric("fleet_dispatcher_leader").await? == 1.0)
+    }
+
+    /// Waits (at most `deadline`) for the process to exit by itself; its exit status.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Result<std::process::ExitStatus> {
+        tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within {deadline:?}", self.id))?
+            .map_err(Into::into)
     }
 }
 
@@ -734,6 +899,10 @@ impl TestFleet {
         let d = &c.dispatcher;
         let log = std::env::temp_dir().join(format!("{}-{id}.log", self.name));
         let stderr = std::fs::File::create(&log)?;
+        let addr = match extra.iter().find(|(k, _)| *k == "FLEET_HTTP__ADDR") {
+            Some((_, a)) => a.clone(),
+            None => free_addr()?,
+        };
         let child = tokio::process::Command::new(binary)
             .env("FLEET_AMQP__URL", &c.amqp.url)
             .env("FLEET_AMQP__PREFIX", &c.amqp.prefix)
@@ -760,7 +929,7 @@ impl TestFleet {
                 "FLEET_EXECUTOR__INFO_INTERVAL_MS",
                 c.executor.info_interval_ms.to_string(),
             )
-            .env("FLEET_HTTP__ADDR", "127.0.0.1:0")
+            .env("FLEET_HTTP__ADDR", &addr)
             .env(
                 "FLEET_AUTH__ADMIN_TOKEN",
                 c.auth.admin_token.clone().unwrap_or_default(),
@@ -776,6 +945,30 @@ impl TestFleet {
             id: id.to_owned(),
             child,
             log,
+            addr,
+        })
+    }
+
+    /// Starts two dispatcher processes (`binary`) and waits until one leads.
+    pub async fn spawn_dispatcher_pair(&self, binary: &str) -> Result<DispatcherPair> {
+        let a = self.spawn_process(binary, "dispatcher-a", &[])?;
+        let b = self.spawn_process(binary, "dispatcher-b", &[])?;
+        let (holder, epoch) = wait_for("a dispatcher to lead", Duration::from_secs(30), || {
+            self.leader()
+        })
+        .await?;
+        let (leader, standby) = if holder.contains(&format!("-{}-", a.pid())) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        if !holder.contains(&format!("-{}-", leader.pid())) {
+            bail!("leader {holder} is neither process");
+        }
+        Ok(DispatcherPair {
+            leader,
+            standby,
+            epoch,
         })
     }
 

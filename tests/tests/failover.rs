@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fleet_shared::id::JobId;
-use fleet_tests::{job_of, wait_for, ExecutorSpec, InProcess, ServiceProcess, TestFleet};
+use fleet_tests::{
+    job_of, wait_for, DispatcherPair, ExecutorSpec, InProcess, ServiceProcess, TestFleet,
+};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -36,23 +38,16 @@ async fn two_dispatchers(hint: &str) -> Result<Pair> {
         },
     )
     .await?;
-    let a = fleet.spawn_process(DISPATCHER_BIN, "dispatcher-a", &[])?;
-    let b = fleet.spawn_process(DISPATCHER_BIN, "dispatcher-b", &[])?;
+    let DispatcherPair {
+        leader,
+        standby,
+        epoch,
+    } = fleet.spawn_dispatcher_pair(DISPATCHER_BIN).await?;
     for id in ["x-1", "x-2"] {
         fleet
             .add_executor(ExecutorSpec::new(id, &["cpu"], 4))
             .await?;
     }
-    let (holder, epoch) = wait_for("a dispatcher to lead", Duration::from_secs(30), || {
-        fleet.leader()
-    })
-    .await?;
-    let a_leads = holder.contains(&format!("-{}-", a.pid()));
-    let (leader, standby) = if a_leads { (a, b) } else { (b, a) };
-    assert!(
-        holder.contains(&format!("-{}-", leader.pid())),
-        "leader {holder} is neither process"
-    );
     fleet.wait_executors(&["x-1", "x-2"]).await?;
     Ok(Pair {
         fleet,
@@ -150,7 +145,7 @@ async fn a_frozen_leader_is_replaced_and_assigns_nothing_after_it_wakes() -> Res
     wait_for(
         "the woken leader to step down",
         Duration::from_secs(30),
-        || async { Ok(leader.log_text().contains("leadership lost").then_some(())) },
+        || async { Ok((leader.leads().await == Some(false)).then_some(())) },
     )
     .await?;
     jobs.extend(submit_many(&fleet, 20).await?);
@@ -174,5 +169,48 @@ async fn a_frozen_leader_is_replaced_and_assigns_nothing_after_it_wakes() -> Res
     );
     leader.kill().await?;
     standby.kill().await?;
+    fleet.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_task_runs_once_when_every_dispatcher_is_down_for_twice_the_lease() -> Result<()> {
+    let Pair {
+        fleet,
+        leader,
+        standby,
+        ..
+    } = two_dispatchers("alldown").await?;
+    let log = std::env::temp_dir().join(format!("{}-runs.log", fleet.name));
+    let job = fleet
+        .submit(&json!({"tasks": [{"group": "cpu", "argv": ["sh", "-c",
+            format!("echo $FLEET_EXECUTOR_ID $FLEET_ATTEMPT >> {}; sleep 12", log.display())]}]}))
+        .await?;
+    wait_for("the task to run", Duration::from_secs(30), || async {
+        Ok((fleet.job(job).await?.tasks[0].state == "running").then_some(()))
+    })
+    .await?;
+    // No dispatcher for twice the lease (3 s): nobody extends the lease meanwhile,
+    // though the executor keeps reporting the task.
+    leader.kill().await?;
+    standby.kill().await?;
+    let lease = Duration::from_secs(fleet.cfg.dispatcher.lease_timeout_secs);
+    tokio::time::sleep(lease * 2 + Duration::from_secs(1)).await;
+    let back = fleet.spawn_process(DISPATCHER_BIN, "dispatcher-c", &[])?;
+
+    let done = fleet.wait_job(job, Duration::from_secs(60)).await?;
+    assert_eq!(done.state, "succeeded");
+    let runs = std::fs::read_to_string(&log)?;
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "the task ran more than once: {runs}"
+    );
+    assert_eq!(
+        fleet.attempts_of(done.tasks[0].task_id).await?.len(),
+        1,
+        "its one attempt was never declared lost"
+    );
+    let _ = std::fs::remove_file(&log);
+    back.kill().await?;
     fleet.shutdown().await
 }

@@ -220,6 +220,8 @@ async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_ident
         in_flight: Vec::new(),
         draining: false,
         sent_at: chrono::Utc::now() + chrono::Duration::seconds(2),
+        returned: Vec::new(),
+        finished: Vec::new(),
     };
     let conn = connect_as(&fleet, &user, &password).await?;
     try_publish(

@@ -56,36 +56,26 @@ async fn a_result_refused_every_time_is_dead_lettered_and_its_batch_is_recorded(
     assert_eq!(fleet.count("SELECT count(*) FROM results").await?, 19);
 
     // Each attempt's result was dead-lettered once, with the reason.
-    let names = fleet_shared::amqp::Names::new(&fleet.name);
-    let conn = fleet_shared::amqp::connect(&fleet.cfg.amqp, "dead-reader").await?;
-    let ch = conn.create_channel().await?;
-    let mut reasons = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while reasons.len() < 2 && tokio::time::Instant::now() < deadline {
-        let got = ch
-            .basic_get(
-                names.dead_queue().as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await?;
-        let Some(m) = got else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
-        let header = |k: &str| match headers.inner().get(k) {
-            Some(lapin::types::AMQPValue::LongString(v)) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
-            other => format!("{other:?}"),
-        };
-        reasons.push((header("x-fleet-reason"), header("x-fleet-source")));
+    let dead = fleet.dead_letters(2, Duration::from_secs(10)).await?;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in &dead {
+        assert!(d.reason.contains("rejected_by_database"), "{d:?}");
+        assert!(d.source.contains("collector.results"), "{d:?}");
     }
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    for (reason, source) in &reasons {
-        assert!(reason.contains("rejected_by_database"), "{reason}");
-        assert!(source.contains("collector.results"), "{source}");
-    }
-    let _ = conn.close(200, "".into()).await;
+    // The dead-letter queue is bounded, in number and in age.
+    let args = fleet
+        .queue_arguments(&fleet_shared::amqp::Names::new(&fleet.name).dead_queue())
+        .await?;
+    assert_eq!(
+        args["x-max-length"],
+        fleet_shared::amqp::DEAD_LETTER_MAX,
+        "{args}"
+    );
+    assert_eq!(args["x-overflow"], "drop-head", "{args}");
+    assert_eq!(
+        args["x-message-ttl"],
+        fleet_shared::amqp::DEAD_LETTER_TTL_MS,
+        "{args}"
+    );
     fleet.shutdown().await
 }

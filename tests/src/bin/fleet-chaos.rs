@@ -9,13 +9,13 @@ use fleet_tests::chaos::{self, ChaosOptions};
 
 #[derive(Parser)]
 #[command(
-    about = "Jobs through a fleet whose processes are SIGKILLed at random; checks that nothing is lost or recorded twice."
+    about = "Jobs through a fleet whose processes are SIGKILLed, SIGTERMed or SIGSTOPped past the lease at random; checks that nothing is lost or recorded twice, and that nothing ran twice unless a process that ran it went silent."
 )]
 struct Args {
     /// Jobs to submit.
     #[arg(long, default_value_t = 5000)]
     jobs: usize,
-    /// Milliseconds between kills.
+    /// Milliseconds between faults (SIGKILL, SIGTERM, or SIGSTOP past the lease).
     #[arg(long, default_value_t = 3000)]
     kill_every_ms: u64,
     #[arg(long, default_value_t = 3)]
@@ -28,6 +28,9 @@ struct Args {
     /// Seconds each task runs (`sleep`).
     #[arg(long, default_value_t = 0.05)]
     task_secs: f64,
+    /// Faults to make at least, even if every job is done before.
+    #[arg(long, default_value_t = 3)]
+    min_faults: usize,
     /// Seed of the choice of victims (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -51,7 +54,7 @@ async fn main() -> Result<()> {
             .map_or(1, |d| d.as_nanos() as u64)
     });
     println!(
-        "chaos: {} jobs, a random process killed every {}ms, seed {seed}",
+        "chaos: {} jobs, a random process killed, stopped or frozen every {}ms, seed {seed}",
         args.jobs, args.kill_every_ms
     );
     let report = chaos::run(ChaosOptions {
@@ -61,6 +64,7 @@ async fn main() -> Result<()> {
         capacity: args.capacity,
         clients: args.clients,
         task_secs: args.task_secs,
+        min_faults: args.min_faults,
         seed,
         binaries: [
             sibling("fleet-test-submitter"),
@@ -72,6 +76,10 @@ async fn main() -> Result<()> {
     .await?;
     println!("{report}");
     ensure!(report.duplicates == 0, "duplicates found");
+    ensure!(
+        report.unexplained_reruns == 0,
+        "a task ran again though no process that ran it went silent"
+    );
     ensure!(
         report.completed == report.submitted,
         "not every job completed"
