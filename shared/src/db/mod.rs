@@ -260,7 +260,13 @@ pub async fn listen_for_wakes(
             driver.abort();
             Ok::<(), DbError>(())
         };
-        if let Err(e) = session.await {
+        // Connecting and LISTEN wait on a database that may never answer: shutdown
+        // must not wait with them.
+        let ended = tokio::select! {
+            _ = token.cancelled() => break,
+            ended = session => ended,
+        };
+        if let Err(e) = ended {
             tracing::warn!(error = %e, "cannot listen for wake-ups; retrying");
         }
         if !backoff.wait(&token).await {
