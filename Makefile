@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 # Extra arguments for fleet-chaos (e.g. --kill-every-ms 1000 --seed 42).
 CHAOS_ARGS ?=
 
-.PHONY: help demo test lint fmt bench chaos services status stop-services compose-check ci
+.PHONY: help demo test lint fmt bench bench-latency bench-balance chaos services status stop-services compose-check ci
 
 help: ## List the targets
 	@echo "Fleet make targets:"
@@ -32,9 +32,20 @@ lint: ## cargo fmt --check and cargo clippy -D warnings
 fmt: ## Format the code (cargo fmt --all)
 	$(CARGO) fmt --all
 
-bench: ## Start services, run fleet-bench in release with N jobs (make bench N=20000 BENCH_ARGS=...)
+bench: ## Throughput and CPU/commits/messages per job, N jobs, against a spawn baseline (BENCH_ARGS=...)
 	infra/services.sh up
-	$(CARGO) run --release -p fleet-tests --bin fleet-bench -- --jobs $(N) $(BENCH_ARGS)
+	$(CARGO) build --release -p fleet-tests --bins
+	$(CARGO) run -q --release -p fleet-tests --bin fleet-bench -- throughput --jobs $(N) $(BENCH_ARGS)
+
+bench-latency: ## One job in flight, 500 jobs: submit -> start and submit -> recorded, p50 and p99
+	infra/services.sh up
+	$(CARGO) build --release -p fleet-tests --bins
+	$(CARGO) run -q --release -p fleet-tests --bin fleet-bench -- latency $(BENCH_ARGS)
+
+bench-balance: ## 150 sleep jobs of mixed lengths at once on 3 x 2 slots: makespan against the ideal
+	infra/services.sh up
+	$(CARGO) build --release -p fleet-tests --bins
+	$(CARGO) run -q --release -p fleet-tests --bin fleet-bench -- balance $(BENCH_ARGS)
 
 chaos: ## Soak: N jobs while random service processes are SIGKILLed, SIGTERMed or SIGSTOPped (CHAOS_ARGS=...)
 	infra/services.sh up

@@ -2,6 +2,7 @@
 //! RabbitMQ and PostgreSQL, isolated by its own prefix (exchanges, queues) and schema, so
 //! tests run in parallel. Waiting is always on a condition with a deadline.
 
+pub mod bench;
 pub mod chaos;
 
 use std::collections::BTreeMap;

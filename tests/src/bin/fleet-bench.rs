@@ -1,191 +1,494 @@
-//! `make bench`: N no-op jobs (`/bin/true`) through the whole fleet, against the real
-//! broker and database, compared with a baseline measured in the same run on the same
-//! machine: how many `/bin/true` one process spawns and reaps per second.
+//! `make bench`, `make bench-latency`, `make bench-balance`: jobs through a fleet of real
+//! service processes (default configuration) against the real broker and database, with
+//! what each job costs read from outside the processes, compared with a spawn baseline
+//! measured in the same run.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use clap::Parser;
-use fleet_tests::{ExecutorSpec, TestFleet};
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use fleet_shared::id::JobId;
+use fleet_tests::bench::{self, CpuSample, PgCounters, ProcessFleet};
+use fleet_tests::TestFleet;
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(
-    about = "Throughput and latency of no-op jobs through the whole fleet, against a spawn baseline."
+    about = "Jobs through a fleet of real service processes with the default configuration: throughput and cost, latency, balance."
 )]
 struct Args {
+    #[command(subcommand)]
+    what: Option<What>,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Throughput and the cost of a job (the default).
+    Throughput(Throughput),
+    /// One job in flight at a time: submit -> start and submit -> recorded.
+    Latency(Latency),
+    /// Jobs of mixed lengths submitted at once: makespan against the ideal.
+    Balance(Balance),
+}
+
+#[derive(Parser, Clone)]
+struct Throughput {
     /// Jobs to submit (one `/bin/true` task each).
     #[arg(long, default_value_t = 5000)]
     jobs: usize,
-    /// Executors to run.
+    /// Finished jobs stored before the run (history the hot statements must not scan).
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
     #[arg(long, default_value_t = 2)]
     executors: u32,
-    /// Slots per executor.
     #[arg(long, default_value_t = 4)]
     capacity: u32,
-    /// Concurrent HTTP submissions.
+    /// HTTP requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// How long to measure the spawn baseline.
+    /// Jobs per request (1: POST /v1/jobs; more: POST /v1/jobs/batch).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Seconds to measure the spawn baseline, before the fleet and again after it.
+    #[arg(long, default_value_t = 3.0)]
+    baseline_secs: f64,
+}
+
+#[derive(Parser, Clone)]
+struct Latency {
+    #[arg(long, default_value_t = 500)]
+    jobs: usize,
+    #[arg(long, default_value_t = 2)]
+    executors: u32,
+    #[arg(long, default_value_t = 4)]
+    capacity: u32,
+}
+
+#[derive(Parser, Clone)]
+struct Balance {
+    #[arg(long, default_value_t = 150)]
+    jobs: usize,
     #[arg(long, default_value_t = 3)]
-    baseline_secs: u64,
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .map(str::to_owned)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(str::to_owned)
-        })
-        .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!(
-        "{cores} cores ({cpu}), {:.1} GiB memory",
-        mem_kib as f64 / 1024.0 / 1024.0
-    )
-}
-
-/// Sequential spawn-and-reap of /bin/true for `secs`: the most a single process could
-/// run no-op commands, with no queueing, no broker and no database.
-fn baseline(secs: u64) -> Result<f64> {
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < Duration::from_secs(secs) {
-        let status = std::process::Command::new("/bin/true").status()?;
-        if !status.success() {
-            bail!("/bin/true failed: {status}");
-        }
-        n += 1;
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    executors: u32,
+    #[arg(long, default_value_t = 2)]
+    capacity: u32,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    println!("machine: {}", machine());
-    println!(
-        "baseline: spawning /bin/true for {}s ...",
-        args.baseline_secs
-    );
-    let spawns_per_sec =
-        tokio::task::spawn_blocking(move || baseline(args.baseline_secs)).await??;
-    println!("baseline: {spawns_per_sec:.0} spawn+reap/s in one process");
-
-    let mut fleet = TestFleet::start_with("bench", |c| {
-        c.database.pool_size = 8;
-    })
-    .await?;
-    let mut ids = Vec::new();
-    for i in 0..args.executors {
-        let id = format!("bench-{i}");
-        fleet
-            .add_executor(ExecutorSpec::new(&id, &["default"], args.capacity))
-            .await?;
-        ids.push(id);
+    println!("machine: {}", bench::machine());
+    match args.what.unwrap_or(What::Throughput(Throughput::parse_from(["throughput"]))) {
+        What::Throughput(t) => throughput(t).await,
+        What::Latency(l) => latency(l).await,
+        What::Balance(b) => balance(b).await,
     }
-    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    fleet.wait_executors(&id_refs).await?;
-    println!(
-        "fleet: {} jobs, {} executors x {} slots, {} concurrent submitters",
-        args.jobs, args.executors, args.capacity, args.concurrency
-    );
+}
 
-    let job = json!({"tasks": [{"argv": ["/bin/true"]}]});
-    let started = Instant::now();
-    let submitted = futures_util::stream::iter(0..args.jobs)
-        .map(|_| fleet.submit(&job))
-        .buffer_unordered(args.concurrency)
+fn job(argv: &[&str]) -> Value {
+    json!({"tasks": [{"argv": argv}]})
+}
+
+/// Submits `jobs` (bodies) with `concurrency` requests in flight, `batch` per request;
+/// returns each job's id and the wall time its request started.
+async fn submit_all(
+    fleet: &TestFleet,
+    jobs: Vec<Value>,
+    concurrency: usize,
+    batch: usize,
+) -> Result<Vec<(JobId, DateTime<Utc>)>> {
+    let chunks: Vec<Vec<Value>> = jobs.chunks(batch.max(1)).map(<[Value]>::to_vec).collect();
+    let answers = futures_util::stream::iter(chunks)
+        .map(|chunk| async move {
+            let started = Utc::now();
+            let ids: Vec<JobId> = if batch <= 1 {
+                vec![fleet.submit(&chunk[0]).await?]
+            } else {
+                let items: Vec<Value> = chunk.iter().map(|j| json!({"job": j})).collect();
+                let (status, body) = fleet
+                    .call(
+                        reqwest::Method::POST,
+                        "/v1/jobs/batch",
+                        Some(json!({"jobs": items})),
+                    )
+                    .await?;
+                if status != 200 {
+                    bail!("batch submit answered {status}: {body}");
+                }
+                body["jobs"]
+                    .as_array()
+                    .context("no jobs in the answer")?
+                    .iter()
+                    .map(|j| Ok(serde_json::from_value(j["job_id"].clone())?))
+                    .collect::<Result<_>>()?
+            };
+            anyhow::Ok(ids.into_iter().map(|id| (id, started)).collect::<Vec<_>>())
+        })
+        .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await;
-    let failed_submits = submitted.iter().filter(|r| r.is_err()).count();
-    if failed_submits > 0 {
-        bail!(
-            "{failed_submits} submissions failed; first: {:?}",
-            submitted.iter().find(|r| r.is_err())
-        );
+    let mut out = Vec::with_capacity(jobs.len());
+    for a in answers {
+        out.extend(a?);
     }
-    eprintln!(
-        "submitted {} jobs in {:.1}s",
-        args.jobs,
-        started.elapsed().as_secs_f64()
-    );
+    Ok(out)
+}
 
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let total = args.jobs as i64;
+/// Waits until every job is finished, reading the jobs not yet seen finished (oldest
+/// first, a few hundred at a time) every 20 ms; returns when it saw the last one.
+async fn wait_all(
+    client: &tokio_postgres::Client,
+    ids: &[JobId],
+    deadline: Duration,
+) -> Result<Instant> {
+    let stmt = client
+        .prepare(
+            "SELECT id FROM jobs WHERE id = ANY($1)
+             AND state IN ('succeeded', 'failed', 'cancelled')",
+        )
+        .await?;
+    let mut pending: Vec<uuid::Uuid> = ids.iter().map(|j| j.uuid()).collect();
+    let until = Instant::now() + deadline;
     let mut last_print = Instant::now();
-    loop {
-        let done = fleet
-            .count("SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled')")
-            .await?;
-        if last_print.elapsed() >= Duration::from_secs(1) || done == total {
-            eprintln!(
-                "recorded {done}/{total} jobs ({:.0}s)",
-                started.elapsed().as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-        if done == total {
+    while !pending.is_empty() {
+        let head: Vec<uuid::Uuid> = pending.iter().take(500).copied().collect();
+        let done: std::collections::HashSet<uuid::Uuid> = client
+            .query(&stmt, &[&head])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        pending.retain(|id| !done.contains(id));
+        if pending.is_empty() {
             break;
         }
-        if Instant::now() > deadline {
-            bail!("only {done} of {total} jobs finished within 600s");
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!("  {} of {} recorded", ids.len() - pending.len(), ids.len());
+            last_print = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if Instant::now() > until {
+            bail!("{} of {} jobs not finished in {deadline:?}", pending.len(), ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let failed = fleet
-        .count("SELECT count(*) FROM jobs WHERE state <> 'succeeded'")
+    Ok(Instant::now())
+}
+
+/// Stores `n` finished one-task jobs (with their attempts and results) directly.
+async fn preload(client: &tokio_postgres::Client, n: usize) -> Result<()> {
+    let n = i64::try_from(n)?;
+    client
+        .execute(
+            "WITH j AS (
+                 INSERT INTO jobs (id, state, task_count, finished_at)
+                 SELECT gen_random_uuid(), 'succeeded', 1, clock_timestamp()
+                 FROM generate_series(1, $1) RETURNING id),
+             t AS (
+                 INSERT INTO tasks (id, job_id, idx, name, argv, timeout_secs, target_group,
+                                    max_attempts, state, attempts, final_attempt)
+                 SELECT gen_random_uuid(), j.id, 0, 'task-0', '[\"/bin/true\"]', 3600,
+                        'default', 3, 'succeeded', 1, 1
+                 FROM j RETURNING id, job_id),
+             a AS (
+                 INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline,
+                                       started_at, finished_at)
+                 SELECT t.id, 1, 'preloaded', 'succeeded', clock_timestamp(),
+                        clock_timestamp(), clock_timestamp()
+                 FROM t)
+             INSERT INTO results (task_id, attempt, job_id, executor_id, outcome, exit_code,
+                                  stdout, stderr, stdout_truncated, stderr_truncated,
+                                  started_at, finished_at)
+             SELECT t.id, 1, t.job_id, 'preloaded', 'succeeded', 0, '', '', false, false,
+                    clock_timestamp(), clock_timestamp()
+             FROM t",
+            &[&n],
+        )
         .await?;
+    client.batch_execute("ANALYZE").await?;
+    Ok(())
+}
+
+/// PostgreSQL flushes other backends' statistics once they have been idle for 10 s.
+const STATS_FLUSH: Duration = Duration::from_secs(11);
+
+async fn throughput(a: Throughput) -> Result<()> {
+    println!("baseline: spawning /bin/true for {:.0}s ...", a.baseline_secs);
+    let secs = a.baseline_secs;
+    let before = tokio::task::spawn_blocking(move || bench::spawn_baseline(secs)).await??;
+    let pf = ProcessFleet::start("bench", a.executors, a.capacity).await?;
+    let (client, backend) = bench::connect(&pf.fleet).await?;
+    if a.preload > 0 {
+        eprintln!("storing {} finished jobs first ...", a.preload);
+        preload(&client, a.preload).await?;
+    }
+    // Warm up (connections, caches, plans), then let statistics settle.
+    let warm = submit_all(&pf.fleet, vec![job(&["/bin/true"]); 64], 8, 1).await?;
+    let warm: Vec<JobId> = warm.into_iter().map(|(id, _)| id).collect();
+    wait_all(&client, &warm, Duration::from_secs(120)).await?;
+    tokio::time::sleep(STATS_FLUSH).await;
+    let pg0 = PgCounters::take(&client, &pf.fleet.cfg.database.schema).await?;
+    let pub0 = bench::published(&pf.fleet).await?;
+    let cpu0 = CpuSample::take(&pf.services, Some(backend));
+
+    println!(
+        "fleet: {} jobs, {} executors x {} slots, {} requests in flight, {} job(s) per request{}",
+        a.jobs,
+        a.executors,
+        a.capacity,
+        a.concurrency,
+        a.batch,
+        if a.preload > 0 {
+            format!(", {} finished jobs stored before", a.preload)
+        } else {
+            String::new()
+        }
+    );
+    let started = Instant::now();
+    let jobs = vec![job(&["/bin/true"]); a.jobs];
+    let submitted = submit_all(&pf.fleet, jobs, a.concurrency, a.batch).await?;
+    eprintln!(
+        "  submitted {} jobs in {:.2}s",
+        a.jobs,
+        started.elapsed().as_secs_f64()
+    );
+    let ids: Vec<JobId> = submitted.iter().map(|(id, _)| *id).collect();
+    let ended = wait_all(&client, &ids, Duration::from_secs(900)).await?;
+    let span = ended.duration_since(started).as_secs_f64();
+    let cpu1 = CpuSample::take(&pf.services, Some(backend));
+    let write_xacts_end: i64 = client
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await?
+        .get(0);
+
+    let failed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE id = ANY($1) AND state <> 'succeeded'",
+            &[&ids.iter().map(|j| j.uuid()).collect::<Vec<_>>()],
+        )
+        .await?
+        .get(0);
     if failed > 0 {
         bail!("{failed} jobs did not succeed");
     }
-
-    let client = fleet.pool.get().await?;
-    let row = client
-        .query_one(
-            "SELECT extract(epoch FROM max(r.recorded_at) - min(j.created_at))::float8,
-                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.started_at - j.created_at)),
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM r.started_at - j.created_at)),
-                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.recorded_at - j.created_at)),
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM r.recorded_at - j.created_at))
-             FROM jobs j JOIN results r ON r.job_id = j.id",
-            &[],
+    // Submit -> start: from the client's request start to the executor's spawn.
+    let submit_at: HashMap<uuid::Uuid, DateTime<Utc>> =
+        submitted.iter().map(|(id, t)| (id.uuid(), *t)).collect();
+    let rows = client
+        .query(
+            "SELECT job_id, started_at FROM results WHERE job_id = ANY($1)",
+            &[&ids.iter().map(|j| j.uuid()).collect::<Vec<_>>()],
         )
         .await?;
-    drop(client);
-    let span: f64 = row.get(0);
-    let ms = |i: usize| row.get::<_, f64>(i) * 1000.0;
-    let jobs_per_sec = args.jobs as f64 / span;
+    let mut to_start: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| {
+            let started: Option<DateTime<Utc>> = r.get(1);
+            let at = submit_at.get(&r.get::<_, uuid::Uuid>(0))?;
+            Some((started? - *at).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    to_start.sort_by(f64::total_cmp);
+
+    tokio::time::sleep(STATS_FLUSH).await;
+    let pg1 = PgCounters::take(&client, &pf.fleet.cfg.database.schema).await?;
+    let pub1 = bench::published(&pf.fleet).await?;
+    let secs = a.baseline_secs;
+    let after = tokio::task::spawn_blocking(move || bench::spawn_baseline(secs)).await??;
+    let baseline = (before + after) / 2.0;
+
+    let n = a.jobs as f64;
+    let jobs_per_sec = n / span;
+    let cpu = cpu1.since(&cpu0);
     println!();
-    println!("machine:                 {}", machine());
-    println!("fleet throughput:        {jobs_per_sec:.0} jobs/s ({} jobs, first submit to last recorded result: {span:.2}s)", args.jobs);
+    println!("machine:                  {}", bench::machine());
     println!(
-        "submit-to-start:         p50 {:.1} ms, p99 {:.1} ms",
-        ms(1),
-        ms(2)
+        "fleet throughput:         {jobs_per_sec:.0} jobs/s ({} jobs, first request to last result recorded: {span:.2}s)",
+        a.jobs
     );
     println!(
-        "submit-to-recorded:      p50 {:.1} ms, p99 {:.1} ms",
-        ms(3),
-        ms(4)
+        "baseline (same run):      {baseline:.0} /bin/true spawn+reap/s in one process (before {before:.0}, after {after:.0})"
     );
-    println!("baseline (same run):     {spawns_per_sec:.0} /bin/true spawn+reap/s, one process");
+    println!("ratio fleet/baseline:     {:.2}", jobs_per_sec / baseline);
     println!(
-        "ratio fleet/baseline:    {:.2}",
-        jobs_per_sec / spawns_per_sec
+        "submit -> start:          p50 {:.1} ms, p99 {:.1} ms (client request start to the executor's spawn)",
+        bench::percentile(&to_start, 0.5),
+        bench::percentile(&to_start, 0.99)
     );
-    fleet.shutdown().await
+    println!("CPU per job (microseconds, from /proc):");
+    let mut fleet_total = 0.0;
+    let mut infra_total = 0.0;
+    for (name, s) in &cpu {
+        let us = s / n * 1e6;
+        println!("  {name:<28} {us:>8.0}");
+        if name.starts_with("fleet ") {
+            fleet_total += us;
+        } else if name == "postgresql" || name == "rabbitmq" {
+            infra_total += us;
+        }
+    }
+    println!(
+        "  {:<28} {:>8.0}  (Fleet {fleet_total:.0} + PostgreSQL and RabbitMQ {infra_total:.0}; the commands themselves not counted)",
+        "total",
+        fleet_total + infra_total
+    );
+    let bench_xacts = 2.0; // this tool's own reads of pg_current_xact_id
+    println!(
+        "PostgreSQL per job:       {:.2} commits of writing transactions, {:.2} transactions in all (reads included), {:.2} rows inserted, {:.2} updated, {:.2} deleted",
+        ((write_xacts_end - pg0.write_xacts) as f64 - bench_xacts) / n,
+        (pg1.commits - pg0.commits) as f64 / n,
+        (pg1.inserts - pg0.inserts) as f64 / n,
+        (pg1.updates - pg0.updates) as f64 / n,
+        (pg1.deletes - pg0.deletes) as f64 / n,
+    );
+    println!(
+        "RabbitMQ per job:         {:.2} messages published into the fleet's queues",
+        (pub1 - pub0) as f64 / n
+    );
+    drop(client);
+    pf.stop().await
+}
+
+async fn latency(a: Latency) -> Result<()> {
+    let pf = ProcessFleet::start("latency", a.executors, a.capacity).await?;
+    let (client, _) = bench::connect(&pf.fleet).await?;
+    // The collector's NOTIFY arrives after the commit that made the result durable.
+    let channel = fleet_shared::db::wake_channel(&pf.fleet.cfg.database.schema);
+    let (notify_tx, mut notified) = tokio::sync::mpsc::unbounded_channel();
+    let mut pg: tokio_postgres::Config = pf.fleet.cfg.database.url.parse()?;
+    pg.options(format!("-c search_path={}", pf.fleet.cfg.database.schema));
+    let (listener, mut conn) = pg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                let _ = notify_tx.send(Instant::now());
+            }
+        }
+    });
+    listener
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .await?;
+    let find = client
+        .prepare("SELECT started_at FROM results WHERE job_id = $1")
+        .await?;
+    println!(
+        "latency: {} jobs, one in flight, {} executors x {} slots",
+        a.jobs, a.executors, a.capacity
+    );
+    let body = job(&["/bin/true"]);
+    let mut to_start = Vec::with_capacity(a.jobs);
+    let mut to_recorded = Vec::with_capacity(a.jobs);
+    for i in 0..a.jobs + 20 {
+        while notified.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        let wall0 = Utc::now();
+        let id = pf.fleet.submit(&body).await?;
+        let (started, recorded) = loop {
+            let at = tokio::time::timeout(Duration::from_secs(30), notified.recv())
+                .await
+                .context("no notification within 30 s")?
+                .context("listener ended")?;
+            if let Some(r) = client.query_opt(&find, &[&id.uuid()]).await? {
+                let started: Option<DateTime<Utc>> = r.get(0);
+                break (started.context("no start time")?, at);
+            }
+        };
+        // The first twenty warm the fleet up.
+        if i >= 20 {
+            to_start.push((started - wall0).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            to_recorded.push(recorded.duration_since(t0).as_secs_f64() * 1000.0);
+        }
+    }
+    to_start.sort_by(f64::total_cmp);
+    to_recorded.sort_by(f64::total_cmp);
+    println!();
+    println!("machine:               {}", bench::machine());
+    println!(
+        "submit -> start:       p50 {:.2} ms, p99 {:.2} ms (client request start to the executor's spawn)",
+        bench::percentile(&to_start, 0.5),
+        bench::percentile(&to_start, 0.99)
+    );
+    println!(
+        "submit -> recorded:    p50 {:.2} ms, p99 {:.2} ms (client request start to the notification sent by the commit of the result)",
+        bench::percentile(&to_recorded, 0.5),
+        bench::percentile(&to_recorded, 0.99)
+    );
+    drop(client);
+    pf.stop().await
+}
+
+/// The seeded job lengths: 70 % 0.05 s, 25 % 0.3 s, 5 % 3 s.
+fn lengths(n: usize, seed: u64) -> Vec<f64> {
+    let mut x = seed.max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 100 {
+                0..70 => 0.05,
+                70..95 => 0.3,
+                _ => 3.0,
+            }
+        })
+        .collect()
+}
+
+/// The makespan if each job, in submit order, went to the first free slot at once and
+/// ran with no overhead at all.
+fn in_order_ideal(lengths: &[f64], slots: usize) -> f64 {
+    let mut free = vec![0.0f64; slots.max(1)];
+    for l in lengths {
+        let (i, _) = free
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap_or((0, &0.0));
+        free[i] += l;
+    }
+    free.into_iter().fold(0.0, f64::max)
+}
+
+async fn balance(a: Balance) -> Result<()> {
+    let pf = ProcessFleet::start("balance", a.executors, a.capacity).await?;
+    let (client, _) = bench::connect(&pf.fleet).await?;
+    let slots = (a.executors * a.capacity) as usize;
+    let lengths = lengths(a.jobs, a.seed);
+    let jobs: Vec<Value> = lengths
+        .iter()
+        .map(|l| job(&["sleep", &l.to_string()]))
+        .collect();
+    println!(
+        "balance: {} sleep jobs (seed {}: {} x 0.05 s, {} x 0.3 s, {} x 3 s), {} executors x {} slots, submitted at once",
+        a.jobs,
+        a.seed,
+        lengths.iter().filter(|l| **l == 0.05).count(),
+        lengths.iter().filter(|l| **l == 0.3).count(),
+        lengths.iter().filter(|l| **l == 3.0).count(),
+        a.executors,
+        a.capacity
+    );
+    let started = Instant::now();
+    // All at once, in order: one request per job, every request in flight together.
+    let submitted = submit_all(&pf.fleet, jobs, a.jobs, 1).await?;
+    let ids: Vec<JobId> = submitted.iter().map(|(id, _)| *id).collect();
+    let ended = wait_all(&client, &ids, Duration::from_secs(300)).await?;
+    let makespan = ended.duration_since(started).as_secs_f64();
+    let sum: f64 = lengths.iter().sum();
+    let max = lengths.iter().copied().fold(0.0, f64::max);
+    let bound = (sum / slots as f64).max(max);
+    let ideal = in_order_ideal(&lengths, slots);
+    println!();
+    println!("machine:               {}", bench::machine());
+    println!("makespan:              {makespan:.3} s (first request to last result recorded)");
+    println!("lower bound:           {bound:.3} s (max(sum / slots, longest))");
+    println!("in-order ideal:        {ideal:.3} s (each job in submit order to the first free slot, no overhead)");
+    println!("makespan / ideal:      {:.3}", makespan / ideal);
+    drop(client);
+    pf.stop().await
 }
