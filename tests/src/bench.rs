@@ -243,31 +243,21 @@ impl PgCounters {
     }
 }
 
-/// Messages published into the fleet's queues so far, as RabbitMQ's management API
-/// counts them (its statistics lag by up to 5 s).
-pub async fn published(fleet: &TestFleet) -> Result<i64> {
+/// Messages published on the broker's virtual host so far, and those confirmed, as
+/// RabbitMQ's management API counts them (its statistics lag by up to 5 s). Run alone,
+/// these are the fleet's.
+pub async fn published(fleet: &TestFleet) -> Result<(i64, i64)> {
     let url = reqwest::Url::parse(&fleet.cfg.amqp.url)?;
-    let queues: serde_json::Value = reqwest::Client::new()
-        .get(format!(
-            "{}/api/queues/%2F?columns=name,message_stats.publish",
-            fleet.cfg.amqp.management_url
-        ))
+    let vhost: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/vhosts/%2F", fleet.cfg.amqp.management_url))
         .basic_auth(url.username(), url.password())
         .timeout(Duration::from_secs(10))
         .send()
         .await?
         .json()
         .await?;
-    let mine = format!("{}.", fleet.cfg.amqp.prefix);
-    Ok(queues
-        .as_array()
-        .map(|qs| {
-            qs.iter()
-                .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with(&mine)))
-                .filter_map(|q| q["message_stats"]["publish"].as_i64())
-                .sum()
-        })
-        .unwrap_or(0))
+    let stat = |k: &str| vhost["message_stats"][k].as_i64().unwrap_or(0);
+    Ok((stat("publish"), stat("confirm")))
 }
 
 /// A dedicated connection to the fleet's database, and its backend's pid (whose CPU is

@@ -39,7 +39,7 @@ where
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
@@ -935,7 +935,7 @@ impl TestFleet {
                 "FLEET_AUTH__ADMIN_TOKEN",
                 c.auth.admin_token.clone().unwrap_or_default(),
             )
-            .env("RUST_LOG", "info,lapin=error")
+            .env("RUST_LOG", "info,lapin=off")
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(stderr.try_clone()?)
             .stderr(stderr)

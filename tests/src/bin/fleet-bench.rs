@@ -346,8 +346,9 @@ async fn throughput(a: Throughput) -> Result<()> {
         (pg1.deletes - pg0.deletes) as f64 / n,
     );
     println!(
-        "RabbitMQ per job:         {:.2} messages published into the fleet's queues",
-        (pub1 - pub0) as f64 / n
+        "RabbitMQ per job:         {:.2} messages published ({:.2} confirmed)",
+        (pub1.0 - pub0.0) as f64 / n,
+        (pub1.1 - pub0.1) as f64 / n
     );
     drop(client);
     pf.stop().await
