@@ -177,7 +177,9 @@ impl CpuSample {
             };
             *ticks.entry(format!("fleet {kind}")).or_default() += own;
             if children > 0 {
-                *ticks.entry("commands run (the jobs)".to_owned()).or_default() += children;
+                *ticks
+                    .entry("commands run (the jobs)".to_owned())
+                    .or_default() += children;
             }
         }
         let own_backend = exclude_pg_backend
@@ -267,7 +269,10 @@ pub async fn connect(fleet: &TestFleet) -> Result<(tokio_postgres::Client, i32)>
     pg.options(format!("-c search_path={}", fleet.cfg.database.schema));
     let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
     Ok((client, pid))
 }
 

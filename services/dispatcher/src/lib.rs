@@ -1,20 +1,27 @@
-//! The dispatcher: a loop around [`Dispatcher::run_once`], woken by PostgreSQL
-//! notifications (new or freed work), INFO heartbeats, and a tick. Each round records the
-//! heartbeats, expires lost leases, and hands ready tasks to executors through the
-//! balancing policy. It owns executors and attempts (the leases).
+//! The dispatcher: a loop woken by INFO heartbeats (a slot freed, an executor appeared),
+//! PostgreSQL notifications (new ready work) and a tick (timers). A round does what
+//! changed: when slots are free and ready work may exist, it reads ready tasks up to the
+//! free slots, plans them ([`plan`]) and opens their attempts in one fenced statement,
+//! then publishes the requests. Slots are counted in memory ([`fleet`]); lease renewal,
+//! heartbeat writes and sweeps run on their own timers ([`sweeps`], [`leadership`]).
+
+pub mod fleet;
+pub mod leadership;
+pub mod plan;
+pub mod sweeps;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use fleet_shared::amqp::{self, keys, Names, Outgoing, Publisher};
 use fleet_shared::config::Config;
+use fleet_shared::db::admin::Registered;
 use fleet_shared::db::dispatch::HeldBy;
 use fleet_shared::db::{self, dispatch, outbox, DbError, Pool};
+use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
-use fleet_shared::id::ExecutorId;
-use fleet_shared::policy::{self, ExecutorView, ReadyTask};
+use fleet_shared::policy::{self, ExecutorView};
 use fleet_shared::proto::{self, Info, Request};
 use fleet_shared::svc;
 use futures_util::{FutureExt, StreamExt};
@@ -24,10 +31,16 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::Fleet;
+use crate::leadership::Leader;
+
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7071";
-/// Ready tasks read per page; a round reads pages until the free slots are filled.
-const PAGE: i64 = 1000;
+/// Ready tasks read per page beyond the free slots (some may be ineligible).
+const PAGE_MARGIN: i64 = 16;
+/// Pages of ready tasks a round reads at most (each up to the slots still free).
 const MAX_PAGES_PER_ROUND: usize = 10;
+/// Ready `each` tasks fanned out per round.
+const EACH_PAGE: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,68 +58,80 @@ pub enum Error {
 /// What one round did; the unit of observation for tests and metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
-    pub heartbeats: usize,
     pub lost: usize,
     pub assigned: usize,
     /// Attempts taken back unstarted (given back by their executor, or unroutable).
     pub returned: usize,
 }
 
-struct Seen {
-    info: Info,
-    at: Instant,
+/// Registrations and group memberships, read on a timer.
+#[derive(Default)]
+struct Registry {
+    registered: HashMap<String, Registered>,
+    assigned: HashMap<String, Vec<GroupName>>,
 }
 
 pub struct Dispatcher {
-    /// Names this process in the leader row.
-    holder: String,
-    lead: Option<dispatch::Leadership>,
-    /// When this dispatcher last became leader: until every alive executor has had time
-    /// to report, it does not know all members of a group.
-    led_since: Option<Instant>,
     cfg: Config,
     pool: Pool,
     names: Names,
-    executors: HashMap<ExecutorId, Seen>,
-    /// The latest INFO of each executor heard since the last round.
-    heartbeats: HashMap<ExecutorId, (Info, DateTime<Utc>)>,
-    /// Attempts executors gave back (INFO `returned`) since the last round.
+    leader: Leader,
+    fleet: Fleet,
+    registry: Registry,
+    /// Attempts executors gave back (INFO `returned`) since the last round, and whether
+    /// they had started.
     returned: Vec<(HeldBy, bool)>,
-    /// Attempts executors reported finished (INFO `finished`) since the last round.
-    finished: Vec<HeldBy>,
+    /// Attempts executors reported finished (INFO `finished`), with when: marked
+    /// `reported` in PostgreSQL once they are old enough that the collector would
+    /// normally have recorded them (so that a slow collector never makes them lost).
+    finished: Vec<(HeldBy, Instant)>,
+    /// Ready tasks may exist that were not read: new work was notified, tasks went back
+    /// to ready, an executor appeared, or the tick came.
+    ready_maybe: bool,
+    /// `each` tasks may need fanning out or copies may be waiting for a slot.
+    each_maybe: bool,
     /// No lease or grace sweep before this: until then the executors have not all been
     /// heard from since this dispatcher (re)started leading or came back from an outage,
     /// and an attempt whose lease ran out meanwhile may well be alive.
     sweep_after: Instant,
-    /// Executors whose requests came back unroutable (an INFO from an executor with no
-    /// queue): given nothing until then; the wait doubles on each return.
-    unroutable: HashMap<ExecutorId, (Instant, Duration)>,
+    next_sweep: Instant,
+    next_grace: Instant,
+    next_flush: Instant,
+    next_registry: Instant,
+    /// Which event types anyone listens to.
+    interest: outbox::Interest,
 }
 
 impl Dispatcher {
     pub fn new(cfg: Config, pool: Pool) -> Self {
         let names = Names::new(&cfg.amqp.prefix);
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let holder = format!(
-            "{}-{}-{}",
-            host.trim(),
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..6]
-        );
+        let now = Instant::now();
         Self {
-            holder,
-            lead: None,
-            led_since: None,
+            leader: Leader::new(Duration::from_secs(cfg.dispatcher.leader_ttl_secs)),
+            fleet: Fleet::new(Duration::from_secs(cfg.dispatcher.executor_timeout_secs)),
+            registry: Registry::default(),
+            returned: Vec::new(),
+            finished: Vec::new(),
+            ready_maybe: true,
+            each_maybe: true,
+            sweep_after: now,
+            next_sweep: now,
+            next_grace: now,
+            next_flush: now,
+            next_registry: now,
+            interest: outbox::Interest::default(),
             cfg,
             pool,
             names,
-            executors: HashMap::new(),
-            heartbeats: HashMap::new(),
-            returned: Vec::new(),
-            finished: Vec::new(),
-            sweep_after: Instant::now(),
-            unroutable: HashMap::new(),
         }
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.cfg.dispatcher.lease_timeout_secs)
+    }
+
+    fn tick(&self) -> Duration {
+        Duration::from_millis(self.cfg.dispatcher.tick_ms)
     }
 
     /// Holds the lease and grace sweeps until every executor alive has had time to
@@ -116,153 +141,103 @@ impl Dispatcher {
         self.sweep_after = self.sweep_after.max(Instant::now() + hear_all);
     }
 
-    /// Takes an INFO heartbeat into account (recorded at the next round).
-    pub fn heard(&mut self, mut info: Info) {
-        // What it gave back or finished is a fact however old the message: it will not
-        // run those again.
-        for r in std::mem::take(&mut info.returned) {
-            let held = HeldBy {
-                task_id: r.task_id,
-                attempt: r.attempt,
-                executor_id: info.executor_id.clone(),
-            };
-            self.returned.push((held, r.running));
+    /// Takes an INFO heartbeat into account.
+    pub fn heard(&mut self, info: Info) {
+        let heard = self.fleet.heard(info);
+        let now = Instant::now();
+        self.finished
+            .extend(heard.finished.into_iter().map(|h| (h, now)));
+        if !heard.returned.is_empty() {
+            self.returned.extend(heard.returned);
         }
-        for f in std::mem::take(&mut info.finished) {
-            self.finished.push(HeldBy {
-                task_id: f.task_id,
-                attempt: f.attempt,
-                executor_id: info.executor_id.clone(),
-            });
+        if heard.appeared {
+            self.ready_maybe = true;
+            self.each_maybe = true;
         }
-        // A heartbeat that waited in the queue (through a dispatcher outage, say) says
-        // nothing about whether its executor is alive now.
-        let age = Utc::now().signed_duration_since(info.sent_at);
-        if age > chrono::Duration::seconds(self.cfg.dispatcher.executor_timeout_secs as i64) {
-            return;
+        if heard.changed {
+            // A new executor, or one that changed its groups or started draining: the
+            // API and group administration read its row, so write it in this round; and
+            // what it may claim (its registration) is read again before it gets work.
+            self.next_flush = now;
+            self.next_registry = now;
         }
-        let newer = self
-            .executors
-            .get(&info.executor_id)
-            .is_none_or(|s| s.info.sent_at <= info.sent_at);
-        if !newer {
-            return;
-        }
-        self.executors.insert(
-            info.executor_id.clone(),
-            Seen {
-                info: info.clone(),
-                at: Instant::now(),
-            },
-        );
-        self.heartbeats
-            .insert(info.executor_id.clone(), (info, Utc::now()));
     }
 
-    fn lease_secs(&self) -> f64 {
-        self.cfg.dispatcher.lease_timeout_secs as f64
+    /// New ready work was notified.
+    pub fn notified(&mut self) {
+        self.ready_maybe = true;
+        self.each_maybe = true;
     }
 
-    fn leader_ttl(&self) -> f64 {
-        self.cfg.dispatcher.leader_ttl_secs as f64
+    /// The tick: look again, whatever was said.
+    pub fn ticked(&mut self) {
+        self.ready_maybe = true;
+        self.each_maybe = true;
     }
 
-    /// The epoch we lead under, if we lead.
-    pub fn epoch(&self) -> Option<i64> {
-        self.lead.as_ref().map(|l| l.epoch)
-    }
-
-    /// Waits as a standby until this dispatcher leads (false: shutdown first). The
-    /// database being unreachable is waited out here, with backoff: it is no reason to
-    /// drop the broker connection.
+    /// Waits as a standby until this dispatcher leads (false: shutdown first); then
+    /// counts the open attempts from PostgreSQL and holds its sweeps until everyone has
+    /// been heard.
     pub async fn wait_for_leadership(&mut self, token: &CancellationToken) -> bool {
-        let every = Duration::from_millis(self.cfg.dispatcher.tick_ms);
-        let mut announced = false;
-        let mut backoff = amqp::Backoff::default();
         loop {
-            let asked = async {
+            if !self.leader.wait(&self.pool, self.tick(), token).await {
+                return false;
+            }
+            self.fleet.clear();
+            self.finished.clear();
+            self.returned.clear();
+            let open = async {
                 let client = self.pool.get().await?;
-                dispatch::try_lead(&client, &self.holder, self.leader_ttl()).await
+                dispatch::open_attempts(&client).await
             };
-            match asked.await {
-                Ok(Some(lead)) => {
-                    tracing::info!(holder = %self.holder, epoch = lead.epoch, "leading");
-                    metrics::gauge!("fleet_dispatcher_leader").set(1.0);
-                    self.lead = Some(lead);
-                    self.led_since = Some(Instant::now());
+            match open.await {
+                Ok(open) => {
+                    self.fleet.load(open);
                     self.hold_sweeps();
+                    self.notified();
+                    self.next_registry = Instant::now();
                     return true;
                 }
-                Ok(None) => {
-                    backoff.reset(Duration::from_millis(100));
-                    if !announced {
-                        tracing::info!(holder = %self.holder, "standing by: another dispatcher leads");
-                        metrics::gauge!("fleet_dispatcher_leader").set(0.0);
-                        announced = true;
-                    }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the open attempts; giving leadership up");
+                    self.leader.resign(&self.pool).await;
                     tokio::select! {
                         _ = token.cancelled() => return false,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot ask for leadership: the database is unavailable; retrying");
-                    if !backoff.wait(token).await {
-                        return false;
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
             }
         }
     }
 
-    /// Gives leadership up at once (shutdown, or no broker to publish on), so that a
-    /// standby need not wait out the lease. Bounded: a database that does not answer
-    /// leaves the lease to expire by itself.
+    pub fn leads(&self) -> bool {
+        self.leader.leads()
+    }
+
+    /// Gives leadership up at once (shutdown, or no broker to publish on).
     pub async fn resign(&mut self) {
-        let Some(lead) = self.lead.take() else {
-            return;
-        };
-        self.forget_executors();
-        metrics::gauge!("fleet_dispatcher_leader").set(0.0);
-        let released = tokio::time::timeout(Duration::from_secs(2), async {
-            let client = self.pool.get().await?;
-            dispatch::release(&client, &lead).await
-        })
-        .await;
-        match released {
-            Ok(Ok(_)) => {
-                tracing::info!(holder = %self.holder, epoch = lead.epoch, "leadership given up")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not give leadership up; it expires by itself")
-            }
-            Err(_) => tracing::warn!("could not give leadership up in 2s; it expires by itself"),
-        }
+        self.leader.resign(&self.pool).await;
+        self.forget();
     }
 
-    fn forget_executors(&mut self) {
-        // Rebuilt from the next INFO round if we lead again.
-        self.executors.clear();
-        self.heartbeats.clear();
-        self.returned.clear();
+    fn forget(&mut self) {
+        self.fleet.clear();
         self.finished.clear();
-        self.unroutable.clear();
+        self.returned.clear();
     }
 
     fn step_down(&mut self) -> Error {
-        tracing::info!(holder = %self.holder, "another dispatcher took over; standing by");
-        metrics::gauge!("fleet_dispatcher_leader").set(0.0);
-        self.lead = None;
-        self.forget_executors();
+        self.leader.lost();
+        self.forget();
         Error::LostLeadership
     }
 
     /// Opens a transaction fenced by our leadership, or steps down.
     async fn fenced<'c>(
         &mut self,
-        client: &'c mut fleet_shared::db::Client,
-    ) -> Result<fleet_shared::db::Transaction<'c>, Error> {
-        let Some(lead) = self.lead.clone() else {
+        client: &'c mut db::Client,
+    ) -> Result<db::Transaction<'c>, Error> {
+        let Some(lead) = self.leader.current().cloned() else {
             return Err(Error::LostLeadership);
         };
         let tx = client.transaction().await.map_err(DbError::from)?;
@@ -273,47 +248,383 @@ impl Dispatcher {
         }
     }
 
-    /// Fans ready `each` tasks out to the members `views` knows. A task whose group has
-    /// no member yet stays ready; one whose quorum exceeds its members fails at once.
-    async fn fan_out(
+    /// One round: what is due, and what changed.
+    pub async fn run_once(&mut self, publisher: &Publisher) -> Result<Report, Error> {
+        let mut report = Report::default();
+        if !self.leader.renew_if_due(&self.pool).await? {
+            return Err(self.step_down());
+        }
+        if !self.returned.is_empty() {
+            self.take_back(publisher, &mut report).await?;
+        }
+        let now = Instant::now();
+        if now >= self.next_flush {
+            self.next_flush = now + self.tick();
+            self.flush().await?;
+        }
+        // No sweep until every executor alive has been heard since we (re)started
+        // leading: leases not extended while we were away are not a sign of death.
+        if now >= self.next_sweep && now >= self.sweep_after {
+            self.next_sweep = now + self.tick();
+            self.sweep(publisher, &mut report).await?;
+        }
+        if now >= self.next_registry {
+            self.next_registry = now + Duration::from_secs(1);
+            let client = self.pool.get().await.map_err(DbError::from)?;
+            let (assigned, registered) = tokio::try_join!(
+                db::admin::assigned_groups(&client),
+                db::admin::registered_executors(&client),
+            )?;
+            self.registry = Registry {
+                registered,
+                assigned,
+            };
+        }
+        // A resource alarm blocks our publishes: assigning now would open attempts whose
+        // requests cannot leave, and cost each task an attempt when their leases ran out.
+        if publisher.blocked() {
+            return Ok(report);
+        }
+        let mut views = self.fleet.views(
+            &self.registry.registered,
+            &self.registry.assigned,
+            self.cfg.dispatcher.require_registration,
+        );
+        if self.each_maybe {
+            self.each_maybe = false;
+            self.each_round(&mut views, publisher, &mut report).await?;
+        }
+        if self.ready_maybe {
+            self.assign_round(&mut views, publisher, &mut report)
+                .await?;
+        }
+        metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
+        metrics::counter!("fleet_dispatcher_assigned_total").increment(report.assigned as u64);
+        Ok(report)
+    }
+
+    /// Reads ready tasks up to the free slots (page by page while slots remain), plans
+    /// them, opens their attempts in one fenced statement and sends the requests.
+    async fn assign_round(
         &mut self,
-        client: &mut fleet_shared::db::Client,
-        views: &[ExecutorView],
+        views: &mut [ExecutorView],
         publisher: &Publisher,
+        report: &mut Report,
     ) -> Result<(), Error> {
-        // Members are the executors heard from; right after taking the lead, not all of
-        // them have been heard yet, and a fan-out would leave some out for good.
-        let heard_all = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
-        if self.led_since.is_none_or(|t| t.elapsed() < heard_all) {
+        let window = self.cfg.dispatcher.window;
+        let client = self.pool.get().await.map_err(DbError::from)?;
+        let mut planned = Vec::new();
+        let mut cursor = None;
+        let mut exhausted = false;
+        for _ in 0..MAX_PAGES_PER_ROUND {
+            let free = policy::free_slots(views, window);
+            if free == 0 {
+                break;
+            }
+            let limit = i64::from(free) + PAGE_MARGIN;
+            let page = dispatch::ready_page(&client, cursor, limit).await?;
+            let Some(last) = page.last() else {
+                exhausted = true;
+                break;
+            };
+            cursor = Some((last.priority, last.seq));
+            planned.extend(plan::plan(
+                &page,
+                views,
+                window,
+                self.lease(),
+                chrono::Utc::now(),
+            ));
+            if (page.len() as i64) < limit {
+                exhausted = true;
+                break;
+            }
+        }
+        // Nothing more to read until something changes (new work, an executor, a tick).
+        if exhausted {
+            self.ready_maybe = false;
+        }
+        if planned.is_empty() {
             return Ok(());
         }
-        let ready = dispatch::ready_each(client, PAGE).await?;
-        let fan: Vec<_> = ready
+        let Some(lead) = self.leader.current().cloned() else {
+            return Err(Error::LostLeadership);
+        };
+        let rows: Vec<_> = planned
             .iter()
-            .filter_map(|r| {
-                let m = policy::members(&ready_task(r), views);
-                (!m.is_empty()).then_some((r.id, m))
+            .map(|p| (p.task_id, p.executor_id.clone(), p.attempt))
+            .collect();
+        let assigned =
+            dispatch::assign_planned(&client, &lead, &rows, self.lease().as_secs_f64()).await?;
+        drop(client);
+        if !assigned.led {
+            return Err(self.step_down());
+        }
+        let opened: std::collections::HashSet<_> = assigned.tasks.into_iter().collect();
+        let sent: Vec<(HeldBy, Request)> = planned
+            .into_iter()
+            .filter(|p| opened.contains(&p.task_id))
+            .map(|p| {
+                (
+                    HeldBy {
+                        task_id: p.task_id,
+                        attempt: p.attempt,
+                        executor_id: p.executor_id,
+                    },
+                    p.request,
+                )
             })
             .collect();
-        if fan.is_empty() {
-            return Ok(());
+        report.assigned += sent.len();
+        self.send(publisher, sent, report).await
+    }
+
+    /// Sends requests for attempts just opened, and takes back at once those the broker
+    /// returned unroutable.
+    async fn send(
+        &mut self,
+        publisher: &Publisher,
+        sent: Vec<(HeldBy, Request)>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let attempts: Vec<HeldBy> = sent.iter().map(|(h, _)| h.clone()).collect();
+        self.fleet.assigned(&attempts);
+        // A leader frozen between the commit and here (SIGSTOP, a stalled VM) may have
+        // been replaced meanwhile, and its attempts lost and handed out again: sending
+        // its requests now would run those tasks twice. Not sending is always safe: the
+        // attempts' leases run out.
+        if Instant::now() >= self.leader.surely_until() {
+            tracing::warn!(
+                "leadership may have lapsed during the round; its requests are not sent"
+            );
+            return Err(self.step_down());
         }
-        let tx = self.fenced(client).await?;
-        let ids = dispatch::fan_out(&tx, &fan).await?;
-        let settled = db::collect::settle_each(&tx, &ids).await?;
-        outbox::enqueue(&tx, &outbox::events(&self.names, &settled)).await?;
+        let root = self.names.root_exchange();
+        // A request not taken within the lease is stale: its attempt is lost by then and
+        // the task runs elsewhere, so it must not linger in the queue of an executor that
+        // left, to run when one by that name comes back.
+        let expiration = (self.cfg.dispatcher.lease_timeout_secs * 1000).to_string();
+        let out: Vec<Outgoing> = sent
+            .iter()
+            .map(|(h, req)| {
+                let props = amqp::json_properties().with_expiration(expiration.as_str().into());
+                Outgoing::new(
+                    root.clone(),
+                    keys::request(&h.executor_id),
+                    proto::encode(req),
+                )
+                .with_properties(props)
+                .mandatory()
+            })
+            .collect();
+        // If this fails after the commit, the attempts' leases run out and the tasks go
+        // back to ready: late, never lost.
+        let returned = publisher.publish_batch(out).await?;
+        let back: Vec<HeldBy> = returned
+            .iter()
+            .filter_map(|&i| attempts.get(i).cloned())
+            .collect();
+        for h in &attempts {
+            if !back.iter().any(|b| b.executor_id == h.executor_id) {
+                self.fleet.routable(&h.executor_id);
+            }
+        }
+        if !back.is_empty() {
+            let mut quarantined = std::collections::BTreeSet::new();
+            for b in &back {
+                if quarantined.insert(b.executor_id.clone()) {
+                    if let Some(wait) = self.fleet.unroutable(&b.executor_id) {
+                        tracing::warn!(executor_id = %b.executor_id,
+                            "requests for this executor came back unroutable (it reports INFO but has no queue); giving it nothing for {wait:?}");
+                        metrics::counter!("fleet_dispatcher_unroutable_total").increment(1);
+                    }
+                }
+            }
+            // Nobody received these: take them back now rather than at their leases,
+            // and keep the broker session, which did nothing wrong.
+            self.fleet.ended(&back);
+            let mut client = self.pool.get().await.map_err(DbError::from)?;
+            let tx = self.fenced(&mut client).await?;
+            report.returned += dispatch::unassign(&tx, &back).await? as usize;
+            tx.commit().await.map_err(DbError::from)?;
+            report.assigned -= back.len().min(report.assigned);
+            self.ready_maybe = true;
+        }
+        Ok(())
+    }
+
+    /// Attempts executors gave back as they shut down: the unstarted ones are taken back
+    /// (ready again, no attempt spent), the started ones lost at once.
+    async fn take_back(&mut self, publisher: &Publisher, report: &mut Report) -> Result<(), Error> {
+        let (started, unstarted): (Vec<_>, Vec<_>) = std::mem::take(&mut self.returned)
+            .into_iter()
+            .partition(|(_, started)| *started);
+        let unstarted: Vec<HeldBy> = unstarted.into_iter().map(|(h, _)| h).collect();
+        let started: Vec<HeldBy> = started.into_iter().map(|(h, _)| h).collect();
+        let mut client = self.pool.get().await.map_err(DbError::from)?;
+        let tx = self.fenced(&mut client).await?;
+        report.returned += dispatch::unassign(&tx, &unstarted).await? as usize;
+        let lost = dispatch::lose(&tx, &started).await?;
+        let events = outbox::events(&self.names, &lost, &self.interest);
+        outbox::enqueue(&tx, &events).await?;
         tx.commit().await.map_err(DbError::from)?;
-        tracing::debug!(tasks = ids.len(), "each tasks fanned out");
-        if !settled.finished.is_empty() {
+        drop(client);
+        report.lost += lost.finished.len() + lost.readied;
+        self.ready_maybe = true;
+        self.each_maybe = true;
+        if !events.is_empty() {
             self.relay_events(publisher).await?;
         }
         Ok(())
     }
 
+    /// Writes what is due: executors' rows, lease extensions and running marks, and
+    /// `reported` for attempts finished a while ago (a third of the lease: well before
+    /// their lease could run out, and by when the collector has normally closed them,
+    /// so this mostly matches nothing).
+    async fn flush(&mut self) -> Result<(), Error> {
+        let lease = self.lease();
+        let alive_for = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
+        let (rows, leases) = self.fleet.due(alive_for / 3, lease / 3);
+        let ripe = Instant::now() - lease / 3;
+        let split = self.finished.partition_point(|(_, at)| *at <= ripe);
+        let old: Vec<HeldBy> = self.finished[..split]
+            .iter()
+            .map(|(h, _)| h.clone())
+            .collect();
+        if rows.is_empty() && leases.is_empty() && old.is_empty() {
+            return Ok(());
+        }
+        let written = async {
+            let mut client = self.pool.get().await.map_err(DbError::from)?;
+            let tx = self.fenced(&mut client).await?;
+            let at: Vec<_> = rows.iter().map(|(i, at)| (i, *at)).collect();
+            dispatch::upsert_executors(&tx, &at).await?;
+            dispatch::extend_leases(&tx, &leases, lease.as_secs_f64()).await?;
+            dispatch::mark_reported(&tx, &old, self.cfg.dispatcher.result_timeout_secs as f64)
+                .await?;
+            tx.commit().await.map_err(DbError::from)?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                self.finished.drain(..split);
+                Ok(())
+            }
+            Err(e) => {
+                self.fleet.rewrite();
+                Err(e)
+            }
+        }
+    }
+
+    /// Expired leases (and revoked executors' attempts), then, every few ticks, members
+    /// of `each` tasks gone past their grace.
+    async fn sweep(&mut self, publisher: &Publisher, report: &mut Report) -> Result<(), Error> {
+        let mut client = self.pool.get().await.map_err(DbError::from)?;
+        let tx = self.fenced(&mut client).await?;
+        let (mut settled, lost) = dispatch::sweep_leases(&tx).await?;
+        // Tasks failed as lost (and their jobs) are announced like any other outcome.
+        let mut events = outbox::events(&self.names, &settled, &self.interest);
+        outbox::enqueue(&tx, &events).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        self.fleet.ended(&lost);
+        let now = Instant::now();
+        if now >= self.next_grace {
+            self.next_grace = now + self.tick() * 4;
+            let graced = sweeps::grace(self, &mut client).await?;
+            events.extend(outbox::events(&self.names, &graced, &self.interest));
+            settled.finished.extend(graced.finished);
+            settled.jobs.extend(graced.jobs);
+            settled.readied += graced.readied;
+        }
+        drop(client);
+        if !lost.is_empty() || settled.readied > 0 {
+            self.ready_maybe = true;
+            self.each_maybe = true;
+        }
+        if !events.is_empty() {
+            self.relay_events(publisher).await?;
+        }
+        report.lost += settled.finished.len() + settled.readied;
+        Ok(())
+    }
+
+    /// Fans out `each` tasks that became ready, then gives waiting copies to their
+    /// members that have a slot (copies wait for their own member only, so they go
+    /// before ordinary tasks).
+    async fn each_round(
+        &mut self,
+        views: &mut [ExecutorView],
+        publisher: &Publisher,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let mut client = self.pool.get().await.map_err(DbError::from)?;
+        // Members are the executors heard from; right after taking the lead, not all of
+        // them have been heard yet, and a fan-out would leave some out for good.
+        let heard_all = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
+        if self.leader.led_for() >= heard_all {
+            let ready = dispatch::ready_each(&client, EACH_PAGE).await?;
+            let fan: Vec<_> = ready
+                .iter()
+                .filter_map(|r| {
+                    let m = policy::members(&plan::ready_task(r), views);
+                    (!m.is_empty()).then_some((r.id, m))
+                })
+                .collect();
+            if !fan.is_empty() {
+                let tx = self.fenced(&mut client).await?;
+                let ids = dispatch::fan_out(&tx, &fan).await?;
+                let settled = db::collect::settle_each(&tx, &ids).await?;
+                let events = outbox::events(&self.names, &settled, &self.interest);
+                outbox::enqueue(&tx, &events).await?;
+                tx.commit().await.map_err(DbError::from)?;
+                tracing::debug!(tasks = ids.len(), "each tasks fanned out");
+                if !events.is_empty() {
+                    self.relay_events(publisher).await?;
+                }
+            }
+        } else {
+            // Look again once everyone has been heard.
+            self.each_maybe = true;
+        }
+        let pending = dispatch::pending_copies(&client).await?;
+        let pinned = policy::assign_pinned(&pending, views, self.cfg.dispatcher.window);
+        if pinned.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<_> = pinned.iter().map(|(t, _)| *t).collect();
+        let rows = dispatch::task_rows(&client, &ids).await?;
+        let Some(epoch) = self.leader.current().map(|l| l.epoch) else {
+            return Err(Error::LostLeadership);
+        };
+        let tx = self.fenced(&mut client).await?;
+        let assignments =
+            dispatch::assign_copies(&tx, &pinned, self.lease().as_secs_f64(), epoch).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        drop(client);
+        let sent: Vec<(HeldBy, Request)> = assignments
+            .into_iter()
+            .filter_map(|a| {
+                let row = rows.get(&a.task_id)?;
+                let held = HeldBy {
+                    task_id: a.task_id,
+                    attempt: a.attempt,
+                    executor_id: a.executor_id,
+                };
+                Some((held, plan::request(row, a.attempt, a.lease_deadline)))
+            })
+            .collect();
+        report.assigned += sent.len();
+        self.send(publisher, sent, report).await
+    }
+
     /// Sends what the outbox holds (one batch: the collector drains any backlog, and a
     /// long relay here would outlast our leadership lease).
     async fn relay_events(&self, publisher: &Publisher) -> Result<(), Error> {
-        match outbox::relay(&self.pool, publisher, self.names.prefix(), Some(1)).await {
+        let prefix = self.names.prefix();
+        match outbox::relay(&self.pool, publisher, prefix, Some(1), &self.interest).await {
             Ok(_) => Ok(()),
             Err(outbox::RelayError::Amqp(e)) => Err(e.into()),
             // The collector's relay, or ours next time, sends them.
@@ -323,295 +634,6 @@ impl Dispatcher {
             }
         }
     }
-
-    pub async fn run_once(&mut self, publisher: &Publisher) -> Result<Report, Error> {
-        let mut report = Report::default();
-        let mut client = self.pool.get().await.map_err(DbError::from)?;
-        let Some(lead) = self.lead.clone() else {
-            return Err(Error::LostLeadership);
-        };
-        let renewing = Instant::now();
-        if !dispatch::renew(&client, &lead, self.leader_ttl()).await? {
-            return Err(self.step_down());
-        }
-        // By our own clock, the lease we just renewed cannot have run out before this.
-        let lead_until = renewing + Duration::from_secs(self.cfg.dispatcher.leader_ttl_secs);
-
-        if !self.heartbeats.is_empty() || !self.returned.is_empty() || !self.finished.is_empty() {
-            // Taken out first: heartbeats are ephemeral, and a batch the database
-            // refuses must not stand in front of every later round (the next INFO comes
-            // within a second). Attempts given back are not: an executor that gave one
-            // back will not run it, and only its lease would recover it otherwise.
-            let beats: Vec<_> = std::mem::take(&mut self.heartbeats).into_values().collect();
-            let (started, unstarted): (Vec<_>, Vec<_>) = self
-                .returned
-                .iter()
-                .cloned()
-                .partition(|(_, started)| *started);
-            let unstarted: Vec<HeldBy> = unstarted.into_iter().map(|(h, _)| h).collect();
-            let started: Vec<HeldBy> = started.into_iter().map(|(h, _)| h).collect();
-            let result_secs = self.cfg.dispatcher.result_timeout_secs as f64;
-            let tx = self.fenced(&mut client).await?;
-            dispatch::apply_infos(&tx, &beats, self.lease_secs()).await?;
-            dispatch::mark_reported(&tx, &self.finished, result_secs).await?;
-            report.returned = dispatch::unassign(&tx, &unstarted).await? as usize;
-            let lost = dispatch::lose(&tx, &started).await?;
-            outbox::enqueue(&tx, &outbox::events(&self.names, &lost)).await?;
-            tx.commit().await.map_err(DbError::from)?;
-            self.returned.clear();
-            self.finished.clear();
-            report.heartbeats = beats.len();
-            report.lost += lost.finished.len() + lost.readied;
-        }
-
-        // No sweep until every executor alive has been heard since we (re)started
-        // leading: leases not extended while we were away are not a sign of death.
-        if Instant::now() >= self.sweep_after {
-            self.sweep(&mut client, publisher, &mut report).await?;
-        }
-        metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
-
-        // Three small reads, pipelined on one connection. Groups an administrator put
-        // executors in add to those they declare; registered executors are held to the
-        // groups they registered with, and revoked ones get nothing (the sweep above
-        // already lost their attempts).
-        let (outstanding, assigned, registered) = tokio::try_join!(
-            dispatch::outstanding(&client),
-            db::admin::assigned_groups(&client),
-            db::admin::registered_executors(&client),
-        )?;
-        let require = self.cfg.dispatcher.require_registration;
-        let alive_for = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
-        let now = Instant::now();
-        let mut views: Vec<ExecutorView> = self
-            .executors
-            .values()
-            .filter(|s| s.at.elapsed() < alive_for)
-            // Its requests came back unroutable: no queue takes them.
-            .filter(|s| {
-                self.unroutable
-                    .get(&s.info.executor_id)
-                    .is_none_or(|(until, _)| *until <= now)
-            })
-            .filter_map(|s| {
-                let id = s.info.executor_id.as_str();
-                let declared = match registered.get(id) {
-                    Some(r) if r.revoked => return None,
-                    Some(r) => &r.groups,
-                    None if require => return None,
-                    None => &s.info.groups,
-                };
-                Some((s, with_assigned(declared, assigned.get(id))))
-            })
-            .map(|(s, groups)| ExecutorView {
-                id: s.info.executor_id.clone(),
-                groups,
-                labels: s.info.labels.clone(),
-                capacity: s.info.capacity,
-                outstanding: outstanding
-                    .get(s.info.executor_id.as_str())
-                    .copied()
-                    .unwrap_or(0),
-                draining: s.info.draining,
-            })
-            .collect();
-        views.sort_by(|a, b| a.id.cmp(&b.id));
-        let window = self.cfg.dispatcher.window;
-        // A resource alarm blocks our publishes: assigning now would open attempts whose
-        // requests cannot leave, and cost each task an attempt when their leases ran out.
-        if publisher.blocked() {
-            return Ok(report);
-        }
-
-        // `each` tasks that became ready fan out into one copy per member known now.
-        self.fan_out(&mut client, &views, publisher).await?;
-        // Copies wait for their own member only, so they go first.
-        let pending = dispatch::pending_copies(&client).await?;
-        let pinned = policy::assign_pinned(&pending, &mut views, window);
-
-        let mut rows = HashMap::new();
-        let mut pairs = Vec::new();
-        let mut cursor = None;
-        for _ in 0..MAX_PAGES_PER_ROUND {
-            if policy::free_slots(&views, window) == 0 {
-                break;
-            }
-            let page = dispatch::ready_page(&client, cursor, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            cursor = Some((last.priority, last.seq));
-            let ready: Vec<ReadyTask> = page.iter().map(ready_task).collect();
-            pairs.extend(policy::assign(&ready, &mut views, window));
-            let full = page.len() as i64 == PAGE;
-            rows.extend(page.into_iter().map(|r| (r.id, r)));
-            if !full {
-                break;
-            }
-        }
-        if pairs.is_empty() && pinned.is_empty() {
-            return Ok(report);
-        }
-        if !pinned.is_empty() {
-            let ids: Vec<_> = pinned.iter().map(|(t, _)| *t).collect();
-            rows.extend(dispatch::task_rows(&client, &ids).await?);
-        }
-
-        let tx = self.fenced(&mut client).await?;
-        let mut assignments = dispatch::assign(&tx, &pairs, self.lease_secs(), lead.epoch).await?;
-        assignments
-            .extend(dispatch::assign_copies(&tx, &pinned, self.lease_secs(), lead.epoch).await?);
-        tx.commit().await.map_err(DbError::from)?;
-        report.assigned = assignments.len();
-        metrics::counter!("fleet_dispatcher_assigned_total").increment(assignments.len() as u64);
-
-        let root = self.names.root_exchange();
-        // A request not taken within the lease is stale: its attempt is lost by then and
-        // the task runs elsewhere, so it must not linger in the queue of an executor that
-        // left, to run when one by that name comes back.
-        let expiration = (self.cfg.dispatcher.lease_timeout_secs * 1000).to_string();
-        let sent: Vec<&dispatch::Assignment> = assignments
-            .iter()
-            .filter(|a| rows.contains_key(&a.task_id))
-            .collect();
-        let out: Vec<Outgoing> = sent
-            .iter()
-            .filter_map(|a| {
-                let row = rows.get(&a.task_id)?;
-                let req = Request {
-                    task_id: a.task_id,
-                    attempt: a.attempt,
-                    job_id: row.job_id,
-                    argv: row.argv.clone(),
-                    env: row.env.clone(),
-                    cwd: row.cwd.clone(),
-                    stdin: row.stdin.clone(),
-                    timeout_secs: row.timeout_secs,
-                    lease_deadline: a.lease_deadline,
-                };
-                let props = amqp::json_properties().with_expiration(expiration.as_str().into());
-                Some(
-                    Outgoing::new(
-                        root.clone(),
-                        keys::request(&a.executor_id),
-                        proto::encode(&req),
-                    )
-                    .with_properties(props)
-                    .mandatory(),
-                )
-            })
-            .collect();
-        // If this fails after the commit, the attempts' leases run out and the tasks go
-        // back to ready: late, never lost.
-        // A leader frozen between the commit and here (SIGSTOP, a stalled VM) may have
-        // been replaced meanwhile, and its attempts lost and handed out again: sending
-        // its requests now would run those tasks twice. Not sending is always safe: the
-        // attempts' leases run out.
-        if Instant::now() >= lead_until {
-            tracing::warn!(
-                "leadership may have lapsed during the round; its requests are not sent"
-            );
-            return Err(self.step_down());
-        }
-        let returned = publisher.publish_batch(out).await?;
-        let back: Vec<HeldBy> = returned
-            .iter()
-            .filter_map(|&i| sent.get(i))
-            .map(|a| HeldBy {
-                task_id: a.task_id,
-                attempt: a.attempt,
-                executor_id: a.executor_id.clone(),
-            })
-            .collect();
-        self.note_routes(&sent, &back);
-        if !back.is_empty() {
-            // Nobody received these: take them back now rather than at their leases,
-            // and keep the broker session, which did nothing wrong.
-            let tx = self.fenced(&mut client).await?;
-            report.returned += dispatch::unassign(&tx, &back).await? as usize;
-            tx.commit().await.map_err(DbError::from)?;
-            report.assigned -= back.len().min(report.assigned);
-        }
-        Ok(report)
-    }
-
-    /// Executors whose requests came back unroutable get nothing for a while (1 s,
-    /// doubling up to a minute while it goes on); one that took a request is cleared.
-    fn note_routes(&mut self, sent: &[&dispatch::Assignment], back: &[HeldBy]) {
-        let now = Instant::now();
-        let unroutable: std::collections::BTreeSet<&ExecutorId> =
-            back.iter().map(|b| &b.executor_id).collect();
-        for id in &unroutable {
-            let wait = self
-                .unroutable
-                .get(*id)
-                .map_or(Duration::from_secs(1), |(_, w)| {
-                    (*w * 2).min(Duration::from_secs(60))
-                });
-            tracing::warn!(executor_id = %id,
-                "requests for this executor came back unroutable (it reports INFO but has no queue); giving it nothing for {wait:?}");
-            metrics::counter!("fleet_dispatcher_unroutable_total").increment(1);
-            self.unroutable.insert((*id).clone(), (now + wait, wait));
-        }
-        for a in sent {
-            if !unroutable.contains(&a.executor_id) {
-                self.unroutable.remove(&a.executor_id);
-            }
-        }
-    }
-
-    /// Expired leases (and revoked executors' attempts), then members of `each` tasks
-    /// gone past their grace.
-    async fn sweep(
-        &mut self,
-        client: &mut fleet_shared::db::Client,
-        publisher: &Publisher,
-        report: &mut Report,
-    ) -> Result<(), Error> {
-        let tx = self.fenced(client).await?;
-        let mut settled = dispatch::sweep_leases(&tx).await?;
-        // Tasks failed as lost (and their jobs) are announced like any other outcome.
-        outbox::enqueue(&tx, &outbox::events(&self.names, &settled)).await?;
-        tx.commit().await.map_err(DbError::from)?;
-        // Members of `each` tasks gone past their grace: a transaction of its own, so its
-        // locks are taken in settle()'s order (tasks, copies, jobs), and only when a
-        // lock-free look found any.
-        let alive_secs = self.cfg.dispatcher.executor_timeout_secs as f64;
-        let gone = dispatch::grace_candidates(client, self.lease_secs(), alive_secs).await?;
-        if !gone.is_empty() {
-            let tx = self.fenced(client).await?;
-            let graced = dispatch::sweep_grace(&tx, &gone, self.lease_secs(), alive_secs).await?;
-            outbox::enqueue(&tx, &outbox::events(&self.names, &graced)).await?;
-            tx.commit().await.map_err(DbError::from)?;
-            settled.finished.extend(graced.finished);
-            settled.jobs.extend(graced.jobs);
-        }
-        if !settled.finished.is_empty() || !settled.jobs.is_empty() {
-            self.relay_events(publisher).await?;
-        }
-        report.lost += settled.finished.len() + settled.readied;
-        Ok(())
-    }
-}
-
-fn ready_task(r: &dispatch::ReadyRow) -> ReadyTask {
-    ReadyTask {
-        id: r.id,
-        group: r.group.clone(),
-        labels: r.labels.clone(),
-    }
-}
-
-/// An executor's declared groups plus the ones it was put in.
-fn with_assigned(
-    declared: &[fleet_shared::group::GroupName],
-    assigned: Option<&Vec<fleet_shared::group::GroupName>>,
-) -> Vec<fleet_shared::group::GroupName> {
-    let mut groups = declared.to_vec();
-    for g in assigned.into_iter().flatten() {
-        if !groups.contains(g) {
-            groups.push(g.clone());
-        }
-    }
-    groups
 }
 
 pub async fn run(
@@ -672,7 +694,7 @@ async fn session(
     loop {
         // A standby neither consumes INFO (it would take heartbeats from the leader)
         // nor touches the database beyond asking for leadership.
-        if d.lead.is_none() && !d.wait_for_leadership(token).await {
+        if !d.leads() && !d.wait_for_leadership(token).await {
             return Ok(());
         }
         match lead(d, conn, wake, token).await {
@@ -723,15 +745,15 @@ async fn rounds(
     token: &CancellationToken,
 ) -> Result<(), Error> {
     let n = d.names.clone();
-    let mut tick = tokio::time::interval(Duration::from_millis(d.cfg.dispatcher.tick_ms));
+    let mut tick = tokio::time::interval(d.tick());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut db_backoff = amqp::Backoff::default();
     loop {
         let mut last = None;
         tokio::select! {
             _ = token.cancelled() => return Ok(()),
-            _ = wake.notified() => {}
-            _ = tick.tick() => {}
+            _ = wake.notified() => d.notified(),
+            _ = tick.tick() => d.ticked(),
             first = consumer.next() => {
                 // Take what else is already here without waiting: one round per burst.
                 let mut next = first;
@@ -765,11 +787,7 @@ async fn rounds(
         match d.run_once(publisher).await {
             Ok(report) => {
                 db_backoff.reset(Duration::from_millis(100));
-                if report.returned > 0 {
-                    // Tasks taken back are ready again: hand them out at once.
-                    wake.notify_one();
-                }
-                if report.assigned > 0 || report.lost > 0 || report.returned > 0 {
+                if report != Report::default() {
                     tracing::debug!(?report, "round");
                 }
             }
@@ -781,12 +799,14 @@ async fn rounds(
                 tracing::warn!(error = %e, "dispatch round failed (database); backing off");
                 // Leases were not extended meanwhile: hear everyone again before sweeping.
                 d.hold_sweeps();
+                d.ticked();
                 if !db_backoff.wait(token).await {
                     return Ok(());
                 }
             }
         }
-        // Heartbeats are ephemeral: one lost to a crash is replaced by the next.
+        // INFO is acked once the round that took it ran: a dispatcher that dies before
+        // leaves it (its `finished` and `returned` facts) to its successor.
         if let Some(last) = last {
             amqp::ack_through(&last).await?;
         }

@@ -1,6 +1,7 @@
 //! The executor: stateless. It consumes requests from its own queue, runs each as a
 //! child process within its slots, publishes the result (confirmed) and only then acks
-//! the request; it reports INFO every interval and at once on change. A request
+//! the request; it reports INFO every interval, and at once when an attempt ends or is
+//! given back (that frees a slot) or it starts or stops draining. A request
 //! redelivered after a reconnect is recognised by (task, attempt) and not run twice.
 
 pub mod register;
@@ -516,7 +517,6 @@ async fn session(
                 .await;
             continue;
         }
-        shared.changed.notify_one();
         tracker.spawn(attempt(shared.clone(), req, delivery));
     }
 }
@@ -575,7 +575,6 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     if let Some(r) = shared.lock().held.get_mut(&key) {
         *r = true;
     }
-    shared.changed.notify_one();
     tracing::debug!(task_id = %req.task_id, attempt = req.attempt, "starting");
     // The command learns where and as what it runs (after the task's own env, so a
     // task cannot pose as another executor).
@@ -662,7 +661,7 @@ async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: De
     shared.changed.notify_one();
 }
 
-/// INFO every interval, and promptly (debounced) when what we hold changes.
+/// INFO every interval, and at once when a slot frees or draining changes.
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let every = Duration::from_millis(shared.cfg.executor.info_interval_ms);
     let group = shared
@@ -678,10 +677,10 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
             _ = tokio::time::sleep(every) => false,
-            _ = shared.changed.notified() => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                false
-            }
+            // At once: what changed frees a slot (a result, a request given back) or
+            // closes the executor to work (drain). Changes that arrive while this INFO
+            // is being published go together in the next one.
+            _ = shared.changed.notified() => false,
         };
         let current = rx.borrow_and_update().clone();
         if let Some(p) = current {

@@ -25,7 +25,6 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     pool: Pool,
     auth: crate::auth::Authenticator,
-    schema: String,
     max_body: usize,
     /// An executor silent this long shows as not alive, its tasks as `unknown`.
     silent_after_secs: f64,
@@ -38,6 +37,8 @@ struct Inner {
     publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
     names: fleet_shared::amqp::Names,
     broker_admin: Option<crate::broker_admin::BrokerAdmin>,
+    /// Writes submissions, grouping those that arrive together into one commit.
+    inserter: crate::inserter::Inserter,
 }
 
 impl AppState {
@@ -48,9 +49,9 @@ impl AppState {
         publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
     ) -> Self {
         Self(Arc::new(Inner {
+            inserter: crate::inserter::Inserter::new(pool.clone(), cfg.database.schema.clone()),
             pool,
             auth: crate::auth::Authenticator::new(&cfg.auth),
-            schema: cfg.database.schema.clone(),
             max_body: cfg.submitter.max_body_bytes,
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
             health,
@@ -124,6 +125,7 @@ pub fn router(state: AppState) -> Router {
     let health = state.0.health.clone();
     Router::new()
         .route("/v1/jobs", post(submit_job))
+        .route("/v1/jobs/batch", post(submit_batch))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/results", get(get_results))
         .route("/v1/executors", get(get_executors))
@@ -309,23 +311,15 @@ async fn submit_job(
     }
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Some(k.to_owned()),
-        Some(_) => {
-            return Err(ApiError::Invalid(FieldError {
-                field: "Idempotency-Key".into(),
-                message: "must be 1 to 200 visible ASCII characters".into(),
-            }))
-        }
+        Some(Ok(k)) => Some(idempotency_key("Idempotency-Key", k)?),
+        Some(Err(_)) => return Err(invalid("Idempotency-Key", KEY_RULE)),
     };
     let new = submit::NewJob {
         id: JobId::new(),
         idempotency_key: key,
         job,
     };
-    let mut client = s.0.pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await.map_err(DbError::from)?;
-    let tickets = submit::insert_jobs(&tx, &s.0.schema, std::slice::from_ref(&new)).await?;
-    tx.commit().await.map_err(DbError::from)?;
+    let tickets = s.0.inserter.insert(vec![new]).await?;
     let t = tickets
         .first()
         .copied()
@@ -341,6 +335,84 @@ async fn submit_job(
         Json(serde_json::json!({"job_id": t.job_id, "created": t.created})),
     )
         .into_response())
+}
+
+const KEY_RULE: &str = "must be 1 to 200 visible ASCII characters";
+
+fn idempotency_key(field: &str, k: &str) -> Result<String, ApiError> {
+    if !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        Ok(k.to_owned())
+    } else {
+        Err(invalid(field, KEY_RULE))
+    }
+}
+
+/// Jobs in one `POST /v1/jobs/batch` at most.
+pub const MAX_BATCH: usize = 10_000;
+
+/// `POST /v1/jobs/batch`: many jobs, each with its own idempotency key, written in one
+/// transaction. All or nothing: one invalid job refuses the request (400, naming it).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    jobs: Vec<BatchItem>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    job: JobSpec,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+async fn submit_batch(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.need(Permission::Submit)?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    let batch: BatchBody = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        invalid(
+            if path == "." { "body" } else { &path },
+            e.into_inner().to_string(),
+        )
+    })?;
+    if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
+        return Err(invalid("jobs", format!("must hold 1 to {MAX_BATCH} jobs")));
+    }
+    let mut new = Vec::with_capacity(batch.jobs.len());
+    for (i, item) in batch.jobs.into_iter().enumerate() {
+        let job = item
+            .job
+            .validate()
+            .map_err(|f| invalid(&format!("jobs[{i}].job.{}", f.field), f.message))?;
+        let key = item
+            .idempotency_key
+            .map(|k| idempotency_key(&format!("jobs[{i}].idempotency_key"), &k))
+            .transpose()?;
+        new.push(submit::NewJob {
+            id: JobId::new(),
+            idempotency_key: key,
+            job,
+        });
+    }
+    if !s.0.accept_without_broker {
+        s.broker_can_take_work().await?;
+    }
+    let tickets = s.0.inserter.insert(new).await?;
+    let created = tickets.iter().filter(|t| t.created).count();
+    metrics::counter!("fleet_submitter_jobs_total", "via" => "http", "created" => "true")
+        .increment(created as u64);
+    metrics::counter!("fleet_submitter_jobs_total", "via" => "http", "created" => "false")
+        .increment((tickets.len() - created) as u64);
+    let jobs: Vec<serde_json::Value> = tickets
+        .iter()
+        .map(|t| serde_json::json!({"job_id": t.job_id, "created": t.created}))
+        .collect();
+    Ok((StatusCode::OK, Json(serde_json::json!({ "jobs": jobs }))).into_response())
 }
 
 async fn get_job(

@@ -204,9 +204,6 @@ async fn insert(
     schema: &str,
     jobs: &[submit::NewJob],
 ) -> Result<Vec<submit::Ticket>, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let tickets = submit::insert_jobs(&tx, schema, jobs).await?;
-    tx.commit().await?;
-    Ok(tickets)
+    let client = pool.get().await?;
+    submit::insert_jobs(&client, schema, jobs).await
 }

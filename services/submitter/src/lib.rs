@@ -7,6 +7,7 @@ mod auth;
 mod broker_admin;
 mod control;
 mod identity;
+mod inserter;
 mod intake;
 
 use fleet_shared::config::Config;

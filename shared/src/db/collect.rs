@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use serde_json::json;
-
 use super::{DbError, Transaction};
 use crate::id::{JobId, TaskId};
 use crate::proto::{Outcome, TaskResult};
@@ -72,9 +70,11 @@ pub struct Recorded {
 /// attempts they report, and settles the tasks whose current attempt that was. Only the
 /// executor an attempt was given to may report it: a result for an attempt that does not
 /// exist, or from another executor, is refused (the caller dead-letters it), never
-/// stored. A late result of an attempt already lost is stored but decides nothing.
+/// stored. A late result of an attempt already lost is stored but decides nothing. The
+/// commit notifies `<schema>_fleet_results`, for whoever watches results come in.
 pub async fn record_results(
     tx: &Transaction<'_>,
+    schema: &str,
     results: &[TaskResult],
 ) -> Result<Recorded, DbError> {
     if results.is_empty() {
@@ -86,45 +86,41 @@ pub async fn record_results(
     // (Reports of one attempt from two executors are kept apart: only the holder's can
     // match the attempt.)
     let mut seen = std::collections::HashSet::new();
-    let firsts: Vec<usize> = (0..results.len())
-        .filter(|&i| {
-            let r = &results[i];
-            seen.insert((r.task_id, r.attempt, r.executor_id.clone()))
-        })
-        .collect();
-    let col = |f: &dyn Fn(&TaskResult) -> String| -> Vec<String> {
-        firsts.iter().map(|&i| f(&results[i])).collect()
-    };
-    let task_ids: Vec<uuid::Uuid> = firsts.iter().map(|&i| results[i].task_id.uuid()).collect();
-    let attempts: Vec<i32> = firsts.iter().map(|&i| results[i].attempt).collect();
-    let executors = col(&|r| r.executor_id.to_string());
-    let outcomes = col(&|r| r.outcome.as_str().to_owned());
-    let exit_codes: Vec<Option<i32>> = firsts.iter().map(|&i| results[i].exit_code).collect();
-    let signals: Vec<Option<i32>> = firsts.iter().map(|&i| results[i].signal).collect();
-    let errors: Vec<Option<&str>> = firsts
+    let firsts: Vec<&TaskResult> = results
         .iter()
-        .map(|&i| results[i].error.as_deref())
+        .filter(|r| seen.insert((r.task_id, r.attempt, r.executor_id.clone())))
         .collect();
+    let task_ids: Vec<uuid::Uuid> = firsts.iter().map(|r| r.task_id.uuid()).collect();
+    let attempts: Vec<i32> = firsts.iter().map(|r| r.attempt).collect();
+    let executors: Vec<&str> = firsts.iter().map(|r| r.executor_id.as_str()).collect();
+    let outcomes: Vec<&str> = firsts.iter().map(|r| r.outcome.as_str()).collect();
+    let exit_codes: Vec<Option<i32>> = firsts.iter().map(|r| r.exit_code).collect();
+    let signals: Vec<Option<i32>> = firsts.iter().map(|r| r.signal).collect();
+    let errors: Vec<Option<&str>> = firsts.iter().map(|r| r.error.as_deref()).collect();
     // PostgreSQL text cannot hold NUL.
-    let stdouts = col(&|r| r.stdout.replace('\0', "\u{FFFD}"));
-    let stderrs = col(&|r| r.stderr.replace('\0', "\u{FFFD}"));
-    let out_cut: Vec<bool> = firsts
-        .iter()
-        .map(|&i| results[i].stdout_truncated)
-        .collect();
-    let err_cut: Vec<bool> = firsts
-        .iter()
-        .map(|&i| results[i].stderr_truncated)
-        .collect();
+    let text = |s: &str| {
+        if s.contains('\0') {
+            s.replace('\0', "\u{FFFD}")
+        } else {
+            s.to_owned()
+        }
+    };
+    let stdouts: Vec<String> = firsts.iter().map(|r| text(&r.stdout)).collect();
+    let stderrs: Vec<String> = firsts.iter().map(|r| text(&r.stderr)).collect();
+    let out_cut: Vec<bool> = firsts.iter().map(|r| r.stdout_truncated).collect();
+    let err_cut: Vec<bool> = firsts.iter().map(|r| r.stderr_truncated).collect();
     let started: Vec<Option<chrono::DateTime<chrono::Utc>>> =
-        firsts.iter().map(|&i| results[i].started_at).collect();
+        firsts.iter().map(|r| r.started_at).collect();
     let finished: Vec<chrono::DateTime<chrono::Utc>> =
-        firsts.iter().map(|&i| results[i].finished_at).collect();
+        firsts.iter().map(|r| r.finished_at).collect();
+    let channel = results_channel(schema);
     // `known`: the results whose attempt exists and is held by the executor reporting
     // it. Only those are stored, and only those close their attempt (if it is still
-    // open); the job is the task's, whatever the message says.
-    let rows = tx
-        .query(
+    // open); the job is the task's, whatever the message says. The tasks of the attempts
+    // closed are locked (in id order, as every settler takes them) and read for
+    // settling, in the same statement.
+    let stmt = tx
+        .prepare_cached(
             "WITH x AS (
                  SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[],
                                       $6::int[], $7::text[], $8::text[], $9::text[], $10::bool[],
@@ -153,16 +149,33 @@ pub async fn record_results(
                  WHERE a.task_id = k.task_id AND a.attempt = k.attempt
                    AND a.executor_id = k.executor_id
                    AND a.state IN ('assigned', 'running', 'reported')
-                 RETURNING a.task_id, a.attempt, k.outcome)
-             SELECT 'closed', task_id, attempt, outcome FROM closed
+                 RETURNING a.task_id, a.attempt, k.outcome),
+             locked AS (
+                 SELECT t.id, t.job_id, t.state, t.attempts, t.max_attempts, t.each, t.quorum,
+                        j.task_count
+                 FROM tasks t JOIN jobs j ON j.id = t.job_id
+                 WHERE t.id IN (SELECT task_id FROM closed)
+                 ORDER BY t.id FOR UPDATE OF t),
+             notified AS (SELECT pg_notify($14, ''))
+             SELECT 'closed', c.task_id, c.attempt, c.outcome, l.job_id, l.state, l.attempts,
+                    l.max_attempts, l.each, l.quorum, l.task_count
+             FROM closed c JOIN locked l ON l.id = c.task_id
              UNION ALL
              SELECT CASE WHEN EXISTS (SELECT 1 FROM attempts a
                                       WHERE a.task_id = x.task_id AND a.attempt = x.attempt)
                          THEN 'not_holder' ELSE 'unknown_attempt' END,
-                    x.task_id, x.attempt, x.executor_id
+                    x.task_id, x.attempt, x.executor_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL
              FROM x WHERE NOT EXISTS (SELECT 1 FROM known k
                                       WHERE k.task_id = x.task_id AND k.attempt = x.attempt
-                                        AND k.executor_id = x.executor_id)",
+                                        AND k.executor_id = x.executor_id)
+             UNION ALL
+             SELECT 'notified', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+             FROM notified",
+        )
+        .await?;
+    let rows = tx
+        .query(
+            &stmt,
             &[
                 &task_ids,
                 &attempts,
@@ -177,27 +190,43 @@ pub async fn record_results(
                 &err_cut,
                 &started,
                 &finished,
+                &channel,
             ],
         )
         .await?;
     let mut ended = Vec::new();
+    let mut tasks = HashMap::new();
     let mut refused_keys = HashMap::new();
     for r in &rows {
         let kind: &str = r.get(0);
-        let task_id = TaskId::from_uuid(r.get(1));
-        let attempt: i32 = r.get(2);
         match kind {
+            "notified" => {}
             "closed" => {
                 let outcome: String = r.get(3);
+                let task_id = TaskId::from_uuid(r.get(1));
                 if let Some(outcome) = Outcome::parse(&outcome) {
                     ended.push(Ended {
                         task_id,
-                        attempt,
+                        attempt: r.get(2),
                         outcome,
                     });
                 }
+                tasks.insert(
+                    task_id.uuid(),
+                    Locked {
+                        job_id: JobId::from_uuid(r.get(4)),
+                        state: parse_state(r.get(5))?,
+                        attempts: r.get(6),
+                        max_attempts: r.get(7),
+                        each: r.get(8),
+                        quorum: r.get(9),
+                        task_count: r.get(10),
+                    },
+                );
             }
             why => {
+                let task_id = TaskId::from_uuid(r.get(1));
+                let attempt: i32 = r.get(2);
                 let executor: String = r.get(3);
                 let why = if why == "not_holder" {
                     Refused::NotHolder
@@ -218,9 +247,14 @@ pub async fn record_results(
         })
         .collect();
     Ok(Recorded {
-        settled: settle(tx, &ended).await?,
+        settled: settle_locked(tx, &ended, &tasks).await?,
         refused,
     })
+}
+
+/// The channel a commit that records results notifies: `<schema>_fleet_results`.
+pub fn results_channel(schema: &str) -> String {
+    format!("{schema}_fleet_results")
 }
 
 /// Marks these attempts lost now and settles their tasks, as the lease sweep would
@@ -231,17 +265,17 @@ pub async fn lose(tx: &Transaction<'_>, held: &[super::HeldBy]) -> Result<Settle
         return Ok(Settled::default());
     }
     let (tasks, attempts, executors) = super::held_by_columns(held);
-    let rows = tx
-        .query(
+    let stmt = tx
+        .prepare_cached(
             "UPDATE attempts a SET state = 'lost', finished_at = clock_timestamp()
              FROM unnest($1::uuid[], $2::int[], $3::text[]) AS x(task_id, attempt, executor_id)
              WHERE a.task_id = x.task_id AND a.attempt = x.attempt
                AND a.executor_id = x.executor_id
                AND a.state IN ('assigned', 'running', 'reported')
              RETURNING a.task_id, a.attempt",
-            &[&tasks, &attempts, &executors],
         )
         .await?;
+    let rows = tx.query(&stmt, &[&tasks, &attempts, &executors]).await?;
     let ended: Vec<Ended> = rows
         .iter()
         .map(|r| Ended {
@@ -262,6 +296,12 @@ struct Locked {
     max_attempts: i32,
     each: bool,
     quorum: Option<i32>,
+    /// Tasks in its job: a job of one task is settled from this row alone.
+    task_count: i32,
+}
+
+fn parse_state(s: &str) -> Result<TaskState, DbError> {
+    TaskState::parse(s).ok_or_else(|| DbError::Row(format!("task state {s:?}")))
 }
 
 /// Locks the tasks (in id order, so concurrent settlers cannot deadlock) and reads them.
@@ -269,44 +309,74 @@ async fn lock_tasks(
     tx: &Transaction<'_>,
     ids: &[uuid::Uuid],
 ) -> Result<HashMap<uuid::Uuid, Locked>, DbError> {
-    let rows = tx
-        .query(
-            "SELECT id, job_id, state, attempts, max_attempts, each, quorum FROM tasks
-             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&ids],
+    let stmt = tx
+        .prepare_cached(
+            "SELECT t.id, t.job_id, t.state, t.attempts, t.max_attempts, t.each, t.quorum,
+                    j.task_count
+             FROM tasks t JOIN jobs j ON j.id = t.job_id
+             WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE OF t",
         )
         .await?;
+    let rows = tx.query(&stmt, &[&ids]).await?;
     let mut tasks = HashMap::with_capacity(rows.len());
     for r in &rows {
-        let state: String = r.get(2);
-        let state = TaskState::parse(&state)
-            .ok_or_else(|| DbError::Row(format!("task state {state:?}")))?;
         tasks.insert(
             r.get::<_, uuid::Uuid>(0),
             Locked {
                 job_id: JobId::from_uuid(r.get(1)),
-                state,
+                state: parse_state(r.get(2))?,
                 attempts: r.get(3),
                 max_attempts: r.get(4),
                 each: r.get(5),
                 quorum: r.get(6),
+                task_count: r.get(7),
             },
         );
     }
     Ok(tasks)
 }
 
+/// Task state changes decided while settling, written at the end in one statement.
+#[derive(Default)]
+struct Changes {
+    /// (task, new state, the attempt that decided it)
+    tasks: Vec<(uuid::Uuid, TaskState, Option<i32>)>,
+}
+
+impl Changes {
+    fn set(&mut self, id: uuid::Uuid, to: TaskState, final_attempt: Option<i32>) {
+        self.tasks.push((id, to, final_attempt));
+    }
+
+    /// The newest state decided for a task, if any.
+    fn state_of(&self, id: uuid::Uuid) -> Option<TaskState> {
+        self.tasks.iter().rev().find(|t| t.0 == id).map(|t| t.1)
+    }
+}
+
 /// Applies ended attempts to their tasks through the state machine, then moves the
 /// dependents of finished tasks and re-derives the state of every job touched. An
 /// attempt of an `each` task ends its member's copy, and the quorum decides the task.
 pub async fn settle(tx: &Transaction<'_>, ended: &[Ended]) -> Result<Settled, DbError> {
+    if ended.is_empty() {
+        return Ok(Settled::default());
+    }
+    let ids: Vec<uuid::Uuid> = ended.iter().map(|e| e.task_id.uuid()).collect();
+    let tasks = lock_tasks(tx, &ids).await?;
+    settle_locked(tx, ended, &tasks).await
+}
+
+/// [`settle`] with the tasks already locked and read.
+async fn settle_locked(
+    tx: &Transaction<'_>,
+    ended: &[Ended],
+    tasks: &HashMap<uuid::Uuid, Locked>,
+) -> Result<Settled, DbError> {
     let mut settled = Settled::default();
     if ended.is_empty() {
         return Ok(settled);
     }
-    let ids: Vec<uuid::Uuid> = ended.iter().map(|e| e.task_id.uuid()).collect();
-    let tasks = lock_tasks(tx, &ids).await?;
-    let mut updates = Vec::new();
+    let mut changes = Changes::default();
     let mut jobs = BTreeSet::new();
     let mut copy_ends = Vec::new();
     for e in ended {
@@ -329,9 +399,7 @@ pub async fn settle(tx: &Transaction<'_>, ended: &[Ended]) -> Result<Settled, Db
         let Ok(to) = transition(t.state, event) else {
             continue;
         };
-        let final_attempt = to.is_terminal().then_some(e.attempt);
-        updates
-            .push(json!({"id": e.task_id, "state": to.as_str(), "final_attempt": final_attempt}));
+        changes.set(e.task_id.uuid(), to, to.is_terminal().then_some(e.attempt));
         jobs.insert(t.job_id);
         if to.is_terminal() {
             settled.finished.push((t.job_id, e.task_id, to));
@@ -339,13 +407,21 @@ pub async fn settle(tx: &Transaction<'_>, ended: &[Ended]) -> Result<Settled, Db
             settled.readied += 1;
         }
     }
-    apply_task_states(tx, updates).await?;
     if !copy_ends.is_empty() {
-        let deciding = end_copies(tx, &copy_ends, &tasks).await?;
+        let deciding = end_copies(tx, &copy_ends, tasks).await?;
         let each: Vec<uuid::Uuid> = copy_ends.iter().map(|e| e.task_id.uuid()).collect();
-        decide_each(tx, &each, &tasks, &deciding, &mut jobs, &mut settled).await?;
+        decide_each(
+            tx,
+            &each,
+            tasks,
+            &deciding,
+            &mut changes,
+            &mut jobs,
+            &mut settled,
+        )
+        .await?;
     }
-    resolve_jobs(tx, &jobs, &mut settled).await?;
+    resolve_jobs(tx, &jobs, tasks, changes, &mut settled).await?;
     Ok(settled)
 }
 
@@ -359,8 +435,18 @@ pub async fn settle_each(tx: &Transaction<'_>, ids: &[TaskId]) -> Result<Settled
     let ids: Vec<uuid::Uuid> = ids.iter().map(|t| t.uuid()).collect();
     let tasks = lock_tasks(tx, &ids).await?;
     let mut jobs = BTreeSet::new();
-    decide_each(tx, &ids, &tasks, &HashMap::new(), &mut jobs, &mut settled).await?;
-    resolve_jobs(tx, &jobs, &mut settled).await?;
+    let mut changes = Changes::default();
+    decide_each(
+        tx,
+        &ids,
+        &tasks,
+        &HashMap::new(),
+        &mut changes,
+        &mut jobs,
+        &mut settled,
+    )
+    .await?;
+    resolve_jobs(tx, &jobs, &tasks, changes, &mut settled).await?;
     Ok(settled)
 }
 
@@ -387,7 +473,8 @@ async fn end_copies(
         .iter()
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect();
-    let mut updates = Vec::new();
+    let (mut ids, mut nums, mut states, mut errors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut deciding = HashMap::new();
     for e in ended {
         let key = (e.task_id.uuid(), e.attempt);
@@ -406,17 +493,20 @@ async fn end_copies(
             to = CopyState::Cancelled;
             error = Some("attempt lost after the task was decided; not tried again");
         }
-        updates.push(json!({"task_id": e.task_id, "attempt": e.attempt,
-                            "state": to.as_str(), "error": error}));
+        ids.push(key.0);
+        nums.push(e.attempt);
+        states.push(to.as_str());
+        errors.push(error);
         deciding.insert(key.0, e.attempt);
     }
-    if !updates.is_empty() {
+    if !ids.is_empty() {
         tx.execute(
             "UPDATE task_copies c SET state = x.state, error = x.error,
                  pending_since = CASE WHEN x.state = 'pending' THEN clock_timestamp() END
-             FROM jsonb_to_recordset($1::jsonb) AS x(task_id uuid, attempt int, state text, error text)
+             FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[])
+                  AS x(task_id, attempt, state, error)
              WHERE c.task_id = x.task_id AND c.current_attempt = x.attempt AND c.state = 'assigned'",
-            &[&serde_json::Value::Array(updates)],
+            &[&ids, &nums, &states, &errors],
         )
         .await?;
     }
@@ -430,6 +520,7 @@ async fn decide_each(
     ids: &[uuid::Uuid],
     tasks: &HashMap<uuid::Uuid, Locked>,
     deciding: &HashMap<uuid::Uuid, i32>,
+    changes: &mut Changes,
     jobs: &mut BTreeSet<JobId>,
     settled: &mut Settled,
 ) -> Result<(), DbError> {
@@ -455,7 +546,6 @@ async fn decide_each(
             &[&open],
         )
         .await?;
-    let mut updates = Vec::new();
     let mut decided = Vec::new();
     for r in &rows {
         let id: uuid::Uuid = r.get(0);
@@ -466,13 +556,11 @@ async fn decide_each(
         let Some(to) = quorum_decision(members, needed, succeeded, failed) else {
             continue;
         };
-        let final_attempt = deciding.get(&id).copied();
-        updates.push(json!({"id": id, "state": to.as_str(), "final_attempt": final_attempt}));
+        changes.set(id, to, deciding.get(&id).copied());
         decided.push(id);
         jobs.insert(t.job_id);
         settled.finished.push((t.job_id, TaskId::from_uuid(id), to));
     }
-    apply_task_states(tx, updates).await?;
     if !decided.is_empty() {
         tx.execute(
             "UPDATE task_copies SET state = 'cancelled', pending_since = NULL,
@@ -485,82 +573,84 @@ async fn decide_each(
     Ok(())
 }
 
-/// Locks the jobs (in id order, so concurrent settlers cannot deadlock) before their
-/// tasks are read for dependencies and job state: two transactions settling tasks of one
-/// job then run one after the other, and the second sees the first's committed states.
-async fn lock_jobs(tx: &Transaction<'_>, ids: &[uuid::Uuid]) -> Result<(), DbError> {
-    tx.execute(
-        "SELECT 1 FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        &[&ids],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn apply_task_states(
-    tx: &Transaction<'_>,
-    updates: Vec<serde_json::Value>,
-) -> Result<(), DbError> {
-    if updates.is_empty() {
-        return Ok(());
-    }
-    tx.execute(
-        "UPDATE tasks t SET state = x.state, final_attempt = coalesce(x.final_attempt, t.final_attempt),
-                            updated_at = clock_timestamp()
-         FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, state text, final_attempt int)
-         WHERE t.id = x.id",
-        &[&serde_json::Value::Array(updates)],
-    )
-    .await?;
-    Ok(())
-}
-
-/// For each job: release or cancel waiting dependents, then derive the job's state.
+/// For each job: release or cancel waiting dependents, then derive the job's state; then
+/// writes every task change and job state in one statement. A job of one task is derived
+/// from that task alone; the tasks of a larger job are read under the job's lock (taken
+/// in id order, after the tasks', so two transactions settling tasks of one job run one
+/// after the other, and the second sees the first's states).
 async fn resolve_jobs(
     tx: &Transaction<'_>,
     jobs: &BTreeSet<JobId>,
+    locked: &HashMap<uuid::Uuid, Locked>,
+    mut changes: Changes,
     settled: &mut Settled,
 ) -> Result<(), DbError> {
-    if jobs.is_empty() {
+    if jobs.is_empty() && changes.tasks.is_empty() {
         return Ok(());
     }
-    let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.uuid()).collect();
-    lock_jobs(tx, &ids).await?;
-    let rows = tx
-        .query(
-            "SELECT job_id, id, idx, state, depends_on, attempts FROM tasks
-             WHERE job_id = ANY($1) ORDER BY job_id, idx",
-            &[&ids],
-        )
-        .await?;
     struct Row {
         id: uuid::Uuid,
         node: DepNode,
         attempts: i32,
     }
     let mut by_job: HashMap<uuid::Uuid, Vec<Row>> = HashMap::new();
-    for r in &rows {
-        let state: String = r.get(3);
-        let deps: serde_json::Value = r.get(4);
-        by_job.entry(r.get(0)).or_default().push(Row {
-            id: r.get(1),
-            node: DepNode {
-                state: TaskState::parse(&state)
-                    .ok_or_else(|| DbError::Row(format!("task state {state:?}")))?,
-                depends_on: serde_json::from_value(deps)
-                    .map_err(|e| DbError::Row(e.to_string()))?,
-            },
-            attempts: r.get(5),
-        });
+    let mut larger = Vec::new();
+    for job in jobs {
+        let single = locked
+            .iter()
+            .find(|(_, t)| t.job_id == *job && t.task_count == 1);
+        match single {
+            Some((&id, t)) => {
+                by_job.entry(job.uuid()).or_default().push(Row {
+                    id,
+                    node: DepNode {
+                        state: changes.state_of(id).unwrap_or(t.state),
+                        depends_on: Vec::new(),
+                    },
+                    attempts: t.attempts,
+                });
+            }
+            None => larger.push(job.uuid()),
+        }
     }
-    let mut updates = Vec::new();
-    let mut job_states = Vec::new();
+    if !larger.is_empty() {
+        // Two statements, sent together: the read takes its snapshot only once the lock
+        // is held, so it sees what a settler that held the lock before committed.
+        let lock = tx
+            .prepare_cached("SELECT 1 FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .await?;
+        let read = tx
+            .prepare_cached(
+                "SELECT job_id, id, state, depends_on, attempts FROM tasks
+                 WHERE job_id = ANY($1) ORDER BY job_id, idx",
+            )
+            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&larger];
+        let (_, rows) = tokio::try_join!(tx.execute(&lock, &params), tx.query(&read, &params))?;
+        for r in &rows {
+            let id: uuid::Uuid = r.get(1);
+            let deps: serde_json::Value = r.get(3);
+            by_job.entry(r.get(0)).or_default().push(Row {
+                id,
+                node: DepNode {
+                    state: match changes.state_of(id) {
+                        Some(s) => s,
+                        None => parse_state(r.get(2))?,
+                    },
+                    depends_on: serde_json::from_value(deps)
+                        .map_err(|e| DbError::Row(e.to_string()))?,
+                },
+                attempts: r.get(4),
+            });
+        }
+    }
+    let (mut job_ids, mut job_states) = (Vec::new(), Vec::new());
     for (job, mut tasks) in by_job {
         let job_id = JobId::from_uuid(job);
         let nodes: Vec<DepNode> = tasks.iter().map(|t| t.node.clone()).collect();
         for (i, to) in resolve_dependencies(&nodes) {
             tasks[i].node.state = to;
-            updates.push(json!({"id": tasks[i].id, "state": to.as_str(), "final_attempt": null}));
+            changes.set(tasks[i].id, to, None);
             if to.is_terminal() {
                 settled
                     .finished
@@ -581,18 +671,36 @@ async fn resolve_jobs(
                 TaskState::Cancelled => c.cancelled += 1,
             }
         }
-        job_states.push(json!({"id": job, "state": job_state(&c).as_str()}));
+        job_ids.push(job);
+        job_states.push(job_state(&c).as_str());
     }
-    apply_task_states(tx, updates).await?;
-    let changed = tx
-        .query(
-            "UPDATE jobs j SET state = x.state,
+    let task_ids: Vec<uuid::Uuid> = changes.tasks.iter().map(|t| t.0).collect();
+    let task_states: Vec<&str> = changes.tasks.iter().map(|t| t.1.as_str()).collect();
+    let finals: Vec<Option<i32>> = changes.tasks.iter().map(|t| t.2).collect();
+    // The last change of a task wins: updates are applied in order by the ordinality.
+    let stmt = tx
+        .prepare_cached(
+            "WITH t AS (
+                 UPDATE tasks t SET state = x.state,
+                     final_attempt = coalesce(x.final_attempt, t.final_attempt),
+                     updated_at = clock_timestamp()
+                 FROM (SELECT DISTINCT ON (id) id, state, final_attempt
+                       FROM unnest($1::uuid[], $2::text[], $3::int[]) WITH ORDINALITY
+                            AS u(id, state, final_attempt, n)
+                       ORDER BY id, n DESC) x
+                 WHERE t.id = x.id)
+             UPDATE jobs j SET state = x.state,
                  finished_at = CASE WHEN x.state IN ('succeeded', 'failed', 'cancelled')
                                     THEN clock_timestamp() END
-             FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, state text)
+             FROM unnest($4::uuid[], $5::text[]) AS x(id, state)
              WHERE j.id = x.id AND j.state IS DISTINCT FROM x.state
              RETURNING j.id, j.state",
-            &[&serde_json::Value::Array(job_states)],
+        )
+        .await?;
+    let changed = tx
+        .query(
+            &stmt,
+            &[&task_ids, &task_states, &finals, &job_ids, &job_states],
         )
         .await?;
     for r in &changed {

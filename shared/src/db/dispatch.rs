@@ -19,7 +19,7 @@ use crate::proto::{Info, Outcome};
 macro_rules! task_select {
     () => {
         "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
-                target_group, labels, each
+                target_group, labels, each, attempts
          FROM tasks "
     };
 }
@@ -111,93 +111,129 @@ pub async fn fence(tx: &Transaction<'_>, lead: &Leadership) -> Result<bool, DbEr
     Ok(row.is_some())
 }
 
-/// Records the latest INFO of each executor and extends the lease of every attempt it
-/// reports holding, marking the ones it reports started as running. One transaction for
-/// a whole round of heartbeats.
-pub async fn apply_infos(
+/// Writes what the INFO heard says of each executor (groups, labels, capacity, load,
+/// draining) and when it was heard, for the API and for `each` membership.
+pub async fn upsert_executors(
     tx: &Transaction<'_>,
-    infos: &[(Info, DateTime<Utc>)],
-    lease_secs: f64,
+    infos: &[(&Info, DateTime<Utc>)],
 ) -> Result<(), DbError> {
     if infos.is_empty() {
         return Ok(());
     }
-    let executors: Vec<_> = infos
+    let json = |v: serde_json::Result<serde_json::Value>| {
+        v.map_err(|e| DbError::Row(format!("encoding an executor: {e}")))
+    };
+    let ids: Vec<&str> = infos.iter().map(|(i, _)| i.executor_id.as_str()).collect();
+    let groups = infos
         .iter()
-        .map(|(i, at)| {
-            json!({
-                "id": i.executor_id, "groups": i.groups, "labels": i.labels,
-                "capacity": i.capacity, "running": i.running, "queued": i.queued,
-                "draining": i.draining, "last_info_at": at,
-            })
-        })
-        .collect();
-    tx.execute(
-        "INSERT INTO executors (id, groups, labels, capacity, running, queued, draining, last_info_at)
-         SELECT x.id, x.groups, x.labels, x.capacity, x.running, x.queued, x.draining, x.last_info_at
-         FROM jsonb_to_recordset($1::jsonb) AS x(id text, groups jsonb, labels jsonb, capacity int,
-              running int, queued int, draining bool, last_info_at timestamptz)
-         ON CONFLICT (id) DO UPDATE SET groups = EXCLUDED.groups, labels = EXCLUDED.labels,
-              capacity = EXCLUDED.capacity, running = EXCLUDED.running, queued = EXCLUDED.queued,
-              draining = EXCLUDED.draining, last_info_at = EXCLUDED.last_info_at",
-        &[&serde_json::Value::Array(executors)],
-    )
-    .await?;
-    let held: Vec<_> = infos
+        .map(|(i, _)| json(serde_json::to_value(&i.groups)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let labels = infos
         .iter()
-        .flat_map(|(i, _)| {
-            i.in_flight.iter().map(move |h| {
-                json!({"task_id": h.task_id, "attempt": h.attempt,
-                       "executor_id": i.executor_id, "running": h.running})
-            })
-        })
-        .collect();
-    if held.is_empty() {
-        return Ok(());
-    }
-    // The outer UPDATE sees the CTE's RETURNING rows, so a task moves to running in the
-    // same statement as its attempt; both are conditional, so a result recorded
-    // meanwhile by the collector is never overwritten.
+        .map(|(i, _)| json(serde_json::to_value(&i.labels)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let capacity: Vec<i32> = infos.iter().map(|(i, _)| int(i.capacity)).collect();
+    let running: Vec<i32> = infos.iter().map(|(i, _)| int(i.running)).collect();
+    let queued: Vec<i32> = infos.iter().map(|(i, _)| int(i.queued)).collect();
+    let draining: Vec<bool> = infos.iter().map(|(i, _)| i.draining).collect();
+    let at: Vec<DateTime<Utc>> = infos.iter().map(|(_, at)| *at).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO executors (id, groups, labels, capacity, running, queued, draining,
+                                    last_info_at)
+             SELECT * FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::int[], $5::int[],
+                                  $6::int[], $7::bool[], $8::timestamptz[])
+             ON CONFLICT (id) DO UPDATE SET groups = EXCLUDED.groups, labels = EXCLUDED.labels,
+                  capacity = EXCLUDED.capacity, running = EXCLUDED.running,
+                  queued = EXCLUDED.queued, draining = EXCLUDED.draining,
+                  last_info_at = EXCLUDED.last_info_at",
+        )
+        .await?;
     tx.execute(
-        "WITH x AS (
-             SELECT * FROM jsonb_to_recordset($1::jsonb)
-                 AS x(task_id uuid, attempt int, executor_id text, running bool)),
-         upd AS (
-             UPDATE attempts a
-             SET lease_deadline = clock_timestamp() + make_interval(secs => $2),
-                 state = CASE WHEN x.running THEN 'running' ELSE a.state END,
-                 started_at = CASE WHEN x.running AND a.started_at IS NULL
-                                   THEN clock_timestamp() ELSE a.started_at END
-             FROM x
-             WHERE a.task_id = x.task_id AND a.attempt = x.attempt
-               AND a.executor_id = x.executor_id AND a.state IN ('assigned', 'running')
-             RETURNING a.task_id, a.attempt, a.state)
-         UPDATE tasks t SET state = 'running', updated_at = clock_timestamp()
-         FROM upd
-         WHERE t.id = upd.task_id AND (t.attempts = upd.attempt OR t.each)
-           AND upd.state = 'running' AND t.state = 'assigned'",
-        &[&serde_json::Value::Array(held), &lease_secs],
+        &stmt,
+        &[
+            &ids, &groups, &labels, &capacity, &running, &queued, &draining, &at,
+        ],
     )
     .await?;
     Ok(())
 }
 
-/// Attempts handed out and not finished, per executor.
-pub async fn outstanding(client: &Client) -> Result<HashMap<String, u32>, DbError> {
+/// An attempt an executor reports holding, and whether it has started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub attempt: HeldBy,
+    pub running: bool,
+}
+
+/// Extends the lease of attempts their executor reports holding, and marks those it
+/// reports started as running, task included. Both are conditional, so an attempt closed
+/// meanwhile (a result recorded, a lease swept) is left alone.
+pub async fn extend_leases(
+    tx: &Transaction<'_>,
+    held: &[Held],
+    lease_secs: f64,
+) -> Result<(), DbError> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let tasks: Vec<uuid::Uuid> = held.iter().map(|h| h.attempt.task_id.uuid()).collect();
+    let attempts: Vec<i32> = held.iter().map(|h| h.attempt.attempt).collect();
+    let executors: Vec<&str> = held
+        .iter()
+        .map(|h| h.attempt.executor_id.as_str())
+        .collect();
+    let running: Vec<bool> = held.iter().map(|h| h.running).collect();
+    // The outer UPDATE sees the CTE's RETURNING rows, so a task moves to running in the
+    // same statement as its attempt.
+    let stmt = tx
+        .prepare_cached(
+            "WITH upd AS (
+                 UPDATE attempts a
+                 SET lease_deadline = clock_timestamp() + make_interval(secs => $5),
+                     state = CASE WHEN x.running THEN 'running' ELSE a.state END,
+                     started_at = CASE WHEN x.running AND a.started_at IS NULL
+                                       THEN clock_timestamp() ELSE a.started_at END
+                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bool[])
+                      AS x(task_id, attempt, executor_id, running)
+                 WHERE a.task_id = x.task_id AND a.attempt = x.attempt
+                   AND a.executor_id = x.executor_id AND a.state IN ('assigned', 'running')
+                 RETURNING a.task_id, a.attempt, a.state)
+             UPDATE tasks t SET state = 'running', updated_at = clock_timestamp()
+             FROM upd
+             WHERE t.id = upd.task_id AND (t.attempts = upd.attempt OR t.each)
+               AND upd.state = 'running' AND t.state = 'assigned'",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[&tasks, &attempts, &executors, &running, &lease_secs],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every attempt handed out and not finished (nor reported finished), with its executor:
+/// what a new leader starts counting slots from.
+pub async fn open_attempts(client: &Client) -> Result<Vec<HeldBy>, DbError> {
     let rows = client
         .query(
-            "SELECT executor_id, count(*) FROM attempts
-             WHERE state IN ('assigned', 'running') GROUP BY executor_id",
+            "SELECT task_id, attempt, executor_id FROM attempts
+             WHERE state IN ('assigned', 'running')",
             &[],
         )
         .await?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
-            let n: i64 = r.get(1);
-            (r.get(0), u32::try_from(n).unwrap_or(u32::MAX))
+            let e: String = r.get(2);
+            Ok(HeldBy {
+                task_id: TaskId::from_uuid(r.get(0)),
+                attempt: r.get(1),
+                executor_id: ExecutorId::parse(&e).map_err(|e| DbError::Row(e.to_string()))?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +251,8 @@ pub struct ReadyRow {
     pub labels: BTreeMap<String, String>,
     /// Run once on every member of the group.
     pub each: bool,
+    /// Attempts handed out so far: the next one is this plus one.
+    pub attempts: i32,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(col: &str, v: serde_json::Value) -> Result<T, DbError> {
@@ -225,24 +263,36 @@ fn parse<T: serde::de::DeserializeOwned>(col: &str, v: serde_json::Value) -> Res
 /// "highest priority, then oldest" order.
 pub type ReadyCursor = (i32, i64);
 
+/// Ready tasks (not `each`), highest priority then oldest first, after `after`: read
+/// along the `tasks_ready` index, which has that order.
 pub async fn ready_page(
     client: &Client,
     after: Option<ReadyCursor>,
     limit: i64,
 ) -> Result<Vec<ReadyRow>, DbError> {
-    let (p, s) = after.unwrap_or((i32::MAX, i64::MIN));
-    let rows = client
-        .query(
-            concat!(
-                task_select!(),
-                "WHERE state = 'ready' AND NOT each
-               AND (priority < $1 OR (priority = $1 AND seq > $2))
-             ORDER BY priority DESC, seq
-             LIMIT $3"
-            ),
-            &[&p, &s, &limit],
-        )
-        .await?;
+    let rows = match after {
+        None => {
+            let stmt = client
+                .prepare_cached(concat!(
+                    task_select!(),
+                    "WHERE state = 'ready' AND NOT each
+                     ORDER BY priority DESC, seq LIMIT $1"
+                ))
+                .await?;
+            client.query(&stmt, &[&limit]).await?
+        }
+        Some((p, s)) => {
+            let stmt = client
+                .prepare_cached(concat!(
+                    task_select!(),
+                    "WHERE state = 'ready' AND NOT each
+                       AND priority <= $1 AND (priority < $1 OR seq > $2)
+                     ORDER BY priority DESC, seq LIMIT $3"
+                ))
+                .await?;
+            client.query(&stmt, &[&p, &s, &limit]).await?
+        }
+    };
     rows.iter().map(task_row).collect()
 }
 
@@ -275,6 +325,7 @@ fn task_row(r: &tokio_postgres::Row) -> Result<ReadyRow, DbError> {
         group: GroupName::parse(&group).map_err(|e| DbError::Row(e.to_string()))?,
         labels: parse("labels", r.get(10))?,
         each: r.get(11),
+        attempts: r.get(12),
     })
 }
 
@@ -449,38 +500,73 @@ pub struct Assignment {
     pub lease_deadline: DateTime<Utc>,
 }
 
-/// Moves the chosen tasks from ready to assigned and opens one attempt (a lease) each,
-/// in one statement. A task no longer ready (cancelled meanwhile) is skipped.
-pub async fn assign(
-    tx: &Transaction<'_>,
-    pairs: &[(TaskId, ExecutorId)],
+/// What assigning a round came to.
+#[derive(Debug, Default)]
+pub struct Assigned {
+    /// Whether the leader row was ours (the fence): if not, nothing was written.
+    pub led: bool,
+    /// The tasks whose attempt was opened; a task no longer ready, or whose attempt
+    /// counter moved meanwhile, is not among them.
+    pub tasks: Vec<TaskId>,
+}
+
+/// Opens the planned attempts in one statement (one commit), fenced by our leadership:
+/// each task moves from ready to assigned with the attempt number planned (its counter
+/// plus one) and gets an attempt row with its lease. The leader row is locked FOR SHARE
+/// for the statement, so a takeover waits for it, and after one this writes nothing.
+pub async fn assign_planned(
+    client: &Client,
+    lead: &Leadership,
+    planned: &[(TaskId, ExecutorId, i32)],
     lease_secs: f64,
-    epoch: i64,
-) -> Result<Vec<Assignment>, DbError> {
-    if pairs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<_> = pairs
-        .iter()
-        .map(|(t, e)| json!({"task_id": t, "executor_id": e}))
-        .collect();
-    let out = tx
-        .query(
-            "WITH picked AS (
-                 UPDATE tasks t SET state = 'assigned', attempts = t.attempts + 1,
+) -> Result<Assigned, DbError> {
+    let tasks: Vec<uuid::Uuid> = planned.iter().map(|p| p.0.uuid()).collect();
+    let executors: Vec<&str> = planned.iter().map(|p| p.1.as_str()).collect();
+    let attempts: Vec<i32> = planned.iter().map(|p| p.2).collect();
+    let stmt = client
+        .prepare_cached(
+            "WITH lead AS (
+                 SELECT 1 FROM dispatcher_leader
+                 WHERE id = 1 AND holder = $4 AND epoch = $5 AND expires_at > clock_timestamp()
+                 FOR SHARE),
+             picked AS (
+                 UPDATE tasks t SET state = 'assigned', attempts = x.attempt,
                                     updated_at = clock_timestamp()
-                 FROM jsonb_to_recordset($1::jsonb) AS x(task_id uuid, executor_id text)
-                 WHERE t.id = x.task_id AND t.state = 'ready'
-                 RETURNING t.id, t.attempts, x.executor_id)
-             INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline, epoch)
-             SELECT id, attempts, executor_id, 'assigned',
-                    clock_timestamp() + make_interval(secs => $2), $3
-             FROM picked
-             RETURNING task_id, attempt, executor_id, lease_deadline",
-            &[&serde_json::Value::Array(rows), &lease_secs, &epoch],
+                 FROM unnest($1::uuid[], $2::text[], $3::int[]) AS x(task_id, executor_id, attempt)
+                 WHERE t.id = x.task_id AND t.state = 'ready' AND t.attempts = x.attempt - 1
+                   AND EXISTS (SELECT 1 FROM lead)
+                 RETURNING t.id, x.attempt, x.executor_id),
+             opened AS (
+                 INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline, epoch)
+                 SELECT id, attempt, executor_id, 'assigned',
+                        clock_timestamp() + make_interval(secs => $6), $5
+                 FROM picked
+                 RETURNING task_id)
+             SELECT task_id FROM opened
+             UNION ALL SELECT NULL FROM lead",
         )
         .await?;
-    out.iter().map(assignment).collect()
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &tasks,
+                &executors,
+                &attempts,
+                &lead.holder,
+                &lead.epoch,
+                &lease_secs,
+            ],
+        )
+        .await?;
+    let mut out = Assigned::default();
+    for r in &rows {
+        match r.get::<_, Option<uuid::Uuid>>(0) {
+            Some(id) => out.tasks.push(TaskId::from_uuid(id)),
+            None => out.led = true,
+        }
+    }
+    Ok(out)
 }
 
 /// Takes back attempts that never reached their executor (the broker returned the
@@ -559,8 +645,9 @@ pub async fn mark_reported(
 }
 
 /// Marks every attempt whose lease ran out (or whose executor was revoked) as lost and
-/// settles its task: back to ready while attempts remain, else failed.
-pub async fn sweep_leases(tx: &Transaction<'_>) -> Result<Settled, DbError> {
+/// settles its task: back to ready while attempts remain, else failed. Returns what it
+/// settled, and the attempts it lost.
+pub async fn sweep_leases(tx: &Transaction<'_>) -> Result<(Settled, Vec<HeldBy>), DbError> {
     sweep_attempts(tx).await
 }
 
@@ -632,9 +719,9 @@ pub async fn sweep_grace(
     settle_each(tx, &ids).await
 }
 
-async fn sweep_attempts(tx: &Transaction<'_>) -> Result<Settled, DbError> {
-    let rows = tx
-        .query(
+async fn sweep_attempts(tx: &Transaction<'_>) -> Result<(Settled, Vec<HeldBy>), DbError> {
+    let stmt = tx
+        .prepare_cached(
             "UPDATE attempts SET state = 'lost', finished_at = clock_timestamp()
              WHERE (state IN ('assigned', 'running', 'reported')
                     AND lease_deadline < clock_timestamp())
@@ -644,21 +731,28 @@ async fn sweep_attempts(tx: &Transaction<'_>) -> Result<Settled, DbError> {
                     AND executor_id IN (SELECT executor_id FROM executor_credentials
                                         WHERE revoked_at IS NOT NULL))
              RETURNING task_id, attempt, executor_id",
-            &[],
         )
         .await?;
-    let ended: Vec<Ended> = rows
-        .iter()
-        .map(|r| {
-            let executor: String = r.get(2);
-            tracing::warn!(task_id = %r.get::<_, uuid::Uuid>(0), attempt = r.get::<_, i32>(1),
-                           executor_id = %executor, "lease expired: attempt lost");
-            Ended {
-                task_id: TaskId::from_uuid(r.get(0)),
-                attempt: r.get(1),
-                outcome: Outcome::Lost,
-            }
-        })
-        .collect();
-    settle(tx, &ended).await
+    let rows = tx.query(&stmt, &[]).await?;
+    let mut ended = Vec::with_capacity(rows.len());
+    let mut lost = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let executor: String = r.get(2);
+        let task_id = TaskId::from_uuid(r.get(0));
+        let attempt: i32 = r.get(1);
+        tracing::warn!(%task_id, attempt, executor_id = %executor, "lease expired: attempt lost");
+        ended.push(Ended {
+            task_id,
+            attempt,
+            outcome: Outcome::Lost,
+        });
+        if let Ok(executor_id) = ExecutorId::parse(&executor) {
+            lost.push(HeldBy {
+                task_id,
+                attempt,
+                executor_id,
+            });
+        }
+    }
+    Ok((settle(tx, &ended).await?, lost))
 }

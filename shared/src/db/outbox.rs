@@ -2,6 +2,13 @@
 //! to the broker afterwards. Delivery is at least once: a relay that dies between the
 //! publish and the delete publishes again; each message carries its outbox id as
 //! `message_id` for consumers to recognise a repeat.
+//!
+//! Events nobody listens to are not made at all: [`Interest`] remembers which event
+//! types found no queue when last published, and those are left out for a while.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -18,9 +25,39 @@ pub struct Pending {
     pub payload: Vec<u8>,
 }
 
-/// The events that a settled batch announces: each finished task, each job whose state
-/// changed.
-pub fn events(n: &Names, settled: &Settled) -> Vec<Pending> {
+/// How long an event type that no queue took is left out before it is tried again:
+/// a queue bound meanwhile starts receiving it within this.
+pub const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// Which event types anyone listens to, as the broker last told this process: an event
+/// published (mandatory) that no queue took marks its type unwanted for
+/// [`PROBE_EVERY`]; then the next one is made and published again, as a probe. So a
+/// deployment with no consumer of events pays nothing for them (no outbox rows, no
+/// messages), and one that binds a queue gets them.
+#[derive(Debug, Default)]
+pub struct Interest {
+    unwanted_until: Mutex<HashMap<String, Instant>>,
+}
+
+impl Interest {
+    pub fn wants(&self, routing_key: &str) -> bool {
+        let Ok(map) = self.unwanted_until.lock() else {
+            return true;
+        };
+        map.get(routing_key).is_none_or(|t| Instant::now() >= *t)
+    }
+
+    /// No queue took an event with this routing key.
+    pub fn nobody_took(&self, routing_key: &str) {
+        if let Ok(mut map) = self.unwanted_until.lock() {
+            map.insert(routing_key.to_owned(), Instant::now() + PROBE_EVERY);
+        }
+    }
+}
+
+/// The events that a settled batch announces (each finished task, each job whose state
+/// changed), of the types someone listens to.
+pub fn events(n: &Names, settled: &Settled, interest: &Interest) -> Vec<Pending> {
     let now = Utc::now();
     let tasks = settled
         .finished
@@ -41,6 +78,7 @@ pub fn events(n: &Names, settled: &Settled) -> Vec<Pending> {
     });
     tasks
         .chain(jobs)
+        .filter(|ev| interest.wants(&ev.event))
         .map(|ev| Pending {
             exchange: n.events_exchange(),
             routing_key: ev.event.clone(),
@@ -79,12 +117,14 @@ const RELAY_BATCH: i64 = 500;
 
 /// Publishes and deletes what the outbox holds, oldest first, until it is empty. Rows
 /// another relay holds are skipped (SKIP LOCKED), so relays run side by side.
-/// `max_batches`: stop after that many batches (None: until empty).
+/// `max_batches`: stop after that many batches (None: until empty). Events no queue
+/// took are dropped and their types marked unwanted in `interest`.
 pub async fn relay(
     pool: &Pool,
     publisher: &Publisher,
     prefix: &str,
     max_batches: Option<usize>,
+    interest: &Interest,
 ) -> Result<usize, RelayError> {
     let mut sent = 0;
     for _ in 0..max_batches.unwrap_or(usize::MAX) {
@@ -116,10 +156,14 @@ pub async fn relay(
                     amqp::json_properties().with_message_id(format!("{prefix}-outbox-{id}").into());
                 Outgoing::new(r.get::<_, String>(1), r.get::<_, String>(2), r.get(3))
                     .with_properties(props)
+                    .mandatory()
             })
             .collect();
+        let keys: Vec<String> = out.iter().map(|o| o.routing_key.clone()).collect();
         // Published before the delete commits: a crash in between repeats, never loses.
-        publisher.publish_all(out).await?;
+        for i in publisher.publish_batch(out).await? {
+            interest.nobody_took(&keys[i]);
+        }
         tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
             .await
             .map_err(DbError::from)?;

@@ -1,8 +1,6 @@
 //! Statements the submitter owns: inserting jobs and their tasks, idempotently.
 
-use serde_json::json;
-
-use super::{notify_wake, DbError, Transaction};
+use super::{wake_channel, Client, DbError};
 use crate::id::{JobId, TaskId};
 use crate::job::ValidJob;
 use crate::state::TaskState;
@@ -20,38 +18,87 @@ pub struct Ticket {
     pub created: bool,
 }
 
-/// Inserts a batch of jobs in one transaction: three statements whatever the number of
-/// jobs and tasks. A job whose idempotency key exists already (or repeats within the
-/// batch) is not inserted again; its ticket names the existing job.
+/// Inserts a batch of jobs, their tasks and the dispatcher's wake-up in one statement
+/// (one transaction, one commit), whatever the number of jobs and tasks; a second read
+/// only when some key was seen before. A job whose idempotency key exists already (or
+/// repeats within the batch) is not inserted again; its ticket names the existing job.
 pub async fn insert_jobs(
-    tx: &Transaction<'_>,
+    client: &Client,
     schema: &str,
     jobs: &[NewJob],
 ) -> Result<Vec<Ticket>, DbError> {
-    let job_rows: Vec<_> = jobs
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let job_ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.id.uuid()).collect();
+    let names: Vec<Option<&str>> = jobs.iter().map(|j| j.job.name.as_deref()).collect();
+    let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.idempotency_key.as_deref()).collect();
+    let counts: Vec<i32> = jobs
         .iter()
-        .map(|j| {
-            json!({
-                "id": j.id,
-                "name": j.job.name,
-                "idempotency_key": j.idempotency_key,
-                "task_count": j.job.tasks.len(),
-            })
-        })
+        .map(|j| i32::try_from(j.job.tasks.len()).unwrap_or(i32::MAX))
         .collect();
-    let created: Vec<uuid::Uuid> = tx
+    let mut t = TaskColumns::default();
+    for j in jobs {
+        for (idx, task) in j.job.tasks.iter().enumerate() {
+            t.push(j.id, idx, task)?;
+        }
+    }
+    let stmt = client
+        .prepare_cached(
+            "WITH j AS (
+                 INSERT INTO jobs (id, name, idempotency_key, task_count)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[])
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING id),
+             t AS (
+                 INSERT INTO tasks (id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs,
+                                    priority, target_group, labels, depends_on, max_attempts,
+                                    each, quorum, state)
+                 SELECT x.* FROM unnest($5::uuid[], $6::uuid[], $7::int[], $8::text[],
+                                        $9::jsonb[], $10::jsonb[], $11::text[], $12::text[],
+                                        $13::bigint[], $14::int[], $15::text[], $16::jsonb[],
+                                        $17::jsonb[], $18::int[], $19::bool[], $20::int[],
+                                        $21::text[])
+                     AS x(id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs, priority,
+                          target_group, labels, depends_on, max_attempts, each, quorum, state)
+                 WHERE x.job_id IN (SELECT id FROM j)),
+             woken AS (SELECT pg_notify($22, '') WHERE EXISTS (SELECT 1 FROM j))
+             SELECT id FROM j
+             UNION ALL SELECT NULL FROM woken",
+        )
+        .await?;
+    let channel = wake_channel(schema);
+    let created: std::collections::HashSet<uuid::Uuid> = client
         .query(
-            "INSERT INTO jobs (id, name, idempotency_key, task_count)
-             SELECT x.id, x.name, x.idempotency_key, x.task_count
-             FROM jsonb_to_recordset($1::jsonb)
-                  AS x(id uuid, name text, idempotency_key text, task_count int)
-             ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING id",
-            &[&serde_json::Value::Array(job_rows)],
+            &stmt,
+            &[
+                &job_ids,
+                &names,
+                &keys,
+                &counts,
+                &t.id,
+                &t.job_id,
+                &t.idx,
+                &t.name,
+                &t.argv,
+                &t.env,
+                &t.cwd,
+                &t.stdin,
+                &t.timeout_secs,
+                &t.priority,
+                &t.group,
+                &t.labels,
+                &t.depends_on,
+                &t.max_attempts,
+                &t.each,
+                &t.quorum,
+                &t.state,
+                &channel,
+            ],
         )
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .filter_map(|r| r.get::<_, Option<uuid::Uuid>>(0))
         .collect();
 
     let missing_keys: Vec<&str> = jobs
@@ -62,80 +109,90 @@ pub async fn insert_jobs(
     let existing: Vec<(String, uuid::Uuid)> = if missing_keys.is_empty() {
         Vec::new()
     } else {
-        tx.query(
-            "SELECT idempotency_key, id FROM jobs WHERE idempotency_key = ANY($1)",
-            &[&missing_keys],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+        client
+            .query(
+                "SELECT idempotency_key, id FROM jobs WHERE idempotency_key = ANY($1)",
+                &[&missing_keys],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
     };
-
-    let mut task_rows = Vec::new();
-    let mut tickets = Vec::with_capacity(jobs.len());
-    for j in jobs {
-        if created.contains(&j.id.uuid()) {
-            tickets.push(Ticket {
-                job_id: j.id,
-                created: true,
-            });
-            for (idx, t) in j.job.tasks.iter().enumerate() {
-                let state = if t.depends_on.is_empty() {
-                    TaskState::Ready
-                } else {
-                    TaskState::Waiting
-                };
-                task_rows.push(json!({
-                    "id": TaskId::new(),
-                    "job_id": j.id,
-                    "idx": idx,
-                    "name": t.name,
-                    "argv": t.argv,
-                    "env": t.env,
-                    "cwd": t.cwd,
-                    "stdin": t.stdin,
-                    "timeout_secs": t.timeout.as_secs(),
-                    "priority": t.priority,
-                    "target_group": t.group,
-                    "labels": t.labels,
-                    "depends_on": t.depends_on,
-                    "max_attempts": t.max_attempts,
-                    "each": t.each,
-                    "quorum": t.quorum,
-                    "state": state.as_str(),
-                }));
+    jobs.iter()
+        .map(|j| {
+            if created.contains(&j.id.uuid()) {
+                return Ok(Ticket {
+                    job_id: j.id,
+                    created: true,
+                });
             }
-        } else {
             let key = j.idempotency_key.as_deref();
-            let id = existing
+            existing
                 .iter()
                 .find(|(k, _)| Some(k.as_str()) == key)
-                .map(|(_, id)| JobId::from_uuid(*id))
-                .ok_or_else(|| DbError::Row(format!("job {} neither inserted nor found", j.id)))?;
-            tickets.push(Ticket {
-                job_id: id,
-                created: false,
-            });
-        }
+                .map(|(_, id)| Ticket {
+                    job_id: JobId::from_uuid(*id),
+                    created: false,
+                })
+                .ok_or_else(|| DbError::Row(format!("job {} neither inserted nor found", j.id)))
+        })
+        .collect()
+}
+
+/// The tasks of a batch, column by column, as `unnest` takes them.
+#[derive(Default)]
+struct TaskColumns {
+    id: Vec<uuid::Uuid>,
+    job_id: Vec<uuid::Uuid>,
+    idx: Vec<i32>,
+    name: Vec<String>,
+    argv: Vec<serde_json::Value>,
+    env: Vec<serde_json::Value>,
+    cwd: Vec<Option<String>>,
+    stdin: Vec<Option<String>>,
+    timeout_secs: Vec<i64>,
+    priority: Vec<i32>,
+    group: Vec<String>,
+    labels: Vec<serde_json::Value>,
+    depends_on: Vec<serde_json::Value>,
+    max_attempts: Vec<i32>,
+    each: Vec<bool>,
+    quorum: Vec<Option<i32>>,
+    state: Vec<&'static str>,
+}
+
+impl TaskColumns {
+    fn push(&mut self, job: JobId, idx: usize, t: &crate::job::ValidTask) -> Result<(), DbError> {
+        let json = |v: serde_json::Result<serde_json::Value>| {
+            v.map_err(|e| DbError::Row(format!("encoding a task: {e}")))
+        };
+        let int = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        self.id.push(TaskId::new().uuid());
+        self.job_id.push(job.uuid());
+        self.idx.push(int(idx));
+        self.name.push(t.name.clone());
+        self.argv.push(json(serde_json::to_value(&t.argv))?);
+        self.env.push(json(serde_json::to_value(&t.env))?);
+        self.cwd.push(t.cwd.clone());
+        self.stdin.push(t.stdin.clone());
+        self.timeout_secs
+            .push(i64::try_from(t.timeout.as_secs()).unwrap_or(i64::MAX));
+        self.priority.push(t.priority);
+        self.group.push(t.group.to_string());
+        self.labels.push(json(serde_json::to_value(&t.labels))?);
+        self.depends_on
+            .push(json(serde_json::to_value(&t.depends_on))?);
+        self.max_attempts
+            .push(i32::try_from(t.max_attempts).unwrap_or(i32::MAX));
+        self.each.push(t.each);
+        self.quorum
+            .push(t.quorum.map(|q| i32::try_from(q).unwrap_or(i32::MAX)));
+        self.state.push(if t.depends_on.is_empty() {
+            TaskState::Ready.as_str()
+        } else {
+            TaskState::Waiting.as_str()
+        });
+        Ok(())
     }
-    if !task_rows.is_empty() {
-        tx.execute(
-            "INSERT INTO tasks (id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs,
-                                priority, target_group, labels, depends_on, max_attempts, each,
-                                quorum, state)
-             SELECT x.id, x.job_id, x.idx, x.name, x.argv, x.env, x.cwd, x.stdin,
-                    x.timeout_secs, x.priority, x.target_group, x.labels, x.depends_on,
-                    x.max_attempts, x.each, x.quorum, x.state
-             FROM jsonb_to_recordset($1::jsonb) AS x(
-                 id uuid, job_id uuid, idx int, name text, argv jsonb, env jsonb, cwd text,
-                 stdin text, timeout_secs bigint, priority int, target_group text,
-                 labels jsonb, depends_on jsonb, max_attempts int, each bool, quorum int,
-                 state text)",
-            &[&serde_json::Value::Array(task_rows)],
-        )
-        .await?;
-        notify_wake(tx, schema).await?;
-    }
-    Ok(tickets)
 }

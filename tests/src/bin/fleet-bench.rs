@@ -83,7 +83,10 @@ struct Balance {
 async fn main() -> Result<()> {
     let args = Args::parse();
     println!("machine: {}", bench::machine());
-    match args.what.unwrap_or(What::Throughput(Throughput::parse_from(["throughput"]))) {
+    match args
+        .what
+        .unwrap_or(What::Throughput(Throughput::parse_from(["throughput"])))
+    {
         What::Throughput(t) => throughput(t).await,
         What::Latency(l) => latency(l).await,
         What::Balance(b) => balance(b).await,
@@ -172,7 +175,11 @@ async fn wait_all(
             last_print = Instant::now();
         }
         if Instant::now() > until {
-            bail!("{} of {} jobs not finished in {deadline:?}", pending.len(), ids.len());
+            bail!(
+                "{} of {} jobs not finished in {deadline:?}",
+                pending.len(),
+                ids.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -217,7 +224,10 @@ async fn preload(client: &tokio_postgres::Client, n: usize) -> Result<()> {
 const STATS_FLUSH: Duration = Duration::from_secs(11);
 
 async fn throughput(a: Throughput) -> Result<()> {
-    println!("baseline: spawning /bin/true for {:.0}s ...", a.baseline_secs);
+    println!(
+        "baseline: spawning /bin/true for {:.0}s ...",
+        a.baseline_secs
+    );
     let secs = a.baseline_secs;
     let before = tokio::task::spawn_blocking(move || bench::spawn_baseline(secs)).await??;
     let pf = ProcessFleet::start("bench", a.executors, a.capacity).await?;

@@ -1,0 +1,331 @@
+//! What the leader knows of the executors, in memory: each one's latest INFO, when it
+//! was heard, and the attempts handed to it that it has not finished. Slots are counted
+//! here, not in PostgreSQL: an attempt frees its slot when its executor says it finished
+//! (INFO `finished`) or gave it back, or when the lease sweep loses it. What must be
+//! durable (the executors' rows, lease extensions, running marks) is written on a timer,
+//! and only what changed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleet_shared::db::admin::Registered;
+use fleet_shared::db::dispatch::Held;
+use fleet_shared::db::HeldBy;
+use fleet_shared::group::GroupName;
+use fleet_shared::id::{ExecutorId, TaskId};
+use fleet_shared::policy::ExecutorView;
+use fleet_shared::proto::Info;
+use tokio::time::Instant;
+
+/// An attempt handed out this long before an INFO arrived, and not listed in it, is not
+/// on its executor: finished (its report lost) or lost on the way. Its slot is free; its
+/// lease, in PostgreSQL, decides the rest.
+const LISTED_WITHIN: Duration = Duration::from_secs(2);
+
+type Key = (TaskId, i32);
+
+struct Known {
+    info: Info,
+    /// Our clock when its latest INFO arrived, and our wall clock then (for the row).
+    heard: Instant,
+    heard_at: DateTime<Utc>,
+    /// Attempts given to it and not finished, with when.
+    outstanding: HashMap<Key, Instant>,
+    /// When the lease of each attempt it holds was last written, and whether the
+    /// running mark was.
+    written: HashMap<Key, (Instant, bool)>,
+    /// Its row must be written: new, or groups, labels, capacity or draining changed.
+    changed: bool,
+    /// When its row was last written.
+    row_written: Option<Instant>,
+    /// Its requests came back unroutable: nothing for it until then; the wait doubles.
+    unroutable: Option<(Instant, Duration)>,
+}
+
+/// What an INFO came to.
+#[derive(Debug, Default)]
+pub struct Heard {
+    /// Attempts given back: (the attempt, whether it had started).
+    pub returned: Vec<(HeldBy, bool)>,
+    /// Attempts whose result the executor published.
+    pub finished: Vec<HeldBy>,
+    /// Slots freed.
+    pub freed: usize,
+    /// An executor not known before (or back after silence): it may take tasks others
+    /// could not.
+    pub appeared: bool,
+    /// What it says of itself changed (new, groups, labels, capacity, draining): worth
+    /// writing now rather than on the timer.
+    pub changed: bool,
+}
+
+pub struct Fleet {
+    known: HashMap<ExecutorId, Known>,
+    /// Open attempts of executors not heard from yet (loaded by a new leader): counted
+    /// once they are.
+    unheard: HashMap<ExecutorId, Vec<Key>>,
+    /// An executor not heard from for this long is not alive.
+    alive_for: Duration,
+}
+
+impl Fleet {
+    pub fn new(alive_for: Duration) -> Self {
+        Self {
+            known: HashMap::new(),
+            unheard: HashMap::new(),
+            alive_for,
+        }
+    }
+
+    /// Forgets everything (leadership lost): rebuilt from the database and INFO.
+    pub fn clear(&mut self) {
+        self.known.clear();
+        self.unheard.clear();
+    }
+
+    /// Takes an INFO. What it gave back or finished counts however old the message;
+    /// the rest only if it is recent (younger than the alive period) and newer than the
+    /// last one heard.
+    pub fn heard(&mut self, mut info: Info) -> Heard {
+        let mut out = Heard::default();
+        let id = info.executor_id.clone();
+        for r in std::mem::take(&mut info.returned) {
+            out.returned.push((
+                HeldBy {
+                    task_id: r.task_id,
+                    attempt: r.attempt,
+                    executor_id: id.clone(),
+                },
+                r.running,
+            ));
+        }
+        for f in std::mem::take(&mut info.finished) {
+            out.finished.push(HeldBy {
+                task_id: f.task_id,
+                attempt: f.attempt,
+                executor_id: id.clone(),
+            });
+        }
+        if let Some(k) = self.known.get_mut(&id) {
+            let ended = out
+                .finished
+                .iter()
+                .map(|h| (h.task_id, h.attempt))
+                .chain(out.returned.iter().map(|(h, _)| (h.task_id, h.attempt)));
+            for key in ended {
+                if k.outstanding.remove(&key).is_some() {
+                    out.freed += 1;
+                }
+                k.written.remove(&key);
+            }
+        }
+        // A heartbeat that waited in the queue (through a dispatcher outage, say) says
+        // nothing about whether its executor is alive now.
+        let age = Utc::now().signed_duration_since(info.sent_at);
+        if age.to_std().is_ok_and(|a| a > self.alive_for) {
+            return out;
+        }
+        let now = Instant::now();
+        let alive_for = self.alive_for;
+        let loaded = self.unheard.remove(&id).unwrap_or_default();
+        let k = self.known.entry(id).or_insert_with(|| {
+            out.appeared = true;
+            Known {
+                info: info.clone(),
+                heard: now,
+                heard_at: Utc::now(),
+                outstanding: loaded.into_iter().map(|key| (key, now)).collect(),
+                written: HashMap::new(),
+                changed: true,
+                row_written: None,
+                unroutable: None,
+            }
+        });
+        if k.info.sent_at > info.sent_at {
+            return out;
+        }
+        if k.heard.elapsed() >= alive_for {
+            out.appeared = true;
+        }
+        k.changed |= k.info.groups != info.groups
+            || k.info.labels != info.labels
+            || k.info.capacity != info.capacity
+            || k.info.draining != info.draining;
+        if k.info.draining && !info.draining {
+            out.appeared = true;
+        }
+        out.changed = k.changed;
+        // Attempts given long enough ago that they would be listed if it held them.
+        let listed: std::collections::HashSet<Key> = info
+            .in_flight
+            .iter()
+            .map(|h| (h.task_id, h.attempt))
+            .collect();
+        let before = k.outstanding.len();
+        k.outstanding.retain(|key, given| {
+            listed.contains(key) || now.duration_since(*given) < LISTED_WITHIN
+        });
+        out.freed += before - k.outstanding.len();
+        k.written.retain(|key, _| listed.contains(key));
+        k.info = info;
+        k.heard = now;
+        k.heard_at = Utc::now();
+        out
+    }
+
+    /// Starts counting from what PostgreSQL holds open (a new leader).
+    pub fn load(&mut self, open: Vec<HeldBy>) {
+        let now = Instant::now();
+        for h in open {
+            let key = (h.task_id, h.attempt);
+            match self.known.get_mut(&h.executor_id) {
+                Some(k) => {
+                    k.outstanding.insert(key, now);
+                }
+                None => self.unheard.entry(h.executor_id).or_default().push(key),
+            }
+        }
+    }
+
+    /// Attempts handed out.
+    pub fn assigned(&mut self, attempts: &[HeldBy]) {
+        let now = Instant::now();
+        for a in attempts {
+            if let Some(k) = self.known.get_mut(&a.executor_id) {
+                k.outstanding.insert((a.task_id, a.attempt), now);
+            }
+        }
+    }
+
+    /// Attempts that no longer hold a slot (lost, or taken back).
+    pub fn ended(&mut self, attempts: &[HeldBy]) -> usize {
+        let mut freed = 0;
+        for a in attempts {
+            if let Some(k) = self.known.get_mut(&a.executor_id) {
+                if k.outstanding.remove(&(a.task_id, a.attempt)).is_some() {
+                    freed += 1;
+                }
+                k.written.remove(&(a.task_id, a.attempt));
+            }
+        }
+        freed
+    }
+
+    /// Its requests came back unroutable: nothing for it for a while (1 s, doubling up
+    /// to a minute while it goes on). Returns the wait.
+    pub fn unroutable(&mut self, id: &ExecutorId) -> Option<Duration> {
+        let k = self.known.get_mut(id)?;
+        let wait = k.unroutable.map_or(Duration::from_secs(1), |(_, w)| {
+            (w * 2).min(Duration::from_secs(60))
+        });
+        k.unroutable = Some((Instant::now() + wait, wait));
+        Some(wait)
+    }
+
+    /// A request to it was taken by its queue.
+    pub fn routable(&mut self, id: &ExecutorId) {
+        if let Some(k) = self.known.get_mut(id) {
+            k.unroutable = None;
+        }
+    }
+
+    /// The executors that may take work now, as the balancing policy sees them: alive,
+    /// not in quarantine, registered if registration is required (and held to their
+    /// registered groups), with the groups an administrator put them in.
+    pub fn views(
+        &self,
+        registered: &HashMap<String, Registered>,
+        assigned: &HashMap<String, Vec<GroupName>>,
+        require_registration: bool,
+    ) -> Vec<ExecutorView> {
+        let now = Instant::now();
+        let mut views: Vec<ExecutorView> = self
+            .known
+            .values()
+            .filter(|k| now.duration_since(k.heard) < self.alive_for)
+            .filter(|k| k.unroutable.is_none_or(|(until, _)| until <= now))
+            .filter_map(|k| {
+                let id = k.info.executor_id.as_str();
+                let declared = match registered.get(id) {
+                    Some(r) if r.revoked => return None,
+                    Some(r) => &r.groups,
+                    None if require_registration => return None,
+                    None => &k.info.groups,
+                };
+                let mut groups = declared.clone();
+                for g in assigned.get(id).into_iter().flatten() {
+                    if !groups.contains(g) {
+                        groups.push(g.clone());
+                    }
+                }
+                Some(ExecutorView {
+                    id: k.info.executor_id.clone(),
+                    groups,
+                    labels: k.info.labels.clone(),
+                    capacity: k.info.capacity,
+                    outstanding: u32::try_from(k.outstanding.len()).unwrap_or(u32::MAX),
+                    draining: k.info.draining,
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        views
+    }
+
+    /// What is due to be written: the rows of executors that changed (or were not
+    /// written for `row_every`), and the attempts whose lease was not extended for
+    /// `lease_every` or that started since. Marks them written; after a failed write,
+    /// [`Self::rewrite`] makes them due again.
+    pub fn due(
+        &mut self,
+        row_every: Duration,
+        lease_every: Duration,
+    ) -> (Vec<(Info, DateTime<Utc>)>, Vec<Held>) {
+        let now = Instant::now();
+        let mut rows = Vec::new();
+        let mut leases = Vec::new();
+        for k in self.known.values_mut() {
+            if k.changed
+                || k.row_written
+                    .is_none_or(|w| now.duration_since(w) >= row_every)
+            {
+                rows.push((k.info.clone(), k.heard_at));
+                k.changed = false;
+                k.row_written = Some(now);
+            }
+            // A lease is extended only on the word of an INFO heard since it was last
+            // extended: an executor gone silent extends nothing.
+            for h in &k.info.in_flight {
+                let key = (h.task_id, h.attempt);
+                let due = match k.written.get(&key) {
+                    None => true,
+                    Some((at, running)) => {
+                        k.heard > *at
+                            && ((h.running && !running) || now.duration_since(*at) >= lease_every)
+                    }
+                };
+                if due {
+                    leases.push(Held {
+                        attempt: HeldBy {
+                            task_id: h.task_id,
+                            attempt: h.attempt,
+                            executor_id: k.info.executor_id.clone(),
+                        },
+                        running: h.running,
+                    });
+                    k.written.insert(key, (now, h.running));
+                }
+            }
+        }
+        (rows, leases)
+    }
+
+    /// A write of what [`Self::due`] returned failed: all of it is due again.
+    pub fn rewrite(&mut self) {
+        for k in self.known.values_mut() {
+            k.changed = true;
+            k.written.clear();
+        }
+    }
+}

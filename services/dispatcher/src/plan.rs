@@ -1,0 +1,179 @@
+//! A round's plan, from what it read: which ready task goes to which executor, under
+//! which attempt number, and the request that goes with it. Pure: no database, no
+//! broker, so tests drive it with data alone.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleet_shared::db::dispatch::ReadyRow;
+use fleet_shared::id::{ExecutorId, TaskId};
+use fleet_shared::policy::{self, ExecutorView, ReadyTask};
+use fleet_shared::proto::Request;
+
+/// One attempt to open, and what to send for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub task_id: TaskId,
+    pub executor_id: ExecutorId,
+    /// The task's attempt counter plus one: the database opens it only if the counter
+    /// has not moved since it was read.
+    pub attempt: i32,
+    pub request: Request,
+}
+
+pub fn ready_task(r: &ReadyRow) -> ReadyTask {
+    ReadyTask {
+        id: r.id,
+        group: r.group.clone(),
+        labels: r.labels.clone(),
+    }
+}
+
+/// Plans the ready tasks (in the order read: highest priority, then oldest) onto the
+/// executors through the balancing policy; `views` count what is handed out. `now` and
+/// `lease` date the requests' (informative) lease deadline.
+pub fn plan(
+    ready: &[ReadyRow],
+    views: &mut [ExecutorView],
+    window: u32,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Vec<Planned> {
+    let tasks: Vec<ReadyTask> = ready.iter().map(ready_task).collect();
+    let deadline = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::zero());
+    policy::assign(&tasks, views, window)
+        .into_iter()
+        .filter_map(|(task_id, executor_id)| {
+            let row = ready.iter().find(|r| r.id == task_id)?;
+            let attempt = row.attempts + 1;
+            Some(Planned {
+                task_id,
+                executor_id,
+                attempt,
+                request: request(row, attempt, deadline),
+            })
+        })
+        .collect()
+}
+
+/// The request for one attempt of a task.
+pub fn request(row: &ReadyRow, attempt: i32, lease_deadline: DateTime<Utc>) -> Request {
+    Request {
+        task_id: row.id,
+        attempt,
+        job_id: row.job_id,
+        argv: row.argv.clone(),
+        env: row.env.clone(),
+        cwd: row.cwd.clone(),
+        stdin: row.stdin.clone(),
+        timeout_secs: row.timeout_secs,
+        lease_deadline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fleet_shared::group::GroupName;
+    use fleet_shared::id::JobId;
+
+    use super::*;
+
+    fn row(priority: i32, seq: i64, attempts: i32, group: &str) -> ReadyRow {
+        ReadyRow {
+            id: TaskId::new(),
+            job_id: JobId::new(),
+            argv: vec!["true".into()],
+            env: BTreeMap::new(),
+            cwd: None,
+            stdin: None,
+            timeout_secs: 60,
+            priority,
+            seq,
+            group: GroupName::parse(group).expect("valid"),
+            labels: BTreeMap::new(),
+            each: false,
+            attempts,
+        }
+    }
+
+    fn executor(id: &str, group: &str, capacity: u32, outstanding: u32) -> ExecutorView {
+        ExecutorView {
+            id: ExecutorId::parse(id).expect("valid"),
+            groups: vec![GroupName::parse(group).expect("valid")],
+            labels: BTreeMap::new(),
+            capacity,
+            outstanding,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn a_plan_fills_free_slots_in_order_and_numbers_the_next_attempt() {
+        let ready = vec![
+            row(5, 1, 0, "cpu"),
+            row(0, 2, 2, "cpu"),
+            row(0, 3, 0, "cpu"),
+        ];
+        let mut views = vec![executor("a", "cpu", 1, 0), executor("b", "cpu", 1, 1)];
+        let now = Utc::now();
+        let planned = plan(&ready, &mut views, 0, Duration::from_secs(15), now);
+        // One slot is free (b has its one taken): the first task.
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].task_id, ready[0].id);
+        assert_eq!(planned[0].executor_id.as_str(), "a");
+        assert_eq!(planned[0].attempt, 1);
+        let mut views = vec![executor("a", "cpu", 2, 0)];
+        let planned = plan(&ready, &mut views, 0, Duration::from_secs(15), now);
+        assert_eq!(
+            planned.iter().map(|p| p.task_id).collect::<Vec<_>>(),
+            vec![ready[0].id, ready[1].id]
+        );
+        // A task on its third attempt gets number 3, and its request says so.
+        assert_eq!(planned[1].attempt, 3);
+        assert_eq!(planned[1].request.attempt, 3);
+        assert_eq!(planned[1].request.task_id, ready[1].id);
+        assert_eq!(
+            planned[1].request.lease_deadline,
+            now + chrono::Duration::seconds(15)
+        );
+        assert_eq!(views[0].outstanding, 2);
+    }
+
+    #[test]
+    fn the_window_lets_an_executor_hold_more_than_its_slots() {
+        let ready: Vec<ReadyRow> = (0..10).map(|i| row(0, i, 0, "cpu")).collect();
+        let mut views = vec![executor("a", "cpu", 2, 0)];
+        assert_eq!(
+            plan(&ready, &mut views, 2, Duration::from_secs(15), Utc::now()).len(),
+            4
+        );
+    }
+
+    #[test]
+    fn tasks_nobody_can_take_are_skipped_not_blocking() {
+        let ready = vec![row(9, 1, 0, "gpu"), row(0, 2, 0, "cpu")];
+        let mut views = vec![executor("a", "cpu", 1, 0)];
+        let planned = plan(&ready, &mut views, 0, Duration::from_secs(15), Utc::now());
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].task_id, ready[1].id);
+    }
+
+    #[test]
+    fn nothing_is_planned_without_a_free_slot() {
+        let ready = vec![row(0, 1, 0, "cpu")];
+        let mut views = vec![executor("a", "cpu", 1, 1)];
+        assert!(plan(&ready, &mut views, 0, Duration::from_secs(15), Utc::now()).is_empty());
+        let mut draining = executor("b", "cpu", 4, 0);
+        draining.draining = true;
+        assert!(plan(
+            &ready,
+            &mut [draining],
+            0,
+            Duration::from_secs(15),
+            Utc::now()
+        )
+        .is_empty());
+    }
+}

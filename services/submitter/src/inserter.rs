@@ -1,0 +1,135 @@
+//! Group commit for HTTP submissions. Each request queues its jobs, then asks the pool
+//! for a connection; whichever request gets one first writes everything queued by then
+//! (its own jobs and those of requests still waiting) in one statement, one commit, and
+//! hands each its tickets. A request alone writes at once; under load, requests that
+//! arrive while others write share a commit. Waiting for a connection stays bounded
+//! (`database.pool_wait_ms`): a pool that is exhausted still answers 503 at once, and a
+//! request answered 503 had its jobs taken by nobody.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fleet_shared::db::submit::{self, NewJob, Ticket};
+use fleet_shared::db::{Client, DbError, Pool};
+use tokio::sync::oneshot;
+
+/// Jobs written together at most; more wait for the next writer.
+const MAX_JOBS: usize = 2_000;
+
+struct Pending {
+    id: u64,
+    jobs: Vec<NewJob>,
+    reply: oneshot::Sender<Result<Vec<Ticket>, DbError>>,
+}
+
+#[derive(Clone)]
+pub struct Inserter {
+    pool: Pool,
+    schema: String,
+    queue: Arc<Mutex<Vec<Pending>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Inserter {
+    pub fn new(pool: Pool, schema: String) -> Self {
+        Self {
+            pool,
+            schema,
+            queue: Arc::default(),
+            next_id: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        // A panic while holding the queue leaves a queue, still usable.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes these jobs (with whatever else is queued); their tickets, in order.
+    pub async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Ticket>, DbError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, mut answer) = oneshot::channel();
+        self.lock().push(Pending { id, jobs, reply });
+        let client = tokio::select! {
+            // Another request's writer took ours and answered.
+            a = &mut answer => return a.unwrap_or_else(|_| Err(stopped())),
+            c = self.pool.get() => c,
+        };
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                // No connection in time: unless a writer took our jobs meanwhile (then
+                // its answer is ours), they were not written, and the caller is told.
+                let removed = {
+                    let mut queue = self.lock();
+                    let at = queue.iter().position(|p| p.id == id);
+                    at.map(|i| queue.remove(i)).is_some()
+                };
+                if removed {
+                    return Err(e.into());
+                }
+                return answer.await.unwrap_or_else(|_| Err(stopped()));
+            }
+        };
+        let group = {
+            let mut queue = self.lock();
+            let mut n = 0;
+            let take = queue
+                .iter()
+                .take_while(|p| {
+                    n += p.jobs.len();
+                    n <= MAX_JOBS
+                })
+                .count()
+                .max(1)
+                .min(queue.len());
+            queue.drain(..take).collect::<Vec<_>>()
+        };
+        if !group.is_empty() {
+            write(&client, &self.schema, group).await;
+        }
+        drop(client);
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+fn stopped() -> DbError {
+    DbError::Row("the submission was dropped before it was written".into())
+}
+
+/// Writes a group in one statement; if that fails, each request alone, so that each gets
+/// its own answer and one bad request cannot fail the others.
+async fn write(client: &Client, schema: &str, group: Vec<Pending>) {
+    if group.len() == 1 {
+        for p in group {
+            let _ = p
+                .reply
+                .send(submit::insert_jobs(client, schema, &p.jobs).await);
+        }
+        return;
+    }
+    let mut all: Vec<NewJob> = Vec::new();
+    let mut sizes = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    for p in group {
+        sizes.push(p.jobs.len());
+        all.extend(p.jobs);
+        replies.push(p.reply);
+    }
+    match submit::insert_jobs(client, schema, &all).await {
+        Ok(tickets) => {
+            let mut rest = tickets.into_iter();
+            for (n, reply) in sizes.into_iter().zip(replies) {
+                let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "a group of submissions failed; writing them one by one");
+            let mut all = all.into_iter();
+            for (n, reply) in sizes.into_iter().zip(replies) {
+                let jobs: Vec<NewJob> = all.by_ref().take(n).collect();
+                let _ = reply.send(submit::insert_jobs(client, schema, &jobs).await);
+            }
+        }
+    }
+}
