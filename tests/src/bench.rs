@@ -276,6 +276,40 @@ pub async fn connect(fleet: &TestFleet) -> Result<(tokio_postgres::Client, i32)>
     Ok((client, pid))
 }
 
+/// Stores `n` finished one-task jobs (with their attempts and results) directly.
+pub async fn preload(client: &tokio_postgres::Client, n: usize) -> Result<()> {
+    let n = i64::try_from(n)?;
+    client
+        .execute(
+            "WITH j AS (
+                 INSERT INTO jobs (id, state, task_count, finished_at)
+                 SELECT gen_random_uuid(), 'succeeded', 1, clock_timestamp()
+                 FROM generate_series(1::bigint, $1::bigint) RETURNING id),
+             t AS (
+                 INSERT INTO tasks (id, job_id, idx, name, argv, timeout_secs, target_group,
+                                    max_attempts, state, attempts, final_attempt)
+                 SELECT gen_random_uuid(), j.id, 0, 'task-0', '[\"/bin/true\"]', 3600,
+                        'default', 3, 'succeeded', 1, 1
+                 FROM j RETURNING id, job_id),
+             a AS (
+                 INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline,
+                                       started_at, finished_at)
+                 SELECT t.id, 1, 'preloaded', 'succeeded', clock_timestamp(),
+                        clock_timestamp(), clock_timestamp()
+                 FROM t)
+             INSERT INTO results (task_id, attempt, job_id, executor_id, outcome, exit_code,
+                                  stdout, stderr, stdout_truncated, stderr_truncated,
+                                  started_at, finished_at)
+             SELECT t.id, 1, t.job_id, 'preloaded', 'succeeded', 0, '', '', false, false,
+                    clock_timestamp(), clock_timestamp()
+             FROM t",
+            &[&n],
+        )
+        .await?;
+    client.batch_execute("ANALYZE").await?;
+    Ok(())
+}
+
 /// Percentile `p` (0..=1) of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -186,40 +186,6 @@ async fn wait_all(
     Ok(Instant::now())
 }
 
-/// Stores `n` finished one-task jobs (with their attempts and results) directly.
-async fn preload(client: &tokio_postgres::Client, n: usize) -> Result<()> {
-    let n = i64::try_from(n)?;
-    client
-        .execute(
-            "WITH j AS (
-                 INSERT INTO jobs (id, state, task_count, finished_at)
-                 SELECT gen_random_uuid(), 'succeeded', 1, clock_timestamp()
-                 FROM generate_series(1, $1) RETURNING id),
-             t AS (
-                 INSERT INTO tasks (id, job_id, idx, name, argv, timeout_secs, target_group,
-                                    max_attempts, state, attempts, final_attempt)
-                 SELECT gen_random_uuid(), j.id, 0, 'task-0', '[\"/bin/true\"]', 3600,
-                        'default', 3, 'succeeded', 1, 1
-                 FROM j RETURNING id, job_id),
-             a AS (
-                 INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline,
-                                       started_at, finished_at)
-                 SELECT t.id, 1, 'preloaded', 'succeeded', clock_timestamp(),
-                        clock_timestamp(), clock_timestamp()
-                 FROM t)
-             INSERT INTO results (task_id, attempt, job_id, executor_id, outcome, exit_code,
-                                  stdout, stderr, stdout_truncated, stderr_truncated,
-                                  started_at, finished_at)
-             SELECT t.id, 1, t.job_id, 'preloaded', 'succeeded', 0, '', '', false, false,
-                    clock_timestamp(), clock_timestamp()
-             FROM t",
-            &[&n],
-        )
-        .await?;
-    client.batch_execute("ANALYZE").await?;
-    Ok(())
-}
-
 /// PostgreSQL flushes other backends' statistics once they have been idle for 10 s.
 const STATS_FLUSH: Duration = Duration::from_secs(11);
 
@@ -234,7 +200,7 @@ async fn throughput(a: Throughput) -> Result<()> {
     let (client, backend) = bench::connect(&pf.fleet).await?;
     if a.preload > 0 {
         eprintln!("storing {} finished jobs first ...", a.preload);
-        preload(&client, a.preload).await?;
+        bench::preload(&client, a.preload).await?;
     }
     // Warm up (connections, caches, plans), then let statistics settle.
     let warm = submit_all(&pf.fleet, vec![job(&["/bin/true"]); 64], 8, 1).await?;

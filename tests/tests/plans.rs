@@ -1,0 +1,289 @@
+//! The hot statements find their rows by key, whatever the history: with 50,000 finished
+//! jobs stored, no plan of theirs scans jobs, tasks, attempts or results sequentially.
+//! The statements are the real ones, run through the functions the services call, with
+//! PostgreSQL's auto_explain reporting every plan as a notice: custom plans first, then
+//! generic ones (what a prepared statement settles on after a few runs).
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use fleet_shared::db::dispatch::{self, Held, HeldBy};
+use fleet_shared::db::{self, collect, submit};
+use fleet_shared::id::{ExecutorId, JobId};
+use fleet_shared::job::JobSpec;
+use fleet_shared::proto::{Info, Outcome, TaskResult};
+use fleet_tests::{bench, test_config, unique_name};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// Connects as deadpool would, keeping the notices the server sends.
+struct Noticing(Arc<Mutex<Vec<String>>>);
+
+impl deadpool_postgres::Connect for Noticing {
+    fn connect(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+                        tokio_postgres::Error,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        let (pg, notices) = (pg.clone(), self.0.clone());
+        Box::pin(async move {
+            let (client, mut conn) = pg.connect(tokio_postgres::NoTls).await?;
+            let task = tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(Ok(m)) = messages.next().await {
+                    if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                        if let Ok(mut all) = notices.lock() {
+                            all.push(n.message().to_owned());
+                        }
+                    }
+                }
+            });
+            Ok((client, task))
+        })
+    }
+}
+
+fn explaining_pool(
+    cfg: &fleet_shared::config::Config,
+    generic: bool,
+    notices: Arc<Mutex<Vec<String>>>,
+) -> Result<db::Pool> {
+    let mut pg: tokio_postgres::Config = cfg.database.url.parse()?;
+    pg.options(format!(
+        "-c search_path={} -c session_preload_libraries=auto_explain \
+         -c auto_explain.log_min_duration=0 -c auto_explain.log_level=notice \
+         -c auto_explain.log_format=json -c plan_cache_mode={}",
+        cfg.database.schema,
+        if generic {
+            "force_generic_plan"
+        } else {
+            "force_custom_plan"
+        }
+    ));
+    let mgr = deadpool_postgres::Manager::from_connect(
+        pg,
+        Noticing(notices),
+        deadpool_postgres::ManagerConfig::default(),
+    );
+    Ok(deadpool_postgres::Pool::builder(mgr).max_size(1).build()?)
+}
+
+fn job(tasks: Value) -> Result<fleet_shared::job::ValidJob> {
+    let spec: JobSpec = serde_json::from_value(json!({ "tasks": tasks }))?;
+    spec.validate().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn result(h: &HeldBy, job_id: JobId) -> TaskResult {
+    let now = Utc::now();
+    TaskResult {
+        task_id: h.task_id,
+        attempt: h.attempt,
+        job_id,
+        executor_id: h.executor_id.clone(),
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        error: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        started_at: Some(now),
+        finished_at: now,
+    }
+}
+
+/// Every statement of a dispatch cycle, through the services' own functions.
+async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
+    let x1 = ExecutorId::parse("x-1")?;
+    let mut client = pool.get().await?;
+    // Submissions: single tasks, one with a dependency, and a key seen before.
+    let mut jobs: Vec<submit::NewJob> = (0..64)
+        .map(|i| {
+            Ok(submit::NewJob {
+                id: JobId::new(),
+                idempotency_key: Some(format!("plans-{round}-{i}")),
+                job: job(json!([{"argv": ["true"]}]))?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    jobs.push(submit::NewJob {
+        id: JobId::new(),
+        idempotency_key: None,
+        job: job(json!([{"name": "a", "argv": ["true"]},
+                        {"name": "b", "argv": ["true"], "depends_on": ["a"]}]))?,
+    });
+    submit::insert_jobs(&client, schema, &jobs).await?;
+    submit::insert_jobs(&client, schema, &jobs[..2].iter().map(|j| submit::NewJob {
+        id: JobId::new(),
+        idempotency_key: j.idempotency_key.clone(),
+        job: j.job.clone(),
+    }).collect::<Vec<_>>()).await?;
+
+    // The dispatcher: leadership, ready pages, one assignment statement.
+    let lead = dispatch::try_lead(&client, "plans", 30.0)
+        .await?
+        .context("leadership")?;
+    let page = dispatch::ready_page(&client, None, 40).await?;
+    let last = page.last().context("ready tasks")?;
+    let more = dispatch::ready_page(&client, Some((last.priority, last.seq)), 40).await?;
+    let planned: Vec<_> = page
+        .iter()
+        .chain(&more)
+        .map(|r| (r.id, x1.clone(), r.attempts + 1))
+        .collect();
+    let assigned = dispatch::assign_planned(&client, &lead, &planned, 15.0).await?;
+    anyhow::ensure!(assigned.led && !assigned.tasks.is_empty(), "nothing assigned");
+    let held: Vec<HeldBy> = planned
+        .iter()
+        .filter(|p| assigned.tasks.contains(&p.0))
+        .map(|p| HeldBy {
+            task_id: p.0,
+            attempt: p.2,
+            executor_id: x1.clone(),
+        })
+        .collect();
+    dispatch::open_attempts(&client).await?;
+    let info = Info {
+        executor_id: x1.clone(),
+        groups: vec![fleet_shared::group::GroupName::default_group()],
+        labels: Default::default(),
+        capacity: 8,
+        running: 0,
+        queued: 0,
+        in_flight: Vec::new(),
+        draining: false,
+        sent_at: Utc::now(),
+        returned: Vec::new(),
+        finished: Vec::new(),
+    };
+    let tx = client.transaction().await?;
+    anyhow::ensure!(dispatch::fence(&tx, &lead).await?, "fence");
+    dispatch::upsert_executors(&tx, &[(&info, Utc::now())]).await?;
+    let leases: Vec<Held> = held
+        .iter()
+        .map(|h| Held {
+            attempt: h.clone(),
+            running: true,
+        })
+        .collect();
+    dispatch::extend_leases(&tx, &leases, 15.0).await?;
+    dispatch::mark_reported(&tx, &held[..8], 600.0).await?;
+    dispatch::unassign(&tx, &held[8..12]).await?;
+    dispatch::lose(&tx, &held[12..16]).await?;
+    dispatch::sweep_leases(&tx).await?;
+    tx.commit().await?;
+    dispatch::pending_copies(&client).await?;
+    dispatch::ready_each(&client, 1000).await?;
+    dispatch::grace_candidates(&client, 15.0, 5.0).await?;
+
+    // The collector: the rest of the results, in one batch.
+    let job_of: std::collections::HashMap<_, _> = page
+        .iter()
+        .chain(&more)
+        .map(|r| (r.id, r.job_id))
+        .collect();
+    let results: Vec<TaskResult> = held[16..]
+        .iter()
+        .map(|h| result(h, job_of[&h.task_id]))
+        .collect();
+    let tx = client.transaction().await?;
+    collect::record_results(&tx, schema, &results).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Sequential scans of the tables that grow with history, by statement.
+fn seq_scans(notices: &[String]) -> (usize, Vec<String>) {
+    fn walk(node: &Value, query: &str, out: &mut Vec<String>) {
+        let relation = node["Relation Name"].as_str().unwrap_or("");
+        if node["Node Type"] == "Seq Scan"
+            && ["jobs", "tasks", "attempts", "results"].contains(&relation)
+        {
+            out.push(format!("Seq Scan on {relation} in: {query}"));
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            walk(child, query, out);
+        }
+    }
+    let mut plans = 0;
+    let mut found = Vec::new();
+    for n in notices {
+        let Some(start) = n.find('{') else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&n[start..]) else {
+            continue;
+        };
+        plans += 1;
+        let query = v["Query Text"]
+            .as_str()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        walk(&v["Plan"], &query, &mut found);
+    }
+    (plans, found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_statements_never_scan_a_table_that_grows_with_history() -> Result<()> {
+    fleet_tests::init_logging();
+    let name = unique_name("plans");
+    let cfg = test_config(&name);
+    let pool = db::pool(&cfg.database)?;
+    db::migrate(&pool, &cfg.database.schema).await?;
+    {
+        let (client, _) = {
+            let mut pg: tokio_postgres::Config = cfg.database.url.parse()?;
+            pg.options(format!("-c search_path={}", cfg.database.schema));
+            let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            (client, ())
+        };
+        bench::preload(&client, 50_000).await?;
+    }
+    let mut report = Vec::new();
+    for (round, generic) in [(0, false), (1, true)] {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let explaining = explaining_pool(&cfg, generic, notices.clone())?;
+        // The detector detects: a statement that must scan is reported as one.
+        explaining
+            .get()
+            .await?
+            .query("SELECT count(*) FROM jobs WHERE name = 'nobody'", &[])
+            .await?;
+        let control = seq_scans(&notices.lock().map(|n| n.clone()).unwrap_or_default()).1;
+        anyhow::ensure!(control.len() == 1, "the control scan was not seen: {control:?}");
+        notices.lock().map(|mut n| n.clear()).ok();
+        cycle(&explaining, &cfg.database.schema, round).await?;
+        drop(explaining);
+        let notices = notices.lock().map(|n| n.clone()).unwrap_or_default();
+        let (plans, scans) = seq_scans(&notices);
+        anyhow::ensure!(plans >= 20, "only {plans} plans were reported");
+        report.push((generic, plans, scans));
+    }
+    for (generic, plans, scans) in &report {
+        eprintln!(
+            "{} plans: {plans} statements, {} sequential scans of history",
+            if *generic { "generic" } else { "custom" },
+            scans.len()
+        );
+    }
+    let scans: Vec<&String> = report.iter().flat_map(|r| &r.2).collect();
+    assert!(scans.is_empty(), "{scans:#?}");
+    pool.get()
+        .await?
+        .batch_execute(&format!("DROP SCHEMA \"{name}\" CASCADE"))
+        .await?;
+    Ok(())
+}
