@@ -239,6 +239,10 @@ impl Collector {
         // The events go out if and only if this commits: through the outbox.
         let events = outbox::events(&self.names, &recorded.settled, &self.interest);
         outbox::enqueue(&tx, &events).await?;
+        // Tasks made ready (dependents released, lost attempts' tasks): hand them out.
+        if recorded.settled.readied > 0 {
+            db::notify_wake(&tx, &self.schema, true).await?;
+        }
         tx.commit().await?;
         Ok(Recorded {
             refused: recorded.refused,
@@ -255,7 +259,7 @@ impl Collector {
         let events = outbox::events(&self.names, &settled, &self.interest);
         outbox::enqueue(&tx, &events).await?;
         if settled.readied > 0 {
-            db::notify_wake(&tx, &self.schema).await?;
+            db::notify_wake(&tx, &self.schema, true).await?;
         }
         tx.commit().await?;
         Ok(!events.is_empty())

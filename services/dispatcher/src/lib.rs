@@ -166,6 +166,11 @@ impl Dispatcher {
     /// New ready work was notified.
     pub fn notified(&mut self) {
         self.ready_maybe = true;
+    }
+
+    /// New ready work that may include `each` tasks was notified.
+    pub fn notified_each(&mut self) {
+        self.ready_maybe = true;
         self.each_maybe = true;
     }
 
@@ -194,7 +199,7 @@ impl Dispatcher {
                 Ok(open) => {
                     self.fleet.load(open);
                     self.hold_sweeps();
-                    self.notified();
+                    self.notified_each();
                     self.next_registry = Instant::now();
                     return true;
                 }
@@ -258,16 +263,6 @@ impl Dispatcher {
             self.take_back(publisher, &mut report).await?;
         }
         let now = Instant::now();
-        if now >= self.next_flush {
-            self.next_flush = now + self.tick();
-            self.flush().await?;
-        }
-        // No sweep until every executor alive has been heard since we (re)started
-        // leading: leases not extended while we were away are not a sign of death.
-        if now >= self.next_sweep && now >= self.sweep_after {
-            self.next_sweep = now + self.tick();
-            self.sweep(publisher, &mut report).await?;
-        }
         if now >= self.next_registry {
             self.next_registry = now + Duration::from_secs(1);
             let client = self.pool.get().await.map_err(DbError::from)?;
@@ -280,23 +275,32 @@ impl Dispatcher {
                 assigned,
             };
         }
-        // A resource alarm blocks our publishes: assigning now would open attempts whose
-        // requests cannot leave, and cost each task an attempt when their leases ran out.
-        if publisher.blocked() {
-            return Ok(report);
+        // Handing work out first: it is what a client waits for. A resource alarm blocks
+        // our publishes: assigning now would open attempts whose requests cannot leave,
+        // and cost each task an attempt when their leases ran out.
+        if !publisher.blocked() {
+            let mut views = self.fleet.views(
+                &self.registry.registered,
+                &self.registry.assigned,
+                self.cfg.dispatcher.require_registration,
+            );
+            if self.each_maybe {
+                self.each_maybe = false;
+                self.each_round(&mut views, publisher, &mut report).await?;
+            }
+            if self.ready_maybe {
+                self.assign_round(&mut views, publisher, &mut report).await?;
+            }
         }
-        let mut views = self.fleet.views(
-            &self.registry.registered,
-            &self.registry.assigned,
-            self.cfg.dispatcher.require_registration,
-        );
-        if self.each_maybe {
-            self.each_maybe = false;
-            self.each_round(&mut views, publisher, &mut report).await?;
+        if now >= self.next_flush {
+            self.next_flush = now + self.tick();
+            self.flush().await?;
         }
-        if self.ready_maybe {
-            self.assign_round(&mut views, publisher, &mut report)
-                .await?;
+        // No sweep until every executor alive has been heard since we (re)started
+        // leading: leases not extended while we were away are not a sign of death.
+        if now >= self.next_sweep && now >= self.sweep_after {
+            self.next_sweep = now + self.tick();
+            self.sweep(publisher, &mut report).await?;
         }
         metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
         metrics::counter!("fleet_dispatcher_assigned_total").increment(report.assigned as u64);
@@ -636,6 +640,14 @@ impl Dispatcher {
     }
 }
 
+/// Wake-ups from PostgreSQL: any new ready work, and work that may include `each`
+/// tasks.
+#[derive(Default)]
+struct Wake {
+    any: Arc<Notify>,
+    each: Arc<Notify>,
+}
+
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
@@ -651,10 +663,11 @@ pub async fn run(
         let _ = server.await;
         return Ok(());
     }
-    let wake = Arc::new(Notify::new());
+    let wake = Wake::default();
     let listener_task = tokio::spawn(db::listen_for_wakes(
         cfg.database.clone(),
-        wake.clone(),
+        wake.any.clone(),
+        wake.each.clone(),
         token.clone(),
     ));
     let mut dispatcher = Dispatcher::new(cfg.clone(), pool);
@@ -684,7 +697,7 @@ async fn session(
     d: &mut Dispatcher,
     health: &Health,
     conn: &Connection,
-    wake: &Notify,
+    wake: &Wake,
     token: &CancellationToken,
 ) -> Result<(), Error> {
     // A memory or disk alarm shows in the connection's status, so no round assigns
@@ -710,7 +723,7 @@ async fn session(
 async fn lead(
     d: &mut Dispatcher,
     conn: &Connection,
-    wake: &Notify,
+    wake: &Wake,
     token: &CancellationToken,
 ) -> Result<(), Error> {
     let n = d.names.clone();
@@ -741,7 +754,7 @@ async fn rounds(
     d: &mut Dispatcher,
     publisher: &Publisher,
     mut consumer: lapin::Consumer,
-    wake: &Notify,
+    wake: &Wake,
     token: &CancellationToken,
 ) -> Result<(), Error> {
     let n = d.names.clone();
@@ -752,7 +765,8 @@ async fn rounds(
         let mut last = None;
         tokio::select! {
             _ = token.cancelled() => return Ok(()),
-            _ = wake.notified() => d.notified(),
+            _ = wake.each.notified() => d.notified_each(),
+            _ = wake.any.notified() => d.notified(),
             _ = tick.tick() => d.ticked(),
             first = consumer.next() => {
                 // Take what else is already here without waiting: one round per burst.

@@ -195,10 +195,16 @@ pub fn wake_channel(schema: &str) -> String {
     format!("{schema}_fleet_wake")
 }
 
+/// The payload of a wake-up that may concern `each` tasks (the dispatcher then also
+/// looks for tasks to fan out); other wake-ups carry none.
+pub const WAKE_EACH: &str = "each";
+
 /// Queues a wake-up that PostgreSQL delivers when (and only if) the transaction commits:
-/// there is no window in which a row is committed and its wake-up is lost.
-pub async fn notify_wake(tx: &Transaction<'_>, schema: &str) -> Result<(), DbError> {
-    tx.execute("SELECT pg_notify($1, '')", &[&wake_channel(schema)])
+/// there is no window in which a row is committed and its wake-up is lost. `each`: the
+/// tasks made ready may include `each` tasks.
+pub async fn notify_wake(tx: &Transaction<'_>, schema: &str, each: bool) -> Result<(), DbError> {
+    let payload = if each { WAKE_EACH } else { "" };
+    tx.execute("SELECT pg_notify($1, $2)", &[&wake_channel(schema), &payload])
         .await?;
     Ok(())
 }
@@ -211,11 +217,13 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
 }
 
 /// Listens on the wake channel on a dedicated connection, calling `wake.notify_one()` for
-/// each notification, and reconnecting with backoff; returns when `token` is cancelled.
-/// A wake-up lost while reconnecting only costs latency: the dispatcher also ticks.
+/// each notification (and `each.notify_one()` too for those that may concern `each`
+/// tasks), and reconnecting with backoff; returns when `token` is cancelled. A wake-up
+/// lost while reconnecting only costs latency: the dispatcher also ticks.
 pub async fn listen_for_wakes(
     cfg: DatabaseConfig,
     wake: std::sync::Arc<tokio::sync::Notify>,
+    each: std::sync::Arc<tokio::sync::Notify>,
     token: tokio_util::sync::CancellationToken,
 ) {
     use futures_util::StreamExt;
@@ -231,8 +239,8 @@ pub async fn listen_for_wakes(
                     futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 while let Some(m) = messages.next().await {
                     match m {
-                        Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                            let _ = tx.send(());
+                        Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                            let _ = tx.send(n.payload() == WAKE_EACH);
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -248,11 +256,17 @@ pub async fn listen_for_wakes(
             backoff.reset(Duration::from_millis(100));
             // A wake-up may have been sent while we were not listening.
             wake.notify_one();
+            each.notify_one();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
                     m = rx.recv() => match m {
-                        Some(()) => wake.notify_one(),
+                        Some(concerns_each) => {
+                            if concerns_each {
+                                each.notify_one();
+                            }
+                            wake.notify_one();
+                        }
                         None => break,
                     },
                 }

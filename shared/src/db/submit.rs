@@ -62,12 +62,17 @@ pub async fn insert_jobs(
                      AS x(id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs, priority,
                           target_group, labels, depends_on, max_attempts, each, quorum, state)
                  WHERE x.job_id IN (SELECT id FROM j)),
-             woken AS (SELECT pg_notify($22, '') WHERE EXISTS (SELECT 1 FROM j))
+             woken AS (SELECT pg_notify($22, $23) WHERE EXISTS (SELECT 1 FROM j))
              SELECT id FROM j
              UNION ALL SELECT NULL FROM woken",
         )
         .await?;
     let channel = wake_channel(schema);
+    let payload = if t.each.iter().any(|e| *e) {
+        super::WAKE_EACH
+    } else {
+        ""
+    };
     let created: std::collections::HashSet<uuid::Uuid> = client
         .query(
             &stmt,
@@ -94,6 +99,7 @@ pub async fn insert_jobs(
                 &t.quorum,
                 &t.state,
                 &channel,
+                &payload,
             ],
         )
         .await?

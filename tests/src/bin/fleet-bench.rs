@@ -333,8 +333,13 @@ async fn throughput(a: Throughput) -> Result<()> {
 async fn latency(a: Latency) -> Result<()> {
     let pf = ProcessFleet::start("latency", a.executors, a.capacity).await?;
     let (client, _) = bench::connect(&pf.fleet).await?;
-    // The collector's NOTIFY arrives after the commit that made the result durable.
-    let channel = fleet_shared::db::wake_channel(&pf.fleet.cfg.database.schema);
+    // The collector's NOTIFY arrives after the commit that made the result durable (on
+    // the results channel; Fleet before 2026-12 sent it on the wake-up channel).
+    let schema = &pf.fleet.cfg.database.schema;
+    let channels = [
+        fleet_shared::db::collect::results_channel(schema),
+        fleet_shared::db::wake_channel(schema),
+    ];
     let (notify_tx, mut notified) = tokio::sync::mpsc::unbounded_channel();
     let mut pg: tokio_postgres::Config = pf.fleet.cfg.database.url.parse()?;
     pg.options(format!("-c search_path={}", pf.fleet.cfg.database.schema));
@@ -347,11 +352,17 @@ async fn latency(a: Latency) -> Result<()> {
             }
         }
     });
-    listener
-        .batch_execute(&format!("LISTEN \"{channel}\""))
-        .await?;
+    for channel in channels {
+        listener
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await?;
+    }
     let find = client
-        .prepare("SELECT started_at FROM results WHERE job_id = $1")
+        .prepare(
+            "SELECT r.started_at, r.finished_at, r.recorded_at, a.assigned_at, j.created_at
+             FROM results r JOIN attempts a USING (task_id, attempt) JOIN jobs j ON j.id = r.job_id
+             WHERE r.job_id = $1",
+        )
         .await?;
     println!(
         "latency: {} jobs, one in flight, {} executors x {} slots",
@@ -360,25 +371,47 @@ async fn latency(a: Latency) -> Result<()> {
     let body = job(&["/bin/true"]);
     let mut to_start = Vec::with_capacity(a.jobs);
     let mut to_recorded = Vec::with_capacity(a.jobs);
+    // Where the time goes, from the services' own timestamps: accepted (the job row),
+    // assigned, started, finished, stored (before its commit).
+    let mut steps: [Vec<f64>; 5] = Default::default();
     for i in 0..a.jobs + 20 {
         while notified.try_recv().is_ok() {}
         let t0 = Instant::now();
         let wall0 = Utc::now();
         let id = pf.fleet.submit(&body).await?;
-        let (started, recorded) = loop {
+        let (row, recorded) = loop {
             let at = tokio::time::timeout(Duration::from_secs(30), notified.recv())
                 .await
                 .context("no notification within 30 s")?
                 .context("listener ended")?;
             if let Some(r) = client.query_opt(&find, &[&id.uuid()]).await? {
-                let started: Option<DateTime<Utc>> = r.get(0);
-                break (started.context("no start time")?, at);
+                break (r, at);
             }
+        };
+        let started: DateTime<Utc> = row.get::<_, Option<_>>(0).context("no start time")?;
+        let finished: DateTime<Utc> = row.get(1);
+        let stored: DateTime<Utc> = row.get(2);
+        let assigned: DateTime<Utc> = row.get(3);
+        let created: DateTime<Utc> = row.get(4);
+        let ms = |a: DateTime<Utc>, b: DateTime<Utc>| {
+            (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
         };
         // The first twenty warm the fleet up.
         if i >= 20 {
-            to_start.push((started - wall0).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            to_start.push(ms(wall0, started));
             to_recorded.push(recorded.duration_since(t0).as_secs_f64() * 1000.0);
+            for (k, (from, to)) in [
+                (wall0, created),
+                (created, assigned),
+                (assigned, started),
+                (started, finished),
+                (finished, stored),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                steps[k].push(ms(from, to));
+            }
         }
     }
     to_start.sort_by(f64::total_cmp);
@@ -395,6 +428,18 @@ async fn latency(a: Latency) -> Result<()> {
         bench::percentile(&to_recorded, 0.5),
         bench::percentile(&to_recorded, 0.99)
     );
+    let names = [
+        "request -> job stored",
+        "stored -> assigned",
+        "assigned -> started",
+        "started -> finished",
+        "finished -> result stored",
+    ];
+    println!("steps (p50, from the services' timestamps; each before its commit):");
+    for (name, mut v) in names.into_iter().zip(steps) {
+        v.sort_by(f64::total_cmp);
+        println!("  {name:<26} {:.2} ms", bench::percentile(&v, 0.5));
+    }
     drop(client);
     pf.stop().await
 }
