@@ -124,11 +124,19 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
                         {"name": "b", "argv": ["true"], "depends_on": ["a"]}]))?,
     });
     submit::insert_jobs(&client, schema, &jobs).await?;
-    submit::insert_jobs(&client, schema, &jobs[..2].iter().map(|j| submit::NewJob {
-        id: JobId::new(),
-        idempotency_key: j.idempotency_key.clone(),
-        job: j.job.clone(),
-    }).collect::<Vec<_>>()).await?;
+    submit::insert_jobs(
+        &client,
+        schema,
+        &jobs[..2]
+            .iter()
+            .map(|j| submit::NewJob {
+                id: JobId::new(),
+                idempotency_key: j.idempotency_key.clone(),
+                job: j.job.clone(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await?;
 
     // The dispatcher: leadership, ready pages, one assignment statement.
     let lead = dispatch::try_lead(&client, "plans", 30.0)
@@ -143,7 +151,10 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
         .map(|r| (r.id, x1.clone(), r.attempts + 1))
         .collect();
     let assigned = dispatch::assign_planned(&client, &lead, &planned, 15.0).await?;
-    anyhow::ensure!(assigned.led && !assigned.tasks.is_empty(), "nothing assigned");
+    anyhow::ensure!(
+        assigned.led && !assigned.tasks.is_empty(),
+        "nothing assigned"
+    );
     let held: Vec<HeldBy> = planned
         .iter()
         .filter(|p| assigned.tasks.contains(&p.0))
@@ -188,11 +199,8 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
     dispatch::grace_candidates(&client, 15.0, 5.0).await?;
 
     // The collector: the rest of the results, in one batch.
-    let job_of: std::collections::HashMap<_, _> = page
-        .iter()
-        .chain(&more)
-        .map(|r| (r.id, r.job_id))
-        .collect();
+    let job_of: std::collections::HashMap<_, _> =
+        page.iter().chain(&more).map(|r| (r.id, r.job_id)).collect();
     let results: Vec<TaskResult> = held[16..]
         .iter()
         .map(|h| result(h, job_of[&h.task_id]))
@@ -263,7 +271,10 @@ async fn hot_statements_never_scan_a_table_that_grows_with_history() -> Result<(
             .query("SELECT count(*) FROM jobs WHERE name = 'nobody'", &[])
             .await?;
         let control = seq_scans(&notices.lock().map(|n| n.clone()).unwrap_or_default()).1;
-        anyhow::ensure!(control.len() == 1, "the control scan was not seen: {control:?}");
+        anyhow::ensure!(
+            control.len() == 1,
+            "the control scan was not seen: {control:?}"
+        );
         notices.lock().map(|mut n| n.clear()).ok();
         cycle(&explaining, &cfg.database.schema, round).await?;
         drop(explaining);

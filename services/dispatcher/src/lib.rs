@@ -289,7 +289,8 @@ impl Dispatcher {
                 self.each_round(&mut views, publisher, &mut report).await?;
             }
             if self.ready_maybe {
-                self.assign_round(&mut views, publisher, &mut report).await?;
+                self.assign_round(&mut views, publisher, &mut report)
+                    .await?;
             }
         }
         if now >= self.next_flush {
@@ -589,10 +590,8 @@ impl Dispatcher {
                     self.relay_events(publisher).await?;
                 }
             }
-        } else {
-            // Look again once everyone has been heard.
-            self.each_maybe = true;
         }
+        // (Before everyone has been heard, the tick brings it back here.)
         let pending = dispatch::pending_copies(&client).await?;
         let pinned = policy::assign_pinned(&pending, views, self.cfg.dispatcher.window);
         if pinned.is_empty() {

@@ -73,13 +73,13 @@ pub async fn try_lead(
 
 /// Extends our lease; false when we no longer hold it (a standby took over).
 pub async fn renew(client: &Client, lead: &Leadership, ttl_secs: f64) -> Result<bool, DbError> {
-    let n = client
-        .execute(
-            "UPDATE dispatcher_leader SET expires_at = clock_timestamp() + make_interval(secs => $3)
-             WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > clock_timestamp()",
-            &[&lead.holder, &lead.epoch, &ttl_secs],
-        )
-        .await?;
+    let n = super::execute(
+        client,
+        "UPDATE dispatcher_leader SET expires_at = clock_timestamp() + make_interval(secs => $3)
+         WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > clock_timestamp()",
+        &[&lead.holder, &lead.epoch, &ttl_secs],
+    )
+    .await?;
     Ok(n == 1)
 }
 
@@ -100,15 +100,15 @@ pub async fn release(client: &Client, lead: &Leadership) -> Result<bool, DbError
 /// still lead under our epoch. A takeover waits for this transaction to end; once it has
 /// happened, this finds no row and the caller writes nothing.
 pub async fn fence(tx: &Transaction<'_>, lead: &Leadership) -> Result<bool, DbError> {
-    let row = tx
-        .query_opt(
-            "SELECT 1 FROM dispatcher_leader
-             WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > clock_timestamp()
-             FOR SHARE",
-            &[&lead.holder, &lead.epoch],
-        )
-        .await?;
-    Ok(row.is_some())
+    let rows = super::query(
+        tx,
+        "SELECT 1 FROM dispatcher_leader
+         WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > clock_timestamp()
+         FOR SHARE",
+        &[&lead.holder, &lead.epoch],
+    )
+    .await?;
+    Ok(!rows.is_empty())
 }
 
 /// Writes what the INFO heard says of each executor (groups, labels, capacity, load,
@@ -298,15 +298,15 @@ pub async fn ready_page(
 
 /// Ready `each` tasks, to fan out (highest priority, then oldest, first).
 pub async fn ready_each(client: &Client, limit: i64) -> Result<Vec<ReadyRow>, DbError> {
-    let rows = client
-        .query(
-            concat!(
-                task_select!(),
-                "WHERE state = 'ready' AND each ORDER BY priority DESC, seq LIMIT $1"
-            ),
-            &[&limit],
-        )
-        .await?;
+    let rows = super::query(
+        client,
+        concat!(
+            task_select!(),
+            "WHERE state = 'ready' AND each ORDER BY priority DESC, seq LIMIT $1"
+        ),
+        &[&limit],
+    )
+    .await?;
     rows.iter().map(task_row).collect()
 }
 
@@ -378,14 +378,14 @@ pub async fn fan_out(
 /// Copies waiting for their executor, of tasks not yet decided: highest priority, then
 /// oldest, first.
 pub async fn pending_copies(client: &Client) -> Result<Vec<(TaskId, ExecutorId)>, DbError> {
-    let rows = client
-        .query(
-            "SELECT c.task_id, c.executor_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
-             WHERE c.state = 'pending' AND t.state IN ('assigned', 'running')
-             ORDER BY t.priority DESC, t.seq, c.executor_id",
-            &[],
-        )
-        .await?;
+    let rows = super::query(
+        client,
+        "SELECT c.task_id, c.executor_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
+         WHERE c.state = 'pending' AND t.state IN ('assigned', 'running')
+         ORDER BY t.priority DESC, t.seq, c.executor_id",
+        &[],
+    )
+    .await?;
     rows.iter()
         .map(|r| {
             let e: String = r.get(1);
@@ -659,19 +659,19 @@ pub async fn grace_candidates(
     lease_secs: f64,
     alive_secs: f64,
 ) -> Result<Vec<uuid::Uuid>, DbError> {
-    Ok(client
-        .query(
-            concat!(
-                "SELECT DISTINCT c.task_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
-                 WHERE ",
-                grace_gone!()
-            ),
-            &[&lease_secs, &alive_secs],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    Ok(super::query(
+        client,
+        concat!(
+            "SELECT DISTINCT c.task_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
+             WHERE ",
+            grace_gone!()
+        ),
+        &[&lease_secs, &alive_secs],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
 }
 
 /// Fails the copies of these tasks whose member is gone past the grace period, and
