@@ -114,7 +114,9 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Build(e.to_string()))
 }
 
-fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
+/// How every service connects: the URL's settings, deadlines, keepalives, and the
+/// session settings Fleet's statements rely on.
+pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
     let mut pg: tokio_postgres::Config = cfg
         .url
         .parse()
@@ -128,10 +130,16 @@ fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
     pg.keepalives_retries(2);
     // Generic plans for prepared statements: the hot statements are prepared once per
     // connection and would otherwise be planned again at every execution (a millisecond
-    // for the collector's). Their generic plans read by key (tests/tests/plans.rs).
+    // for the collector's). And no sequential scan where an index serves: every
+    // statement Fleet runs often reads by key, and the statistics of a new or
+    // fast-growing table (none yet, or a few rows) make the planner choose, and the
+    // cache keep, plans that scan the whole table at every batch. tests/tests/plans.rs
+    // checks the plans, on fresh tables and with a long history. No JIT: Fleet's
+    // statements are short, and the cost penalty that keeps scans out would otherwise
+    // make PostgreSQL compile and optimise them with LLVM at every execution.
     pg.options(format!(
         "-c search_path={} -c statement_timeout={} -c idle_in_transaction_session_timeout={} \
-         -c plan_cache_mode=force_generic_plan",
+         -c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off",
         cfg.schema, cfg.statement_timeout_ms, cfg.idle_in_transaction_timeout_ms
     ));
     pg.application_name("fleet");

@@ -143,7 +143,7 @@ async fn submit_all(
 }
 
 /// Waits until every job is finished, reading the jobs not yet seen finished (oldest
-/// first, a few hundred at a time) every 20 ms; returns when it saw the last one.
+/// first, a hundred at a time) every 50 ms; returns when it saw the last one.
 async fn wait_all(
     client: &tokio_postgres::Client,
     ids: &[JobId],
@@ -159,7 +159,7 @@ async fn wait_all(
     let until = Instant::now() + deadline;
     let mut last_print = Instant::now();
     while !pending.is_empty() {
-        let head: Vec<uuid::Uuid> = pending.iter().take(500).copied().collect();
+        let head: Vec<uuid::Uuid> = pending.iter().take(100).copied().collect();
         let done: std::collections::HashSet<uuid::Uuid> = client
             .query(&stmt, &[&head])
             .await?
@@ -181,7 +181,7 @@ async fn wait_all(
                 ids.len()
             );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(Instant::now())
 }
