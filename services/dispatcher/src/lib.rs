@@ -412,7 +412,10 @@ impl Dispatcher {
         let out: Vec<Outgoing> = sent
             .iter()
             .map(|(h, req)| {
-                let props = amqp::json_properties().with_expiration(expiration.as_str().into());
+                // Transient: a request the broker loses (a restart) is recovered by its
+                // attempt's lease, like one lost on the way.
+                let props =
+                    amqp::transient_properties().with_expiration(expiration.as_str().into());
                 Outgoing::new(
                     root.clone(),
                     keys::request(&h.executor_id),
@@ -728,8 +731,7 @@ async fn lead(
     let n = d.names.clone();
     let publisher = Publisher::new(conn, &d.cfg.amqp).await?;
     amqp::declare_core(conn, &n).await?;
-    let ch = publisher.channel();
-    amqp::declare_shared_queue(ch, &n, &n.info_queue(), &n.root_exchange(), keys::ANY_INFO).await?;
+    amqp::declare_info_queue(conn, &n).await?;
     let (consumer_ch, consumer) =
         amqp::consume(conn, &n.info_queue(), "fleet-dispatcher", 512).await?;
     // A new session: whatever was learnt of leases before it is stale until everyone

@@ -685,7 +685,8 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         let current = rx.borrow_and_update().clone();
         if let Some(p) = current {
             let info = shared.info();
-            let msg = Outgoing::new(exchange.clone(), key.clone(), proto::encode(&info));
+            let msg = Outgoing::new(exchange.clone(), key.clone(), proto::encode(&info))
+                .with_properties(amqp::transient_properties());
             match p.publish(msg).await {
                 Ok(()) => shared.info_sent(&info),
                 Err(e) => tracing::debug!(error = %e, "INFO not sent"),

@@ -204,10 +204,7 @@ pub const DEAD_LETTER_TTL_MS: i64 = 14 * 24 * 3600 * 1000;
 /// as it is (redeclaring with other arguments is refused): delete it to bound it.
 async fn declare_dead_queue(conn: &Connection, n: &Names) -> Result<(), AmqpError> {
     let mut args = quorum_args();
-    args.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(DEAD_LETTER_MAX),
-    );
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(DEAD_LETTER_MAX));
     args.insert(
         "x-overflow".into(),
         AMQPValue::LongString("drop-head".into()),
@@ -216,7 +213,18 @@ async fn declare_dead_queue(conn: &Connection, n: &Names) -> Result<(), AmqpErro
         "x-message-ttl".into(),
         AMQPValue::LongLongInt(DEAD_LETTER_TTL_MS),
     );
-    // On a channel of its own: a refused declaration closes the channel it was made on.
+    declare_or_keep(conn, &n.dead_queue(), args).await
+}
+
+/// Declares a durable queue with these arguments, or, if one by that name exists with
+/// others (made by an older Fleet), keeps it as it is and says so: RabbitMQ refuses to
+/// redeclare a queue with other arguments. On a channel of its own, since a refused
+/// declaration closes the channel it was made on.
+async fn declare_or_keep(
+    conn: &Connection,
+    name: &str,
+    args: FieldTable,
+) -> Result<(), AmqpError> {
     let probe = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
     let opts = QueueDeclareOptions {
         durable: true,
@@ -225,7 +233,7 @@ async fn declare_dead_queue(conn: &Connection, n: &Names) -> Result<(), AmqpErro
     let declared = deadline(
         "queue.declare",
         DECLARE_TIMEOUT,
-        probe.queue_declare(n.dead_queue().as_str().into(), opts, args),
+        probe.queue_declare(name.into(), opts, args),
     )
     .await;
     match declared {
@@ -235,14 +243,32 @@ async fn declare_dead_queue(conn: &Connection, n: &Names) -> Result<(), AmqpErro
         }
         Err(AmqpError::Lapin(e)) if is_precondition_failed(&e) => {
             tracing::warn!(
-                queue = %n.dead_queue(),
-                "the dead-letter queue exists without Fleet's bounds (an older version made it); \
-                 it is used as it is: delete it to bound it"
+                queue = %name,
+                "the queue exists with other arguments (an older version made it); it is used \
+                 as it is: delete it while the fleet is stopped to have it made anew"
             );
             Ok(())
         }
         Err(e) => Err(e),
     }
+}
+
+/// The dispatcher's INFO queue: a classic queue, since INFO is sent transient (a
+/// heartbeat lost to a broker restart is replaced by the next; what INFO reports as
+/// finished or given back is recovered by leases), and persisting each one would cost
+/// the broker a disk write per finished task. Bound on `default` for every executor's
+/// INFO.
+pub async fn declare_info_queue(conn: &Connection, n: &Names) -> Result<(), AmqpError> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(n.dlx().as_str().into()),
+    );
+    declare_or_keep(conn, &n.info_queue(), args).await?;
+    let ch = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
+    bind_queue(&ch, &n.info_queue(), &n.root_exchange(), keys::ANY_INFO).await?;
+    close_channel(&ch).await;
+    Ok(())
 }
 
 /// The broker's 406: a declaration whose arguments differ from the existing object's.
@@ -484,6 +510,14 @@ pub fn json_properties() -> BasicProperties {
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
+}
+
+/// For messages whose loss a lease recovers (requests, INFO): not written to disk by
+/// the broker, which saves it a write (and most of its CPU) per message.
+pub fn transient_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(1)
 }
 
 /// A channel in confirm mode. Publishes a batch, then waits once for all the confirms:
