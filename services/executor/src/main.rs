@@ -16,7 +16,10 @@ struct Args {
     common: svc::CommonArgs,
 }
 
-#[tokio::main]
+// One thread: the executor mostly waits (on children, pipes and the broker), and a
+// multi-threaded runtime spent more CPU handing each attempt between its threads than
+// running it (about 100 us per job of `make bench`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     svc::main(
