@@ -155,13 +155,7 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport> {
         dispatcher: false,
         collector: false,
     };
-    let mut fleet = TestFleet::start_opts("chaos", none, |c| {
-        c.dispatcher.lease_timeout_secs = 3;
-        c.dispatcher.executor_timeout_secs = 2;
-        c.dispatcher.leader_ttl_secs = 2;
-        c.database.idle_in_transaction_timeout_ms = 2_000;
-    })
-    .await?;
+    let mut fleet = TestFleet::start_opts("chaos", none, crate::short_leases).await?;
     let [sub_bin, disp_bin, coll_bin, exec_bin] = opts.binaries.clone();
     let mut members = vec![Member {
         role: "submitter",

@@ -77,6 +77,15 @@ pub fn test_config(name: &str) -> Config {
     cfg
 }
 
+/// Leases, liveness and leadership short enough for a fault test's patience: lease 3 s,
+/// an executor silent 2 s is not alive, leader TTL 2 s, a transaction idle 2 s aborted.
+pub fn short_leases(c: &mut Config) {
+    c.dispatcher.lease_timeout_secs = 3;
+    c.dispatcher.executor_timeout_secs = 2;
+    c.dispatcher.leader_ttl_secs = 2;
+    c.database.idle_in_transaction_timeout_ms = 2_000;
+}
+
 struct Running {
     token: CancellationToken,
     handle: JoinHandle<()>,

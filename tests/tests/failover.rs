@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use fleet_shared::id::JobId;
 use fleet_tests::{
-    job_of, wait_for, DispatcherPair, ExecutorSpec, InProcess, ServiceProcess, TestFleet,
+    job_of, short_leases, wait_for, DispatcherPair, ExecutorSpec, InProcess, ServiceProcess,
+    TestFleet,
 };
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -30,12 +31,7 @@ async fn two_dispatchers(hint: &str) -> Result<Pair> {
             dispatcher: false,
             collector: true,
         },
-        |c| {
-            c.dispatcher.lease_timeout_secs = 3;
-            c.dispatcher.executor_timeout_secs = 2;
-            c.dispatcher.leader_ttl_secs = 2;
-            c.database.idle_in_transaction_timeout_ms = 2_000;
-        },
+        short_leases,
     )
     .await?;
     let DispatcherPair {

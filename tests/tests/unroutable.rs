@@ -10,7 +10,7 @@ use fleet_shared::amqp::{keys, Names};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::ExecutorId;
 use fleet_shared::proto::{self, Info};
-use fleet_tests::{job_of, DispatcherPair, ExecutorSpec, InProcess, TestFleet};
+use fleet_tests::{job_of, short_leases, DispatcherPair, ExecutorSpec, InProcess, TestFleet};
 use serde_json::json;
 
 const DISPATCHER_BIN: &str = env!("CARGO_BIN_EXE_fleet-test-dispatcher");
@@ -24,11 +24,7 @@ async fn info_from_an_executor_without_a_queue_costs_no_task_an_attempt() -> Res
             dispatcher: false,
             collector: true,
         },
-        |c| {
-            c.dispatcher.lease_timeout_secs = 3;
-            c.dispatcher.executor_timeout_secs = 2;
-            c.dispatcher.leader_ttl_secs = 2;
-        },
+        short_leases,
     )
     .await?;
     let DispatcherPair {

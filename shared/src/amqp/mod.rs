@@ -204,7 +204,10 @@ pub const DEAD_LETTER_TTL_MS: i64 = 14 * 24 * 3600 * 1000;
 /// as it is (redeclaring with other arguments is refused): delete it to bound it.
 async fn declare_dead_queue(conn: &Connection, n: &Names) -> Result<(), AmqpError> {
     let mut args = quorum_args();
-    args.insert("x-max-length".into(), AMQPValue::LongLongInt(DEAD_LETTER_MAX));
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_MAX),
+    );
     args.insert(
         "x-overflow".into(),
         AMQPValue::LongString("drop-head".into()),
@@ -220,11 +223,7 @@ async fn declare_dead_queue(conn: &Connection, n: &Names) -> Result<(), AmqpErro
 /// others (made by an older Fleet), keeps it as it is and says so: RabbitMQ refuses to
 /// redeclare a queue with other arguments. On a channel of its own, since a refused
 /// declaration closes the channel it was made on.
-async fn declare_or_keep(
-    conn: &Connection,
-    name: &str,
-    args: FieldTable,
-) -> Result<(), AmqpError> {
+async fn declare_or_keep(conn: &Connection, name: &str, args: FieldTable) -> Result<(), AmqpError> {
     let probe = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
     let opts = QueueDeclareOptions {
         durable: true,

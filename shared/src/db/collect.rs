@@ -211,18 +211,7 @@ pub async fn record_results(
                         outcome,
                     });
                 }
-                tasks.insert(
-                    task_id.uuid(),
-                    Locked {
-                        job_id: JobId::from_uuid(r.get(4)),
-                        state: parse_state(r.get(5))?,
-                        attempts: r.get(6),
-                        max_attempts: r.get(7),
-                        each: r.get(8),
-                        quorum: r.get(9),
-                        task_count: r.get(10),
-                    },
-                );
+                tasks.insert(task_id.uuid(), Locked::from_row(r, 4)?);
             }
             why => {
                 let task_id = TaskId::from_uuid(r.get(1));
@@ -300,6 +289,22 @@ struct Locked {
     task_count: i32,
 }
 
+impl Locked {
+    /// From a row holding, from column `at` on: job_id, state, attempts, max_attempts,
+    /// each, quorum, the job's task_count.
+    fn from_row(r: &tokio_postgres::Row, at: usize) -> Result<Self, DbError> {
+        Ok(Self {
+            job_id: JobId::from_uuid(r.get(at)),
+            state: parse_state(r.get(at + 1))?,
+            attempts: r.get(at + 2),
+            max_attempts: r.get(at + 3),
+            each: r.get(at + 4),
+            quorum: r.get(at + 5),
+            task_count: r.get(at + 6),
+        })
+    }
+}
+
 fn parse_state(s: &str) -> Result<TaskState, DbError> {
     TaskState::parse(s).ok_or_else(|| DbError::Row(format!("task state {s:?}")))
 }
@@ -320,18 +325,7 @@ async fn lock_tasks(
     let rows = tx.query(&stmt, &[&ids]).await?;
     let mut tasks = HashMap::with_capacity(rows.len());
     for r in &rows {
-        tasks.insert(
-            r.get::<_, uuid::Uuid>(0),
-            Locked {
-                job_id: JobId::from_uuid(r.get(1)),
-                state: parse_state(r.get(2))?,
-                attempts: r.get(3),
-                max_attempts: r.get(4),
-                each: r.get(5),
-                quorum: r.get(6),
-                task_count: r.get(7),
-            },
-        );
+        tasks.insert(r.get::<_, uuid::Uuid>(0), Locked::from_row(r, 1)?);
     }
     Ok(tasks)
 }
