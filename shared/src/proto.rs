@@ -133,8 +133,8 @@ pub struct Info {
     pub in_flight: Vec<HeldAttempt>,
     pub draining: bool,
     pub sent_at: DateTime<Utc>,
-    /// Attempts the executor gives back without a result as it shuts down: it acked
-    /// their requests and will not run them. `running: false` (never started): the
+    /// Attempts the executor gives back without a result (as it shuts down, or asked by
+    /// a `give_back`): it acked their requests and will not run them. `running: false` (never started): the
     /// dispatcher takes the attempt back at once, as if never assigned; `running: true`
     /// (killed at the drain deadline): the attempt is lost at once, not at its lease.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -258,9 +258,18 @@ impl Wire for LogChunk {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ControlAction {
-    Cancel { task_id: TaskId, attempt: i32 },
+    Cancel {
+        task_id: TaskId,
+        attempt: i32,
+    },
     Drain,
     Resume,
+    /// Dispatcher -> executor: if this attempt has not started, give it back (ack it, list
+    /// it in INFO `returned`), so that an idle slot elsewhere runs it; if it has, ignore.
+    GiveBack {
+        task_id: TaskId,
+        attempt: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use fleet_shared::db::dispatch::Held;
 use fleet_shared::db::HeldBy;
 use fleet_shared::group::GroupName;
 use fleet_shared::id::{ExecutorId, TaskId};
-use fleet_shared::policy::ExecutorView;
+use fleet_shared::policy::{ExecutorView, ReadyTask};
 use fleet_shared::proto::Info;
 use tokio::time::Instant;
 
@@ -25,13 +25,25 @@ const LISTED_WITHIN: Duration = Duration::from_secs(2);
 
 type Key = (TaskId, i32);
 
+/// An attempt handed to an executor.
+#[derive(Debug, Clone)]
+struct Given {
+    at: Instant,
+    /// What another executor needs to be eligible for it; `None` when it may not move
+    /// (an `each` copy, pinned to its member) or is not known (counted from PostgreSQL
+    /// by a new leader).
+    movable: Option<ReadyTask>,
+    /// Asked back already (to run on an idle slot elsewhere).
+    asked: bool,
+}
+
 struct Known {
     info: Info,
     /// Our clock when its latest INFO arrived, and our wall clock then (for the row).
     heard: Instant,
     heard_at: DateTime<Utc>,
-    /// Attempts given to it and not finished, with when.
-    outstanding: HashMap<Key, Instant>,
+    /// Attempts given to it and not finished.
+    outstanding: HashMap<Key, Given>,
     /// When the lease of each attempt it holds was last written, and whether the
     /// running mark was.
     written: HashMap<Key, (Instant, bool)>,
@@ -58,6 +70,17 @@ pub struct Heard {
     /// What it says of itself changed (new, groups, labels, capacity, draining): worth
     /// writing now rather than on the timer.
     pub changed: bool,
+}
+
+impl Given {
+    /// An open attempt read from PostgreSQL: counted, never moved.
+    fn loaded(at: Instant) -> Self {
+        Self {
+            at,
+            movable: None,
+            asked: false,
+        }
+    }
 }
 
 pub struct Fleet {
@@ -135,7 +158,10 @@ impl Fleet {
                 info: info.clone(),
                 heard: now,
                 heard_at: Utc::now(),
-                outstanding: loaded.into_iter().map(|key| (key, now)).collect(),
+                outstanding: loaded
+                    .into_iter()
+                    .map(|key| (key, Given::loaded(now)))
+                    .collect(),
                 written: HashMap::new(),
                 changed: true,
                 row_written: None,
@@ -164,7 +190,7 @@ impl Fleet {
             .collect();
         let before = k.outstanding.len();
         k.outstanding.retain(|key, given| {
-            listed.contains(key) || now.duration_since(*given) < LISTED_WITHIN
+            listed.contains(key) || now.duration_since(given.at) < LISTED_WITHIN
         });
         out.freed += before - k.outstanding.len();
         k.written.retain(|key, _| listed.contains(key));
@@ -181,21 +207,74 @@ impl Fleet {
             let key = (h.task_id, h.attempt);
             match self.known.get_mut(&h.executor_id) {
                 Some(k) => {
-                    k.outstanding.insert(key, now);
+                    k.outstanding.insert(key, Given::loaded(now));
                 }
                 None => self.unheard.entry(h.executor_id).or_default().push(key),
             }
         }
     }
 
-    /// Attempts handed out.
-    pub fn assigned(&mut self, attempts: &[HeldBy]) {
+    /// Attempts handed out, with what another executor needs to take one over (`None`:
+    /// pinned to this one).
+    pub fn assigned(&mut self, attempts: &[(HeldBy, Option<ReadyTask>)]) {
         let now = Instant::now();
-        for a in attempts {
+        for (a, movable) in attempts {
             if let Some(k) = self.known.get_mut(&a.executor_id) {
-                k.outstanding.insert((a.task_id, a.attempt), now);
+                let given = Given {
+                    at: now,
+                    movable: movable.clone(),
+                    asked: false,
+                };
+                k.outstanding.insert((a.task_id, a.attempt), given);
             }
         }
+    }
+
+    /// Attempts that are waiting, unstarted, in some executor's hands while a slot that
+    /// could run them is idle on another (no ready task left to give it): at most as
+    /// many as idle slots, taken from the executors holding the most. Asked back, each
+    /// is given back by its holder (if it has not started it meanwhile) and handed out
+    /// again, to the idle slot. Marks them asked.
+    pub fn to_steal(&mut self, views: &[ExecutorView]) -> Vec<HeldBy> {
+        let idle: Vec<&ExecutorView> = views
+            .iter()
+            .filter(|v| !v.draining && v.outstanding < v.capacity)
+            .collect();
+        let mut slots: u32 = idle.iter().map(|v| v.capacity - v.outstanding).sum();
+        if slots == 0 {
+            return Vec::new();
+        }
+        let mut holders: Vec<&mut Known> = self
+            .known
+            .values_mut()
+            .filter(|k| idle.iter().all(|v| v.id != k.info.executor_id))
+            .collect();
+        // The executor that holds the most unstarted first.
+        let unstarted = |k: &Known| k.info.in_flight.iter().filter(|h| !h.running).count();
+        holders.sort_by_key(|k| std::cmp::Reverse(unstarted(k)));
+        let mut out = Vec::new();
+        for k in holders {
+            for h in k.info.in_flight.iter().filter(|h| !h.running) {
+                if slots == 0 {
+                    return out;
+                }
+                let Some(given) = k.outstanding.get_mut(&(h.task_id, h.attempt)) else {
+                    continue;
+                };
+                let Some(task) = &given.movable else { continue };
+                if given.asked || !idle.iter().any(|v| v.is_eligible(task)) {
+                    continue;
+                }
+                given.asked = true;
+                slots -= 1;
+                out.push(HeldBy {
+                    task_id: h.task_id,
+                    attempt: h.attempt,
+                    executor_id: k.info.executor_id.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// Attempts that no longer hold a slot (lost, or taken back).
@@ -327,5 +406,119 @@ impl Fleet {
             k.changed = true;
             k.written.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fleet_shared::proto::HeldAttempt;
+
+    use super::*;
+
+    fn info(id: &str, group: &str, capacity: u32, held: &[(TaskId, bool)]) -> Info {
+        Info {
+            executor_id: ExecutorId::parse(id).expect("valid"),
+            groups: vec![GroupName::parse(group).expect("valid")],
+            labels: BTreeMap::new(),
+            capacity,
+            running: held.iter().filter(|(_, r)| *r).count() as u32,
+            queued: held.iter().filter(|(_, r)| !*r).count() as u32,
+            in_flight: held
+                .iter()
+                .map(|(t, running)| HeldAttempt {
+                    task_id: *t,
+                    attempt: 1,
+                    running: *running,
+                })
+                .collect(),
+            draining: false,
+            sent_at: Utc::now(),
+            returned: Vec::new(),
+            finished: Vec::new(),
+        }
+    }
+
+    fn view(id: &str, group: &str, capacity: u32, outstanding: u32) -> ExecutorView {
+        ExecutorView {
+            id: ExecutorId::parse(id).expect("valid"),
+            groups: vec![GroupName::parse(group).expect("valid")],
+            labels: BTreeMap::new(),
+            capacity,
+            outstanding,
+            draining: false,
+        }
+    }
+
+    fn given(fleet: &mut Fleet, executor: &str, group: &str, tasks: &[TaskId], movable: bool) {
+        let attempts: Vec<(HeldBy, Option<ReadyTask>)> = tasks
+            .iter()
+            .map(|t| {
+                let held = HeldBy {
+                    task_id: *t,
+                    attempt: 1,
+                    executor_id: ExecutorId::parse(executor).expect("valid"),
+                };
+                let task = ReadyTask {
+                    id: *t,
+                    group: GroupName::parse(group).expect("valid"),
+                    labels: BTreeMap::new(),
+                };
+                (held, movable.then_some(task))
+            })
+            .collect();
+        fleet.assigned(&attempts);
+    }
+
+    #[test]
+    fn waiting_attempts_are_asked_back_for_idle_slots_once_each() {
+        let mut fleet = Fleet::new(Duration::from_secs(15));
+        let (long, q1, q2) = (TaskId::new(), TaskId::new(), TaskId::new());
+        fleet.heard(info("a", "cpu", 1, &[]));
+        fleet.heard(info("b", "cpu", 1, &[]));
+        given(&mut fleet, "a", "cpu", &[long, q1, q2], true);
+        // a runs the long one, two wait behind it; b is idle with one slot.
+        fleet.heard(info(
+            "a",
+            "cpu",
+            1,
+            &[(long, true), (q1, false), (q2, false)],
+        ));
+        let views = [view("a", "cpu", 1, 3), view("b", "cpu", 1, 0)];
+        let asked = fleet.to_steal(&views);
+        assert_eq!(asked.len(), 1, "one idle slot: one attempt asked back");
+        assert_eq!(asked[0].executor_id.as_str(), "a");
+        assert!(asked[0].task_id == q1 || asked[0].task_id == q2);
+        assert_ne!(asked[0].task_id, long, "a started attempt is never asked");
+        // Asked once: the next round asks for the other one only.
+        let again = fleet.to_steal(&views);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].task_id, asked[0].task_id);
+        assert!(fleet.to_steal(&views).is_empty());
+    }
+
+    #[test]
+    fn nothing_is_asked_without_an_idle_eligible_slot_or_for_pinned_copies() {
+        let mut fleet = Fleet::new(Duration::from_secs(15));
+        let (long, q) = (TaskId::new(), TaskId::new());
+        fleet.heard(info("a", "cpu", 1, &[]));
+        fleet.heard(info("b", "gpu", 1, &[]));
+        given(&mut fleet, "a", "cpu", &[long, q], true);
+        fleet.heard(info("a", "cpu", 1, &[(long, true), (q, false)]));
+        // b is idle but not in the task's group.
+        let views = [view("a", "cpu", 1, 2), view("b", "gpu", 1, 0)];
+        assert!(fleet.to_steal(&views).is_empty());
+        // Every slot busy: nothing to steal for.
+        let views = [view("a", "cpu", 1, 2), view("b", "gpu", 1, 1)];
+        assert!(fleet.to_steal(&views).is_empty());
+        // A pinned copy never moves, even to an idle slot of its group.
+        let mut fleet = Fleet::new(Duration::from_secs(15));
+        fleet.heard(info("a", "cpu", 1, &[]));
+        fleet.heard(info("c", "cpu", 1, &[]));
+        given(&mut fleet, "a", "cpu", &[long, q], false);
+        fleet.heard(info("a", "cpu", 1, &[(long, true), (q, false)]));
+        let views = [view("a", "cpu", 1, 2), view("c", "cpu", 1, 0)];
+        assert!(fleet.to_steal(&views).is_empty());
     }
 }

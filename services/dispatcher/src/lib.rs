@@ -21,8 +21,8 @@ use fleet_shared::db::dispatch::HeldBy;
 use fleet_shared::db::{self, dispatch, outbox, DbError, Pool};
 use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
-use fleet_shared::policy::{self, ExecutorView};
-use fleet_shared::proto::{self, Info, Request};
+use fleet_shared::policy::{self, ExecutorView, ReadyTask};
+use fleet_shared::proto::{self, Control, ControlAction, Info, Request};
 use fleet_shared::svc;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Connection;
@@ -292,6 +292,9 @@ impl Dispatcher {
                 self.assign_round(&mut views, publisher, &mut report)
                     .await?;
             }
+            if !self.ready_maybe {
+                self.steal(&views, publisher).await?;
+            }
         }
         if now >= self.next_flush {
             self.next_flush = now + self.tick();
@@ -366,7 +369,7 @@ impl Dispatcher {
             return Err(self.step_down());
         }
         let opened: std::collections::HashSet<_> = assigned.tasks.into_iter().collect();
-        let sent: Vec<(HeldBy, Request)> = planned
+        let sent: Vec<(HeldBy, Request, Option<ReadyTask>)> = planned
             .into_iter()
             .filter(|p| opened.contains(&p.task_id))
             .map(|p| {
@@ -377,6 +380,7 @@ impl Dispatcher {
                         executor_id: p.executor_id,
                     },
                     p.request,
+                    Some(p.task),
                 )
             })
             .collect();
@@ -389,11 +393,15 @@ impl Dispatcher {
     async fn send(
         &mut self,
         publisher: &Publisher,
-        sent: Vec<(HeldBy, Request)>,
+        sent: Vec<(HeldBy, Request, Option<ReadyTask>)>,
         report: &mut Report,
     ) -> Result<(), Error> {
-        let attempts: Vec<HeldBy> = sent.iter().map(|(h, _)| h.clone()).collect();
-        self.fleet.assigned(&attempts);
+        let attempts: Vec<HeldBy> = sent.iter().map(|(h, _, _)| h.clone()).collect();
+        let movable: Vec<(HeldBy, Option<ReadyTask>)> = sent
+            .iter()
+            .map(|(h, _, t)| (h.clone(), t.clone()))
+            .collect();
+        self.fleet.assigned(&movable);
         // A leader frozen between the commit and here (SIGSTOP, a stalled VM) may have
         // been replaced meanwhile, and its attempts lost and handed out again: sending
         // its requests now would run those tasks twice. Not sending is always safe: the
@@ -411,7 +419,7 @@ impl Dispatcher {
         let expiration = (self.cfg.dispatcher.lease_timeout_secs * 1000).to_string();
         let out: Vec<Outgoing> = sent
             .iter()
-            .map(|(h, req)| {
+            .map(|(h, req, _)| {
                 // Transient: a request the broker loses (a restart) is recovered by its
                 // attempt's lease, like one lost on the way.
                 let props =
@@ -461,7 +469,38 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Attempts executors gave back as they shut down: the unstarted ones are taken back
+    /// No ready task is left, yet a slot is idle while unstarted attempts wait in another
+    /// executor's hands (behind its long tasks, say): asks for them back (`give_back`),
+    /// so that they run on the idle slot once returned. A request lost, or one its holder
+    /// started meanwhile, changes nothing.
+    async fn steal(&mut self, views: &[ExecutorView], publisher: &Publisher) -> Result<(), Error> {
+        let wanted = self.fleet.to_steal(views);
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let out: Vec<Outgoing> = wanted
+            .iter()
+            .map(|h| {
+                let control = Control {
+                    action: ControlAction::GiveBack {
+                        task_id: h.task_id,
+                        attempt: h.attempt,
+                    },
+                };
+                Outgoing::new(
+                    self.names.root_exchange(),
+                    keys::control(&h.executor_id),
+                    proto::encode(&control),
+                )
+                .with_properties(amqp::transient_properties())
+            })
+            .collect();
+        metrics::counter!("fleet_dispatcher_give_backs_asked_total").increment(out.len() as u64);
+        publisher.publish_all(out).await?;
+        Ok(())
+    }
+
+    /// Attempts executors gave back (shutting down, or asked to): the unstarted ones are taken back
     /// (ready again, no attempt spent), the started ones lost at once.
     async fn take_back(&mut self, publisher: &Publisher, report: &mut Report) -> Result<(), Error> {
         let (started, unstarted): (Vec<_>, Vec<_>) = std::mem::take(&mut self.returned)
@@ -610,7 +649,8 @@ impl Dispatcher {
             dispatch::assign_copies(&tx, &pinned, self.lease().as_secs_f64(), epoch).await?;
         tx.commit().await.map_err(DbError::from)?;
         drop(client);
-        let sent: Vec<(HeldBy, Request)> = assignments
+        // A copy is pinned to its member: never moved elsewhere.
+        let sent: Vec<(HeldBy, Request, Option<ReadyTask>)> = assignments
             .into_iter()
             .filter_map(|a| {
                 let row = rows.get(&a.task_id)?;
@@ -619,7 +659,7 @@ impl Dispatcher {
                     attempt: a.attempt,
                     executor_id: a.executor_id,
                 };
-                Some((held, plan::request(row, a.attempt, a.lease_deadline)))
+                Some((held, plan::request(row, a.attempt, a.lease_deadline), None))
             })
             .collect();
         report.assigned += sent.len();

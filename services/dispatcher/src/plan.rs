@@ -19,6 +19,8 @@ pub struct Planned {
     /// has not moved since it was read.
     pub attempt: i32,
     pub request: Request,
+    /// What an executor needs to be eligible for it (should it move to an idle slot).
+    pub task: ReadyTask,
 }
 
 pub fn ready_task(r: &ReadyRow) -> ReadyTask {
@@ -51,6 +53,7 @@ pub fn plan(
                 executor_id,
                 attempt,
                 request: request(row, attempt, deadline),
+                task: ready_task(row),
             })
         })
         .collect()

@@ -137,6 +137,9 @@ struct Shared {
     drained: watch::Sender<bool>,
     /// A token per attempt held, cancelled by a `control` cancel.
     cancels: Mutex<HashMap<AttemptKey, CancellationToken>>,
+    /// A token per attempt not started yet, cancelled when the dispatcher asks for it
+    /// back (`control` give_back).
+    givebacks: Mutex<HashMap<AttemptKey, CancellationToken>>,
     /// Cancels that came before their request (control messages and requests come from
     /// different publishers, so either may arrive first); the last few hundred.
     cancelled_early: Mutex<VecDeque<AttemptKey>>,
@@ -231,6 +234,9 @@ impl Shared {
         if let Ok(mut c) = self.cancels.lock() {
             c.remove(&key);
         }
+        if let Ok(mut g) = self.givebacks.lock() {
+            g.remove(&key);
+        }
     }
 
     /// An operator's `control` message: drain, resume, or cancel one attempt.
@@ -245,6 +251,18 @@ impl Shared {
             ControlAction::Resume => {
                 tracing::info!("resumed by an operator");
                 self.drained.send_replace(false);
+            }
+            ControlAction::GiveBack { task_id, attempt } => {
+                let token = self
+                    .givebacks
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.get(&(task_id, attempt)).cloned());
+                // Not held, or started already: nothing to give back.
+                if let Some(t) = token {
+                    tracing::debug!(%task_id, attempt, "giving an unstarted attempt back");
+                    t.cancel();
+                }
             }
             ControlAction::Cancel { task_id, attempt } => {
                 let token = self
@@ -338,6 +356,7 @@ pub async fn run(
         draining: AtomicBool::new(false),
         drained: watch::channel(false).0,
         cancels: Mutex::default(),
+        givebacks: Mutex::default(),
         cancelled_early: Mutex::default(),
         returned: Mutex::default(),
         finished: Mutex::default(),
@@ -508,6 +527,9 @@ async fn session(
             if let Ok(mut c) = shared.cancels.lock() {
                 c.insert(key, token);
             }
+            if let Ok(mut g) = shared.givebacks.lock() {
+                g.insert(key, CancellationToken::new());
+            }
         }
         if duplicate {
             // Already running or done here: a redelivery after a reconnect.
@@ -541,12 +563,23 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
         .and_then(|c| c.get(&key).cloned())
         .unwrap_or_else(|| shared.kill.child_token());
     let mut drained = shared.drained.subscribe();
+    let giveback = shared
+        .givebacks
+        .lock()
+        .ok()
+        .and_then(|g| g.get(&key).cloned())
+        .unwrap_or_default();
     let permit = tokio::select! {
-        // A shutdown or a cancel wins over a free slot.
+        // A shutdown, a cancel or a give-back wins over a free slot.
         biased;
         _ = shared.stop_starting.cancelled() => {
             // Not started, and we are shutting down: give it back now, so it runs
             // elsewhere at once rather than after its lease.
+            shared.give_back(key, &delivery, false).await;
+            return;
+        }
+        _ = giveback.cancelled() => {
+            // The dispatcher has an idle slot for it elsewhere.
             shared.give_back(key, &delivery, false).await;
             return;
         }
@@ -574,6 +607,10 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     };
     if let Some(r) = shared.lock().held.get_mut(&key) {
         *r = true;
+    }
+    // Started: no longer to be given back.
+    if let Ok(mut g) = shared.givebacks.lock() {
+        g.remove(&key);
     }
     tracing::debug!(task_id = %req.task_id, attempt = req.attempt, "starting");
     // The command learns where and as what it runs (after the task's own env, so a
@@ -648,6 +685,9 @@ async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: De
         }
         if let Ok(mut c) = shared.cancels.lock() {
             c.remove(&key);
+        }
+        if let Ok(mut g) = shared.givebacks.lock() {
+            g.remove(&key);
         }
         // If the channel this came on is gone, the ack fails; the redelivery is then
         // recognised as done and acked without running again.
