@@ -260,11 +260,15 @@ pub async fn lose(tx: &Transaction<'_>, held: &[super::HeldBy]) -> Result<Settle
              FROM unnest($1::uuid[], $2::int[], $3::text[]) AS x(task_id, attempt, executor_id)
              WHERE a.task_id = x.task_id AND a.attempt = x.attempt
                AND a.executor_id = x.executor_id
-               AND a.state IN ('assigned', 'running', 'reported')
+               AND a.state = ANY($4)
              RETURNING a.task_id, a.attempt",
         )
         .await?;
-    let rows = tx.query(&stmt, &[&tasks, &attempts, &executors]).await?;
+    // The states through a parameter: see dispatch::OPEN.
+    let open = ["assigned", "running", "reported"];
+    let rows = tx
+        .query(&stmt, &[&tasks, &attempts, &executors, &&open[..]])
+        .await?;
     let ended: Vec<Ended> = rows
         .iter()
         .map(|r| Ended {

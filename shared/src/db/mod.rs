@@ -136,10 +136,17 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
     // cache keep, plans that scan the whole table at every batch. tests/tests/plans.rs
     // checks the plans, on fresh tables and with a long history. No JIT: Fleet's
     // statements are short, and the cost penalty that keeps scans out would otherwise
-    // make PostgreSQL compile and optimise them with LLVM at every execution.
+    // make PostgreSQL compile and optimise them with LLVM at every execution. No hash
+    // or merge join where a nested loop serves: a batch written by key (`unnest` of a
+    // few keys joined to tasks or attempts) must look each key up; a generic plan that
+    // estimates the batch at a hundred rows otherwise hashes a whole index (every ready
+    // task for a handful assigned: 22 ms and 24,000 buffers per round with a backlog of
+    // 40,000). A statement that needs a hash join still gets one (these settings make a
+    // plan costly, not impossible).
     pg.options(format!(
         "-c search_path={} -c statement_timeout={} -c idle_in_transaction_session_timeout={} \
-         -c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off",
+         -c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c enable_hashjoin=off \
+         -c enable_mergejoin=off -c jit=off",
         cfg.schema, cfg.statement_timeout_ms, cfg.idle_in_transaction_timeout_ms
     ));
     pg.application_name("fleet");
