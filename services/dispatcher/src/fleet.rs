@@ -416,6 +416,7 @@ mod tests {
     use fleet_shared::proto::HeldAttempt;
 
     use super::*;
+    use crate::plan::tests::executor as view;
 
     fn info(id: &str, group: &str, capacity: u32, held: &[(TaskId, bool)]) -> Info {
         Info {
@@ -437,17 +438,6 @@ mod tests {
             sent_at: Utc::now(),
             returned: Vec::new(),
             finished: Vec::new(),
-        }
-    }
-
-    fn view(id: &str, group: &str, capacity: u32, outstanding: u32) -> ExecutorView {
-        ExecutorView {
-            id: ExecutorId::parse(id).expect("valid"),
-            groups: vec![GroupName::parse(group).expect("valid")],
-            labels: BTreeMap::new(),
-            capacity,
-            outstanding,
-            draining: false,
         }
     }
 

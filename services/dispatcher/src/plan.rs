@@ -75,7 +75,7 @@ pub fn request(row: &ReadyRow, attempt: i32, lease_deadline: DateTime<Utc>) -> R
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use fleet_shared::group::GroupName;
@@ -101,7 +101,7 @@ mod tests {
         }
     }
 
-    fn executor(id: &str, group: &str, capacity: u32, outstanding: u32) -> ExecutorView {
+    pub(crate) fn executor(id: &str, group: &str, capacity: u32, outstanding: u32) -> ExecutorView {
         ExecutorView {
             id: ExecutorId::parse(id).expect("valid"),
             groups: vec![GroupName::parse(group).expect("valid")],

@@ -231,6 +231,11 @@ impl Shared {
     /// Drops an attempt it will not report (shutdown).
     fn forget(&self, key: AttemptKey) {
         self.lock().held.remove(&key);
+        self.drop_tokens(key);
+    }
+
+    /// Its cancel and give-back tokens go: the attempt ended, or is not held any more.
+    fn drop_tokens(&self, key: AttemptKey) {
         if let Ok(mut c) = self.cancels.lock() {
             c.remove(&key);
         }
@@ -253,24 +258,14 @@ impl Shared {
                 self.drained.send_replace(false);
             }
             ControlAction::GiveBack { task_id, attempt } => {
-                let token = self
-                    .givebacks
-                    .lock()
-                    .ok()
-                    .and_then(|g| g.get(&(task_id, attempt)).cloned());
                 // Not held, or started already: nothing to give back.
-                if let Some(t) = token {
+                if let Some(t) = token_of(&self.givebacks, (task_id, attempt)) {
                     tracing::debug!(%task_id, attempt, "giving an unstarted attempt back");
                     t.cancel();
                 }
             }
             ControlAction::Cancel { task_id, attempt } => {
-                let token = self
-                    .cancels
-                    .lock()
-                    .ok()
-                    .and_then(|c| c.get(&(task_id, attempt)).cloned());
-                match token {
+                match token_of(&self.cancels, (task_id, attempt)) {
                     Some(t) => {
                         tracing::info!(%task_id, attempt, "cancelling an attempt");
                         t.cancel();
@@ -556,19 +551,9 @@ async fn ack_one(delivery: &Delivery) -> Result<(), amqp::AmqpError> {
 
 async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     let key = (req.task_id, req.attempt);
-    let cancel = shared
-        .cancels
-        .lock()
-        .ok()
-        .and_then(|c| c.get(&key).cloned())
-        .unwrap_or_else(|| shared.kill.child_token());
+    let cancel = token_of(&shared.cancels, key).unwrap_or_else(|| shared.kill.child_token());
     let mut drained = shared.drained.subscribe();
-    let giveback = shared
-        .givebacks
-        .lock()
-        .ok()
-        .and_then(|g| g.get(&key).cloned())
-        .unwrap_or_default();
+    let giveback = token_of(&shared.givebacks, key).unwrap_or_default();
     let permit = tokio::select! {
         // A shutdown, a cancel or a give-back wins over a free slot.
         biased;
@@ -638,6 +623,14 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     report(&shared, &req, ran, delivery).await;
 }
 
+/// The token kept for an attempt in one of the per-attempt maps, if any.
+fn token_of(
+    map: &Mutex<HashMap<AttemptKey, CancellationToken>>,
+    key: AttemptKey,
+) -> Option<CancellationToken> {
+    map.lock().ok().and_then(|m| m.get(&key).cloned())
+}
+
 /// Publishes an attempt's result (confirmed), then acks its request.
 async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: Delivery) {
     let key = (req.task_id, req.attempt);
@@ -683,12 +676,7 @@ async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: De
                 attempt: req.attempt,
             });
         }
-        if let Ok(mut c) = shared.cancels.lock() {
-            c.remove(&key);
-        }
-        if let Ok(mut g) = shared.givebacks.lock() {
-            g.remove(&key);
-        }
+        shared.drop_tokens(key);
         // If the channel this came on is gone, the ack fails; the redelivery is then
         // recognised as done and acked without running again.
         let _ = delivery
