@@ -145,6 +145,25 @@ pub struct Info {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub finished: Vec<AttemptRef>,
 }
+impl Info {
+    /// The INFO of an executor that holds nothing and gives nothing back, sent now.
+    pub fn idle(executor_id: ExecutorId, groups: Vec<GroupName>, capacity: u32) -> Self {
+        Self {
+            executor_id,
+            groups,
+            labels: BTreeMap::new(),
+            capacity,
+            running: 0,
+            queued: 0,
+            in_flight: Vec::new(),
+            draining: false,
+            sent_at: Utc::now(),
+            returned: Vec::new(),
+            finished: Vec::new(),
+        }
+    }
+}
+
 impl Wire for Info {
     const TYPE: &'static str = "info";
     const V: u32 = 1;

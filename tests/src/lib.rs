@@ -98,7 +98,7 @@ impl Running {
     }
 }
 
-/// Which services a [`TestFleet`] runs in-process (the submitter always does).
+/// Which services a [`TestFleet`] runs in-process.
 #[derive(Debug, Clone, Copy)]
 pub struct InProcess {
     pub submitter: bool,
@@ -112,6 +112,25 @@ impl Default for InProcess {
             submitter: true,
             dispatcher: true,
             collector: true,
+        }
+    }
+}
+
+impl InProcess {
+    /// Nothing in-process: the test starts every service it needs as a process.
+    pub fn none() -> Self {
+        Self {
+            submitter: false,
+            dispatcher: false,
+            collector: false,
+        }
+    }
+
+    /// The submitter and the collector in-process; dispatchers run as processes.
+    pub fn no_dispatcher() -> Self {
+        Self {
+            dispatcher: false,
+            ..Self::default()
         }
     }
 }
@@ -957,6 +976,14 @@ impl TestFleet {
             log,
             addr,
         })
+    }
+
+    /// A fleet with short leases whose dispatching is done by two dispatcher processes
+    /// (`binary`), once one of them leads.
+    pub async fn with_dispatcher_pair(hint: &str, binary: &str) -> Result<(Self, DispatcherPair)> {
+        let fleet = Self::start_opts(hint, InProcess::no_dispatcher(), short_leases).await?;
+        let pair = fleet.spawn_dispatcher_pair(binary).await?;
+        Ok((fleet, pair))
     }
 
     /// Starts two dispatcher processes (`binary`) and waits until one leads.

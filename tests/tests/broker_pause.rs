@@ -23,18 +23,10 @@ impl Drop for ThawGuard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_whose_broker_freezes_steps_down_and_stops_on_sigterm() -> Result<()> {
-    let mut fleet = TestFleet::start_opts(
-        "brokerpause",
-        InProcess {
-            submitter: true,
-            dispatcher: false,
-            collector: true,
-        },
-        |c| {
-            c.dispatcher.leader_ttl_secs = 30;
-            c.dispatcher.executor_timeout_secs = 2;
-        },
-    )
+    let mut fleet = TestFleet::start_opts("brokerpause", InProcess::no_dispatcher(), |c| {
+        c.dispatcher.leader_ttl_secs = 30;
+        c.dispatcher.executor_timeout_secs = 2;
+    })
     .await?;
     let confirm = [("FLEET_AMQP__CONFIRM_TIMEOUT_MS", "2000".to_string())];
     let mut dispatcher = fleet.spawn_process(DISPATCHER_BIN, "dispatcher", &confirm)?;

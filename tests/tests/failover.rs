@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fleet_shared::id::JobId;
-use fleet_tests::{
-    job_of, short_leases, wait_for, DispatcherPair, ExecutorSpec, InProcess, ServiceProcess,
-    TestFleet,
-};
+use fleet_tests::{job_of, wait_for, DispatcherPair, ExecutorSpec, ServiceProcess, TestFleet};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -24,21 +21,14 @@ struct Pair {
 
 /// A fleet whose dispatching is done by two dispatcher processes; returns which leads.
 async fn two_dispatchers(hint: &str) -> Result<Pair> {
-    let mut fleet = TestFleet::start_opts(
-        hint,
-        InProcess {
-            submitter: true,
-            dispatcher: false,
-            collector: true,
+    let (
+        mut fleet,
+        DispatcherPair {
+            leader,
+            standby,
+            epoch,
         },
-        short_leases,
-    )
-    .await?;
-    let DispatcherPair {
-        leader,
-        standby,
-        epoch,
-    } = fleet.spawn_dispatcher_pair(DISPATCHER_BIN).await?;
+    ) = TestFleet::with_dispatcher_pair(hint, DISPATCHER_BIN).await?;
     for id in ["x-1", "x-2"] {
         fleet
             .add_executor(ExecutorSpec::new(id, &["cpu"], 4))

@@ -211,17 +211,12 @@ async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_ident
         .await?;
     fleet.wait_executors(&["else-1"]).await?;
     let claim = fleet_shared::proto::Info {
-        executor_id: fleet_shared::id::ExecutorId::parse("reg-1")?,
-        groups: vec![fleet_shared::group::GroupName::parse("elsewhere")?],
-        labels: Default::default(),
-        capacity: 8,
-        running: 0,
-        queued: 0,
-        in_flight: Vec::new(),
-        draining: false,
         sent_at: chrono::Utc::now() + chrono::Duration::seconds(2),
-        returned: Vec::new(),
-        finished: Vec::new(),
+        ..fleet_shared::proto::Info::idle(
+            fleet_shared::id::ExecutorId::parse("reg-1")?,
+            vec![fleet_shared::group::GroupName::parse("elsewhere")?],
+            8,
+        )
     };
     let conn = connect_as(&fleet, &user, &password).await?;
     try_publish(

@@ -168,19 +168,11 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
         })
         .collect();
     dispatch::open_attempts(&client).await?;
-    let info = Info {
-        executor_id: x1.clone(),
-        groups: vec![fleet_shared::group::GroupName::default_group()],
-        labels: Default::default(),
-        capacity: 8,
-        running: 0,
-        queued: 0,
-        in_flight: Vec::new(),
-        draining: false,
-        sent_at: Utc::now(),
-        returned: Vec::new(),
-        finished: Vec::new(),
-    };
+    let info = Info::idle(
+        x1.clone(),
+        vec![fleet_shared::group::GroupName::default_group()],
+        8,
+    );
     let tx = client.transaction().await?;
     anyhow::ensure!(dispatch::fence(&tx, &lead).await?, "fence");
     dispatch::upsert_executors(&tx, &[(&info, Utc::now())]).await?;

@@ -48,11 +48,7 @@ async fn timed(p: &ServiceProcess, path: &str) -> Result<(u16, Duration)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_started_without_a_database_answer_health_checks_at_once() -> Result<()> {
-    let none = InProcess {
-        submitter: false,
-        dispatcher: false,
-        collector: false,
-    };
+    let none = InProcess::none();
     let fleet = TestFleet::start_opts("nodb", none, |_| {}).await?;
     let closed = free_addr()?;
     let silent = silent_server().await?;
@@ -99,11 +95,7 @@ async fn services_started_without_a_database_answer_health_checks_at_once() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submitter_just_started_takes_jobs_when_the_broker_is_fine() -> Result<()> {
-    let none = InProcess {
-        submitter: false,
-        dispatcher: false,
-        collector: false,
-    };
+    let none = InProcess::none();
     let fleet = TestFleet::start_opts("freshstart", none, |_| {}).await?;
     let submitter = fleet.spawn_process(SUBMITTER_BIN, "submitter", &[])?;
     listening(&submitter).await?;

@@ -10,28 +10,21 @@ use fleet_shared::amqp::{keys, Names};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::ExecutorId;
 use fleet_shared::proto::{self, Info};
-use fleet_tests::{job_of, short_leases, DispatcherPair, ExecutorSpec, InProcess, TestFleet};
+use fleet_tests::{job_of, DispatcherPair, ExecutorSpec, TestFleet};
 use serde_json::json;
 
 const DISPATCHER_BIN: &str = env!("CARGO_BIN_EXE_fleet-test-dispatcher");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_from_an_executor_without_a_queue_costs_no_task_an_attempt() -> Result<()> {
-    let mut fleet = TestFleet::start_opts(
-        "ghost",
-        InProcess {
-            submitter: true,
-            dispatcher: false,
-            collector: true,
+    let (
+        mut fleet,
+        DispatcherPair {
+            leader,
+            standby,
+            epoch,
         },
-        short_leases,
-    )
-    .await?;
-    let DispatcherPair {
-        leader,
-        standby,
-        epoch,
-    } = fleet.spawn_dispatcher_pair(DISPATCHER_BIN).await?;
+    ) = TestFleet::with_dispatcher_pair("ghost", DISPATCHER_BIN).await?;
     fleet
         .add_executor(ExecutorSpec::new("real-1", &["cpu"], 4))
         .await?;
@@ -40,18 +33,12 @@ async fn info_from_an_executor_without_a_queue_costs_no_task_an_attempt() -> Res
     // The ghost claims lots of room in the same group, so the balancer prefers it.
     let n = Names::new(&fleet.name);
     let ghost = ExecutorId::parse("ghost")?;
-    let info = || Info {
-        executor_id: ghost.clone(),
-        groups: vec![GroupName::parse("cpu").expect("valid")],
-        labels: Default::default(),
-        capacity: 64,
-        running: 0,
-        queued: 0,
-        in_flight: Vec::new(),
-        draining: false,
-        sent_at: chrono::Utc::now(),
-        returned: Vec::new(),
-        finished: Vec::new(),
+    let info = || {
+        Info::idle(
+            ghost.clone(),
+            vec![GroupName::parse("cpu").expect("valid")],
+            64,
+        )
     };
     let job = job_of(1, &["true"], json!({"group": "cpu"}));
     let mut jobs = Vec::new();

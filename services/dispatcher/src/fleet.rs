@@ -420,10 +420,6 @@ mod tests {
 
     fn info(id: &str, group: &str, capacity: u32, held: &[(TaskId, bool)]) -> Info {
         Info {
-            executor_id: ExecutorId::parse(id).expect("valid"),
-            groups: vec![GroupName::parse(group).expect("valid")],
-            labels: BTreeMap::new(),
-            capacity,
             running: held.iter().filter(|(_, r)| *r).count() as u32,
             queued: held.iter().filter(|(_, r)| !*r).count() as u32,
             in_flight: held
@@ -434,10 +430,11 @@ mod tests {
                     running: *running,
                 })
                 .collect(),
-            draining: false,
-            sent_at: Utc::now(),
-            returned: Vec::new(),
-            finished: Vec::new(),
+            ..Info::idle(
+                ExecutorId::parse(id).expect("valid"),
+                vec![GroupName::parse(group).expect("valid")],
+                capacity,
+            )
         }
     }
 

@@ -11,7 +11,6 @@ use fleet_shared::auth::{Permission, Role};
 use fleet_shared::db::{admin, DbError};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::ExecutorId;
-use fleet_shared::job::FieldError;
 use serde::Deserialize;
 
 use crate::api::{invalid, ApiError, AppState};
@@ -31,14 +30,7 @@ pub fn routes() -> Router<AppState> {
 
 /// Parses a JSON body, naming the field that is wrong on failure.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::Invalid(FieldError {
-            field: if path == "." { "body".into() } else { path },
-            message: e.into_inner().to_string(),
-        })
-    })
+    crate::api::parse_json(body).map_err(ApiError::Invalid)
 }
 
 fn group_name(name: &str) -> Result<GroupName, ApiError> {

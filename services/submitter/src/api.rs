@@ -261,6 +261,11 @@ impl IntoResponse for ApiError {
 
 /// Parses a job, naming the field that is wrong (`tasks[0].argv`) on failure.
 pub fn parse_job(body: &[u8]) -> Result<JobSpec, FieldError> {
+    parse_json(body)
+}
+
+/// Parses a JSON body, naming the field that is wrong on failure (`body` for the whole).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -372,14 +377,7 @@ async fn submit_batch(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.need(Permission::Submit)?;
-    let de = &mut serde_json::Deserializer::from_slice(&body);
-    let batch: BatchBody = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        invalid(
-            if path == "." { "body" } else { &path },
-            e.into_inner().to_string(),
-        )
-    })?;
+    let batch: BatchBody = parse_json(&body).map_err(ApiError::Invalid)?;
     if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
         return Err(invalid("jobs", format!("must hold 1 to {MAX_BATCH} jobs")));
     }
