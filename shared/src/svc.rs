@@ -230,7 +230,8 @@ pub fn db_and_health(
 
 /// What every database-backed service does once its HTTP server runs: probes the
 /// database for `/readyz`, and applies the migrations, retried while the database is
-/// unreachable. `false` when shutdown came first.
+/// unreachable. `false` when shutdown came first. A migration that fails for good stops
+/// the service (its token is cancelled, so its HTTP server and probe end too).
 pub async fn migrate(
     cfg: &Config,
     pool: &crate::db::Pool,
@@ -245,8 +246,11 @@ pub async fn migrate(
     .await
     {
         None => Ok(false),
-        Some(r) => {
-            r?;
+        Some(Err(e)) => {
+            token.cancel();
+            Err(e)
+        }
+        Some(Ok(())) => {
             health.set_migrated();
             Ok(true)
         }

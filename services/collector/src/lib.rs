@@ -102,16 +102,17 @@ impl Collector {
         let (_ch, consumer) =
             amqp::consume(conn, &n.results_queue(), "fleet-collector", prefetch).await?;
         health.set_broker_up(true);
-        // Whatever a crash left in the outbox.
-        self.relay(&publisher).await?;
+        // Whatever a crash left in the outbox; and, after each batch, what it wrote
+        // there (or what a relay postponed by a database error left).
+        let mut unrelayed = !self.relay(&publisher).await?;
         let mut batches = amqp::BatchConsumer::new(consumer, batch, linger);
         while let Some(deliveries) = batches.next(token).await? {
             let (handled, events) = self.handle_batch(&deliveries, token).await;
             if !batches.finish(&deliveries, handled, &publisher).await? {
                 break;
             }
-            if events {
-                self.relay(&publisher).await?;
+            if events || unrelayed {
+                unrelayed = !self.relay(&publisher).await?;
             }
         }
         Ok(())
@@ -265,16 +266,16 @@ impl Collector {
         Ok(!events.is_empty())
     }
 
-    /// Publishes what the outbox holds. A database error leaves it for the next batch; a
-    /// broker error ends the session.
-    async fn relay(&self, publisher: &Publisher) -> Result<(), amqp::AmqpError> {
+    /// Publishes what the outbox holds; false if a database error postponed it (to
+    /// after the next batch). A broker error ends the session.
+    async fn relay(&self, publisher: &Publisher) -> Result<bool, amqp::AmqpError> {
         let prefix = self.names.prefix();
         match outbox::relay(&self.pool, publisher, prefix, None, &self.interest).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(outbox::RelayError::Amqp(e)) => Err(e),
             Err(outbox::RelayError::Db(e)) => {
                 tracing::warn!(error = %e, "outbox relay postponed");
-                Ok(())
+                Ok(false)
             }
         }
     }

@@ -4,7 +4,9 @@
 //! hands each its tickets. A request alone writes at once; under load, requests that
 //! arrive while others write share a commit. Waiting for a connection stays bounded
 //! (`database.pool_wait_ms`): a pool that is exhausted still answers 503 at once, and a
-//! request answered 503 had its jobs taken by nobody.
+//! request answered 503 had its jobs taken by nobody. A write that fails as a group is
+//! done again request by request; `insert_jobs` is safe to repeat (nothing is stored
+//! twice when the first write committed and only its answer was lost).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,25 +73,41 @@ impl Inserter {
                 return answer.await.unwrap_or_else(|_| Err(stopped()));
             }
         };
-        let group = {
-            let mut queue = self.lock();
-            let mut n = 0;
-            let take = queue
-                .iter()
-                .take_while(|p| {
-                    n += p.jobs.len();
-                    n <= MAX_JOBS
-                })
-                .count()
-                .max(1)
-                .min(queue.len());
-            queue.drain(..take).collect::<Vec<_>>()
-        };
-        if !group.is_empty() {
-            write(&client, &self.schema, group).await;
-        }
-        drop(client);
+        // The writing goes on in a task of its own: this request may be dropped (its
+        // client went away) while it writes others' jobs too, and they must still get
+        // their answers. It writes groups from the head of the queue until our own jobs
+        // are no longer queued (requests ahead of us may fill a group on their own).
+        let this = self.clone();
+        let writer = tokio::spawn(async move {
+            loop {
+                let group = this.next_group();
+                if group.is_empty() {
+                    break;
+                }
+                write(&client, &this.schema, group).await;
+                if !this.lock().iter().any(|p| p.id == id) {
+                    break;
+                }
+            }
+        });
+        let _ = writer.await;
         answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Takes the head of the queue: up to MAX_JOBS jobs, at least one request.
+    fn next_group(&self) -> Vec<Pending> {
+        let mut queue = self.lock();
+        let mut n = 0;
+        let take = queue
+            .iter()
+            .take_while(|p| {
+                n += p.jobs.len();
+                n <= MAX_JOBS
+            })
+            .count()
+            .max(1)
+            .min(queue.len());
+        queue.drain(..take).collect()
     }
 }
 

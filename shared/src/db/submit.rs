@@ -22,6 +22,10 @@ pub struct Ticket {
 /// (one transaction, one commit), whatever the number of jobs and tasks; a second read
 /// only when some key was seen before. A job whose idempotency key exists already (or
 /// repeats within the batch) is not inserted again; its ticket names the existing job.
+///
+/// Safe to call again with the same jobs (same ids) after an error whose outcome is
+/// unknown (the insert committed, then the connection dropped before the read): a job
+/// already stored under its own id is not inserted twice, and its ticket says created.
 pub async fn insert_jobs(
     client: &Client,
     schema: &str,
@@ -48,7 +52,7 @@ pub async fn insert_jobs(
             "WITH j AS (
                  INSERT INTO jobs (id, name, idempotency_key, task_count)
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[])
-                 ON CONFLICT (idempotency_key) DO NOTHING
+                 ON CONFLICT DO NOTHING
                  RETURNING id),
              t AS (
                  INSERT INTO tasks (id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs,
@@ -107,18 +111,25 @@ pub async fn insert_jobs(
         .filter_map(|r| r.get::<_, Option<uuid::Uuid>>(0))
         .collect();
 
-    let missing_keys: Vec<&str> = jobs
+    // Not inserted: a key seen before, or (a call made again) the job itself, stored by
+    // an earlier call whose answer was lost.
+    let missing: Vec<&NewJob> = jobs
         .iter()
         .filter(|j| !created.contains(&j.id.uuid()))
-        .filter_map(|j| j.idempotency_key.as_deref())
         .collect();
-    let existing: Vec<(String, uuid::Uuid)> = if missing_keys.is_empty() {
+    let existing: Vec<(Option<String>, uuid::Uuid)> = if missing.is_empty() {
         Vec::new()
     } else {
+        let keys: Vec<&str> = missing
+            .iter()
+            .filter_map(|j| j.idempotency_key.as_deref())
+            .collect();
+        let ids: Vec<uuid::Uuid> = missing.iter().map(|j| j.id.uuid()).collect();
         client
             .query(
-                "SELECT idempotency_key, id FROM jobs WHERE idempotency_key = ANY($1)",
-                &[&missing_keys],
+                "SELECT idempotency_key, id FROM jobs
+                 WHERE idempotency_key = ANY($1) OR id = ANY($2)",
+                &[&keys, &ids],
             )
             .await?
             .iter()
@@ -127,7 +138,8 @@ pub async fn insert_jobs(
     };
     jobs.iter()
         .map(|j| {
-            if created.contains(&j.id.uuid()) {
+            let stored = || existing.iter().any(|(_, id)| *id == j.id.uuid());
+            if created.contains(&j.id.uuid()) || stored() {
                 return Ok(Ticket {
                     job_id: j.id,
                     created: true,
@@ -136,7 +148,7 @@ pub async fn insert_jobs(
             let key = j.idempotency_key.as_deref();
             existing
                 .iter()
-                .find(|(k, _)| Some(k.as_str()) == key)
+                .find(|(k, _)| key.is_some() && k.as_deref() == key)
                 .map(|(_, id)| Ticket {
                     job_id: JobId::from_uuid(*id),
                     created: false,
