@@ -25,6 +25,10 @@ const LISTED_WITHIN: Duration = Duration::from_secs(2);
 
 type Key = (TaskId, i32);
 
+/// An unstarted attempt is asked back for an idle slot only once it has waited this long
+/// in its holder's hands.
+pub const STEAL_AFTER: Duration = Duration::from_millis(100);
+
 /// An attempt handed to an executor.
 #[derive(Debug, Clone)]
 struct Given {
@@ -130,19 +134,13 @@ impl Fleet {
                 executor_id: id.clone(),
             });
         }
-        if let Some(k) = self.known.get_mut(&id) {
-            let ended = out
-                .finished
-                .iter()
-                .map(|h| (h.task_id, h.attempt))
-                .chain(out.returned.iter().map(|(h, _)| (h.task_id, h.attempt)));
-            for key in ended {
-                if k.outstanding.remove(&key).is_some() {
-                    out.freed += 1;
-                }
-                k.written.remove(&key);
-            }
-        }
+        let ended: Vec<HeldBy> = out
+            .finished
+            .iter()
+            .chain(out.returned.iter().map(|(h, _)| h))
+            .cloned()
+            .collect();
+        out.freed += self.ended(&ended);
         // A heartbeat that waited in the queue (through a dispatcher outage, say) says
         // nothing about whether its executor is alive now.
         let age = Utc::now().signed_duration_since(info.sent_at);
@@ -240,15 +238,43 @@ impl Fleet {
             .iter()
             .filter(|v| !v.draining && v.outstanding < v.capacity)
             .collect();
-        let mut slots: u32 = idle.iter().map(|v| v.capacity - v.outstanding).sum();
+        let free: u32 = idle.iter().map(|v| v.capacity - v.outstanding).sum();
+        if free == 0 {
+            return Vec::new();
+        }
+        // Attempts asked back already and not yet returned take their idle slot: one
+        // slot, one give-back (unless the holder has started it meanwhile).
+        let pending: usize = self
+            .known
+            .values()
+            .map(|k| {
+                let started = |key: &Key| {
+                    k.info
+                        .in_flight
+                        .iter()
+                        .any(|h| h.running && (h.task_id, h.attempt) == *key)
+                };
+                k.outstanding
+                    .iter()
+                    .filter(|(key, g)| g.asked && !started(key))
+                    .count()
+            })
+            .sum();
+        let mut slots = free.saturating_sub(u32::try_from(pending).unwrap_or(u32::MAX));
         if slots == 0 {
             return Vec::new();
         }
+        // Holders among the executors alive and given work (a silent or revoked one's
+        // INFO is stale), other than the idle ones.
         let mut holders: Vec<&mut Known> = self
             .known
             .values_mut()
-            .filter(|k| idle.iter().all(|v| v.id != k.info.executor_id))
+            .filter(|k| {
+                let id = &k.info.executor_id;
+                views.iter().any(|v| &v.id == id) && idle.iter().all(|v| &v.id != id)
+            })
             .collect();
+        let now = Instant::now();
         // The executor that holds the most unstarted first.
         let unstarted = |k: &Known| k.info.in_flight.iter().filter(|h| !h.running).count();
         holders.sort_by_key(|k| std::cmp::Reverse(unstarted(k)));
@@ -262,7 +288,12 @@ impl Fleet {
                     continue;
                 };
                 let Some(task) = &given.movable else { continue };
-                if given.asked || !idle.iter().any(|v| v.is_eligible(task)) {
+                // One that only just left will likely start as soon as it arrives: the
+                // window exists for that. Asked back is one that waits.
+                if given.asked
+                    || now.duration_since(given.at) < STEAL_AFTER
+                    || !idle.iter().any(|v| v.is_eligible(task))
+                {
                     continue;
                 }
                 given.asked = true;
@@ -364,10 +395,13 @@ impl Fleet {
         let now = Instant::now();
         let mut rows = Vec::new();
         let mut leases = Vec::new();
+        let alive_for = self.alive_for;
         for k in self.known.values_mut() {
+            // A row is written again only for news: an executor gone silent keeps its
+            // last one (its `last_info_at` says when it was heard).
             if k.changed
                 || k.row_written
-                    .is_none_or(|w| now.duration_since(w) >= row_every)
+                    .is_none_or(|w| k.heard > w && now.duration_since(w) >= row_every)
             {
                 rows.push((k.info.clone(), k.heard_at));
                 k.changed = false;
@@ -378,7 +412,9 @@ impl Fleet {
             for h in &k.info.in_flight {
                 let key = (h.task_id, h.attempt);
                 let due = match k.written.get(&key) {
-                    None => true,
+                    // Not written since it was first listed (or since a failed write):
+                    // on the word of an INFO still recent.
+                    None => now.duration_since(k.heard) < alive_for,
                     Some((at, running)) => {
                         k.heard > *at
                             && ((h.running && !running) || now.duration_since(*at) >= lease_every)
@@ -438,6 +474,16 @@ mod tests {
         }
     }
 
+    /// As if every attempt had been handed out a while ago.
+    fn waited(fleet: &mut Fleet) {
+        let then = Instant::now() - STEAL_AFTER * 2;
+        for k in fleet.known.values_mut() {
+            for g in k.outstanding.values_mut() {
+                g.at = then;
+            }
+        }
+    }
+
     fn given(fleet: &mut Fleet, executor: &str, group: &str, tasks: &[TaskId], movable: bool) {
         let attempts: Vec<(HeldBy, Option<ReadyTask>)> = tasks
             .iter()
@@ -473,15 +519,29 @@ mod tests {
             &[(long, true), (q1, false), (q2, false)],
         ));
         let views = [view("a", "cpu", 1, 3), view("b", "cpu", 1, 0)];
+        // Just handed out: likely to start at once, not asked.
+        assert!(fleet.to_steal(&views).is_empty());
+        waited(&mut fleet);
         let asked = fleet.to_steal(&views);
         assert_eq!(asked.len(), 1, "one idle slot: one attempt asked back");
         assert_eq!(asked[0].executor_id.as_str(), "a");
         assert!(asked[0].task_id == q1 || asked[0].task_id == q2);
         assert_ne!(asked[0].task_id, long, "a started attempt is never asked");
-        // Asked once: the next round asks for the other one only.
+        // While that one is on its way back, the slot is spoken for: nothing more.
+        assert!(fleet.to_steal(&views).is_empty());
+        // The holder started it meanwhile (the give-back came too late): the slot is idle
+        // again, and the other one is asked for, once.
+        let started = asked[0].task_id;
+        let other = if started == q1 { q2 } else { q1 };
+        fleet.heard(info(
+            "a",
+            "cpu",
+            1,
+            &[(long, true), (started, true), (other, false)],
+        ));
         let again = fleet.to_steal(&views);
         assert_eq!(again.len(), 1);
-        assert_ne!(again[0].task_id, asked[0].task_id);
+        assert_eq!(again[0].task_id, other);
         assert!(fleet.to_steal(&views).is_empty());
     }
 
@@ -493,11 +553,16 @@ mod tests {
         fleet.heard(info("b", "gpu", 1, &[]));
         given(&mut fleet, "a", "cpu", &[long, q], true);
         fleet.heard(info("a", "cpu", 1, &[(long, true), (q, false)]));
+        waited(&mut fleet);
         // b is idle but not in the task's group.
         let views = [view("a", "cpu", 1, 2), view("b", "gpu", 1, 0)];
         assert!(fleet.to_steal(&views).is_empty());
         // Every slot busy: nothing to steal for.
         let views = [view("a", "cpu", 1, 2), view("b", "gpu", 1, 1)];
+        assert!(fleet.to_steal(&views).is_empty());
+        // A holder no longer given work (silent, revoked) is not asked: its INFO is stale.
+        fleet.heard(info("c", "cpu", 1, &[]));
+        let views = [view("c", "cpu", 1, 0)];
         assert!(fleet.to_steal(&views).is_empty());
         // A pinned copy never moves, even to an idle slot of its group.
         let mut fleet = Fleet::new(Duration::from_secs(15));
@@ -505,6 +570,7 @@ mod tests {
         fleet.heard(info("c", "cpu", 1, &[]));
         given(&mut fleet, "a", "cpu", &[long, q], false);
         fleet.heard(info("a", "cpu", 1, &[(long, true), (q, false)]));
+        waited(&mut fleet);
         let views = [view("a", "cpu", 1, 2), view("c", "cpu", 1, 0)];
         assert!(fleet.to_steal(&views).is_empty());
     }

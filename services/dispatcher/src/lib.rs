@@ -188,9 +188,7 @@ impl Dispatcher {
             if !self.leader.wait(&self.pool, self.tick(), token).await {
                 return false;
             }
-            self.fleet.clear();
-            self.finished.clear();
-            self.returned.clear();
+            self.forget();
             let open = async {
                 let client = self.pool.get().await?;
                 dispatch::open_attempts(&client).await
@@ -503,19 +501,25 @@ impl Dispatcher {
     /// Attempts executors gave back (shutting down, or asked to): the unstarted ones are taken back
     /// (ready again, no attempt spent), the started ones lost at once.
     async fn take_back(&mut self, publisher: &Publisher, report: &mut Report) -> Result<(), Error> {
-        let (started, unstarted): (Vec<_>, Vec<_>) = std::mem::take(&mut self.returned)
-            .into_iter()
+        let (started, unstarted): (Vec<_>, Vec<_>) = self
+            .returned
+            .iter()
+            .cloned()
             .partition(|(_, started)| *started);
         let unstarted: Vec<HeldBy> = unstarted.into_iter().map(|(h, _)| h).collect();
         let started: Vec<HeldBy> = started.into_iter().map(|(h, _)| h).collect();
         let mut client = self.pool.get().await.map_err(DbError::from)?;
         let tx = self.fenced(&mut client).await?;
-        report.returned += dispatch::unassign(&tx, &unstarted).await? as usize;
+        let taken = dispatch::unassign(&tx, &unstarted).await? as usize;
         let lost = dispatch::lose(&tx, &started).await?;
         let events = outbox::events(&self.names, &lost, &self.interest);
         outbox::enqueue(&tx, &events).await?;
         tx.commit().await.map_err(DbError::from)?;
         drop(client);
+        // Kept until written: the INFO that carried them is acked with this round, and
+        // a round that failed before the commit takes them back at the next one.
+        self.returned.clear();
+        report.returned += taken;
         report.lost += lost.finished.len() + lost.readied;
         self.ready_maybe = true;
         self.each_maybe = true;
