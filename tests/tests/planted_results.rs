@@ -140,3 +140,48 @@ async fn a_result_from_an_executor_that_does_not_hold_the_attempt_is_dead_letter
     let _ = std::fs::remove_file(&gate);
     fleet.shutdown().await
 }
+
+/// Results sent together (`results`) are judged one by one: a result in the list from
+/// the attempt's holder is recorded, and only the planted one is dead-lettered, alone, as
+/// a `result`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_result_in_a_list_is_refused_alone() -> Result<()> {
+    let mut fleet = TestFleet::start("plantedlist").await?;
+    fleet
+        .add_executor(ExecutorSpec::new("list-1", &["cpu"], 1))
+        .await?;
+    fleet.wait_executors(&["list-1"]).await?;
+    let gate = std::env::temp_dir().join(format!("{}-gate", fleet.name));
+    let job = fleet
+        .submit(&json!({"tasks": [{"group": "cpu", "argv": ["sh", "-c",
+            format!("while [ ! -e {} ]; do sleep 0.05; done; echo late", gate.display())]}]}))
+        .await?;
+    let task = wait_for("the task to run", Duration::from_secs(30), || async {
+        let j = fleet.job(job).await?;
+        Ok((j.tasks[0].state == "running").then_some(j.tasks[0].task_id))
+    })
+    .await?;
+    // In the holder's name (as only the holder could send it), with a planted one.
+    let held = forged(task, job, "list-1", "from the list")?;
+    let planted = forged(TaskId::new(), job, "list-1", "planted")?;
+    fleet
+        .publish_raw(
+            &Names::new(&fleet.name).root_exchange(),
+            &keys::result(&held.executor_id),
+            &proto::encode(&proto::Results {
+                results: vec![planted.clone(), held],
+            }),
+        )
+        .await?;
+    let dead = fleet.dead_letters(1, Duration::from_secs(30)).await?;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason, "unknown_attempt", "{:?}", dead[0]);
+    assert_eq!(proto::decode::<TaskResult>(&dead[0].body)?, planted);
+    let done = fleet.wait_job(job, Duration::from_secs(30)).await?;
+    assert_eq!(done.state, "succeeded");
+    let results = fleet.results(job).await?.results;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].stdout, "from the list");
+    // The command itself never ends (its gate is never made): the shutdown kills it.
+    fleet.shutdown().await
+}

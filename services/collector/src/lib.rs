@@ -97,7 +97,7 @@ impl Collector {
         )
         .await?;
         let batch = self.cfg.collector.batch_size;
-        let linger = Duration::from_millis(self.cfg.collector.linger_ms);
+        let linger = amqp::Linger::WhenBusy(Duration::from_millis(self.cfg.collector.linger_ms));
         let prefetch = u16::try_from(batch * 2).unwrap_or(u16::MAX);
         let (_ch, consumer) =
             amqp::consume(conn, &n.results_queue(), "fleet-collector", prefetch).await?;
@@ -129,28 +129,30 @@ impl Collector {
         let source = n.results_queue();
         let mut out = Vec::new();
         let mut results = Vec::with_capacity(deliveries.len());
-        let mut sources = Vec::with_capacity(deliveries.len());
+        // For each result: the delivery it came in, and whether it came alone.
+        let mut sources: Vec<(&Delivery, bool)> = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            match proto::decode::<TaskResult>(&d.data) {
+            let decoded = match proto::decode_results(&d.data) {
+                Ok(list) => list,
+                Err(e) => {
+                    out.push(amqp::dead_letter(n, d, &source, e.reason(), &e.to_string()));
+                    continue;
+                }
+            };
+            let alone = decoded.len() == 1;
+            for r in decoded {
                 // The routing key is what the broker checked against the sender's
                 // permissions; a body naming another executor is a forgery.
-                Ok(r) if d.routing_key.as_str() != keys::result(&r.executor_id) => {
-                    out.push(amqp::dead_letter(
-                        n,
-                        d,
-                        &source,
-                        "forged",
-                        &format!(
-                            "result for executor {} sent with routing key {}",
-                            r.executor_id, d.routing_key
-                        ),
-                    ));
+                if d.routing_key.as_str() != keys::result(&r.executor_id) {
+                    let detail = format!(
+                        "result for executor {} sent with routing key {}",
+                        r.executor_id, d.routing_key
+                    );
+                    out.push(refused(n, d, alone, &r, &source, "forged", &detail));
+                    continue;
                 }
-                Ok(r) => {
-                    results.push(r);
-                    sources.push(d);
-                }
-                Err(e) => out.push(amqp::dead_letter(n, d, &source, e.reason(), &e.to_string())),
+                results.push(r);
+                sources.push((d, alone));
             }
         }
         if results.is_empty() {
@@ -158,8 +160,17 @@ impl Collector {
         }
         // A result for an attempt that does not exist, or from an executor that does not
         // hold it, is not stored: it is dead-lettered with the reason.
-        let refuse = |out: &mut Vec<Outgoing>, d: &Delivery, why: collect::Refused| {
-            out.push(amqp::dead_letter(n, d, &source, why.reason(), why.detail()));
+        let refuse = |out: &mut Vec<Outgoing>, i: usize, why: collect::Refused| {
+            let (d, alone) = sources[i];
+            out.push(refused(
+                n,
+                d,
+                alone,
+                &results[i],
+                &source,
+                why.reason(),
+                why.detail(),
+            ));
         };
         // Results the database refuses for good (not for a passing reason): dead-lettered,
         // and their attempts lost, so that their tasks do not wait for a result that will
@@ -171,7 +182,7 @@ impl Collector {
             Some(Ok(recorded)) => {
                 events |= recorded.events;
                 for (i, why) in recorded.refused {
-                    refuse(&mut out, sources[i], why);
+                    refuse(&mut out, i, why);
                 }
             }
             Some(Err(e)) if results.len() == 1 => unusable.push((0, e)),
@@ -179,7 +190,7 @@ impl Collector {
                 // One bad result must not take its batch down with it: record them one by
                 // one, and dead-letter only what fails alone.
                 tracing::warn!(error = %e, "a batch of results was refused; recording them one by one");
-                for (i, (r, d)) in results.iter().zip(&sources).enumerate() {
+                for (i, r) in results.iter().enumerate() {
                     match svc::retry("recording a result", token, || {
                         self.record(std::slice::from_ref(r))
                     })
@@ -189,7 +200,7 @@ impl Collector {
                         Some(Ok(recorded)) => {
                             events |= recorded.events;
                             for (_, why) in recorded.refused {
-                                refuse(&mut out, d, why);
+                                refuse(&mut out, i, why);
                             }
                         }
                         Some(Err(e)) => unusable.push((i, e)),
@@ -219,12 +230,16 @@ impl Collector {
                 }
             }
             for (i, e) in unusable {
-                out.push(amqp::dead_letter(
+                let (d, alone) = sources[i];
+                let detail = e.to_string();
+                out.push(refused(
                     n,
-                    sources[i],
+                    d,
+                    alone,
+                    &results[i],
                     &source,
                     "rejected_by_database",
-                    &e.to_string(),
+                    &detail,
                 ));
             }
         }
@@ -278,5 +293,24 @@ impl Collector {
                 Ok(false)
             }
         }
+    }
+}
+
+/// The dead letter for one result refused: the delivery itself when the result came
+/// alone, else that result on its own (as a `result` message), so that what an operator
+/// finds in the dead-letter queue is what was refused and nothing else.
+fn refused(
+    n: &Names,
+    d: &Delivery,
+    alone: bool,
+    r: &TaskResult,
+    source: &str,
+    reason: &str,
+    detail: &str,
+) -> Outgoing {
+    if alone {
+        amqp::dead_letter(n, d, source, reason, detail)
+    } else {
+        amqp::dead_letter_body(n, d, source, reason, detail, proto::encode(r))
     }
 }

@@ -19,14 +19,14 @@ use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
 use fleet_shared::id::{ExecutorId, TaskId};
 use fleet_shared::proto::{
-    self, AttemptRef, Control, ControlAction, HeldAttempt, Info, Request, TaskResult,
+    self, AttemptRef, Control, ControlAction, HeldAttempt, Info, Request, Results, TaskResult,
 };
 use fleet_shared::svc;
 use futures_util::StreamExt;
 use lapin::options::BasicCancelOptions;
 use lapin::Connection;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +35,19 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:0";
 const REMEMBERED: usize = 10_000;
 /// Cancels remembered for requests not received yet.
 const CANCELLED_EARLY: usize = 512;
+/// The most results one `results` message carries...
+const RESULTS_PER_MESSAGE: usize = 64;
+/// ... and the most output (stdout and stderr) it takes more of: a result that alone
+/// exceeds this goes alone.
+const OUTPUT_PER_MESSAGE: usize = 1024 * 1024;
+
+/// A result waiting to be published, with the request it answers (acked once the result
+/// is confirmed) and who waits for that.
+struct Outbound {
+    result: TaskResult,
+    delivery: Delivery,
+    confirmed: oneshot::Sender<bool>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -149,6 +162,9 @@ struct Shared {
     /// Attempts whose result was confirmed, reported in INFO until an INFO that carries
     /// them is confirmed.
     finished: Mutex<Vec<AttemptRef>>,
+    /// Results waiting for the publisher (see `publish_results`).
+    outbound: Mutex<Vec<Outbound>>,
+    outbound_ready: Notify,
     changed: Notify,
     slots: Semaphore,
     /// The current session's publisher; `None` while reconnecting.
@@ -355,6 +371,8 @@ pub async fn run(
         cancelled_early: Mutex::default(),
         returned: Mutex::default(),
         finished: Mutex::default(),
+        outbound: Mutex::default(),
+        outbound_ready: Notify::new(),
         changed: Notify::new(),
         publisher,
         stop_starting: token.child_token(),
@@ -363,6 +381,8 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), heartbeat_stop.clone()));
+    let results_stop = CancellationToken::new();
+    let results = tokio::spawn(publish_results(shared.clone(), results_stop.clone()));
 
     let name = format!("fleet-executor-{}", shared.me.id);
     let mut conn_slot = None;
@@ -400,6 +420,9 @@ pub async fn run(
         shared.kill.cancel();
         tracker.wait().await;
     }
+    // Every attempt has reported (or been given up): nothing more to publish.
+    results_stop.cancel();
+    let _ = results.await;
     // The last INFO says what was given back.
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
@@ -631,9 +654,9 @@ fn token_of(
     map.lock().ok().and_then(|m| m.get(&key).cloned())
 }
 
-/// Publishes an attempt's result (confirmed), then acks its request.
+/// Hands an attempt's result to the results publisher and waits until it is confirmed
+/// (and the request acked) or given up.
 async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: Delivery) {
-    let key = (req.task_id, req.attempt);
     metrics::counter!("fleet_executor_attempts_total", "outcome" => ran.outcome.as_str())
         .increment(1);
     let result = TaskResult {
@@ -652,41 +675,103 @@ async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: De
         started_at: ran.started_at,
         finished_at: ran.finished_at,
     };
+    let (confirmed, done) = oneshot::channel();
+    if let Ok(mut o) = shared.outbound.lock() {
+        o.push(Outbound {
+            result,
+            delivery,
+            confirmed,
+        });
+    }
+    shared.outbound_ready.notify_one();
+    // The publisher answers for every result it takes; a closed channel means it stopped,
+    // which it does only once every attempt has reported.
+    let _ = done.await;
+}
+
+/// The next results to publish together: those waiting, up to a message's worth.
+fn take_batch(pending: &mut Vec<Outbound>) -> Vec<Outbound> {
+    let mut output = 0;
+    let mut n = 0;
+    for o in pending.iter() {
+        let size = o.result.stdout.len() + o.result.stderr.len();
+        if n == RESULTS_PER_MESSAGE || (n > 0 && output + size > OUTPUT_PER_MESSAGE) {
+            break;
+        }
+        output += size;
+        n += 1;
+    }
+    pending.drain(..n).collect()
+}
+
+/// Publishes results (confirmed, mandatory), then acks their requests. Results that end
+/// while a publish awaits its confirm go together in the next message, so an idle
+/// executor sends each result at once and a busy one sends several per message.
+async fn publish_results(shared: Arc<Shared>, stop: CancellationToken) {
     let group = shared
         .me
         .groups
         .first()
         .cloned()
         .unwrap_or_else(GroupName::default_group);
-    let msg = Outgoing::new(
-        shared.names.group_exchange(&group),
-        keys::result(&shared.me.id),
-        proto::encode(&result),
-    )
-    // Until a collector has declared its queue a result has nowhere to go; mandatory
-    // makes that an error to retry rather than a silent drop.
-    .mandatory();
-    if shared.publish_reliably(msg).await {
-        shared.lock().finish(key);
-        // The result is durable at the broker: the next INFO tells the dispatcher, which
-        // frees the slot without waiting for the collector.
-        if let Ok(mut f) = shared.finished.lock() {
-            f.push(AttemptRef {
-                task_id: req.task_id,
-                attempt: req.attempt,
-            });
+    let exchange = shared.names.group_exchange(&group);
+    let key = keys::result(&shared.me.id);
+    loop {
+        let batch = shared
+            .outbound
+            .lock()
+            .map(|mut p| take_batch(&mut p))
+            .unwrap_or_default();
+        if batch.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = shared.outbound_ready.notified() => continue,
+            }
         }
-        shared.drop_tokens(key);
-        // If the channel this came on is gone, the ack fails; the redelivery is then
-        // recognised as done and acked without running again.
-        let _ = delivery
-            .acker
-            .ack(lapin::options::BasicAckOptions::default())
-            .await;
-    } else {
-        shared.forget(key);
+        let body = if let [one] = batch.as_slice() {
+            proto::encode(&one.result)
+        } else {
+            proto::encode(&Results {
+                results: batch.iter().map(|o| o.result.clone()).collect(),
+            })
+        };
+        // Until a collector has declared its queue a result has nowhere to go; mandatory
+        // makes that an error to retry rather than a silent drop.
+        let msg = Outgoing::new(exchange.clone(), key.clone(), body).mandatory();
+        let sent = shared.publish_reliably(msg).await;
+        for o in &batch {
+            let k = (o.result.task_id, o.result.attempt);
+            if sent {
+                shared.lock().finish(k);
+                shared.drop_tokens(k);
+            } else {
+                shared.forget(k);
+            }
+        }
+        if sent {
+            // The results are durable at the broker: the next INFO tells the dispatcher,
+            // which frees their slots without waiting for the collector.
+            if let Ok(mut f) = shared.finished.lock() {
+                f.extend(batch.iter().map(|o| AttemptRef {
+                    task_id: o.result.task_id,
+                    attempt: o.result.attempt,
+                }));
+            }
+        }
+        shared.changed.notify_one();
+        for o in batch {
+            if sent {
+                // If the channel this came on is gone, the ack fails; the redelivery is
+                // then recognised as done and acked without running again.
+                let _ = o
+                    .delivery
+                    .acker
+                    .ack(lapin::options::BasicAckOptions::default())
+                    .await;
+            }
+            let _ = o.confirmed.send(sent);
+        }
     }
-    shared.changed.notify_one();
 }
 
 /// INFO every interval, and at once when a slot frees or draining changes.

@@ -62,7 +62,11 @@ async fn session(
         amqp::consume(conn, &n.submit_queue(), "fleet-submitter", prefetch).await?;
     shared_publisher.send_replace(Some(publisher.clone()));
     health.set_broker_up(true);
-    let mut batches = amqp::BatchConsumer::new(consumer, batch_size, Duration::from_millis(5));
+    let mut batches = amqp::BatchConsumer::new(
+        consumer,
+        batch_size,
+        amqp::Linger::Always(Duration::from_millis(5)),
+    );
     while let Some(deliveries) = batches.next(token).await? {
         // A shutdown while the database is down leaves the batch unacked: redelivered later.
         let handled = handle_batch(cfg, pool, &n, &deliveries, token).await;

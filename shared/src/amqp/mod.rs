@@ -5,7 +5,7 @@ pub mod names;
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -695,11 +695,24 @@ pub enum Batch {
     Shutdown,
 }
 
-/// Waits for one delivery, then takes whatever else arrives within `linger`, up to `max`.
+/// How long a batch waits for more deliveries after its first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linger {
+    /// Whatever arrives within this, always.
+    Always(Duration),
+    /// Only when the fleet is busy, that is when more than the first delivery was waiting
+    /// already: then whatever arrives within this. A delivery that arrives alone is
+    /// handled at once, so an idle fleet pays no latency for it, and a busy one writes
+    /// fewer, larger batches (a commit each).
+    WhenBusy(Duration),
+}
+
+/// Waits for one delivery, then takes whatever else is waiting and, as `linger` says,
+/// whatever arrives within it, up to `max`.
 pub async fn next_batch(
     consumer: &mut Consumer,
     max: usize,
-    linger: Duration,
+    linger: Linger,
     token: &CancellationToken,
 ) -> Batch {
     let first = tokio::select! {
@@ -711,15 +724,30 @@ pub async fn next_batch(
         Some(Err(e)) => return Batch::Broken(e.into()),
         None => return Batch::Broken(AmqpError::Timeout("consumer ended")),
     };
-    let until = tokio::time::Instant::now() + linger;
+    let started = tokio::time::Instant::now();
+    let mut until = match linger {
+        Linger::Always(d) => started + d,
+        // What is waiting already: taken without a wait.
+        Linger::WhenBusy(_) => started,
+    };
     while out.len() < max {
-        match tokio::time::timeout_at(until, consumer.next()).await {
-            Ok(Some(Ok(d))) => out.push(d),
-            Ok(Some(Err(e))) => {
+        let next = if until > tokio::time::Instant::now() {
+            tokio::time::timeout_at(until, consumer.next()).await.ok()
+        } else {
+            consumer.next().now_or_never()
+        };
+        match next {
+            Some(Some(Ok(d))) => {
+                out.push(d);
+                if let Linger::WhenBusy(d) = linger {
+                    until = started + d;
+                }
+            }
+            Some(Some(Err(e))) => {
                 // Deliveries already taken were not acked; the broker will redeliver them.
                 return Batch::Broken(e.into());
             }
-            Ok(None) | Err(_) => break,
+            Some(None) | None => break,
         }
     }
     Batch::Messages(out)
@@ -753,11 +781,11 @@ pub enum Handled {
 pub struct BatchConsumer {
     consumer: Consumer,
     max: usize,
-    linger: Duration,
+    linger: Linger,
 }
 
 impl BatchConsumer {
-    pub fn new(consumer: Consumer, max: usize, linger: Duration) -> Self {
+    pub fn new(consumer: Consumer, max: usize, linger: Linger) -> Self {
         Self {
             consumer,
             max,
@@ -804,6 +832,19 @@ impl BatchConsumer {
 
 /// A dead letter: the original body, with why it was refused in its headers.
 pub fn dead_letter(n: &Names, d: &Delivery, source: &str, reason: &str, detail: &str) -> Outgoing {
+    dead_letter_body(n, d, source, reason, detail, d.data.clone())
+}
+
+/// A dead letter for part of a delivery (one result of a `results` list, say): `body`
+/// instead of the delivery's, with the delivery's properties and the same headers.
+pub fn dead_letter_body(
+    n: &Names,
+    d: &Delivery,
+    source: &str,
+    reason: &str,
+    detail: &str,
+    body: Vec<u8>,
+) -> Outgoing {
     let mut headers = d.properties.headers().clone().unwrap_or_default();
     headers.insert(
         "x-fleet-reason".into(),
@@ -821,5 +862,5 @@ pub fn dead_letter(n: &Names, d: &Delivery, source: &str, reason: &str, detail: 
     metrics::counter!("fleet_dead_letters_total", "source" => source.to_owned(), "reason" => reason.to_owned())
         .increment(1);
     tracing::warn!(source, reason, detail, "dead-lettering a message");
-    Outgoing::new(n.dlx(), source.to_owned(), d.data.clone()).with_properties(props)
+    Outgoing::new(n.dlx(), source.to_owned(), body).with_properties(props)
 }
