@@ -164,7 +164,7 @@ pub struct DispatcherConfig {
 impl Default for DispatcherConfig {
     fn default() -> Self {
         Self {
-            window: 2,
+            window: 4,
             tick_ms: 500,
             lease_timeout_secs: 15,
             executor_timeout_secs: 5,

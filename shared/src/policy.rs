@@ -5,7 +5,7 @@
 //! `capacity + window`: enough queued that it never idles between results, not so much
 //! that a slow or dead executor hoards work an idle peer could run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::group::GroupName;
 use crate::id::{ExecutorId, TaskId};
@@ -73,15 +73,36 @@ pub fn assign(
     executors: &mut [ExecutorView],
     window: u32,
 ) -> Vec<(TaskId, ExecutorId)> {
+    assign_avoiding(ready, executors, window, &HashMap::new())
+}
+
+/// As [`assign`], but a task listed in `avoid` goes to the executor named there only if no
+/// other eligible executor has room: a task just given back by an executor that could
+/// not start it (it was overtaken there) should not go straight back to it.
+pub fn assign_avoiding(
+    ready: &[ReadyTask],
+    executors: &mut [ExecutorView],
+    window: u32,
+    avoid: &HashMap<TaskId, ExecutorId>,
+) -> Vec<(TaskId, ExecutorId)> {
     let mut out = Vec::new();
     for task in ready {
+        let avoided = avoid.get(&task.id);
         let mut best: Option<usize> = None;
-        for (i, e) in executors.iter().enumerate() {
-            if !e.has_room(window) || !e.is_eligible(task) {
-                continue;
+        for pass in [true, false] {
+            for (i, e) in executors.iter().enumerate() {
+                if !e.has_room(window) || !e.is_eligible(task) {
+                    continue;
+                }
+                if pass && avoided == Some(&e.id) {
+                    continue;
+                }
+                if best.is_none_or(|b| e.less_loaded_than(&executors[b])) {
+                    best = Some(i);
+                }
             }
-            if best.is_none_or(|b| e.less_loaded_than(&executors[b])) {
-                best = Some(i);
+            if best.is_some() || avoided.is_none() {
+                break;
             }
         }
         if let Some(b) = best {
@@ -156,6 +177,20 @@ mod tests {
 
     fn count_for(assigned: &[(TaskId, ExecutorId)], id: &str) -> usize {
         assigned.iter().filter(|(_, e)| e.as_str() == id).count()
+    }
+
+    #[test]
+    fn a_task_given_back_goes_elsewhere_if_it_can() {
+        let mut ex = vec![exec("a", &["cpu"], 2, 0), exec("b", &["cpu"], 2, 1)];
+        let t = task("cpu");
+        let avoid = HashMap::from([(t.id, ExecutorId::parse("a").expect("valid"))]);
+        // `a` is the less loaded, but the task was just given back by it.
+        let got = assign_avoiding(std::slice::from_ref(&t), &mut ex, 0, &avoid);
+        assert_eq!(got, vec![(t.id, ExecutorId::parse("b").expect("valid"))]);
+        // With no room elsewhere, it goes back to `a` rather than waiting.
+        let mut ex = vec![exec("a", &["cpu"], 2, 0), exec("b", &["cpu"], 2, 2)];
+        let got = assign_avoiding(std::slice::from_ref(&t), &mut ex, 0, &avoid);
+        assert_eq!(got, vec![(t.id, ExecutorId::parse("a").expect("valid"))]);
     }
 
     #[test]

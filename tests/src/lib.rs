@@ -442,9 +442,12 @@ impl TestFleet {
             s.stop().await;
         }
         let client = self.pool.get().await?;
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
-            .await?;
+        // FLEET_TEST_KEEP=1 keeps the schema to look into after the run.
+        if std::env::var_os("FLEET_TEST_KEEP").is_none() {
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
+                .await?;
+        }
         if let Ok(ids) = self.process_executors.lock() {
             executors.extend(ids.iter().cloned());
         }
@@ -963,7 +966,11 @@ impl TestFleet {
                 "FLEET_AUTH__ADMIN_TOKEN",
                 c.auth.admin_token.clone().unwrap_or_default(),
             )
-            .env("RUST_LOG", "info,lapin=off")
+            // FLEET_TEST_LOG sets the services' log filter (RUST_LOG's syntax).
+            .env(
+                "RUST_LOG",
+                std::env::var("FLEET_TEST_LOG").unwrap_or_else(|_| "info,lapin=off".into()),
+            )
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(stderr.try_clone()?)
             .stderr(stderr)

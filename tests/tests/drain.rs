@@ -26,7 +26,7 @@ async fn a_drained_executor_runs_nothing_twice_and_hands_back_what_it_did_not_st
         "echo $FLEET_TASK_ID $FLEET_ATTEMPT $FLEET_EXECUTOR_ID >> {}",
         log.display()
     );
-    // One slot and a window of two: one task runs, two wait in its queue.
+    // One slot: one task runs, two wait in its queue (the window holds them).
     let spec = || ExecutorSpec::new("drain-a", &["cpu"], 1).label("who=a");
     let a = fleet.spawn_executor_process(EXECUTOR_BIN, spec())?;
     fleet.wait_executors(&["drain-a"]).await?;

@@ -308,6 +308,60 @@ impl Fleet {
         out
     }
 
+    /// Unstarted attempts overtaken: waiting in their holder's hands for `STEAL_AFTER` or
+    /// more while another executor that could run them (alive, not draining) has started
+    /// an attempt handed out after them. The holder's slots are taken by long attempts;
+    /// given back, such an attempt is ready again with its place in the order, and goes
+    /// to whoever has room first. Marks them asked. Under load, requests wait in the
+    /// window for milliseconds, well under `STEAL_AFTER`: nothing is asked back.
+    pub fn to_requeue(&mut self, views: &[ExecutorView]) -> Vec<HeldBy> {
+        let now = Instant::now();
+        // Each executor's latest hand-out among the attempts it has started.
+        let latest: Vec<(&ExecutorView, Instant)> = views
+            .iter()
+            .filter(|v| !v.draining)
+            .filter_map(|v| {
+                let k = self.known.get(&v.id)?;
+                let at = k
+                    .info
+                    .in_flight
+                    .iter()
+                    .filter(|h| h.running)
+                    .filter_map(|h| k.outstanding.get(&(h.task_id, h.attempt)).map(|g| g.at))
+                    .max()?;
+                Some((v, at))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for k in self.known.values_mut() {
+            let id = &k.info.executor_id;
+            if !views.iter().any(|v| &v.id == id) {
+                continue;
+            }
+            for h in k.info.in_flight.iter().filter(|h| !h.running) {
+                let Some(given) = k.outstanding.get_mut(&(h.task_id, h.attempt)) else {
+                    continue;
+                };
+                let Some(task) = &given.movable else { continue };
+                if given.asked || now.duration_since(given.at) < STEAL_AFTER {
+                    continue;
+                }
+                let overtaken = latest
+                    .iter()
+                    .any(|(v, at)| &v.id != id && *at > given.at && v.is_eligible(task));
+                if overtaken {
+                    given.asked = true;
+                    out.push(HeldBy {
+                        task_id: h.task_id,
+                        attempt: h.attempt,
+                        executor_id: id.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Attempts that no longer hold a slot (lost, or taken back).
     pub fn ended(&mut self, attempts: &[HeldBy]) -> usize {
         let mut freed = 0;
@@ -543,6 +597,52 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].task_id, other);
         assert!(fleet.to_steal(&views).is_empty());
+    }
+
+    #[test]
+    fn an_attempt_overtaken_elsewhere_is_asked_back_once() {
+        let mut fleet = Fleet::new(Duration::from_secs(15));
+        let (long, q, short, gpu) = (TaskId::new(), TaskId::new(), TaskId::new(), TaskId::new());
+        fleet.heard(info("a", "cpu", 1, &[]));
+        fleet.heard(info("b", "cpu", 1, &[]));
+        fleet.heard(info("c", "gpu", 1, &[]));
+        // a runs a long one with q waiting behind it.
+        given(&mut fleet, "a", "cpu", &[long, q], true);
+        fleet.heard(info("a", "cpu", 1, &[(long, true), (q, false)]));
+        waited(&mut fleet);
+        let views = [
+            view("a", "cpu", 1, 2),
+            view("b", "cpu", 1, 1),
+            view("c", "gpu", 1, 1),
+        ];
+        // Nobody started anything handed out after q: q is not overtaken.
+        assert!(fleet.to_requeue(&views).is_empty());
+        // c starts a later one, but c could not run q: still not overtaken.
+        given(&mut fleet, "c", "gpu", &[gpu], true);
+        fleet.heard(info("c", "gpu", 1, &[(gpu, true)]));
+        assert!(fleet.to_requeue(&views).is_empty());
+        // b starts one handed out after q: q is asked back, once.
+        given(&mut fleet, "b", "cpu", &[short], true);
+        fleet.heard(info("b", "cpu", 1, &[(short, true)]));
+        let asked = fleet.to_requeue(&views);
+        assert_eq!(asked.len(), 1);
+        assert_eq!((asked[0].task_id, asked[0].executor_id.as_str()), (q, "a"));
+        assert!(fleet.to_requeue(&views).is_empty());
+    }
+
+    #[test]
+    fn an_attempt_just_handed_out_is_not_asked_back_however_overtaken() {
+        let mut fleet = Fleet::new(Duration::from_secs(15));
+        let (long, q, short) = (TaskId::new(), TaskId::new(), TaskId::new());
+        fleet.heard(info("a", "cpu", 1, &[]));
+        fleet.heard(info("b", "cpu", 1, &[]));
+        given(&mut fleet, "a", "cpu", &[long, q], true);
+        fleet.heard(info("a", "cpu", 1, &[(long, true), (q, false)]));
+        given(&mut fleet, "b", "cpu", &[short], true);
+        fleet.heard(info("b", "cpu", 1, &[(short, true)]));
+        // Under load a request waits in the window for milliseconds: left where it is.
+        let views = [view("a", "cpu", 1, 2), view("b", "cpu", 1, 1)];
+        assert!(fleet.to_requeue(&views).is_empty());
     }
 
     #[test]

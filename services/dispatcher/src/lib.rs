@@ -41,6 +41,9 @@ const PAGE_MARGIN: i64 = 16;
 const MAX_PAGES_PER_ROUND: usize = 10;
 /// Ready `each` tasks fanned out per round.
 const EACH_PAGE: i64 = 1000;
+/// Tasks remembered as given back (to be planned elsewhere): more is a storm of
+/// give-backs, and the memory is dropped.
+const AVOID_MAX: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,6 +84,9 @@ pub struct Dispatcher {
     /// Attempts executors gave back (INFO `returned`) since the last round, and whether
     /// they had started.
     returned: Vec<(HeldBy, bool)>,
+    /// Tasks taken back unstarted, and the executor that gave each back: planned
+    /// elsewhere next if another executor has room.
+    avoid: HashMap<fleet_shared::id::TaskId, fleet_shared::id::ExecutorId>,
     /// Attempts executors reported finished (INFO `finished`), with when: marked
     /// `reported` in PostgreSQL once they are old enough that the collector would
     /// normally have recorded them (so that a slow collector never makes them lost).
@@ -111,6 +117,7 @@ impl Dispatcher {
             fleet: Fleet::new(Duration::from_secs(cfg.dispatcher.executor_timeout_secs)),
             registry: Registry::default(),
             returned: Vec::new(),
+            avoid: HashMap::new(),
             finished: Vec::new(),
             ready_maybe: true,
             each_maybe: true,
@@ -290,9 +297,7 @@ impl Dispatcher {
                 self.assign_round(&mut views, publisher, &mut report)
                     .await?;
             }
-            if !self.ready_maybe {
-                self.steal(&views, publisher).await?;
-            }
+            self.steal(&views, publisher).await?;
         }
         if now >= self.next_flush {
             self.next_flush = now + self.tick();
@@ -340,6 +345,7 @@ impl Dispatcher {
                 window,
                 self.lease(),
                 chrono::Utc::now(),
+                &self.avoid,
             ));
             if (page.len() as i64) < limit {
                 exhausted = true;
@@ -367,6 +373,9 @@ impl Dispatcher {
             return Err(self.step_down());
         }
         let opened: std::collections::HashSet<_> = assigned.tasks.into_iter().collect();
+        if !self.avoid.is_empty() {
+            self.avoid.retain(|t, _| !opened.contains(t));
+        }
         let sent: Vec<(HeldBy, Request, Option<ReadyTask>)> = planned
             .into_iter()
             .filter(|p| opened.contains(&p.task_id))
@@ -472,7 +481,12 @@ impl Dispatcher {
     /// so that they run on the idle slot once returned. A request lost, or one its holder
     /// started meanwhile, changes nothing.
     async fn steal(&mut self, views: &[ExecutorView], publisher: &Publisher) -> Result<(), Error> {
-        let wanted = self.fleet.to_steal(views);
+        // Overtaken ones, whatever else is ready: given back, they keep their place in
+        // the order. Idle slots, once no ready task is left to fill them.
+        let mut wanted = self.fleet.to_requeue(views);
+        if !self.ready_maybe {
+            wanted.extend(self.fleet.to_steal(views));
+        }
         if wanted.is_empty() {
             return Ok(());
         }
@@ -507,6 +521,12 @@ impl Dispatcher {
             .cloned()
             .partition(|(_, started)| *started);
         let unstarted: Vec<HeldBy> = unstarted.into_iter().map(|(h, _)| h).collect();
+        // Each goes elsewhere next if it can (see policy::assign_avoiding).
+        if self.avoid.len() > AVOID_MAX {
+            self.avoid.clear();
+        }
+        self.avoid
+            .extend(unstarted.iter().map(|h| (h.task_id, h.executor_id.clone())));
         let started: Vec<HeldBy> = started.into_iter().map(|(h, _)| h).collect();
         let mut client = self.pool.get().await.map_err(DbError::from)?;
         let tx = self.fenced(&mut client).await?;

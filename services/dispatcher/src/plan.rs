@@ -2,6 +2,7 @@
 //! which attempt number, and the request that goes with it. Pure: no database, no
 //! broker, so tests drive it with data alone.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -33,17 +34,19 @@ pub fn ready_task(r: &ReadyRow) -> ReadyTask {
 
 /// Plans the ready tasks (in the order read: highest priority, then oldest) onto the
 /// executors through the balancing policy; `views` count what is handed out. `now` and
-/// `lease` date the requests' (informative) lease deadline.
+/// `lease` date the requests' (informative) lease deadline. A task in `avoid` was just
+/// given back by the executor named there, and goes elsewhere if it can.
 pub fn plan(
     ready: &[ReadyRow],
     views: &mut [ExecutorView],
     window: u32,
     lease: Duration,
     now: DateTime<Utc>,
+    avoid: &HashMap<TaskId, ExecutorId>,
 ) -> Vec<Planned> {
     let tasks: Vec<ReadyTask> = ready.iter().map(ready_task).collect();
     let deadline = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::zero());
-    policy::assign(&tasks, views, window)
+    policy::assign_avoiding(&tasks, views, window, avoid)
         .into_iter()
         .filter_map(|(task_id, executor_id)| {
             let row = ready.iter().find(|r| r.id == task_id)?;
@@ -121,14 +124,28 @@ pub(crate) mod tests {
         ];
         let mut views = vec![executor("a", "cpu", 1, 0), executor("b", "cpu", 1, 1)];
         let now = Utc::now();
-        let planned = plan(&ready, &mut views, 0, Duration::from_secs(15), now);
+        let planned = plan(
+            &ready,
+            &mut views,
+            0,
+            Duration::from_secs(15),
+            now,
+            &HashMap::new(),
+        );
         // One slot is free (b has its one taken): the first task.
         assert_eq!(planned.len(), 1);
         assert_eq!(planned[0].task_id, ready[0].id);
         assert_eq!(planned[0].executor_id.as_str(), "a");
         assert_eq!(planned[0].attempt, 1);
         let mut views = vec![executor("a", "cpu", 2, 0)];
-        let planned = plan(&ready, &mut views, 0, Duration::from_secs(15), now);
+        let planned = plan(
+            &ready,
+            &mut views,
+            0,
+            Duration::from_secs(15),
+            now,
+            &HashMap::new(),
+        );
         assert_eq!(
             planned.iter().map(|p| p.task_id).collect::<Vec<_>>(),
             vec![ready[0].id, ready[1].id]
@@ -149,7 +166,15 @@ pub(crate) mod tests {
         let ready: Vec<ReadyRow> = (0..10).map(|i| row(0, i, 0, "cpu")).collect();
         let mut views = vec![executor("a", "cpu", 2, 0)];
         assert_eq!(
-            plan(&ready, &mut views, 2, Duration::from_secs(15), Utc::now()).len(),
+            plan(
+                &ready,
+                &mut views,
+                2,
+                Duration::from_secs(15),
+                Utc::now(),
+                &HashMap::new()
+            )
+            .len(),
             4
         );
     }
@@ -158,7 +183,14 @@ pub(crate) mod tests {
     fn tasks_nobody_can_take_are_skipped_not_blocking() {
         let ready = vec![row(9, 1, 0, "gpu"), row(0, 2, 0, "cpu")];
         let mut views = vec![executor("a", "cpu", 1, 0)];
-        let planned = plan(&ready, &mut views, 0, Duration::from_secs(15), Utc::now());
+        let planned = plan(
+            &ready,
+            &mut views,
+            0,
+            Duration::from_secs(15),
+            Utc::now(),
+            &HashMap::new(),
+        );
         assert_eq!(planned.len(), 1);
         assert_eq!(planned[0].task_id, ready[1].id);
     }
@@ -167,7 +199,15 @@ pub(crate) mod tests {
     fn nothing_is_planned_without_a_free_slot() {
         let ready = vec![row(0, 1, 0, "cpu")];
         let mut views = vec![executor("a", "cpu", 1, 1)];
-        assert!(plan(&ready, &mut views, 0, Duration::from_secs(15), Utc::now()).is_empty());
+        assert!(plan(
+            &ready,
+            &mut views,
+            0,
+            Duration::from_secs(15),
+            Utc::now(),
+            &HashMap::new()
+        )
+        .is_empty());
         let mut draining = executor("b", "cpu", 4, 0);
         draining.draining = true;
         assert!(plan(
@@ -175,7 +215,8 @@ pub(crate) mod tests {
             &mut [draining],
             0,
             Duration::from_secs(15),
-            Utc::now()
+            Utc::now(),
+            &HashMap::new()
         )
         .is_empty());
     }
