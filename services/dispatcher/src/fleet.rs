@@ -29,6 +29,11 @@ type Key = (TaskId, i32);
 /// in its holder's hands.
 pub const STEAL_AFTER: Duration = Duration::from_millis(100);
 
+/// An unstarted attempt overtaken elsewhere is asked back only once it has waited this
+/// long: a request queued behind a task a few times longer than itself starts soon
+/// enough, and asking it back costs more (a round trip, a refill) than it saves.
+pub const REQUEUE_AFTER: Duration = Duration::from_millis(250);
+
 /// An attempt handed to an executor.
 #[derive(Debug, Clone)]
 struct Given {
@@ -57,6 +62,9 @@ struct Known {
     row_written: Option<Instant>,
     /// Its requests came back unroutable: nothing for it until then; the wait doubles.
     unroutable: Option<(Instant, Duration)>,
+    /// Attempts were asked back from it because others overtook them: its slots are
+    /// taken by long tasks. It gets no queued work (no window) until it finishes one.
+    stalled: bool,
 }
 
 /// What an INFO came to.
@@ -141,6 +149,11 @@ impl Fleet {
             .cloned()
             .collect();
         out.freed += self.ended(&ended);
+        if !out.finished.is_empty() {
+            if let Some(k) = self.known.get_mut(&id) {
+                k.stalled = false;
+            }
+        }
         // A heartbeat that waited in the queue (through a dispatcher outage, say) says
         // nothing about whether its executor is alive now.
         let age = Utc::now().signed_duration_since(info.sent_at);
@@ -164,6 +177,7 @@ impl Fleet {
                 changed: true,
                 row_written: None,
                 unroutable: None,
+                stalled: false,
             }
         });
         if k.info.sent_at > info.sent_at {
@@ -308,7 +322,7 @@ impl Fleet {
         out
     }
 
-    /// Unstarted attempts overtaken: waiting in their holder's hands for `STEAL_AFTER` or
+    /// Unstarted attempts overtaken: waiting in their holder's hands for `REQUEUE_AFTER` or
     /// more while another executor that could run them (alive, not draining) has started
     /// an attempt handed out after them. The holder's slots are taken by long attempts;
     /// given back, such an attempt is ready again with its place in the order, and goes
@@ -338,12 +352,22 @@ impl Fleet {
             if !views.iter().any(|v| &v.id == id) {
                 continue;
             }
-            for h in k.info.in_flight.iter().filter(|h| !h.running) {
-                let Some(given) = k.outstanding.get_mut(&(h.task_id, h.attempt)) else {
+            // Not started as far as we know: those its latest INFO lists as waiting, and
+            // those handed out since (a holder busy with long tasks sends INFO only on
+            // its timer). A give-back for one that started meanwhile changes nothing.
+            let running: std::collections::HashSet<Key> = k
+                .info
+                .in_flight
+                .iter()
+                .filter(|h| h.running)
+                .map(|h| (h.task_id, h.attempt))
+                .collect();
+            for (key, given) in k.outstanding.iter_mut() {
+                if running.contains(key) {
                     continue;
-                };
+                }
                 let Some(task) = &given.movable else { continue };
-                if given.asked || now.duration_since(given.at) < STEAL_AFTER {
+                if given.asked || now.duration_since(given.at) < REQUEUE_AFTER {
                     continue;
                 }
                 let overtaken = latest
@@ -351,9 +375,10 @@ impl Fleet {
                     .any(|(v, at)| &v.id != id && *at > given.at && v.is_eligible(task));
                 if overtaken {
                     given.asked = true;
+                    k.stalled = true;
                     out.push(HeldBy {
-                        task_id: h.task_id,
-                        attempt: h.attempt,
+                        task_id: key.0,
+                        attempt: key.1,
                         executor_id: id.clone(),
                     });
                 }
@@ -402,6 +427,7 @@ impl Fleet {
         registered: &HashMap<String, Registered>,
         assigned: &HashMap<String, Vec<GroupName>>,
         require_registration: bool,
+        window: u32,
     ) -> Vec<ExecutorView> {
         let now = Instant::now();
         let mut views: Vec<ExecutorView> = self
@@ -428,7 +454,11 @@ impl Fleet {
                     groups,
                     labels: k.info.labels.clone(),
                     capacity: k.info.capacity,
-                    outstanding: u32::try_from(k.outstanding.len()).unwrap_or(u32::MAX),
+                    // A stalled executor counts its window as used: it gets work only for
+                    // a slot actually free.
+                    outstanding: u32::try_from(k.outstanding.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(if k.stalled { window } else { 0 }),
                     draining: k.info.draining,
                 })
             })
@@ -530,7 +560,7 @@ mod tests {
 
     /// As if every attempt had been handed out a while ago.
     fn waited(fleet: &mut Fleet) {
-        let then = Instant::now() - STEAL_AFTER * 2;
+        let then = Instant::now() - REQUEUE_AFTER.max(STEAL_AFTER) * 2;
         for k in fleet.known.values_mut() {
             for g in k.outstanding.values_mut() {
                 g.at = then;
@@ -628,6 +658,42 @@ mod tests {
         assert_eq!(asked.len(), 1);
         assert_eq!((asked[0].task_id, asked[0].executor_id.as_str()), (q, "a"));
         assert!(fleet.to_requeue(&views).is_empty());
+        // a is stalled: it counts its window (4) as used, so it gets no queued work...
+        let outstanding_of_a = |fleet: &Fleet| {
+            fleet
+                .views(&HashMap::new(), &HashMap::new(), false, 4)
+                .into_iter()
+                .find(|v| v.id.as_str() == "a")
+                .map(|v| v.outstanding)
+        };
+        assert_eq!(outstanding_of_a(&fleet), Some(2 + 4));
+        // ... until it finishes something.
+        let mut done = info("a", "cpu", 1, &[(q, false)]);
+        done.finished = vec![fleet_shared::proto::AttemptRef {
+            task_id: long,
+            attempt: 1,
+        }];
+        fleet.heard(done);
+        assert_eq!(outstanding_of_a(&fleet), Some(1));
+    }
+
+    #[test]
+    fn an_attempt_handed_out_since_the_holders_latest_info_counts_as_waiting() {
+        let mut fleet = Fleet::new(Duration::from_secs(15));
+        let (long, q, short) = (TaskId::new(), TaskId::new(), TaskId::new());
+        fleet.heard(info("a", "cpu", 1, &[]));
+        fleet.heard(info("b", "cpu", 1, &[]));
+        given(&mut fleet, "a", "cpu", &[long], true);
+        fleet.heard(info("a", "cpu", 1, &[(long, true)]));
+        // q is handed to a, which sends no INFO (its slot is busy, nothing finishes).
+        given(&mut fleet, "a", "cpu", &[q], true);
+        waited(&mut fleet);
+        given(&mut fleet, "b", "cpu", &[short], true);
+        fleet.heard(info("b", "cpu", 1, &[(short, true)]));
+        let views = [view("a", "cpu", 1, 2), view("b", "cpu", 1, 1)];
+        let asked = fleet.to_requeue(&views);
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].task_id, q, "the running one is never asked");
     }
 
     #[test]

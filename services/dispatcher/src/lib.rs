@@ -94,6 +94,8 @@ pub struct Dispatcher {
     /// Ready tasks may exist that were not read: new work was notified, tasks went back
     /// to ready, an executor appeared, or the tick came.
     ready_maybe: bool,
+    /// The last read of ready tasks left some unplaced (no executor had room for them).
+    unplaced: bool,
     /// `each` tasks may need fanning out or copies may be waiting for a slot.
     each_maybe: bool,
     /// No lease or grace sweep before this: until then the executors have not all been
@@ -120,6 +122,7 @@ impl Dispatcher {
             avoid: HashMap::new(),
             finished: Vec::new(),
             ready_maybe: true,
+            unplaced: false,
             each_maybe: true,
             sweep_after: now,
             next_sweep: now,
@@ -160,6 +163,12 @@ impl Dispatcher {
         if heard.appeared {
             self.ready_maybe = true;
             self.each_maybe = true;
+        }
+        // A slot freed: ready tasks the last read left unplaced for want of room (that
+        // read was not full, so the round thought it had seen them all) can go now, not
+        // at the next tick.
+        if heard.freed > 0 && self.unplaced {
+            self.ready_maybe = true;
         }
         if heard.changed {
             // A new executor, or one that changed its groups or started draining: the
@@ -288,6 +297,7 @@ impl Dispatcher {
                 &self.registry.registered,
                 &self.registry.assigned,
                 self.cfg.dispatcher.require_registration,
+                self.cfg.dispatcher.window,
             );
             if self.each_maybe {
                 self.each_maybe = false;
@@ -327,6 +337,7 @@ impl Dispatcher {
         let mut planned = Vec::new();
         let mut cursor = None;
         let mut exhausted = false;
+        let mut unplaced = false;
         for _ in 0..MAX_PAGES_PER_ROUND {
             let free = policy::free_slots(views, window);
             if free == 0 {
@@ -339,22 +350,26 @@ impl Dispatcher {
                 break;
             };
             cursor = Some((last.priority, last.seq));
-            planned.extend(plan::plan(
+            let placed = plan::plan(
                 &page,
                 views,
                 window,
                 self.lease(),
                 chrono::Utc::now(),
                 &self.avoid,
-            ));
+            );
+            unplaced |= placed.len() < page.len();
+            planned.extend(placed);
             if (page.len() as i64) < limit {
                 exhausted = true;
                 break;
             }
         }
-        // Nothing more to read until something changes (new work, an executor, a tick).
+        // Nothing more to read until something changes (new work, an executor, a tick,
+        // or a slot freeing if some were left unplaced).
         if exhausted {
             self.ready_maybe = false;
+            self.unplaced = unplaced;
         }
         if planned.is_empty() {
             return Ok(());
