@@ -609,7 +609,7 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
             }
         } => p,
     };
-    let Ok(_permit) = permit else {
+    let Ok(slot) = permit else {
         shared.give_back(key, &delivery, false).await;
         return;
     };
@@ -637,6 +637,9 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
         max_output: shared.cfg.executor.max_output_bytes,
     };
     let ran = run::run(&spec, &cancel).await;
+    // The process is gone: its slot can run the next request held here while this
+    // result is published (the attempt stays held, and in INFO, until it is confirmed).
+    drop(slot);
     if shared.kill.is_cancelled() {
         // Killed by our own shutdown past the drain deadline, not by the user's cancel:
         // no result; the attempt is given back as lost, and the task runs elsewhere.
