@@ -115,6 +115,23 @@ pub(crate) mod tests {
         }
     }
 
+    /// A plan with a 15 s lease, dated `now`, avoiding nothing.
+    fn plan_at(
+        ready: &[ReadyRow],
+        views: &mut [ExecutorView],
+        window: u32,
+        now: DateTime<Utc>,
+    ) -> Vec<Planned> {
+        plan(
+            ready,
+            views,
+            window,
+            Duration::from_secs(15),
+            now,
+            &HashMap::new(),
+        )
+    }
+
     #[test]
     fn a_plan_fills_free_slots_in_order_and_numbers_the_next_attempt() {
         let ready = vec![
@@ -124,28 +141,14 @@ pub(crate) mod tests {
         ];
         let mut views = vec![executor("a", "cpu", 1, 0), executor("b", "cpu", 1, 1)];
         let now = Utc::now();
-        let planned = plan(
-            &ready,
-            &mut views,
-            0,
-            Duration::from_secs(15),
-            now,
-            &HashMap::new(),
-        );
+        let planned = plan_at(&ready, &mut views, 0, now);
         // One slot is free (b has its one taken): the first task.
         assert_eq!(planned.len(), 1);
         assert_eq!(planned[0].task_id, ready[0].id);
         assert_eq!(planned[0].executor_id.as_str(), "a");
         assert_eq!(planned[0].attempt, 1);
         let mut views = vec![executor("a", "cpu", 2, 0)];
-        let planned = plan(
-            &ready,
-            &mut views,
-            0,
-            Duration::from_secs(15),
-            now,
-            &HashMap::new(),
-        );
+        let planned = plan_at(&ready, &mut views, 0, now);
         assert_eq!(
             planned.iter().map(|p| p.task_id).collect::<Vec<_>>(),
             vec![ready[0].id, ready[1].id]
@@ -165,32 +168,14 @@ pub(crate) mod tests {
     fn the_window_lets_an_executor_hold_more_than_its_slots() {
         let ready: Vec<ReadyRow> = (0..10).map(|i| row(0, i, 0, "cpu")).collect();
         let mut views = vec![executor("a", "cpu", 2, 0)];
-        assert_eq!(
-            plan(
-                &ready,
-                &mut views,
-                2,
-                Duration::from_secs(15),
-                Utc::now(),
-                &HashMap::new()
-            )
-            .len(),
-            4
-        );
+        assert_eq!(plan_at(&ready, &mut views, 2, Utc::now()).len(), 4);
     }
 
     #[test]
     fn tasks_nobody_can_take_are_skipped_not_blocking() {
         let ready = vec![row(9, 1, 0, "gpu"), row(0, 2, 0, "cpu")];
         let mut views = vec![executor("a", "cpu", 1, 0)];
-        let planned = plan(
-            &ready,
-            &mut views,
-            0,
-            Duration::from_secs(15),
-            Utc::now(),
-            &HashMap::new(),
-        );
+        let planned = plan_at(&ready, &mut views, 0, Utc::now());
         assert_eq!(planned.len(), 1);
         assert_eq!(planned[0].task_id, ready[1].id);
     }
@@ -199,25 +184,9 @@ pub(crate) mod tests {
     fn nothing_is_planned_without_a_free_slot() {
         let ready = vec![row(0, 1, 0, "cpu")];
         let mut views = vec![executor("a", "cpu", 1, 1)];
-        assert!(plan(
-            &ready,
-            &mut views,
-            0,
-            Duration::from_secs(15),
-            Utc::now(),
-            &HashMap::new()
-        )
-        .is_empty());
+        assert!(plan_at(&ready, &mut views, 0, Utc::now()).is_empty());
         let mut draining = executor("b", "cpu", 4, 0);
         draining.draining = true;
-        assert!(plan(
-            &ready,
-            &mut [draining],
-            0,
-            Duration::from_secs(15),
-            Utc::now(),
-            &HashMap::new()
-        )
-        .is_empty());
+        assert!(plan_at(&ready, &mut [draining], 0, Utc::now()).is_empty());
     }
 }

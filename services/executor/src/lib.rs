@@ -182,6 +182,12 @@ impl Shared {
         self.attempts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Results waiting for the publisher. Recovered from a poisoned lock like `lock`:
+    /// a result dropped here would leave its attempt held and its request unacked.
+    fn outbound(&self) -> std::sync::MutexGuard<'_, Vec<Outbound>> {
+        self.outbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn info(&self) -> Info {
         let a = self.lock();
         let running = a.held.values().filter(|r| **r).count();
@@ -679,13 +685,11 @@ async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: De
         finished_at: ran.finished_at,
     };
     let (confirmed, done) = oneshot::channel();
-    if let Ok(mut o) = shared.outbound.lock() {
-        o.push(Outbound {
-            result,
-            delivery,
-            confirmed,
-        });
-    }
+    shared.outbound().push(Outbound {
+        result,
+        delivery,
+        confirmed,
+    });
     shared.outbound_ready.notify_one();
     // The publisher answers for every result it takes; a closed channel means it stopped,
     // which it does only once every attempt has reported.
@@ -720,11 +724,7 @@ async fn publish_results(shared: Arc<Shared>, stop: CancellationToken) {
     let exchange = shared.names.group_exchange(&group);
     let key = keys::result(&shared.me.id);
     loop {
-        let batch = shared
-            .outbound
-            .lock()
-            .map(|mut p| take_batch(&mut p))
-            .unwrap_or_default();
+        let batch = take_batch(&mut shared.outbound());
         if batch.is_empty() {
             tokio::select! {
                 _ = stop.cancelled() => return,
