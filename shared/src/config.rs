@@ -140,8 +140,12 @@ impl Default for SubmitterConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatcherConfig {
-    /// Work queued on an executor beyond its capacity, so it never idles between tasks.
+    /// The most work queued on an executor beyond its capacity, so it never idles between
+    /// tasks; each executor's own window follows how fast it finishes (at least 1).
     pub window: u32,
+    /// The least of each executor's paced window (at most `window`): what an executor
+    /// that has finished nothing lately holds beyond its slots.
+    pub window_floor: u32,
     /// Rounds run at least this often even without a wake-up.
     pub tick_ms: u64,
     /// An attempt whose executor has not reported it for this long is lost.
@@ -165,6 +169,7 @@ impl Default for DispatcherConfig {
     fn default() -> Self {
         Self {
             window: 4,
+            window_floor: 1,
             tick_ms: 500,
             lease_timeout_secs: 15,
             executor_timeout_secs: 5,

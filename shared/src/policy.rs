@@ -19,6 +19,9 @@ pub struct ExecutorView {
     /// Attempts assigned to it and not yet finished.
     pub outstanding: u32,
     pub draining: bool,
+    /// The most requests it may hold beyond its slots, below the configured window (the
+    /// dispatcher paces it by how fast the executor finishes); `u32::MAX`: the window.
+    pub window: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +33,7 @@ pub struct ReadyTask {
 
 impl ExecutorView {
     pub fn limit(&self, window: u32) -> u32 {
-        self.capacity.saturating_add(window)
+        self.capacity.saturating_add(window.min(self.window))
     }
 
     pub fn has_room(&self, window: u32) -> bool {
@@ -164,6 +167,7 @@ mod tests {
             capacity: cap,
             outstanding: out,
             draining: false,
+            window: u32::MAX,
         }
     }
 

@@ -34,6 +34,21 @@ pub const STEAL_AFTER: Duration = Duration::from_millis(100);
 /// enough, and asking it back costs more (a round trip, a refill) than it saves.
 pub const REQUEUE_AFTER: Duration = Duration::from_millis(250);
 
+/// An executor's window (requests queued beyond its slots) is what it finishes in this
+/// long at its recent pace, at least one and at most the configured window: deep enough
+/// that a freed slot starts the next request while the dispatcher refills (Little's
+/// law: depth = rate x latency), no deeper. A queued request is placed before anyone
+/// knows which slot frees first; one queued behind long tasks starts late while a slot
+/// elsewhere takes a later one.
+const REFILL_HORIZON: Duration = Duration::from_millis(20);
+
+/// The pace is the finishes heard over this long.
+const PACE_OVER: Duration = Duration::from_millis(100);
+
+/// Finishes remembered per executor for its pace: more than any executor finishes in
+/// `PACE_OVER` that would need a window as deep as any sane configured one.
+const PACE_KEPT: usize = 4096;
+
 /// An attempt handed to an executor.
 #[derive(Debug, Clone)]
 struct Given {
@@ -65,6 +80,29 @@ struct Known {
     /// Attempts were asked back from it because others overtook them: its slots are
     /// taken by long tasks. It gets no queued work (no window) until it finishes one.
     stalled: bool,
+    /// When its recent finishes were heard, oldest first (its pace).
+    finishes: std::collections::VecDeque<Instant>,
+}
+
+impl Known {
+    /// Its window: what it finishes in `REFILL_HORIZON` at the pace of the last
+    /// `PACE_OVER`, between `floor` and `window`; none while stalled.
+    fn window(&self, window: u32, floor: u32, now: Instant) -> u32 {
+        if self.stalled {
+            return 0;
+        }
+        let recent = self
+            .finishes
+            .iter()
+            .rev()
+            .take_while(|at| now.duration_since(**at) < PACE_OVER)
+            .count();
+        let depth = (recent as u128 * REFILL_HORIZON.as_micros()).div_ceil(PACE_OVER.as_micros());
+        u32::try_from(depth)
+            .unwrap_or(u32::MAX)
+            .max(floor)
+            .min(window)
+    }
 }
 
 /// What an INFO came to.
@@ -102,6 +140,8 @@ pub struct Fleet {
     unheard: HashMap<ExecutorId, Vec<Key>>,
     /// An executor not heard from for this long is not alive.
     alive_for: Duration,
+    /// The least paced window.
+    window_floor: u32,
 }
 
 impl Fleet {
@@ -110,7 +150,14 @@ impl Fleet {
             known: HashMap::new(),
             unheard: HashMap::new(),
             alive_for,
+            window_floor: 1,
         }
+    }
+
+    /// Sets the least paced window (`dispatcher.window_floor`; 1 unless set).
+    pub fn with_window_floor(mut self, floor: u32) -> Self {
+        self.window_floor = floor;
+        self
     }
 
     /// Forgets everything (leadership lost): rebuilt from the database and INFO.
@@ -152,6 +199,20 @@ impl Fleet {
         if !out.finished.is_empty() {
             if let Some(k) = self.known.get_mut(&id) {
                 k.stalled = false;
+                let now = Instant::now();
+                while k
+                    .finishes
+                    .front()
+                    .is_some_and(|at| now.duration_since(*at) >= PACE_OVER)
+                {
+                    k.finishes.pop_front();
+                }
+                for _ in &out.finished {
+                    if k.finishes.len() == PACE_KEPT {
+                        k.finishes.pop_front();
+                    }
+                    k.finishes.push_back(now);
+                }
             }
         }
         // A heartbeat that waited in the queue (through a dispatcher outage, say) says
@@ -178,6 +239,7 @@ impl Fleet {
                 row_written: None,
                 unroutable: None,
                 stalled: false,
+                finishes: std::collections::VecDeque::new(),
             }
         });
         if k.info.sent_at > info.sent_at {
@@ -454,12 +516,10 @@ impl Fleet {
                     groups,
                     labels: k.info.labels.clone(),
                     capacity: k.info.capacity,
-                    // A stalled executor counts its window as used: it gets work only for
-                    // a slot actually free.
-                    outstanding: u32::try_from(k.outstanding.len())
-                        .unwrap_or(u32::MAX)
-                        .saturating_add(if k.stalled { window } else { 0 }),
+                    outstanding: u32::try_from(k.outstanding.len()).unwrap_or(u32::MAX),
                     draining: k.info.draining,
+                    // Paced; a stalled one gets work only for a slot actually free.
+                    window: k.window(window, self.window_floor, now),
                 })
             })
             .collect();
@@ -658,23 +718,56 @@ mod tests {
         assert_eq!(asked.len(), 1);
         assert_eq!((asked[0].task_id, asked[0].executor_id.as_str()), (q, "a"));
         assert!(fleet.to_requeue(&views).is_empty());
-        // a is stalled: it counts its window (4) as used, so it gets no queued work...
+        // a is stalled: no window, so it gets no queued work...
         let outstanding_of_a = |fleet: &Fleet| {
             fleet
                 .views(&HashMap::new(), &HashMap::new(), false, 4)
                 .into_iter()
                 .find(|v| v.id.as_str() == "a")
-                .map(|v| v.outstanding)
+                .map(|v| (v.outstanding, v.window))
         };
-        assert_eq!(outstanding_of_a(&fleet), Some(2 + 4));
-        // ... until it finishes something.
+        assert_eq!(outstanding_of_a(&fleet), Some((2, 0)));
+        // ... until it finishes something; then its window is paced (one finish: 1).
         let mut done = info("a", "cpu", 1, &[(q, false)]);
         done.finished = vec![fleet_shared::proto::AttemptRef {
             task_id: long,
             attempt: 1,
         }];
         fleet.heard(done);
-        assert_eq!(outstanding_of_a(&fleet), Some(1));
+        assert_eq!(outstanding_of_a(&fleet), Some((1, 1)));
+    }
+
+    #[test]
+    fn the_window_follows_the_pace_of_finishes() {
+        let mut fleet = Fleet::new(Duration::from_secs(15));
+        fleet.heard(info("a", "cpu", 2, &[]));
+        let used = |fleet: &Fleet, window| {
+            fleet
+                .views(&HashMap::new(), &HashMap::new(), false, window)
+                .into_iter()
+                .find(|v| v.id.as_str() == "a")
+                .map(|v| v.window)
+        };
+        // Nothing finished yet: a window of one, of the configured 4.
+        assert_eq!(used(&fleet, 4), Some(1));
+        // Finishing fast (40 in 100 ms: 8 in the 20 ms horizon): the whole window.
+        let mut fast = info("a", "cpu", 2, &[]);
+        fast.finished = (0..40)
+            .map(|_| fleet_shared::proto::AttemptRef {
+                task_id: TaskId::new(),
+                attempt: 1,
+            })
+            .collect();
+        fleet.heard(fast);
+        assert_eq!(used(&fleet, 4), Some(4));
+        // Window 0 configured: none, however fast.
+        assert_eq!(used(&fleet, 0), Some(0));
+        // The pace is forgotten once old: back to one.
+        let k = fleet.known.values_mut().next().expect("known");
+        for at in k.finishes.iter_mut() {
+            *at -= PACE_OVER;
+        }
+        assert_eq!(used(&fleet, 4), Some(1));
     }
 
     #[test]

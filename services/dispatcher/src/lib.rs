@@ -116,7 +116,8 @@ impl Dispatcher {
         let now = Instant::now();
         Self {
             leader: Leader::new(Duration::from_secs(cfg.dispatcher.leader_ttl_secs)),
-            fleet: Fleet::new(Duration::from_secs(cfg.dispatcher.executor_timeout_secs)),
+            fleet: Fleet::new(Duration::from_secs(cfg.dispatcher.executor_timeout_secs))
+                .with_window_floor(cfg.dispatcher.window_floor),
             registry: Registry::default(),
             returned: Vec::new(),
             avoid: HashMap::new(),

@@ -112,6 +112,7 @@ pub(crate) mod tests {
             capacity,
             outstanding,
             draining: false,
+            window: u32::MAX,
         }
     }
 
