@@ -35,7 +35,7 @@ pub const STEAL_AFTER: Duration = Duration::from_millis(100);
 pub const REQUEUE_AFTER: Duration = Duration::from_millis(250);
 
 /// An executor's window (requests queued beyond its slots) is what it finishes in this
-/// long at its recent pace, at least one and at most the configured window: deep enough
+/// long at its recent pace, between `dispatcher.window_floor` and `dispatcher.window`: deep enough
 /// that a freed slot starts the next request while the dispatcher refills (Little's
 /// law: depth = rate x latency), no deeper. A queued request is placed before anyone
 /// knows which slot frees first; one queued behind long tasks starts late while a slot
@@ -45,8 +45,8 @@ const REFILL_HORIZON: Duration = Duration::from_millis(20);
 /// The pace is the finishes heard over this long.
 const PACE_OVER: Duration = Duration::from_millis(100);
 
-/// Finishes remembered per executor for its pace: more than any executor finishes in
-/// `PACE_OVER` that would need a window as deep as any sane configured one.
+/// Finishes remembered per executor for its pace (a bound on memory): 4,096 in
+/// `PACE_OVER` already make a window of 820, deeper than any sane configured one.
 const PACE_KEPT: usize = 4096;
 
 /// An attempt handed to an executor.
