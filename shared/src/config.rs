@@ -141,7 +141,8 @@ impl Default for SubmitterConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DispatcherConfig {
     /// The most work queued on an executor beyond its capacity, so it never idles between
-    /// tasks; each executor's own window follows how fast it finishes (at least 1).
+    /// tasks; each executor's own window follows how fast it finishes (at least
+    /// `window_floor`).
     pub window: u32,
     /// The least of each executor's paced window (at most `window`): what an executor
     /// that has finished nothing lately holds beyond its slots.

@@ -35,9 +35,9 @@ pub const STEAL_AFTER: Duration = Duration::from_millis(100);
 pub const REQUEUE_AFTER: Duration = Duration::from_millis(250);
 
 /// An executor's window (requests queued beyond its slots) is what it finishes in this
-/// long at its recent pace, between `dispatcher.window_floor` and `dispatcher.window`: deep enough
-/// that a freed slot starts the next request while the dispatcher refills (Little's
-/// law: depth = rate x latency), no deeper. A queued request is placed before anyone
+/// long at its recent pace, between `dispatcher.window_floor` and `dispatcher.window`:
+/// deep enough that a freed slot starts the next request while the dispatcher refills
+/// (Little's law: depth = rate x latency), no deeper. A queued request is placed before anyone
 /// knows which slot frees first; one queued behind long tasks starts late while a slot
 /// elsewhere takes a later one.
 const REFILL_HORIZON: Duration = Duration::from_millis(20);
