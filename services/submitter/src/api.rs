@@ -49,7 +49,11 @@ impl AppState {
         publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
     ) -> Self {
         Self(Arc::new(Inner {
-            inserter: crate::inserter::Inserter::new(pool.clone(), cfg.database.schema.clone()),
+            inserter: crate::inserter::Inserter::new(
+                pool.clone(),
+                cfg.database.schema.clone(),
+                std::time::Duration::from_millis(cfg.database.pool_wait_ms),
+            ),
             pool,
             auth: crate::auth::Authenticator::new(&cfg.auth),
             max_body: cfg.submitter.max_body_bytes,

@@ -10,13 +10,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fleet_shared::db::submit::{self, NewJob, Ticket};
 use fleet_shared::db::{Client, DbError, Pool};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Jobs written together at most; more wait for the next writer.
 const MAX_JOBS: usize = 2_000;
+/// Groups written at once. Two keep a 2-core database busy while the next group
+/// gathers; more only split the queue into smaller groups (more commits, more
+/// statements, more wake-ups of the dispatcher for the same jobs).
+const WRITERS: usize = 2;
 
 struct Pending {
     id: u64,
@@ -30,15 +35,35 @@ pub struct Inserter {
     schema: String,
     queue: Arc<Mutex<Vec<Pending>>>,
     next_id: Arc<AtomicU64>,
+    writers: Arc<Semaphore>,
+    wait: Duration,
 }
 
 impl Inserter {
-    pub fn new(pool: Pool, schema: String) -> Self {
+    /// `wait`: how long a request may wait for a writer and its connection.
+    pub fn new(pool: Pool, schema: String, wait: Duration) -> Self {
         Self {
             pool,
             schema,
             queue: Arc::default(),
             next_id: Arc::default(),
+            writers: Arc::new(Semaphore::new(WRITERS)),
+            wait,
+        }
+    }
+
+    /// A writer's turn and a connection, within the wait.
+    async fn writer(&self) -> Result<(OwnedSemaphorePermit, Client), DbError> {
+        let waited = tokio::time::timeout(self.wait, async {
+            let permit = self.writers.clone().acquire_owned().await;
+            Ok::<_, DbError>((permit, self.pool.get().await?))
+        })
+        .await;
+        match waited {
+            Ok(Ok((Ok(permit), client))) => Ok((permit, client)),
+            Ok(Err(e)) => Err(e),
+            // The semaphore is never closed; a timeout is the pool's kind of refusal.
+            Ok(Ok((Err(_), _))) | Err(_) => Err(DbError::no_connection_in_time()),
         }
     }
 
@@ -55,9 +80,9 @@ impl Inserter {
         let client = tokio::select! {
             // Another request's writer took ours and answered.
             a = &mut answer => return a.unwrap_or_else(|_| Err(stopped())),
-            c = self.pool.get() => c,
+            c = self.writer() => c,
         };
-        let client = match client {
+        let (permit, client) = match client {
             Ok(c) => c,
             Err(e) => {
                 // No connection in time: unless a writer took our jobs meanwhile (then
@@ -68,7 +93,7 @@ impl Inserter {
                     at.map(|i| queue.remove(i)).is_some()
                 };
                 if removed {
-                    return Err(e.into());
+                    return Err(e);
                 }
                 return answer.await.unwrap_or_else(|_| Err(stopped()));
             }
@@ -89,6 +114,7 @@ impl Inserter {
                     break;
                 }
             }
+            drop(permit);
         });
         let _ = writer.await;
         answer.await.unwrap_or_else(|_| Err(stopped()))

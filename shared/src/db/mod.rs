@@ -49,6 +49,16 @@ pub enum DbError {
     Row(String),
 }
 
+impl DbError {
+    /// No connection within the caller's wait: what the pool says when it has none to
+    /// give, for waits that also cover a turn before the pool (the submitter's writers).
+    pub fn no_connection_in_time() -> Self {
+        Self::Pool(deadpool_postgres::PoolError::Timeout(
+            deadpool_postgres::TimeoutType::Wait,
+        ))
+    }
+}
+
 /// A pool error that wraps a server's refusal (PostgreSQL's "too many clients", a
 /// missing database, a bad password) says so, instead of deadpool's "db error".
 fn pool_detail(e: &deadpool_postgres::PoolError) -> String {
