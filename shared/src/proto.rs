@@ -190,6 +190,45 @@ impl Wire for Request {
     const V: u32 = 1;
 }
 
+/// Dispatcher -> one executor: several attempts in one message, those one round gave it.
+/// The executor takes each as if it had come as a `request`, and acks the message once
+/// every attempt in it has let go of it (result confirmed, given back, or recognised as
+/// a redelivery); a broker that redelivers it (a reconnect, a restart) hands back only
+/// what was not acked, as with single requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requests {
+    pub requests: Vec<Request>,
+}
+impl Wire for Requests {
+    const TYPE: &'static str = "requests";
+    const V: u32 = 1;
+}
+
+/// What arrives on an executor's queue: attempts to run (a `request` or `requests`), or
+/// a `control` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForExecutor {
+    Requests(Vec<Request>),
+    Control(ControlAction),
+}
+
+pub fn decode_for_executor(bytes: &[u8]) -> Result<ForExecutor, DecodeError> {
+    match decode::<Requests>(bytes) {
+        Ok(r) if r.requests.is_empty() => Err(DecodeError::Invalid {
+            field: "requests".into(),
+            message: "no request in the list".into(),
+        }),
+        Ok(r) => Ok(ForExecutor::Requests(r.requests)),
+        Err(DecodeError::UnknownType { found, .. }) if found == Request::TYPE => {
+            decode::<Request>(bytes).map(|r| ForExecutor::Requests(vec![r]))
+        }
+        Err(DecodeError::UnknownType { found, .. }) if found == Control::TYPE => {
+            decode::<Control>(bytes).map(|c| ForExecutor::Control(c.action))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -450,6 +489,67 @@ mod tests {
             decode_results(&encode(&info())).map_err(|e| e.reason()),
             Err("unknown_type")
         );
+    }
+
+    fn request(argv: &str) -> Request {
+        Request {
+            task_id: TaskId::new(),
+            attempt: 1,
+            job_id: JobId::new(),
+            argv: vec![argv.into()],
+            env: BTreeMap::new(),
+            cwd: None,
+            stdin: None,
+            timeout_secs: 60,
+            lease_deadline: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn an_executor_takes_one_request_a_list_or_a_control_message() {
+        let one = request("/bin/true");
+        assert_eq!(
+            decode_for_executor(&encode(&one)),
+            Ok(ForExecutor::Requests(vec![one]))
+        );
+        let many = vec![request("a"), request("b")];
+        assert_eq!(
+            decode_for_executor(&encode(&Requests {
+                requests: many.clone()
+            })),
+            Ok(ForExecutor::Requests(many))
+        );
+        let drain = Control {
+            action: ControlAction::Drain,
+        };
+        assert_eq!(
+            decode_for_executor(&encode(&drain)),
+            Ok(ForExecutor::Control(ControlAction::Drain))
+        );
+        // An empty list is nothing to run: refused, to be dead-lettered.
+        let empty = encode(&Requests {
+            requests: Vec::new(),
+        });
+        assert_eq!(
+            decode_for_executor(&empty).map_err(|e| e.reason()),
+            Err("invalid")
+        );
+        assert_eq!(
+            decode_for_executor(&encode(&info())).map_err(|e| e.reason()),
+            Err("unknown_type")
+        );
+        // A bad field in one request of a list is named with its place.
+        let mut bad = serde_json::to_value(Requests {
+            requests: vec![request("a")],
+        })
+        .expect("value");
+        bad["type"] = "requests".into();
+        bad["v"] = 1.into();
+        bad["requests"][0]["attempt"] = "first".into();
+        match decode_for_executor(&serde_json::to_vec(&bad).expect("bytes")) {
+            Err(DecodeError::Invalid { field, .. }) => assert_eq!(field, "requests[0].attempt"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

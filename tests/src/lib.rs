@@ -759,13 +759,40 @@ impl TestFleet {
 
     /// A queue's arguments as the broker's management API shows them.
     pub async fn queue_arguments(&self, queue: &str) -> Result<Value> {
-        let q = management(
+        Ok(self.queue_info(queue).await?["arguments"].clone())
+    }
+
+    /// A queue as the broker's management API shows it (its `message_stats` lag by up
+    /// to 5 s).
+    pub async fn queue_info(&self, queue: &str) -> Result<Value> {
+        management(
             &self.cfg,
             reqwest::Method::GET,
             &format!("queues/%2F/{queue}"),
         )
-        .await?;
-        Ok(q["arguments"].clone())
+        .await
+    }
+
+    /// Messages delivered from a queue and not acked yet, as the broker has it now
+    /// (`rabbitmqctl`, not the lagging statistics).
+    pub fn unacked(&self, queue: &str) -> Result<u64> {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "messages_unacknowledged",
+            ])
+            .output()
+            .context("rabbitmqctl list_queues")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(name, _)| name.trim() == queue)
+            .map(|(_, n)| n.trim().parse::<u64>())
+            .transpose()?
+            .with_context(|| format!("queue {queue} not listed by rabbitmqctl: {text}"))
     }
 }
 

@@ -22,7 +22,7 @@ use fleet_shared::db::{self, dispatch, outbox, DbError, Pool};
 use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
 use fleet_shared::policy::{self, ExecutorView, ReadyTask};
-use fleet_shared::proto::{self, Control, ControlAction, Info, Request};
+use fleet_shared::proto::{self, Control, ControlAction, Info, Request, Requests};
 use fleet_shared::svc;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Connection;
@@ -440,20 +440,27 @@ impl Dispatcher {
         // the task runs elsewhere, so it must not linger in the queue of an executor that
         // left, to run when one by that name comes back.
         let expiration = (self.cfg.dispatcher.lease_timeout_secs * 1000).to_string();
-        let out: Vec<Outgoing> = sent
+        let to: Vec<(&fleet_shared::id::ExecutorId, &Request)> = sent
             .iter()
-            .map(|(h, req, _)| {
+            .map(|(h, req, _)| (&h.executor_id, req))
+            .collect();
+        let messages = plan::messages(&to);
+        let out: Vec<Outgoing> = messages
+            .iter()
+            .map(|(executor_id, carried)| {
+                let body = match carried.as_slice() {
+                    [one] => proto::encode(&sent[*one].1),
+                    _ => proto::encode(&Requests {
+                        requests: carried.iter().map(|&i| sent[i].1.clone()).collect(),
+                    }),
+                };
                 // Transient: a request the broker loses (a restart) is recovered by its
                 // attempt's lease, like one lost on the way.
                 let props =
                     amqp::transient_properties().with_expiration(expiration.as_str().into());
-                Outgoing::new(
-                    root.clone(),
-                    keys::request(&h.executor_id),
-                    proto::encode(req),
-                )
-                .with_properties(props)
-                .mandatory()
+                Outgoing::new(root.clone(), keys::request(executor_id), body)
+                    .with_properties(props)
+                    .mandatory()
             })
             .collect();
         // If this fails after the commit, the attempts' leases run out and the tasks go
@@ -461,7 +468,8 @@ impl Dispatcher {
         let returned = publisher.publish_batch(out).await?;
         let back: Vec<HeldBy> = returned
             .iter()
-            .filter_map(|&i| attempts.get(i).cloned())
+            .filter_map(|&m| messages.get(m))
+            .flat_map(|(_, carried)| carried.iter().filter_map(|&i| attempts.get(i).cloned()))
             .collect();
         for h in &attempts {
             if !back.iter().any(|b| b.executor_id == h.executor_id) {

@@ -1,14 +1,16 @@
-//! The executor: stateless. It consumes requests from its own queue, runs each as a
-//! child process within its slots, publishes the result (confirmed) and only then acks
-//! the request; it reports INFO every interval, and at once when an attempt ends or is
-//! given back (that frees a slot) or it starts or stops draining. A request
-//! redelivered after a reconnect is recognised by (task, attempt) and not run twice.
+//! The executor: stateless. It consumes requests from its own queue (one per message, or
+//! several in a `requests`), runs each as a child process within its slots, publishes the
+//! result (confirmed) and only then lets go of the request (a message is acked once every
+//! attempt it carried has let go of it); it reports INFO every interval, and at once when
+//! an attempt ends or is given back (that frees a slot) or it starts or stops draining. A
+//! request redelivered after a reconnect is recognised by (task, attempt) and not run
+//! twice.
 
 pub mod register;
 pub mod run;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
 use fleet_shared::id::{ExecutorId, TaskId};
 use fleet_shared::proto::{
-    self, AttemptRef, Control, ControlAction, HeldAttempt, Info, Request, Results, TaskResult,
+    self, AttemptRef, ControlAction, ForExecutor, HeldAttempt, Info, Request, Results, TaskResult,
 };
 use fleet_shared::svc;
 use futures_util::StreamExt;
@@ -41,12 +43,43 @@ const RESULTS_PER_MESSAGE: usize = 64;
 /// exceeds this goes alone.
 const OUTPUT_PER_MESSAGE: usize = 1024 * 1024;
 
-/// A result waiting to be published, with the request it answers (acked once the result
-/// is confirmed) and who waits for that.
+/// A result waiting to be published, with the request it answers (let go of once the
+/// result is confirmed) and who waits for that.
 struct Outbound {
     result: TaskResult,
-    delivery: Delivery,
+    hold: Hold,
     confirmed: oneshot::Sender<bool>,
+}
+
+/// An attempt's share of the delivery that brought it (a `request`, or one of the
+/// attempts of a `requests`): the delivery is acked when the last attempt it carried
+/// lets go of it (its result confirmed, given back, or recognised as a redelivery).
+/// Until then the broker keeps it, and would hand all of it back to a restarted executor.
+#[derive(Clone)]
+struct Hold(Arc<Carried>);
+
+struct Carried {
+    delivery: Delivery,
+    left: AtomicUsize,
+}
+
+impl Hold {
+    /// Shares for each of `n` attempts.
+    fn split(delivery: Delivery, n: usize) -> Self {
+        Self(Arc::new(Carried {
+            delivery,
+            left: AtomicUsize::new(n),
+        }))
+    }
+
+    /// This attempt is done with its delivery; the last one acks it.
+    async fn release(&self) -> Result<(), amqp::AmqpError> {
+        if self.0.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            ack_one(&self.0.delivery).await
+        } else {
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,12 +247,15 @@ impl Shared {
         }
     }
 
-    /// Gives an attempt back: acks its request (so no restart under this id runs it),
-    /// then says so in the next INFO, so that the dispatcher hands it out again at once
-    /// (`started: false`) or counts it lost at once (`started: true`, killed unfinished)
-    /// instead of waiting for its lease.
-    async fn give_back(&self, key: AttemptKey, delivery: &Delivery, started: bool) {
-        let acked = ack_one(delivery).await;
+    /// Gives an attempt back: lets go of its request (acked once no attempt it carried
+    /// holds it, so that no restart under this id runs it), then says so in the next
+    /// INFO, so that the dispatcher hands it out again at once (`started: false`) or
+    /// counts it lost at once (`started: true`, killed unfinished) instead of waiting for
+    /// its lease. It is forgotten, not remembered as done: the dispatcher takes an
+    /// unstarted one back with its attempt number, and may give that same attempt to this
+    /// executor again, to run.
+    async fn give_back(&self, key: AttemptKey, hold: &Hold, started: bool) {
+        let acked = hold.release().await;
         self.forget(key);
         if acked.is_ok() {
             if let Ok(mut r) = self.returned.lock() {
@@ -494,19 +530,11 @@ async fn session(
             Some(Err(e)) => return Err(e.into()),
             None => return Err(amqp::AmqpError::Timeout("consumer ended")),
         };
-        // A request, or else an operator's control message; anything else is dead-lettered.
-        let decoded = match proto::decode::<Request>(&delivery.data) {
-            Err(proto::DecodeError::UnknownType { found, .. }) if found == "control" => {
-                proto::decode::<Control>(&delivery.data).map(|c| {
-                    shared.control(c.action);
-                    None
-                })
-            }
-            other => other.map(Some),
-        };
-        let req = match decoded {
-            Ok(Some(r)) => r,
-            Ok(None) => {
+        // Requests, or else an operator's control message; anything else is dead-lettered.
+        let requests = match proto::decode_for_executor(&delivery.data) {
+            Ok(ForExecutor::Requests(r)) => r,
+            Ok(ForExecutor::Control(action)) => {
+                shared.control(action);
                 ack_one(&delivery).await?;
                 continue;
             }
@@ -524,47 +552,50 @@ async fn session(
                 continue;
             }
         };
-        let key = (req.task_id, req.attempt);
-        let duplicate = {
-            let mut a = shared.lock();
-            if a.held.contains_key(&key) || a.done.contains(&key) {
-                true
-            } else {
-                a.held.insert(key, false);
-                false
-            }
-        };
-        if !duplicate {
-            let token = shared.kill.child_token();
-            let early = shared
-                .cancelled_early
-                .lock()
-                .map(|mut e| match e.iter().position(|k| *k == key) {
-                    Some(i) => e.remove(i).is_some(),
-                    None => false,
-                })
-                .unwrap_or(false);
-            if early {
-                // Reported as cancelled before it starts (see attempt()).
-                token.cancel();
-            }
-            if let Ok(mut c) = shared.cancels.lock() {
-                c.insert(key, token);
-            }
-            if let Ok(mut g) = shared.givebacks.lock() {
-                g.insert(key, CancellationToken::new());
-            }
+        let hold = Hold::split(delivery, requests.len());
+        for req in requests {
+            take(shared, tracker, req, hold.clone()).await;
         }
-        if duplicate {
-            // Already running or done here: a redelivery after a reconnect.
-            let _ = delivery
-                .acker
-                .ack(lapin::options::BasicAckOptions::default())
-                .await;
-            continue;
-        }
-        tracker.spawn(attempt(shared.clone(), req, delivery));
     }
+}
+
+/// Takes one attempt of a delivery: runs it, unless it is held or done here already.
+async fn take(shared: &Arc<Shared>, tracker: &TaskTracker, req: Request, hold: Hold) {
+    let key = (req.task_id, req.attempt);
+    let duplicate = {
+        let mut a = shared.lock();
+        if a.held.contains_key(&key) || a.done.contains(&key) {
+            true
+        } else {
+            a.held.insert(key, false);
+            false
+        }
+    };
+    if duplicate {
+        // Already running or done here: a redelivery after a reconnect.
+        let _ = hold.release().await;
+        return;
+    }
+    let token = shared.kill.child_token();
+    let early = shared
+        .cancelled_early
+        .lock()
+        .map(|mut e| match e.iter().position(|k| *k == key) {
+            Some(i) => e.remove(i).is_some(),
+            None => false,
+        })
+        .unwrap_or(false);
+    if early {
+        // Reported as cancelled before it starts (see attempt()).
+        token.cancel();
+    }
+    if let Ok(mut c) = shared.cancels.lock() {
+        c.insert(key, token);
+    }
+    if let Ok(mut g) = shared.givebacks.lock() {
+        g.insert(key, CancellationToken::new());
+    }
+    tracker.spawn(attempt(shared.clone(), req, hold));
 }
 
 /// Acks this delivery alone: requests before it may still be running, each acked when its
@@ -578,7 +609,7 @@ async fn ack_one(delivery: &Delivery) -> Result<(), amqp::AmqpError> {
     Ok(())
 }
 
-async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
+async fn attempt(shared: Arc<Shared>, req: Request, hold: Hold) {
     let key = (req.task_id, req.attempt);
     let cancel = token_of(&shared.cancels, key).unwrap_or_else(|| shared.kill.child_token());
     let mut drained = shared.drained.subscribe();
@@ -589,18 +620,18 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
         _ = shared.stop_starting.cancelled() => {
             // Not started, and we are shutting down: give it back now, so it runs
             // elsewhere at once rather than after its lease.
-            shared.give_back(key, &delivery, false).await;
+            shared.give_back(key, &hold, false).await;
             return;
         }
         _ = giveback.cancelled() => {
             // The dispatcher has an idle slot for it elsewhere.
-            shared.give_back(key, &delivery, false).await;
+            shared.give_back(key, &hold, false).await;
             return;
         }
         _ = cancel.cancelled() => {
             // Cancelled before it started: report that, run nothing.
             let ran = run::Ran::cancelled_before_start();
-            report(&shared, &req, ran, delivery).await;
+            report(&shared, &req, ran, hold).await;
             return;
         }
         p = async {
@@ -616,7 +647,7 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
         } => p,
     };
     let Ok(slot) = permit else {
-        shared.give_back(key, &delivery, false).await;
+        shared.give_back(key, &hold, false).await;
         return;
     };
     if let Some(r) = shared.lock().held.get_mut(&key) {
@@ -649,10 +680,10 @@ async fn attempt(shared: Arc<Shared>, req: Request, delivery: Delivery) {
     if shared.kill.is_cancelled() {
         // Killed by our own shutdown past the drain deadline, not by the user's cancel:
         // no result; the attempt is given back as lost, and the task runs elsewhere.
-        shared.give_back(key, &delivery, true).await;
+        shared.give_back(key, &hold, true).await;
         return;
     }
-    report(&shared, &req, ran, delivery).await;
+    report(&shared, &req, ran, hold).await;
 }
 
 /// The token kept for an attempt in one of the per-attempt maps, if any.
@@ -665,7 +696,7 @@ fn token_of(
 
 /// Hands an attempt's result to the results publisher and waits until it is confirmed
 /// (and the request acked) or given up.
-async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: Delivery) {
+async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, hold: Hold) {
     metrics::counter!("fleet_executor_attempts_total", "outcome" => ran.outcome.as_str())
         .increment(1);
     let result = TaskResult {
@@ -687,7 +718,7 @@ async fn report(shared: &Arc<Shared>, req: &Request, ran: run::Ran, delivery: De
     let (confirmed, done) = oneshot::channel();
     shared.outbound().push(Outbound {
         result,
-        delivery,
+        hold,
         confirmed,
     });
     shared.outbound_ready.notify_one();
@@ -766,11 +797,7 @@ async fn publish_results(shared: Arc<Shared>, stop: CancellationToken) {
             if sent {
                 // If the channel this came on is gone, the ack fails; the redelivery is
                 // then recognised as done and acked without running again.
-                let _ = o
-                    .delivery
-                    .acker
-                    .ack(lapin::options::BasicAckOptions::default())
-                    .await;
+                let _ = o.hold.release().await;
             }
             let _ = o.confirmed.send(sent);
         }
