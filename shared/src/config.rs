@@ -169,7 +169,7 @@ pub struct DispatcherConfig {
 impl Default for DispatcherConfig {
     fn default() -> Self {
         Self {
-            window: 4,
+            window: 8,
             window_floor: 1,
             tick_ms: 500,
             lease_timeout_secs: 15,
