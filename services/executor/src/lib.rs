@@ -154,9 +154,41 @@ struct Attempts {
     held: HashMap<AttemptKey, bool>,
     done: HashSet<AttemptKey>,
     done_order: VecDeque<AttemptKey>,
+    /// Given back: not to run when the message that brought them comes again (it stays
+    /// unacked while other attempts it carried run, and a reconnect redelivers it), but
+    /// to run when the dispatcher gives the same attempt again, in a new message.
+    given_back: HashSet<AttemptKey>,
+    given_back_order: VecDeque<AttemptKey>,
 }
 
 impl Attempts {
+    /// Whether an attempt that arrived is to run here (and is held from now on): not when
+    /// it is held or done already, nor when it comes again (`redelivered`) after it was
+    /// given back.
+    fn admit(&mut self, key: AttemptKey, redelivered: bool) -> bool {
+        if self.held.contains_key(&key)
+            || self.done.contains(&key)
+            || (redelivered && self.given_back.contains(&key))
+        {
+            return false;
+        }
+        self.given_back.remove(&key);
+        self.held.insert(key, false);
+        true
+    }
+
+    fn give_back(&mut self, key: AttemptKey) {
+        self.held.remove(&key);
+        if self.given_back.insert(key) {
+            self.given_back_order.push_back(key);
+            if self.given_back_order.len() > REMEMBERED {
+                if let Some(old) = self.given_back_order.pop_front() {
+                    self.given_back.remove(&old);
+                }
+            }
+        }
+    }
+
     fn finish(&mut self, key: AttemptKey) {
         self.held.remove(&key);
         if self.done.insert(key) {
@@ -251,12 +283,13 @@ impl Shared {
     /// holds it, so that no restart under this id runs it), then says so in the next
     /// INFO, so that the dispatcher hands it out again at once (`started: false`) or
     /// counts it lost at once (`started: true`, killed unfinished) instead of waiting for
-    /// its lease. It is forgotten, not remembered as done: the dispatcher takes an
-    /// unstarted one back with its attempt number, and may give that same attempt to this
-    /// executor again, to run.
+    /// its lease. It is not remembered as done: the dispatcher takes an unstarted one back
+    /// with its attempt number, and may give that same attempt to this executor again, to
+    /// run; only a redelivery of the message that brought it skips it.
     async fn give_back(&self, key: AttemptKey, hold: &Hold, started: bool) {
         let acked = hold.release().await;
-        self.forget(key);
+        self.lock().give_back(key);
+        self.drop_tokens(key);
         if acked.is_ok() {
             if let Ok(mut r) = self.returned.lock() {
                 r.push(HeldAttempt {
@@ -552,25 +585,25 @@ async fn session(
                 continue;
             }
         };
+        let redelivered = delivery.redelivered;
         let hold = Hold::split(delivery, requests.len());
         for req in requests {
-            take(shared, tracker, req, hold.clone()).await;
+            take(shared, tracker, req, hold.clone(), redelivered).await;
         }
     }
 }
 
-/// Takes one attempt of a delivery: runs it, unless it is held or done here already.
-async fn take(shared: &Arc<Shared>, tracker: &TaskTracker, req: Request, hold: Hold) {
+/// Takes one attempt of a delivery: runs it, unless it is held or done here already, or
+/// comes again (`redelivered`) after it was given back.
+async fn take(
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    req: Request,
+    hold: Hold,
+    redelivered: bool,
+) {
     let key = (req.task_id, req.attempt);
-    let duplicate = {
-        let mut a = shared.lock();
-        if a.held.contains_key(&key) || a.done.contains(&key) {
-            true
-        } else {
-            a.held.insert(key, false);
-            false
-        }
-    };
+    let duplicate = !shared.lock().admit(key, redelivered);
     if duplicate {
         // Already running or done here: a redelivery after a reconnect.
         let _ = hold.release().await;
@@ -838,5 +871,39 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_runs_once_however_often_its_message_comes() {
+        let mut a = Attempts::default();
+        let key = (TaskId::new(), 1);
+        assert!(a.admit(key, false), "the first delivery runs it");
+        assert!(!a.admit(key, true), "not again while it is held");
+        a.finish(key);
+        assert!(!a.admit(key, true), "nor once it is done");
+        assert!(!a.admit(key, false));
+    }
+
+    #[test]
+    fn a_given_back_attempt_runs_when_given_again_not_when_redelivered() {
+        let mut a = Attempts::default();
+        let key = (TaskId::new(), 1);
+        assert!(a.admit(key, false));
+        a.give_back(key);
+        assert!(a.held.is_empty(), "no longer held");
+        // Its message comes again after a reconnect (it was not acked: other attempts it
+        // carried still ran): given back means the dispatcher has it.
+        assert!(!a.admit(key, true));
+        // The dispatcher took it back and gave the same attempt to us again.
+        assert!(a.admit(key, false));
+        assert!(
+            !a.admit(key, true),
+            "held again: a redelivery of either message waits"
+        );
     }
 }
