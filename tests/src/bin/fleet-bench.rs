@@ -533,6 +533,126 @@ async fn balance(a: Balance) -> Result<()> {
         in_order_ideal(&lengths, slots)
     );
     println!("makespan / ideal:      {:.3}", makespan / ideal);
+    // Where the difference goes, from the executors' own times (for whoever tunes this).
+    let rows = client
+        .query(
+            "SELECT r.executor_id, extract(epoch FROM r.started_at)::float8,
+                    extract(epoch FROM r.finished_at)::float8, (t.argv->>1)::float8,
+                    extract(epoch FROM a.assigned_at)::float8
+             FROM results r JOIN tasks t ON t.id = r.task_id
+             JOIN attempts a ON a.task_id = r.task_id AND a.attempt = r.attempt
+             WHERE t.job_id = ANY($1) AND r.started_at IS NOT NULL",
+            &[&ids.iter().map(|j| j.uuid()).collect::<Vec<_>>()],
+        )
+        .await?;
+    let runs: Vec<Run> = rows
+        .iter()
+        .map(|r| Run {
+            executor: r.get(0),
+            started: r.get(1),
+            finished: r.get(2),
+            length: r.get(3),
+            assigned: r.get(4),
+        })
+        .collect();
+    let mut overhead: Vec<f64> = runs
+        .iter()
+        .map(|r| (r.finished - r.started - r.length) * 1000.0)
+        .collect();
+    overhead.sort_by(f64::total_cmp);
+    let mut held: Vec<f64> = runs
+        .iter()
+        .map(|r| (r.started - r.assigned) * 1000.0)
+        .collect();
+    held.sort_by(f64::total_cmp);
+    let idle = idle_while_waiting(&runs, a.capacity);
+    println!("where it goes (from the executors' times):");
+    println!(
+        "  a command's own cost beyond its length: p50 {:.1} ms ({:.0} ms of makespan over the slots)",
+        bench::percentile(&overhead, 0.5),
+        overhead.iter().sum::<f64>() / slots as f64
+    );
+    println!(
+        "  held by its executor before it started: p50 {:.1} ms, p99 {:.1} ms",
+        bench::percentile(&held, 0.5),
+        bench::percentile(&held, 0.99)
+    );
+    println!(
+        "  slots idle before the last hand-out: {idle:.3} slot-s ({:.0} ms of makespan)",
+        idle * 1000.0 / slots as f64
+    );
     drop(client);
     pf.stop().await
+}
+
+/// One attempt as its executor saw it (seconds since the epoch), and its task's length.
+struct Run {
+    executor: String,
+    started: f64,
+    finished: f64,
+    length: f64,
+    assigned: f64,
+}
+
+/// Slot-seconds the executors left idle from the first start to the last hand-out: while
+/// work was still waiting to be handed out, every idle slot was time lost.
+fn idle_while_waiting(runs: &[Run], capacity: u32) -> f64 {
+    let (Some(first), Some(last)) = (
+        runs.iter().map(|r| r.started).min_by(f64::total_cmp),
+        runs.iter().map(|r| r.assigned).max_by(f64::total_cmp),
+    ) else {
+        return 0.0;
+    };
+    let mut by_executor: HashMap<&str, Vec<(f64, i32)>> = HashMap::new();
+    for r in runs {
+        let events = by_executor.entry(r.executor.as_str()).or_default();
+        events.push((r.started, 1));
+        events.push((r.finished, -1));
+    }
+    let mut idle = 0.0;
+    for events in by_executor.values_mut() {
+        events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (mut running, mut at) = (0i32, first);
+        for &(t, d) in events.iter() {
+            let t = t.clamp(first, last);
+            idle += f64::from((capacity as i32 - running).max(0)) * (t - at);
+            at = t;
+            running += d;
+        }
+        idle += f64::from((capacity as i32 - running).max(0)) * (last - at);
+    }
+    idle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(executor: &str, started: f64, finished: f64) -> Run {
+        Run {
+            executor: executor.into(),
+            started,
+            finished,
+            length: finished - started,
+            assigned: started,
+        }
+    }
+
+    #[test]
+    fn idle_slots_count_only_until_the_last_hand_out() {
+        // One executor, two slots: both busy 0-1; one idle 1-2 (the other runs 1-3,
+        // handed out last at 1).
+        let runs = [run("a", 0.0, 1.0), run("a", 0.0, 1.0), run("a", 1.0, 3.0)];
+        assert!((idle_while_waiting(&runs, 2) - 0.0).abs() < 1e-9);
+        // Handed out at 2 instead: from 1 to 2 one slot was idle.
+        let mut late = run("a", 2.0, 3.0);
+        late.assigned = 2.0;
+        let runs = [
+            run("a", 0.0, 1.0),
+            run("a", 0.0, 1.0),
+            run("a", 1.0, 3.0),
+            late,
+        ];
+        assert!((idle_while_waiting(&runs, 2) - 1.0).abs() < 1e-9);
+    }
 }
