@@ -21,6 +21,7 @@ use fleet_shared::db::dispatch::HeldBy;
 use fleet_shared::db::{self, dispatch, outbox, DbError, Pool};
 use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
+use fleet_shared::id::ExecutorId;
 use fleet_shared::policy::{self, ExecutorView, ReadyTask};
 use fleet_shared::proto::{self, Control, ControlAction, Info, Request, Requests};
 use fleet_shared::svc;
@@ -86,7 +87,7 @@ pub struct Dispatcher {
     returned: Vec<(HeldBy, bool)>,
     /// Tasks taken back unstarted, and the executor that gave each back: planned
     /// elsewhere next if another executor has room.
-    avoid: HashMap<fleet_shared::id::TaskId, fleet_shared::id::ExecutorId>,
+    avoid: HashMap<fleet_shared::id::TaskId, ExecutorId>,
     /// Attempts executors reported finished (INFO `finished`), with when: marked
     /// `reported` in PostgreSQL once they are old enough that the collector would
     /// normally have recorded them (so that a slow collector never makes them lost).
@@ -440,7 +441,7 @@ impl Dispatcher {
         // the task runs elsewhere, so it must not linger in the queue of an executor that
         // left, to run when one by that name comes back.
         let expiration = (self.cfg.dispatcher.lease_timeout_secs * 1000).to_string();
-        let to: Vec<(&fleet_shared::id::ExecutorId, &Request)> = sent
+        let to: Vec<(&ExecutorId, &Request)> = sent
             .iter()
             .map(|(h, req, _)| (&h.executor_id, req))
             .collect();

@@ -148,17 +148,39 @@ fn host_name() -> String {
 
 type AttemptKey = (TaskId, i32);
 
+/// The last `REMEMBERED` keys put in, the oldest forgotten first.
+#[derive(Default)]
+struct Recent {
+    set: HashSet<AttemptKey>,
+    order: VecDeque<AttemptKey>,
+}
+
+impl Recent {
+    fn insert(&mut self, key: AttemptKey) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, key: &AttemptKey) -> bool {
+        self.set.contains(key)
+    }
+}
+
 #[derive(Default)]
 struct Attempts {
     /// Received and not finished; true once started.
     held: HashMap<AttemptKey, bool>,
-    done: HashSet<AttemptKey>,
-    done_order: VecDeque<AttemptKey>,
+    done: Recent,
     /// Given back: not to run when the message that brought them comes again (it stays
     /// unacked while other attempts it carried run, and a reconnect redelivers it), but
     /// to run when the dispatcher gives the same attempt again, in a new message.
-    given_back: HashSet<AttemptKey>,
-    given_back_order: VecDeque<AttemptKey>,
+    given_back: Recent,
 }
 
 impl Attempts {
@@ -172,33 +194,18 @@ impl Attempts {
         {
             return false;
         }
-        self.given_back.remove(&key);
         self.held.insert(key, false);
         true
     }
 
     fn give_back(&mut self, key: AttemptKey) {
         self.held.remove(&key);
-        if self.given_back.insert(key) {
-            self.given_back_order.push_back(key);
-            if self.given_back_order.len() > REMEMBERED {
-                if let Some(old) = self.given_back_order.pop_front() {
-                    self.given_back.remove(&old);
-                }
-            }
-        }
+        self.given_back.insert(key);
     }
 
     fn finish(&mut self, key: AttemptKey) {
         self.held.remove(&key);
-        if self.done.insert(key) {
-            self.done_order.push_back(key);
-            if self.done_order.len() > REMEMBERED {
-                if let Some(old) = self.done_order.pop_front() {
-                    self.done.remove(&old);
-                }
-            }
-        }
+        self.done.insert(key);
     }
 }
 

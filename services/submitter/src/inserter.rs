@@ -54,17 +54,18 @@ impl Inserter {
 
     /// A writer's turn and a connection, within the wait.
     async fn writer(&self) -> Result<(OwnedSemaphorePermit, Client), DbError> {
-        let waited = tokio::time::timeout(self.wait, async {
-            let permit = self.writers.clone().acquire_owned().await;
-            Ok::<_, DbError>((permit, self.pool.get().await?))
+        // A timeout is the pool's kind of refusal (and the semaphore is never closed).
+        tokio::time::timeout(self.wait, async {
+            let permit = self
+                .writers
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| DbError::no_connection_in_time())?;
+            Ok((permit, self.pool.get().await?))
         })
-        .await;
-        match waited {
-            Ok(Ok((Ok(permit), client))) => Ok((permit, client)),
-            Ok(Err(e)) => Err(e),
-            // The semaphore is never closed; a timeout is the pool's kind of refusal.
-            Ok(Ok((Err(_), _))) | Err(_) => Err(DbError::no_connection_in_time()),
-        }
+        .await
+        .unwrap_or_else(|_| Err(DbError::no_connection_in_time()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
