@@ -144,10 +144,14 @@ async fn submit_all(
 
 /// Waits until every job is finished, reading the jobs not yet seen finished (oldest
 /// first, a hundred at a time) every 50 ms; returns when it saw the last one.
+/// Waits until every job is finished, polling every 50 ms, or at once on each of the
+/// collector's notifications when `notified` is given (then the time returned is within
+/// a query of the commit that recorded the last result, not up to 50 ms after it).
 async fn wait_all(
     client: &tokio_postgres::Client,
     ids: &[JobId],
     deadline: Duration,
+    mut notified: Option<&mut tokio::sync::mpsc::UnboundedReceiver<Instant>>,
 ) -> Result<Instant> {
     let stmt = client
         .prepare(
@@ -181,7 +185,14 @@ async fn wait_all(
                 ids.len()
             );
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let poll = Duration::from_millis(50);
+        match notified.as_deref_mut() {
+            Some(rx) => {
+                let _ = tokio::time::timeout(poll, rx.recv()).await;
+                while rx.try_recv().is_ok() {}
+            }
+            None => tokio::time::sleep(poll).await,
+        }
     }
     Ok(Instant::now())
 }
@@ -205,7 +216,7 @@ async fn throughput(a: Throughput) -> Result<()> {
     // Warm up (connections, caches, plans), then let statistics settle.
     let warm = submit_all(&pf.fleet, vec![job(&["/bin/true"]); 64], 8, 1).await?;
     let warm: Vec<JobId> = warm.into_iter().map(|(id, _)| id).collect();
-    wait_all(&client, &warm, Duration::from_secs(120)).await?;
+    wait_all(&client, &warm, Duration::from_secs(120), None).await?;
     tokio::time::sleep(STATS_FLUSH).await;
     let pg0 = PgCounters::take(&client, &pf.fleet.cfg.database.schema).await?;
     let pub0 = bench::published(&pf.fleet).await?;
@@ -233,7 +244,7 @@ async fn throughput(a: Throughput) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     let ids: Vec<JobId> = submitted.iter().map(|(id, _)| *id).collect();
-    let ended = wait_all(&client, &ids, Duration::from_secs(900)).await?;
+    let ended = wait_all(&client, &ids, Duration::from_secs(900), None).await?;
     let span = ended.duration_since(started).as_secs_f64();
     let cpu1 = CpuSample::take(&pf.services, Some(backend));
     let write_xacts_end: i64 = client
@@ -330,17 +341,18 @@ async fn throughput(a: Throughput) -> Result<()> {
     pf.stop().await
 }
 
-async fn latency(a: Latency) -> Result<()> {
-    let pf = ProcessFleet::start("latency", a.executors, a.capacity).await?;
-    let (client, _) = bench::connect(&pf.fleet).await?;
-    // The collector's NOTIFY arrives after the commit that made the result durable (on
-    // the results channel; Fleet before 2026-12 sent it on the wake-up channel).
+/// Notifications of recorded results: the collector's NOTIFY arrives after the commit
+/// that made a result durable (on the results channel; Fleet before 2026-12 sent it on
+/// the wake-up channel). Each carries when it arrived.
+async fn listen_recorded(
+    pf: &ProcessFleet,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<Instant>> {
     let schema = &pf.fleet.cfg.database.schema;
     let channels = [
         fleet_shared::db::collect::results_channel(schema),
         fleet_shared::db::wake_channel(schema),
     ];
-    let (notify_tx, mut notified) = tokio::sync::mpsc::unbounded_channel();
+    let (notify_tx, notified) = tokio::sync::mpsc::unbounded_channel();
     let mut pg: tokio_postgres::Config = pf.fleet.cfg.database.url.parse()?;
     pg.options(format!("-c search_path={}", pf.fleet.cfg.database.schema));
     let (listener, mut conn) = pg.connect(tokio_postgres::NoTls).await?;
@@ -357,6 +369,18 @@ async fn latency(a: Latency) -> Result<()> {
             .batch_execute(&format!("LISTEN \"{channel}\""))
             .await?;
     }
+    // The connection lives as long as its client: keep it for the rest of the run.
+    tokio::spawn(async move {
+        let _listening = listener;
+        std::future::pending::<()>().await
+    });
+    Ok(notified)
+}
+
+async fn latency(a: Latency) -> Result<()> {
+    let pf = ProcessFleet::start("latency", a.executors, a.capacity).await?;
+    let (client, _) = bench::connect(&pf.fleet).await?;
+    let mut notified = listen_recorded(&pf).await?;
     let find = client
         .prepare(
             "SELECT r.started_at, r.finished_at, r.recorded_at, a.assigned_at, j.created_at
@@ -479,6 +503,7 @@ fn in_order_ideal(lengths: &[f64], slots: usize) -> f64 {
 async fn balance(a: Balance) -> Result<()> {
     let pf = ProcessFleet::start("balance", a.executors, a.capacity).await?;
     let (client, _) = bench::connect(&pf.fleet).await?;
+    let mut notified = listen_recorded(&pf).await?;
     let slots = (a.executors * a.capacity) as usize;
     let lengths = lengths(a.jobs, a.seed);
     let jobs: Vec<Value> = lengths
@@ -499,7 +524,7 @@ async fn balance(a: Balance) -> Result<()> {
     // All at once, in order: one request per job, every request in flight together.
     let submitted = submit_all(&pf.fleet, jobs, a.jobs, 1).await?;
     let ids: Vec<JobId> = submitted.iter().map(|(id, _)| *id).collect();
-    let ended = wait_all(&client, &ids, Duration::from_secs(300)).await?;
+    let ended = wait_all(&client, &ids, Duration::from_secs(300), Some(&mut notified)).await?;
     let makespan = ended.duration_since(started).as_secs_f64();
     let sum: f64 = lengths.iter().sum();
     let max = lengths.iter().copied().fold(0.0, f64::max);
