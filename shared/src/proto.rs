@@ -112,6 +112,11 @@ pub struct HeldAttempt {
     pub task_id: TaskId,
     pub attempt: i32,
     pub running: bool,
+    /// Its command has ended and its result is being published (not yet confirmed): it
+    /// holds no slot any more, so the dispatcher can refill the slot now rather than
+    /// after the broker's confirm. Absent (false) from executors before 2026-12.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
 }
 
 /// One attempt, by task and number.
@@ -430,6 +435,7 @@ mod tests {
                 task_id: TaskId::new(),
                 attempt: 1,
                 running: true,
+                exited: false,
             }],
             draining: false,
             sent_at: Utc::now(),
@@ -445,6 +451,22 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(value["type"], "info");
         assert_eq!(value["v"], 1);
+        assert_eq!(decode::<Info>(&bytes), Ok(msg));
+    }
+
+    #[test]
+    fn an_exited_attempt_says_so_and_an_info_without_the_field_still_reads() {
+        let mut msg = info();
+        let bytes = encode(&msg);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert!(
+            value["in_flight"][0].get("exited").is_none(),
+            "written only when true"
+        );
+        msg.in_flight[0].exited = true;
+        let bytes = encode(&msg);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(value["in_flight"][0]["exited"], true);
         assert_eq!(decode::<Info>(&bytes), Ok(msg));
     }
 

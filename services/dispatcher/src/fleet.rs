@@ -189,14 +189,22 @@ impl Fleet {
                 executor_id: id.clone(),
             });
         }
-        let ended: Vec<HeldBy> = out
-            .finished
-            .iter()
-            .chain(out.returned.iter().map(|(h, _)| h))
-            .cloned()
-            .collect();
-        out.freed += self.ended(&ended);
-        if !out.finished.is_empty() {
+        let given_back: Vec<HeldBy> = out.returned.iter().map(|(h, _)| h.clone()).collect();
+        out.freed += self.ended(&given_back);
+        // Its pace counts the slots freed by finishing: results confirmed (unless their
+        // exit was heard already) and commands that ended.
+        let mut done = self.ended(&out.finished);
+        // Attempts whose command ended, result not confirmed yet: their slots are free
+        // (their leases are still extended while INFO lists them).
+        if let Some(k) = self.known.get_mut(&id) {
+            for h in info.in_flight.iter().filter(|h| h.exited) {
+                if k.outstanding.remove(&(h.task_id, h.attempt)).is_some() {
+                    done += 1;
+                }
+            }
+        }
+        out.freed += done;
+        if done > 0 {
             if let Some(k) = self.known.get_mut(&id) {
                 k.stalled = false;
                 let now = Instant::now();
@@ -207,7 +215,7 @@ impl Fleet {
                 {
                     k.finishes.pop_front();
                 }
-                for _ in &out.finished {
+                for _ in 0..done {
                     if k.finishes.len() == PACE_KEPT {
                         k.finishes.pop_front();
                     }
@@ -608,6 +616,7 @@ mod tests {
                     task_id: *t,
                     attempt: 1,
                     running: *running,
+                    exited: false,
                 })
                 .collect(),
             ..Info::idle(
@@ -751,10 +760,13 @@ mod tests {
         // Nothing finished yet: a window of one, of the configured 4.
         assert_eq!(used(&fleet, 4), Some(1));
         // Finishing fast (40 in 100 ms: 8 in the 20 ms horizon): the whole window.
+        let tasks: Vec<TaskId> = (0..40).map(|_| TaskId::new()).collect();
+        given(&mut fleet, "a", "cpu", &tasks, true);
         let mut fast = info("a", "cpu", 2, &[]);
-        fast.finished = (0..40)
-            .map(|_| fleet_shared::proto::AttemptRef {
-                task_id: TaskId::new(),
+        fast.finished = tasks
+            .iter()
+            .map(|t| fleet_shared::proto::AttemptRef {
+                task_id: *t,
                 attempt: 1,
             })
             .collect();
@@ -768,6 +780,40 @@ mod tests {
             *at -= PACE_OVER;
         }
         assert_eq!(used(&fleet, 4), Some(1));
+    }
+
+    #[test]
+    fn a_slot_frees_when_its_command_ends_not_when_its_result_is_confirmed() {
+        let mut fleet = Fleet::new(Duration::from_secs(15));
+        let (done, running) = (TaskId::new(), TaskId::new());
+        fleet.heard(info("a", "cpu", 2, &[]));
+        given(&mut fleet, "a", "cpu", &[done, running], true);
+        let outstanding = |fleet: &Fleet| {
+            fleet
+                .views(&HashMap::new(), &HashMap::new(), false, 0)
+                .into_iter()
+                .find(|v| v.id.as_str() == "a")
+                .map(|v| v.outstanding)
+        };
+        assert_eq!(outstanding(&fleet), Some(2));
+        // Its command ended; the result is being published: listed, but exited.
+        let mut exited = info("a", "cpu", 2, &[(done, true), (running, true)]);
+        exited.in_flight[0].exited = true;
+        let heard = fleet.heard(exited);
+        assert_eq!(heard.freed, 1);
+        assert_eq!(outstanding(&fleet), Some(1));
+        // The confirm that follows frees nothing more, and the pace counts it once.
+        let mut confirmed = info("a", "cpu", 2, &[(running, true)]);
+        confirmed.finished = vec![fleet_shared::proto::AttemptRef {
+            task_id: done,
+            attempt: 1,
+        }];
+        let heard = fleet.heard(confirmed);
+        assert_eq!(heard.freed, 0);
+        assert_eq!(heard.finished.len(), 1, "still reported as finished");
+        assert_eq!(outstanding(&fleet), Some(1));
+        let k = fleet.known.values().next().expect("known");
+        assert_eq!(k.finishes.len(), 1);
     }
 
     #[test]

@@ -172,10 +172,20 @@ impl Recent {
     }
 }
 
+/// Where a held attempt is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Received, waiting for a slot.
+    Waiting,
+    Running,
+    /// Its command ended; its result is being published. It holds no slot.
+    Exited,
+}
+
 #[derive(Default)]
 struct Attempts {
-    /// Received and not finished; true once started.
-    held: HashMap<AttemptKey, bool>,
+    /// Received and not finished (its result not confirmed yet).
+    held: HashMap<AttemptKey, Phase>,
     done: Recent,
     /// Given back: not to run when the message that brought them comes again (it stays
     /// unacked while other attempts it carried run, and a reconnect redelivers it), but
@@ -194,7 +204,7 @@ impl Attempts {
         {
             return false;
         }
-        self.held.insert(key, false);
+        self.held.insert(key, Phase::Waiting);
         true
     }
 
@@ -262,21 +272,23 @@ impl Shared {
 
     fn info(&self) -> Info {
         let a = self.lock();
-        let running = a.held.values().filter(|r| **r).count();
+        let running = a.held.values().filter(|p| **p == Phase::Running).count();
+        let exited = a.held.values().filter(|p| **p == Phase::Exited).count();
         Info {
             executor_id: self.me.id.clone(),
             groups: self.me.groups.clone(),
             labels: self.me.labels.clone(),
             capacity: self.me.capacity,
             running: u32::try_from(running).unwrap_or(u32::MAX),
-            queued: u32::try_from(a.held.len() - running).unwrap_or(u32::MAX),
+            queued: u32::try_from(a.held.len() - running - exited).unwrap_or(u32::MAX),
             in_flight: a
                 .held
                 .iter()
-                .map(|(&(task_id, attempt), &running)| HeldAttempt {
+                .map(|(&(task_id, attempt), &phase)| HeldAttempt {
                     task_id,
                     attempt,
-                    running,
+                    running: phase != Phase::Waiting,
+                    exited: phase == Phase::Exited,
                 })
                 .collect(),
             draining: self.draining.load(Ordering::Relaxed) || *self.drained.borrow(),
@@ -303,6 +315,7 @@ impl Shared {
                     task_id: key.0,
                     attempt: key.1,
                     running: started,
+                    exited: false,
                 });
             }
         }
@@ -690,8 +703,8 @@ async fn attempt(shared: Arc<Shared>, req: Request, hold: Hold) {
         shared.give_back(key, &hold, false).await;
         return;
     };
-    if let Some(r) = shared.lock().held.get_mut(&key) {
-        *r = true;
+    if let Some(p) = shared.lock().held.get_mut(&key) {
+        *p = Phase::Running;
     }
     // Started: no longer to be given back.
     if let Ok(mut g) = shared.givebacks.lock() {
@@ -715,7 +728,8 @@ async fn attempt(shared: Arc<Shared>, req: Request, hold: Hold) {
     };
     let ran = run::run(&spec, &cancel).await;
     // The process is gone: its slot can run the next request held here while this
-    // result is published (the attempt stays held, and in INFO, until it is confirmed).
+    // result is published (the attempt stays held, and in INFO, until it is confirmed),
+    // and the dispatcher learns of the free slot now, not after the broker's confirm.
     drop(slot);
     if shared.kill.is_cancelled() {
         // Killed by our own shutdown past the drain deadline, not by the user's cancel:
@@ -723,6 +737,10 @@ async fn attempt(shared: Arc<Shared>, req: Request, hold: Hold) {
         shared.give_back(key, &hold, true).await;
         return;
     }
+    if let Some(p) = shared.lock().held.get_mut(&key) {
+        *p = Phase::Exited;
+    }
+    shared.changed.notify_one();
     report(&shared, &req, ran, hold).await;
 }
 
