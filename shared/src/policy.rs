@@ -67,6 +67,21 @@ pub fn free_slots(executors: &[ExecutorView], window: u32) -> u32 {
         .sum()
 }
 
+/// What a round saw of the ready backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    /// More may wait behind the tasks read: requests queue in executors' windows, so that
+    /// a slot that frees starts the next one at once.
+    Deep,
+    /// Every ready task is in sight (the read came back short): a task that more than one
+    /// executor could run goes to a free slot only, and otherwise waits (in PostgreSQL)
+    /// for the next slot to free, wherever that is. The last tasks decide when a batch
+    /// ends; queued early behind a long task on one executor, one starts late while a
+    /// slot elsewhere frees first and takes a later one. A task only one executor can
+    /// run loses nothing by waiting in its window.
+    Tail,
+}
+
 /// Gives each task, in the order given (highest priority, then oldest, first), to the
 /// eligible executor with room and the smallest outstanding/capacity ratio. Tasks no
 /// executor can take now are skipped, so they do not block the ones behind them.
@@ -76,7 +91,7 @@ pub fn assign(
     executors: &mut [ExecutorView],
     window: u32,
 ) -> Vec<(TaskId, ExecutorId)> {
-    assign_avoiding(ready, executors, window, &HashMap::new())
+    assign_avoiding(ready, executors, window, &HashMap::new(), Backlog::Deep)
 }
 
 /// As [`assign`], but a task listed in `avoid` goes to the executor named there only if no
@@ -87,14 +102,27 @@ pub fn assign_avoiding(
     executors: &mut [ExecutorView],
     window: u32,
     avoid: &HashMap<TaskId, ExecutorId>,
+    backlog: Backlog,
 ) -> Vec<(TaskId, ExecutorId)> {
     let mut out = Vec::new();
     for task in ready {
         let avoided = avoid.get(&task.id);
+        let w = match backlog {
+            Backlog::Tail
+                if executors
+                    .iter()
+                    .filter(|e| !e.draining && e.capacity > 0 && e.is_eligible(task))
+                    .nth(1)
+                    .is_some() =>
+            {
+                0
+            }
+            _ => window,
+        };
         let mut best: Option<usize> = None;
         for pass in [true, false] {
             for (i, e) in executors.iter().enumerate() {
-                if !e.has_room(window) || !e.is_eligible(task) {
+                if !e.has_room(w) || !e.is_eligible(task) {
                     continue;
                 }
                 if pass && avoided == Some(&e.id) {
@@ -184,16 +212,38 @@ mod tests {
     }
 
     #[test]
+    fn at_the_tail_a_task_several_could_run_waits_for_a_free_slot() {
+        let ready: Vec<ReadyTask> = (0..6).map(|_| task("cpu")).collect();
+        let fleet = || vec![exec("a", &["cpu"], 2, 0), exec("b", &["cpu"], 2, 2)];
+        // Deep: a's two slots, then the windows (2 each) of a and b.
+        let mut ex = fleet();
+        let got = assign_avoiding(&ready, &mut ex, 2, &HashMap::new(), Backlog::Deep);
+        assert_eq!(got.len(), 6);
+        // Tail: a's free slots only, the first two in order; the rest wait.
+        let mut ex = fleet();
+        let got = assign_avoiding(&ready, &mut ex, 2, &HashMap::new(), Backlog::Tail);
+        assert_eq!(
+            got.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            vec![ready[0].id, ready[1].id]
+        );
+        assert_eq!(count_for(&got, "a"), 2);
+        // A task only b can run may still wait in b's window.
+        let mut ex = vec![exec("a", &["cpu"], 2, 2), exec("b", &["gpu"], 2, 2)];
+        let got = assign_avoiding(&[task("gpu")], &mut ex, 2, &HashMap::new(), Backlog::Tail);
+        assert_eq!(count_for(&got, "b"), 1);
+    }
+
+    #[test]
     fn a_task_given_back_goes_elsewhere_if_it_can() {
         let mut ex = vec![exec("a", &["cpu"], 2, 0), exec("b", &["cpu"], 2, 1)];
         let t = task("cpu");
         let avoid = HashMap::from([(t.id, ExecutorId::parse("a").expect("valid"))]);
         // `a` is the less loaded, but the task was just given back by it.
-        let got = assign_avoiding(std::slice::from_ref(&t), &mut ex, 0, &avoid);
+        let got = assign_avoiding(std::slice::from_ref(&t), &mut ex, 0, &avoid, Backlog::Deep);
         assert_eq!(got, vec![(t.id, ExecutorId::parse("b").expect("valid"))]);
         // With no room elsewhere, it goes back to `a` rather than waiting.
         let mut ex = vec![exec("a", &["cpu"], 2, 0), exec("b", &["cpu"], 2, 2)];
-        let got = assign_avoiding(std::slice::from_ref(&t), &mut ex, 0, &avoid);
+        let got = assign_avoiding(std::slice::from_ref(&t), &mut ex, 0, &avoid, Backlog::Deep);
         assert_eq!(got, vec![(t.id, ExecutorId::parse("a").expect("valid"))]);
     }
 

@@ -36,8 +36,11 @@ use crate::fleet::Fleet;
 use crate::leadership::Leader;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7071";
-/// Ready tasks read per page beyond the free slots (some may be ineligible).
-const PAGE_MARGIN: i64 = 16;
+/// Ready tasks read per page beyond the free slots: some may be ineligible, and a
+/// backlog that fits in the first page is its tail, handed to free slots only
+/// ([`policy::Backlog::Tail`]). 32 measured best in `make bench-balance` (see
+/// docs/design.md); `make bench` reads the same either way.
+const PAGE_MARGIN: i64 = 32;
 /// Pages of ready tasks a round reads at most (each up to the slots still free).
 const MAX_PAGES_PER_ROUND: usize = 10;
 /// Ready `each` tasks fanned out per round.
@@ -335,6 +338,7 @@ impl Dispatcher {
         report: &mut Report,
     ) -> Result<(), Error> {
         let window = self.cfg.dispatcher.window;
+        let mut backlog = policy::Backlog::Deep;
         let client = self.pool.get().await.map_err(DbError::from)?;
         let mut planned = Vec::new();
         let mut cursor = None;
@@ -346,16 +350,21 @@ impl Dispatcher {
                 break;
             }
             let limit = i64::from(free) + PAGE_MARGIN;
+            let first = cursor.is_none();
             let page = dispatch::ready_page(&client, cursor, limit).await?;
             let Some(last) = page.last() else {
                 exhausted = true;
                 break;
             };
             cursor = Some((last.priority, last.seq));
+            if first {
+                backlog = plan::backlog(page.len(), limit);
+            }
             let placed = plan::plan(
                 &page,
                 views,
                 window,
+                backlog,
                 self.lease(),
                 chrono::Utc::now(),
                 &self.avoid,

@@ -24,6 +24,16 @@ pub struct Planned {
     pub task: ReadyTask,
 }
 
+/// What a round's first read of ready tasks (`read` of at most `limit`) says of the
+/// backlog: a short read means every ready task is in sight ([`policy::Backlog::Tail`]).
+pub fn backlog(read: usize, limit: i64) -> policy::Backlog {
+    if i64::try_from(read).unwrap_or(i64::MAX) < limit {
+        policy::Backlog::Tail
+    } else {
+        policy::Backlog::Deep
+    }
+}
+
 pub fn ready_task(r: &ReadyRow) -> ReadyTask {
     ReadyTask {
         id: r.id,
@@ -40,13 +50,14 @@ pub fn plan(
     ready: &[ReadyRow],
     views: &mut [ExecutorView],
     window: u32,
+    backlog: policy::Backlog,
     lease: Duration,
     now: DateTime<Utc>,
     avoid: &HashMap<TaskId, ExecutorId>,
 ) -> Vec<Planned> {
     let tasks: Vec<ReadyTask> = ready.iter().map(ready_task).collect();
     let deadline = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::zero());
-    policy::assign_avoiding(&tasks, views, window, avoid)
+    policy::assign_avoiding(&tasks, views, window, avoid, backlog)
         .into_iter()
         .filter_map(|(task_id, executor_id)| {
             let row = ready.iter().find(|r| r.id == task_id)?;
@@ -166,6 +177,7 @@ pub(crate) mod tests {
             ready,
             views,
             window,
+            policy::Backlog::Deep,
             Duration::from_secs(15),
             now,
             &HashMap::new(),
@@ -209,6 +221,13 @@ pub(crate) mod tests {
         let ready: Vec<ReadyRow> = (0..10).map(|i| row(0, i, 0, "cpu")).collect();
         let mut views = vec![executor("a", "cpu", 2, 0)];
         assert_eq!(plan_at(&ready, &mut views, 2, Utc::now()).len(), 4);
+    }
+
+    #[test]
+    fn a_short_read_is_the_tail_of_the_backlog() {
+        assert_eq!(backlog(19, 19), policy::Backlog::Deep);
+        assert_eq!(backlog(3, 19), policy::Backlog::Tail);
+        assert_eq!(backlog(0, 19), policy::Backlog::Tail);
     }
 
     #[test]
