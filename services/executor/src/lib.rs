@@ -182,6 +182,13 @@ enum Phase {
     Exited,
 }
 
+/// The attempts held, as INFO reports them.
+struct Held {
+    running: u32,
+    queued: u32,
+    in_flight: Vec<HeldAttempt>,
+}
+
 #[derive(Default)]
 struct Attempts {
     /// Received and not finished (its result not confirmed yet).
@@ -206,6 +213,29 @@ impl Attempts {
         }
         self.held.insert(key, Phase::Waiting);
         true
+    }
+
+    /// What INFO says of the attempts held: running counts those whose command runs,
+    /// queued those waiting for a slot; an exited one is neither (it holds no slot).
+    fn held_now(&self) -> Held {
+        let count = |phase| {
+            let n = self.held.values().filter(|p| **p == phase).count();
+            u32::try_from(n).unwrap_or(u32::MAX)
+        };
+        Held {
+            running: count(Phase::Running),
+            queued: count(Phase::Waiting),
+            in_flight: self
+                .held
+                .iter()
+                .map(|(&(task_id, attempt), &phase)| HeldAttempt {
+                    task_id,
+                    attempt,
+                    running: phase != Phase::Waiting,
+                    exited: phase == Phase::Exited,
+                })
+                .collect(),
+        }
     }
 
     fn give_back(&mut self, key: AttemptKey) {
@@ -271,26 +301,15 @@ impl Shared {
     }
 
     fn info(&self) -> Info {
-        let a = self.lock();
-        let running = a.held.values().filter(|p| **p == Phase::Running).count();
-        let exited = a.held.values().filter(|p| **p == Phase::Exited).count();
+        let held = self.lock().held_now();
         Info {
             executor_id: self.me.id.clone(),
             groups: self.me.groups.clone(),
             labels: self.me.labels.clone(),
             capacity: self.me.capacity,
-            running: u32::try_from(running).unwrap_or(u32::MAX),
-            queued: u32::try_from(a.held.len() - running - exited).unwrap_or(u32::MAX),
-            in_flight: a
-                .held
-                .iter()
-                .map(|(&(task_id, attempt), &phase)| HeldAttempt {
-                    task_id,
-                    attempt,
-                    running: phase != Phase::Waiting,
-                    exited: phase == Phase::Exited,
-                })
-                .collect(),
+            running: held.running,
+            queued: held.queued,
+            in_flight: held.in_flight,
             draining: self.draining.load(Ordering::Relaxed) || *self.drained.borrow(),
             sent_at: Utc::now(),
             returned: self.returned.lock().map(|r| r.clone()).unwrap_or_default(),
@@ -902,6 +921,32 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attempt_whose_command_ended_is_reported_exited_and_holds_no_slot() {
+        let mut a = Attempts::default();
+        let (waiting, running, exited) =
+            ((TaskId::new(), 1), (TaskId::new(), 1), (TaskId::new(), 2));
+        for key in [waiting, running, exited] {
+            assert!(a.admit(key, false));
+        }
+        a.held.insert(running, Phase::Running);
+        a.held.insert(exited, Phase::Exited);
+        let held = a.held_now();
+        assert_eq!((held.running, held.queued), (1, 1));
+        let of = |key: AttemptKey| {
+            held.in_flight
+                .iter()
+                .find(|h| (h.task_id, h.attempt) == key)
+                .map(|h| (h.running, h.exited))
+        };
+        assert_eq!(of(waiting), Some((false, false)));
+        assert_eq!(of(running), Some((true, false)));
+        assert_eq!(of(exited), Some((true, true)), "it ran; it holds no slot");
+        // Once its result is confirmed it is no longer held at all.
+        a.finish(exited);
+        assert_eq!(a.held_now().in_flight.len(), 2);
+    }
 
     #[test]
     fn an_attempt_runs_once_however_often_its_message_comes() {
