@@ -15,6 +15,9 @@ CHAOS_ARGS ?=
 # under it (the services, the jobs' commands, the spawn baseline) then searches them for
 # its shared libraries: about 200 us more per spawn, 25 % fewer in the baseline.
 BIN ?= $(or $(CARGO_TARGET_DIR),target)/release
+# After building, the benchmarks `sync` before they measure: a release build leaves
+# gigabytes for the kernel to write back, and PostgreSQL's and RabbitMQ's fsyncs would
+# queue behind them during the run.
 
 .PHONY: help demo test lint fmt bench bench-latency bench-balance chaos services status stop-services compose-check ci
 
@@ -40,16 +43,19 @@ fmt: ## Format the code (cargo fmt --all)
 bench: ## Throughput and CPU/commits/messages per job, N jobs, against a spawn baseline (BENCH_ARGS=...)
 	infra/services.sh up
 	$(CARGO) build --release -p fleet-tests --bins
+	sync
 	$(BIN)/fleet-bench throughput --jobs $(N) $(BENCH_ARGS)
 
 bench-latency: ## One job in flight, 500 jobs: submit -> start and submit -> recorded, p50 and p99
 	infra/services.sh up
 	$(CARGO) build --release -p fleet-tests --bins
+	sync
 	$(BIN)/fleet-bench latency $(BENCH_ARGS)
 
 bench-balance: ## 150 sleep jobs of mixed lengths at once on 3 x 2 slots: makespan against the ideal
 	infra/services.sh up
 	$(CARGO) build --release -p fleet-tests --bins
+	sync
 	$(BIN)/fleet-bench balance $(BENCH_ARGS)
 
 chaos: ## Soak: N jobs while random service processes are SIGKILLed, SIGTERMed or SIGSTOPped (CHAOS_ARGS=...)
