@@ -119,6 +119,65 @@ pub struct TaskStatus {
     /// With `each`: one per member.
     #[serde(default)]
     pub copies: Vec<CopyStatus>,
+    /// What it was submitted as (servers before the job listing do not send it).
+    #[serde(default)]
+    pub spec: Option<TaskSpecView>,
+}
+
+/// What a task was submitted as (GET /v1/jobs/{id}); env values are null for callers
+/// that may see only the names.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TaskSpecView {
+    #[serde(default)]
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub max_attempts: u64,
+}
+
+/// Answer of GET /v1/jobs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobsPage {
+    #[serde(default)]
+    pub jobs: Vec<JobSummary>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobSummary {
+    pub job_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub state: String,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub submitted_by: SubmittedBy,
+    #[serde(default)]
+    pub task_count: u64,
+    /// Tasks per state.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SubmittedBy {
+    #[serde(default)]
+    pub name: String,
 }
 
 /// One member's copy of an `each` task.

@@ -90,6 +90,25 @@ pub enum Command {
         fleetctl status -o json 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b | jq .counts")]
     Status(JobArg),
 
+    /// Find jobs: newest first, filtered, a page at a time
+    #[command(
+        long_about = "List jobs, newest first, with their state and how many of their tasks \
+                      are in each state. A submitter token sees only the jobs it submitted; \
+                      reader and admin tokens see every job. Filters combine (all must hold). \
+                      When more jobs match than --limit, the command to get the next page is \
+                      printed on stderr (with -o json: `next_cursor` in the answer).",
+        after_help = "Examples:\n  \
+            fleetctl jobs\n  \
+            fleetctl jobs --state running --state pending --group site\n  \
+            fleetctl jobs --mine --name-prefix nightly- --limit 200\n  \
+            fleetctl jobs --state failed --created-after 2026-11-30T00:00:00Z -o json | jq -r '.jobs[].job_id'"
+    )]
+    Jobs(JobsArgs),
+
+    /// Look at one job: `fleetctl job show ID`
+    #[command(subcommand)]
+    Job(JobCommand),
+
     /// Show each task's result: outcome, times, stdout and stderr
     #[command(
         long_about = "Show the result that counted for each task of a job: executor, outcome, \
@@ -140,6 +159,71 @@ pub enum Command {
         fleetctl executor cancel cpu-1 --task 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b --attempt 1"
     )]
     Executor(ExecutorCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state (repeatable: any of them)
+    #[arg(long = "state", value_enum, value_name = "STATE")]
+    pub states: Vec<JobStateArg>,
+    /// Only jobs with a task for this group or one of its subgroups
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only jobs whose name starts with this
+    #[arg(long, value_name = "PREFIX")]
+    pub name_prefix: Option<String>,
+    /// Only jobs with a task requiring this executor label
+    #[arg(long, value_name = "K=V", value_parser = jobspec::parse_key_value)]
+    pub label: Option<(String, String)>,
+    /// Only jobs submitted by this token (its id or its name)
+    #[arg(long, value_name = "TOKEN")]
+    pub submitted_by: Option<String>,
+    /// Only the jobs submitted with the token this command uses
+    #[arg(long)]
+    pub mine: bool,
+    /// Only jobs created at or after this time (RFC 3339, e.g. 2026-11-30T00:00:00Z)
+    #[arg(long, value_name = "TIME")]
+    pub created_after: Option<String>,
+    /// Only jobs created before this time (RFC 3339)
+    #[arg(long, value_name = "TIME")]
+    pub created_before: Option<String>,
+    /// Jobs per page, 1..=1000
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Start after this point (the cursor a previous page printed)
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobStateArg {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStateArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// A job's state, counts, tasks and what each task was submitted as (argv, group,
+    /// labels, priority, timeout; env values only for its owner and admins)
+    #[command(after_help = "Examples:\n  \
+        fleetctl job show 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+        fleetctl job show -o json 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b | jq '.tasks[].spec.argv'")]
+    Show(JobArg),
 }
 
 #[derive(Debug, Args)]

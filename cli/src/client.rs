@@ -73,6 +73,15 @@ impl Client {
         .await
     }
 
+    /// A GET with a query string (its values encoded).
+    pub async fn get_query(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Answer, CliError> {
+        self.send(self.http.get(self.url(path)).query(query)).await
+    }
+
     pub async fn executors(&self) -> Result<Answer, CliError> {
         self.send(self.http.get(self.url("/v1/executors"))).await
     }

@@ -402,6 +402,115 @@ fn yes_no(flag: bool) -> String {
     if flag { "yes" } else { "no" }.into()
 }
 
+/// `fleetctl jobs`: one line per job, newest first.
+pub fn render_jobs(page: &crate::api::JobsPage, now: DateTime<Utc>) -> String {
+    if page.jobs.is_empty() {
+        return "no jobs\n".into();
+    }
+    let rows: Vec<Vec<String>> = page
+        .jobs
+        .iter()
+        .map(|j| {
+            let done: u64 = ["succeeded", "failed", "cancelled"]
+                .iter()
+                .filter_map(|s| j.tasks.get(*s))
+                .sum();
+            let mut tasks = format!("{done}/{} done", j.task_count);
+            let rest: Vec<String> = j
+                .tasks
+                .iter()
+                .filter(|(s, n)| **n > 0 && s.as_str() != "succeeded")
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect();
+            if !rest.is_empty() {
+                tasks.push_str(&format!(" ({})", rest.join(", ")));
+            }
+            vec![
+                j.job_id.clone(),
+                or_dash(j.name.clone().unwrap_or_default()),
+                j.state.clone(),
+                tasks,
+                or_dash(j.submitted_by.name.clone()),
+                j.created_at.map_or_else(|| "-".into(), |t| age(t, now)),
+            ]
+        })
+        .collect();
+    table(
+        &["JOB", "NAME", "STATE", "TASKS", "SUBMITTED BY", "CREATED"],
+        &rows,
+    )
+}
+
+/// `fleetctl job show`: the status view, then what each task was submitted as.
+pub fn render_job_spec(job: &Job, now: DateTime<Utc>) -> String {
+    let mut out = render_job(job, now);
+    let mut tasks: Vec<_> = job.tasks.iter().collect();
+    tasks.sort_by_key(|t| t.index);
+    let specs: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| t.spec.as_ref().map(|s| (t, s)))
+        .map(|(t, s)| {
+            let mut lines = vec![format!(
+                "  {} {}: {}",
+                t.index,
+                t.name,
+                shell_words(&s.argv)
+            )];
+            let mut facts = vec![
+                format!("group {}", s.group),
+                format!("priority {}", s.priority),
+                format!("timeout {}s", s.timeout_secs),
+                format!("max attempts {}", s.max_attempts),
+            ];
+            if let Some(cwd) = &s.cwd {
+                facts.push(format!("cwd {cwd}"));
+            }
+            lines.push(format!("      {}", facts.join(", ")));
+            if !s.labels.is_empty() {
+                let l: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                lines.push(format!("      labels: {}", l.join(" ")));
+            }
+            if !s.env.is_empty() {
+                let e: Vec<String> = s
+                    .env
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => format!("{k}={v}"),
+                        None => format!("{k}=<hidden>"),
+                    })
+                    .collect();
+                lines.push(format!("      env: {}", e.join(" ")));
+            }
+            if !s.depends_on.is_empty() {
+                lines.push(format!("      after: {}", s.depends_on.join(", ")));
+            }
+            lines.join("\n") + "\n"
+        })
+        .collect();
+    if !specs.is_empty() {
+        out.push_str("\nas submitted:\n");
+        out.extend(specs);
+    }
+    out
+}
+
+/// argv as a shell would read it back: words with spaces or quotes in single quotes.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

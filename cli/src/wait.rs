@@ -185,6 +185,7 @@ mod tests {
             each: false,
             quorum: None,
             copies: Vec::new(),
+            spec: None,
             end: Ending {
                 exit_code,
                 ..Ending::default()

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::id::TokenId;
+
 /// Every token starts with this, so a leaked one is recognisable in logs and scanners.
 pub const TOKEN_PREFIX: &str = "flt_";
 
@@ -55,6 +57,70 @@ impl Role {
     }
 }
 
+/// Who is calling, or who submitted a job: the token's id and name (none for the
+/// configured bootstrap admin token and for AMQP submissions, which the intake makes on
+/// its own behalf) and its role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub token_id: Option<TokenId>,
+    pub name: String,
+    pub role: Role,
+}
+
+/// The name recorded as the submitter of jobs that came in over AMQP.
+pub const AMQP_INTAKE: &str = "amqp-intake";
+
+impl Principal {
+    /// The configured bootstrap admin token (it has no row, hence no id).
+    pub fn bootstrap_admin() -> Self {
+        Self {
+            token_id: None,
+            name: "admin (configured)".into(),
+            role: Role::Admin,
+        }
+    }
+
+    /// The AMQP intake, submitting what arrives on the submit queue.
+    pub fn amqp_intake() -> Self {
+        Self {
+            token_id: None,
+            name: AMQP_INTAKE.into(),
+            role: Role::Submitter,
+        }
+    }
+}
+
+/// What a caller wants to do with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobAccess {
+    /// See it, its tasks (env names only), results and outcome.
+    Read,
+    /// See its env values too: only its owner and admins.
+    ReadSecrets,
+    /// Cancel, retry, re-prioritise, hold, release or delete it.
+    Control,
+}
+
+/// The ownership rule, in one place: an admin may do anything with any job; a reader may
+/// read every job (without env values); a submitter reads and controls the jobs it
+/// submitted (its own token's), and no other. `owner` is the submitting token's id
+/// (`None`: the bootstrap admin or the AMQP intake, which no submitter token owns).
+pub fn may(caller: &Principal, owner: Option<TokenId>, access: JobAccess) -> bool {
+    match caller.role {
+        Role::Admin => true,
+        Role::Reader => access == JobAccess::Read,
+        Role::Submitter => caller.token_id.is_some() && caller.token_id == owner,
+    }
+}
+
+/// The only owner whose jobs a caller may list (`None`: every job).
+pub fn list_scope(caller: &Principal) -> Option<Option<TokenId>> {
+    match caller.role {
+        Role::Admin | Role::Reader => None,
+        Role::Submitter => Some(caller.token_id),
+    }
+}
+
 /// A new random token: the prefix and 64 hex digits (244 random bits from the OS).
 pub fn new_token() -> String {
     let a = uuid::Uuid::new_v4().simple().to_string();
@@ -93,6 +159,50 @@ mod tests {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
         assert_eq!(Role::parse("root"), None);
+    }
+
+    fn who(role: Role, id: Option<TokenId>) -> Principal {
+        Principal {
+            token_id: id,
+            name: "t".into(),
+            role,
+        }
+    }
+
+    #[test]
+    fn a_submitter_reads_and_controls_its_own_jobs_only() {
+        let (mine, theirs) = (TokenId::new(), TokenId::new());
+        let me = who(Role::Submitter, Some(mine));
+        for a in [JobAccess::Read, JobAccess::ReadSecrets, JobAccess::Control] {
+            assert!(may(&me, Some(mine), a), "{a:?} own");
+            assert!(!may(&me, Some(theirs), a), "{a:?} another's");
+            // Jobs of the bootstrap admin or the AMQP intake belong to no submitter.
+            assert!(!may(&me, None, a), "{a:?} nobody's");
+        }
+        // The intake itself is a submitter without a token: it owns nothing by id.
+        assert!(!may(&Principal::amqp_intake(), None, JobAccess::Control));
+        assert_eq!(list_scope(&me), Some(Some(mine)));
+    }
+
+    #[test]
+    fn a_reader_reads_every_job_without_secrets_and_an_admin_does_anything() {
+        let owner = Some(TokenId::new());
+        let reader = who(Role::Reader, Some(TokenId::new()));
+        assert!(may(&reader, owner, JobAccess::Read));
+        assert!(may(&reader, None, JobAccess::Read));
+        assert!(!may(&reader, owner, JobAccess::ReadSecrets));
+        assert!(!may(&reader, owner, JobAccess::Control));
+        assert_eq!(list_scope(&reader), None);
+        for admin in [
+            who(Role::Admin, Some(TokenId::new())),
+            Principal::bootstrap_admin(),
+        ] {
+            for a in [JobAccess::Read, JobAccess::ReadSecrets, JobAccess::Control] {
+                assert!(may(&admin, owner, a));
+                assert!(may(&admin, None, a));
+            }
+            assert_eq!(list_scope(&admin), None);
+        }
     }
 
     #[test]

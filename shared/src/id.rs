@@ -17,10 +17,13 @@ pub struct Id<T> {
 pub mod kind {
     pub enum Job {}
     pub enum Task {}
+    pub enum Token {}
 }
 
 pub type JobId = Id<kind::Job>;
 pub type TaskId = Id<kind::Task>;
+/// An API token's id (not its secret).
+pub type TokenId = Id<kind::Token>;
 
 impl<T> Id<T> {
     /// A new id; v7 so that ids sort by creation time, which keeps index inserts local.

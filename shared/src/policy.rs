@@ -67,6 +67,21 @@ pub fn free_slots(executors: &[ExecutorView], window: u32) -> u32 {
         .sum()
 }
 
+/// The target groups some executor with room could run a task of: each such executor's
+/// groups and every group enclosing them. The dispatcher reads only ready tasks of these
+/// groups, so that a backlog no executor can serve (a group with no members, or all of
+/// them full) does not hide the tasks behind it. Sorted, without repeats.
+pub fn servable_groups(executors: &[ExecutorView], window: u32) -> Vec<GroupName> {
+    let mut out: Vec<GroupName> = executors
+        .iter()
+        .filter(|e| e.has_room(window))
+        .flat_map(|e| e.groups.iter().flat_map(GroupName::lineage))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// What a round saw of the ready backlog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backlog {
@@ -209,6 +224,31 @@ mod tests {
 
     fn count_for(assigned: &[(TaskId, ExecutorId)], id: &str) -> usize {
         assigned.iter().filter(|(_, e)| e.as_str() == id).count()
+    }
+
+    #[test]
+    fn only_groups_an_executor_with_room_serves_are_read() {
+        let names =
+            |v: Vec<GroupName>| -> Vec<String> { v.iter().map(|g| g.to_string()).collect() };
+        let full = exec("full-1", &["site.db"], 2, 2);
+        let mut drained = exec("drained-1", &["batch"], 2, 0);
+        drained.draining = true;
+        let web = exec("web-1", &["site.web", "lab.gpu.a100"], 2, 0);
+        let execs = [full, drained, web];
+        assert_eq!(
+            names(servable_groups(&execs, 0)),
+            [
+                "default",
+                "lab",
+                "lab.gpu",
+                "lab.gpu.a100",
+                "site",
+                "site.web"
+            ]
+        );
+        // With a window, the full executor has room again.
+        assert!(names(servable_groups(&execs, 1)).contains(&"site.db".to_owned()));
+        assert!(servable_groups(&[], 4).is_empty());
     }
 
     #[test]

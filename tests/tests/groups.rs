@@ -320,3 +320,30 @@ async fn calls_without_a_token_get_401_and_a_reader_cannot_submit() -> Result<()
     .await?;
     fleet.shutdown().await
 }
+
+/// Ready tasks no executor can serve (their group has no member) come first in the ready
+/// order; the dispatcher reads only the groups its executors with room serve, so the
+/// tasks behind them still run. Before, it read the first ten pages of the backlog,
+/// found nothing it could place, and the job below waited forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_no_executor_serves_does_not_hold_up_the_work_behind_it() -> Result<()> {
+    let mut fleet = TestFleet::start("unserved").await?;
+    let jobs: Vec<Value> = (0..2000)
+        .map(|_| json!({"job": {"tasks": [{"argv": ["true"], "group": "nobody", "priority": 5}]}}))
+        .collect();
+    let (s, b) = fleet
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs/batch",
+            Some(json!({ "jobs": jobs })),
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    fleet
+        .add_executor(ExecutorSpec::new("served-1", &["default"], 1))
+        .await?;
+    let id = fleet.submit(&job_of(1, &["true"], json!({}))).await?;
+    let done = fleet.wait_job(id, JOB_DEADLINE).await?;
+    assert_eq!(done.state, "succeeded");
+    fleet.shutdown().await
+}

@@ -117,6 +117,7 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
                 id: JobId::new(),
                 idempotency_key: Some(format!("plans-{round}-{i}")),
                 job: job(json!([{"argv": ["true"]}]))?,
+                owner: fleet_shared::auth::Principal::bootstrap_admin(),
             })
         })
         .collect::<Result<_>>()?;
@@ -125,6 +126,7 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
         idempotency_key: None,
         job: job(json!([{"name": "a", "argv": ["true"]},
                         {"name": "b", "argv": ["true"], "depends_on": ["a"]}]))?,
+        owner: fleet_shared::auth::Principal::bootstrap_admin(),
     });
     submit::insert_jobs(&client, schema, &jobs).await?;
     submit::insert_jobs(
@@ -136,6 +138,7 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
                 id: JobId::new(),
                 idempotency_key: j.idempotency_key.clone(),
                 job: j.job.clone(),
+                owner: fleet_shared::auth::Principal::bootstrap_admin(),
             })
             .collect::<Vec<_>>(),
     )
@@ -145,9 +148,10 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
     let lead = dispatch::try_lead(&client, "plans", 30.0)
         .await?
         .context("leadership")?;
-    let page = dispatch::ready_page(&client, None, 40).await?;
+    let page = dispatch::ready_page(&client, &["default"], None, 40).await?;
     let last = page.last().context("ready tasks")?;
-    let more = dispatch::ready_page(&client, Some((last.priority, last.seq)), 40).await?;
+    let more =
+        dispatch::ready_page(&client, &["default"], Some((last.priority, last.seq)), 40).await?;
     let planned: Vec<_> = page
         .iter()
         .chain(&more)
@@ -284,6 +288,7 @@ async fn hot_statements_never_scan_a_table_that_grows_with_history() -> Result<(
                             id: JobId::new(),
                             idempotency_key: None,
                             job: job(json!([{"argv": ["true"]}]))?,
+                            owner: fleet_shared::auth::Principal::bootstrap_admin(),
                         })
                     })
                     .collect::<Result<_>>()?;

@@ -15,6 +15,7 @@ fn new_job(key: Option<&str>) -> Result<submit::NewJob> {
         id: JobId::new(),
         idempotency_key: key.map(str::to_owned),
         job: spec.validate().map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        owner: fleet_shared::auth::Principal::bootstrap_admin(),
     })
 }
 

@@ -2,6 +2,7 @@
 
 mod admin;
 mod executors;
+mod jobs;
 mod results;
 mod status;
 mod submit;
@@ -14,6 +15,10 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     let client = Client::new(&cli.addr, cli.token.as_deref(), cli.timeout)?;
     match cli.command {
         Command::Submit(args) => submit::run(&client, *args, cli.output).await,
+        Command::Jobs(args) => jobs::list(&client, &args, cli.output).await,
+        Command::Job(crate::cli::JobCommand::Show(arg)) => {
+            jobs::show(&client, &arg.job_id, cli.output).await
+        }
         Command::Status(arg) => status::run(&client, &arg.job_id, cli.output).await,
         Command::Results(arg) => {
             results::run(&client, &arg.job_id, arg.by_executor, cli.output).await

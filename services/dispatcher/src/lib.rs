@@ -351,7 +351,9 @@ impl Dispatcher {
             }
             let limit = i64::from(free) + PAGE_MARGIN;
             let first = cursor.is_none();
-            let page = dispatch::ready_page(&client, cursor, limit).await?;
+            let servable = policy::servable_groups(views, window);
+            let groups: Vec<&str> = servable.iter().map(GroupName::as_str).collect();
+            let page = dispatch::ready_page(&client, &groups, cursor, limit).await?;
             let Some(last) = page.last() else {
                 exhausted = true;
                 break;

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fleet_shared::auth::{Permission, Role};
+use fleet_shared::auth::{JobAccess, Permission, Role};
 use fleet_shared::config::Config;
 use fleet_shared::db::Pool;
 use fleet_shared::db::{read, submit, DbError};
@@ -133,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/results", get(get_results))
         .route("/v1/executors", get(get_executors))
+        .merge(crate::jobs::routes())
         .merge(crate::admin::routes())
         .merge(crate::control::routes())
         .merge(crate::identity::routes())
@@ -171,6 +172,9 @@ pub enum ApiError {
     BadJoinToken,
     #[error("the role {} may not do this", .0.as_str())]
     Forbidden(Role, Permission),
+    /// The caller may read the job but not change it.
+    #[error("the role {} may not change this job", .0.as_str())]
+    NotYours(Role),
     #[error("{0}")]
     Conflict(String),
     /// A dependency other than the database is down; the client should retry.
@@ -226,6 +230,15 @@ impl IntoResponse for ApiError {
                         Permission::Admin => "administer groups, executors and tokens",
                     }
                 ),
+                None,
+            ),
+            Self::NotYours(role) => error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                match role {
+                    Role::Reader => "a reader token may not change jobs",
+                    _ => "a submitter token may only change the jobs it submitted",
+                },
                 None,
             ),
             Self::Conflict(why) => error_response(StatusCode::CONFLICT, "conflict", why, None),
@@ -327,6 +340,7 @@ async fn submit_job(
         id: JobId::new(),
         idempotency_key: key,
         job,
+        owner: caller.who.clone(),
     };
     let tickets = s.0.inserter.insert(vec![new]).await?;
     let t = tickets
@@ -399,6 +413,7 @@ async fn submit_batch(
             id: JobId::new(),
             idempotency_key: key,
             job,
+            owner: caller.who.clone(),
         });
     }
     if !s.0.accept_without_broker {
@@ -425,10 +440,15 @@ async fn get_job(
     caller.need(Permission::Read)?;
     let id: JobId = id.parse().map_err(bad_id)?;
     let client = s.0.pool.get().await.map_err(DbError::from)?;
-    read::job(&client, id, s.0.silent_after_secs)
+    let mut job = read::job(&client, id, s.0.silent_after_secs)
         .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound("job"))
+        .ok_or(ApiError::NotFound("job"))?;
+    let owner = job.submitted_by.token_id;
+    caller.may(owner, JobAccess::Read)?;
+    if caller.may(owner, JobAccess::ReadSecrets).is_err() {
+        job.hide_env_values();
+    }
+    Ok(Json(job))
 }
 
 async fn get_results(
@@ -439,6 +459,10 @@ async fn get_results(
     caller.need(Permission::Read)?;
     let id: JobId = id.parse().map_err(bad_id)?;
     let client = s.0.pool.get().await.map_err(DbError::from)?;
+    let owner = read::job_owner(&client, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    caller.may(owner, JobAccess::Read)?;
     read::results(&client, id)
         .await?
         .map(Json)

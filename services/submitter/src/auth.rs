@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use fleet_shared::auth::{self, Permission, Role};
+use fleet_shared::auth::{self, JobAccess, Permission, Principal, Role};
 use fleet_shared::db::{admin, DbError, Pool};
+use fleet_shared::id::TokenId;
 
 use crate::api::{ApiError, AppState};
 
@@ -17,8 +18,8 @@ use crate::api::{ApiError, AppState};
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 const CACHE_MAX: usize = 10_000;
 
-/// A token hash's role (`None`: no such live token) and when that was looked up.
-type Cached = (Option<Role>, Instant);
+/// A token hash's principal (`None`: no such live token) and when that was looked up.
+type Cached = (Option<Principal>, Instant);
 
 pub struct Authenticator {
     /// SHA-256 of the bootstrap admin token from configuration.
@@ -39,36 +40,44 @@ impl Authenticator {
         }
     }
 
-    /// The role of the token in an `Authorization` header value, if any.
-    pub async fn role(&self, pool: &Pool, header: Option<&str>) -> Result<Role, ApiError> {
+    /// Who holds the token in an `Authorization` header value, if anyone.
+    pub async fn principal(
+        &self,
+        pool: &Pool,
+        header: Option<&str>,
+    ) -> Result<Principal, ApiError> {
         if self.disabled {
-            return Ok(Role::Admin);
+            return Ok(Principal {
+                token_id: None,
+                name: "anonymous (auth disabled)".into(),
+                role: Role::Admin,
+            });
         }
         let token = header
             .and_then(auth::bearer)
             .ok_or(ApiError::Unauthenticated)?;
         let hash = auth::token_hash(token);
         if self.admin.as_deref() == Some(hash.as_slice()) {
-            return Ok(Role::Admin);
+            return Ok(Principal::bootstrap_admin());
         }
         if let Some(hit) = self.cached(&hash) {
             return hit.ok_or(ApiError::Unauthenticated);
         }
         let client = pool.get().await.map_err(DbError::from)?;
-        let role = admin::token_role(&client, &hash).await?;
+        let who = admin::token_principal(&client, &hash).await?;
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_MAX {
                 c.clear();
             }
-            c.insert(hash, (role, Instant::now()));
+            c.insert(hash, (who.clone(), Instant::now()));
         }
-        role.ok_or(ApiError::Unauthenticated)
+        who.ok_or(ApiError::Unauthenticated)
     }
 
-    fn cached(&self, hash: &[u8]) -> Option<Option<Role>> {
+    fn cached(&self, hash: &[u8]) -> Option<Option<Principal>> {
         let c = self.cache.lock().ok()?;
-        let (role, at) = c.get(hash)?;
-        (at.elapsed() < CACHE_TTL).then_some(*role)
+        let (who, at) = c.get(hash)?;
+        (at.elapsed() < CACHE_TTL).then(|| who.clone())
     }
 
     /// Forgets every cached answer (after a revocation, so it takes effect here at once).
@@ -80,17 +89,30 @@ impl Authenticator {
 }
 
 /// The authenticated caller of a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Caller {
-    pub role: Role,
+    pub who: Principal,
 }
 
 impl Caller {
-    pub fn need(self, p: Permission) -> Result<Self, ApiError> {
-        if self.role.allows(p) {
+    pub fn need(&self, p: Permission) -> Result<&Self, ApiError> {
+        if self.who.role.allows(p) {
             Ok(self)
         } else {
-            Err(ApiError::Forbidden(self.role, p))
+            Err(ApiError::Forbidden(self.who.role, p))
+        }
+    }
+
+    /// Whether the caller may do `access` to a job of `owner` (see [`auth::may`]). A
+    /// job the caller may not even read is answered as absent (404), so that its
+    /// existence does not leak; one it may read but not control is a 403.
+    pub fn may(&self, owner: Option<TokenId>, access: JobAccess) -> Result<(), ApiError> {
+        if auth::may(&self.who, owner, access) {
+            Ok(())
+        } else if auth::may(&self.who, owner, JobAccess::Read) {
+            Err(ApiError::NotYours(self.who.role))
+        } else {
+            Err(ApiError::NotFound("job"))
         }
     }
 }
@@ -103,7 +125,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let role = s.auth().role(s.pool(), header).await?;
-        Ok(Caller { role })
+        let who = s.auth().principal(s.pool(), header).await?;
+        Ok(Caller { who })
     }
 }

@@ -131,6 +131,7 @@ async fn handle_batch(
                     id: JobId::new(),
                     idempotency_key: key.map(|k| format!("amqp:{k}")),
                     job,
+                    owner: fleet_shared::auth::Principal::amqp_intake(),
                 });
                 accepted_from.push(d);
             }

@@ -9,6 +9,7 @@ mod control;
 mod identity;
 mod inserter;
 mod intake;
+mod jobs;
 
 use fleet_shared::config::Config;
 use fleet_shared::db::DbError;

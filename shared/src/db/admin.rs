@@ -99,14 +99,23 @@ pub async fn revoke_token(client: &Client, id: uuid::Uuid) -> Result<bool, DbErr
 }
 
 /// The role of a live (not revoked) token, by the hash of its secret.
-pub async fn token_role(client: &Client, hash: &[u8]) -> Result<Option<Role>, DbError> {
+pub async fn token_principal(
+    client: &Client,
+    hash: &[u8],
+) -> Result<Option<crate::auth::Principal>, DbError> {
     let row = client
         .query_opt(
-            "SELECT role FROM api_tokens WHERE secret_sha256 = $1 AND revoked_at IS NULL",
+            "SELECT id, name, role FROM api_tokens WHERE secret_sha256 = $1 AND revoked_at IS NULL",
             &[&hash],
         )
         .await?;
-    Ok(row.and_then(|r| Role::parse(r.get::<_, &str>(0))))
+    Ok(row.and_then(|r| {
+        Some(crate::auth::Principal {
+            token_id: Some(crate::id::TokenId::from_uuid(r.get(0))),
+            name: r.get(1),
+            role: Role::parse(r.get::<_, &str>(2))?,
+        })
+    }))
 }
 
 /// One member of a group: put there by an administrator, or declared by the executor

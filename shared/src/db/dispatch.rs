@@ -278,10 +278,11 @@ fn parse<T: serde::de::DeserializeOwned>(col: &str, v: serde_json::Value) -> Res
 /// "highest priority, then oldest" order.
 pub type ReadyCursor = (i32, i64);
 
-/// Ready tasks (not `each`), highest priority then oldest first, after `after`: read
-/// along the `tasks_ready` index, which has that order.
+/// Ready tasks (not `each`) for one of `groups`, highest priority then oldest first,
+/// after `after`: read along the `tasks_ready` index, which has that order.
 pub async fn ready_page(
     client: &Client,
+    groups: &[&str],
     after: Option<ReadyCursor>,
     limit: i64,
 ) -> Result<Vec<ReadyRow>, DbError> {
@@ -290,22 +291,22 @@ pub async fn ready_page(
             let stmt = client
                 .prepare_cached(concat!(
                     task_select!(),
-                    "WHERE state = 'ready' AND NOT each
+                    "WHERE state = 'ready' AND NOT each AND target_group = ANY($2)
                      ORDER BY priority DESC, seq LIMIT $1"
                 ))
                 .await?;
-            client.query(&stmt, &[&limit]).await?
+            client.query(&stmt, &[&limit, &groups]).await?
         }
         Some((p, s)) => {
             let stmt = client
                 .prepare_cached(concat!(
                     task_select!(),
-                    "WHERE state = 'ready' AND NOT each
+                    "WHERE state = 'ready' AND NOT each AND target_group = ANY($4)
                        AND priority <= $1 AND (priority < $1 OR seq > $2)
                      ORDER BY priority DESC, seq LIMIT $3"
                 ))
                 .await?;
-            client.query(&stmt, &[&p, &s, &limit]).await?
+            client.query(&stmt, &[&p, &s, &limit, &groups]).await?
         }
     };
     rows.iter().map(task_row).collect()

@@ -177,6 +177,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../../../migrations/0005_each.sql")),
     (6, include_str!("../../../migrations/0006_identity.sql")),
     (7, include_str!("../../../migrations/0007_reported.sql")),
+    (8, include_str!("../../../migrations/0008_ownership.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

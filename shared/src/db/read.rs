@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Client, DbError};
-use crate::id::{JobId, TaskId};
+use crate::id::{JobId, TaskId, TokenId};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobView {
@@ -16,8 +16,46 @@ pub struct JobView {
     pub state: String,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Who submitted it.
+    #[serde(default)]
+    pub submitted_by: SubmittedBy,
     pub counts: CountsView,
     pub tasks: Vec<TaskView>,
+}
+
+/// The token that submitted a job: its id (`None` for the configured admin token and the
+/// AMQP intake) and its name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmittedBy {
+    pub token_id: Option<TokenId>,
+    pub name: String,
+}
+
+/// What a task was submitted as. `env` values are `None` for a caller that may see only
+/// the names (neither the job's owner nor an admin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TaskSpecView {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, Option<String>>,
+    pub cwd: Option<String>,
+    pub group: String,
+    pub labels: BTreeMap<String, String>,
+    pub priority: i32,
+    pub timeout_secs: i64,
+    /// Names of the tasks of the same job it waits for.
+    pub depends_on: Vec<String>,
+    pub max_attempts: i32,
+}
+
+impl JobView {
+    /// Blanks every env value, keeping the names.
+    pub fn hide_env_values(&mut self) {
+        for t in &mut self.tasks {
+            for v in t.spec.env.values_mut() {
+                *v = None;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -54,6 +92,9 @@ pub struct TaskView {
     /// With `each`: one entry per member, in executor order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<CopyView>,
+    /// What it was submitted as.
+    #[serde(default)]
+    pub spec: TaskSpecView,
 }
 
 /// One member's copy of an `each` task.
@@ -99,7 +140,7 @@ pub async fn job(
                     CASE WHEN state = 'pending'
                               AND EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND attempts > 0)
                          THEN 'running' ELSE state END,
-                    created_at, finished_at
+                    created_at, finished_at, owner_token, owner_name
              FROM jobs WHERE id = $1",
             &[&id.uuid()],
         )
@@ -116,7 +157,9 @@ pub async fn job(
                       AND a.state IS DISTINCT FROM 'reported'
                       AND (e.last_info_at IS NULL
                            OR e.last_info_at < clock_timestamp() - make_interval(secs => $2)),
-                    t.each, t.quorum
+                    t.each, t.quorum,
+                    t.argv, t.env, t.cwd, t.target_group, t.labels, t.priority, t.timeout_secs,
+                    t.depends_on, t.max_attempts
              FROM tasks t
              LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempts
              LEFT JOIN results r ON r.task_id = t.id AND r.attempt = t.final_attempt
@@ -170,9 +213,23 @@ pub async fn job(
         });
     }
     let mut counts = CountsView::default();
+    let names: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
     let tasks = rows
         .iter()
         .map(|r| {
+            let deps: Vec<usize> = json_col("depends_on", r.get(19))?;
+            let env: BTreeMap<String, String> = json_col("env", r.get(13))?;
+            let spec = TaskSpecView {
+                argv: json_col("argv", r.get(12))?,
+                env: env.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+                cwd: r.get(14),
+                group: r.get(15),
+                labels: json_col("labels", r.get(16))?,
+                priority: r.get(17),
+                timeout_secs: r.get(18),
+                depends_on: deps.iter().filter_map(|&i| names.get(i).cloned()).collect(),
+                max_attempts: r.get(20),
+            };
             let state: String = r.get(3);
             counts.total += 1;
             match state.as_str() {
@@ -183,7 +240,8 @@ pub async fn job(
             }
             let silent: bool = r.get(9);
             let task_id: uuid::Uuid = r.get(0);
-            TaskView {
+            Ok(TaskView {
+                spec,
                 history: history.remove(&task_id).unwrap_or_default(),
                 each: r.get(10),
                 quorum: r.get(11),
@@ -197,9 +255,9 @@ pub async fn job(
                 exit_code: r.get(6),
                 signal: r.get(7),
                 error: r.get(8),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, DbError>>()?;
     counts.done = counts.succeeded + counts.failed + counts.cancelled;
     Ok(Some(JobView {
         job_id: id,
@@ -207,9 +265,26 @@ pub async fn job(
         state: j.get(1),
         created_at: j.get(2),
         finished_at: j.get(3),
+        submitted_by: SubmittedBy {
+            token_id: j.get::<_, Option<uuid::Uuid>>(4).map(TokenId::from_uuid),
+            name: j.get(5),
+        },
         counts,
         tasks,
     }))
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(col: &str, v: serde_json::Value) -> Result<T, DbError> {
+    serde_json::from_value(v).map_err(|e| DbError::Row(format!("{col}: {e}")))
+}
+
+/// The token that submitted a job (`None` inside: the configured admin token or the AMQP
+/// intake), or `None` if there is no such job.
+pub async fn job_owner(client: &Client, id: JobId) -> Result<Option<Option<TokenId>>, DbError> {
+    Ok(client
+        .query_opt("SELECT owner_token FROM jobs WHERE id = $1", &[&id.uuid()])
+        .await?
+        .map(|r| r.get::<_, Option<uuid::Uuid>>(0).map(TokenId::from_uuid)))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -353,4 +428,198 @@ pub async fn executors(client: &Client, silent_after_secs: f64) -> Result<Execut
         })
         .collect::<Result<_, DbError>>()?;
     Ok(ExecutorsView { executors })
+}
+
+/// Whose jobs a listing is limited to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerFilter {
+    /// Submitted with this token.
+    Token(TokenId),
+    /// Submitted by a token (or the intake) of this name.
+    Named(String),
+    /// Submitted without a token row (the configured admin token, the AMQP intake) under
+    /// this name.
+    Untokened(String),
+    /// Nothing (a caller that owns no job).
+    Nobody,
+}
+
+/// What `GET /v1/jobs` narrows to; every filter given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Any of these states (empty: any state).
+    pub states: Vec<crate::state::JobState>,
+    pub name_prefix: Option<String>,
+    /// Jobs with a task for this group or one of its subgroups.
+    pub group: Option<crate::group::GroupName>,
+    /// Jobs with a task requiring this executor label.
+    pub label: Option<(String, String)>,
+    pub owners: Vec<OwnerFilter>,
+    pub created_before: Option<DateTime<Utc>>,
+    pub created_after: Option<DateTime<Utc>>,
+    /// The page after this job (the previous page's `next_cursor`).
+    pub after: Option<JobId>,
+    pub limit: i64,
+}
+
+/// One job in a listing, with how many of its tasks are in each state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub job_id: JobId,
+    pub name: Option<String>,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub submitted_by: SubmittedBy,
+    pub task_count: i32,
+    /// Tasks per state (`waiting`, `ready`, `assigned`, `running`, `succeeded`, ...);
+    /// states with no task are absent.
+    pub tasks: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobsPage {
+    /// Newest first.
+    pub jobs: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern.
+fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A job's state as the API shows it: the collector writes `running` only with a job's
+/// first result, so before that a job some of whose tasks were handed out is running.
+const STARTED: &str = "EXISTS (SELECT 1 FROM tasks s WHERE s.job_id = j.id AND s.attempts > 0)";
+
+/// A page of jobs, newest first (ids are v7 UUIDs, so id order is creation order): a
+/// keyset page after `filter.after`, so that jobs inserted meanwhile never shift a later
+/// page and every job present throughout is listed exactly once.
+pub async fn jobs(client: &Client, filter: &JobFilter) -> Result<JobsPage, DbError> {
+    use crate::state::JobState;
+    use tokio_postgres::types::ToSql;
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut conds: Vec<String> = Vec::new();
+    let mut p = |v: Box<dyn ToSql + Sync + Send>| {
+        params.push(v);
+        format!("${}", params.len())
+    };
+    if !filter.states.is_empty() {
+        let mut any = Vec::new();
+        for s in &filter.states {
+            any.push(match s {
+                JobState::Pending => format!("(j.state = 'pending' AND NOT {STARTED})"),
+                JobState::Running => {
+                    format!("(j.state = 'running' OR (j.state = 'pending' AND {STARTED}))")
+                }
+                done => format!("j.state = '{}'", done.as_str()),
+            });
+        }
+        conds.push(format!("({})", any.join(" OR ")));
+    }
+    if let Some(prefix) = &filter.name_prefix {
+        let x = p(Box::new(format!("{}%", like_literal(prefix))));
+        conds.push(format!("j.name LIKE {x}"));
+    }
+    if let Some(g) = filter.group.as_ref().filter(|g| !g.is_default()) {
+        let exact = p(Box::new(g.as_str().to_owned()));
+        let under = p(Box::new(format!("{}.%", like_literal(g.as_str()))));
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id
+                     AND (t.target_group = {exact} OR t.target_group LIKE {under}))"
+        ));
+    }
+    if let Some((k, v)) = &filter.label {
+        let want = p(Box::new(serde_json::json!({ k: v })));
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.labels @> {want})"
+        ));
+    }
+    for o in &filter.owners {
+        conds.push(match o {
+            OwnerFilter::Token(t) => format!("j.owner_token = {}", p(Box::new(t.uuid()))),
+            OwnerFilter::Named(n) => format!("j.owner_name = {}", p(Box::new(n.clone()))),
+            OwnerFilter::Untokened(n) => format!(
+                "(j.owner_token IS NULL AND j.owner_name = {})",
+                p(Box::new(n.clone()))
+            ),
+            OwnerFilter::Nobody => "false".into(),
+        });
+    }
+    if let Some(t) = filter.created_before {
+        conds.push(format!("j.created_at < {}", p(Box::new(t))));
+    }
+    if let Some(t) = filter.created_after {
+        conds.push(format!("j.created_at >= {}", p(Box::new(t))));
+    }
+    if let Some(after) = filter.after {
+        conds.push(format!("j.id < {}", p(Box::new(after.uuid()))));
+    }
+    let limit = p(Box::new(filter.limit + 1));
+    let sql = format!(
+        "SELECT j.id, j.name,
+                CASE WHEN j.state = 'pending' AND {STARTED} THEN 'running' ELSE j.state END,
+                j.created_at, j.finished_at, j.owner_token, j.owner_name, j.task_count,
+                (SELECT coalesce(jsonb_object_agg(c.state, c.n), '{{}}')
+                 FROM (SELECT state, count(*) AS n FROM tasks WHERE job_id = j.id
+                       GROUP BY state) c)
+         FROM jobs j
+         WHERE {}
+         ORDER BY j.id DESC
+         LIMIT {limit}",
+        if conds.is_empty() {
+            "true".to_owned()
+        } else {
+            conds.join(" AND ")
+        }
+    );
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = client.query(sql.as_str(), &refs).await?;
+    let more = rows.len() as i64 > filter.limit;
+    let jobs = rows
+        .iter()
+        .take(filter.limit.max(0) as usize)
+        .map(|r| {
+            Ok(JobSummary {
+                job_id: JobId::from_uuid(r.get(0)),
+                name: r.get(1),
+                state: r.get(2),
+                created_at: r.get(3),
+                finished_at: r.get(4),
+                submitted_by: SubmittedBy {
+                    token_id: r.get::<_, Option<uuid::Uuid>>(5).map(TokenId::from_uuid),
+                    name: r.get(6),
+                },
+                task_count: r.get(7),
+                tasks: json_col("task counts", r.get(8))?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+    let next_cursor = more
+        .then(|| jobs.last().map(|j| j.job_id.to_string()))
+        .flatten();
+    Ok(JobsPage { jobs, next_cursor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_literal;
+
+    #[test]
+    fn a_name_prefix_matches_literally() {
+        assert_eq!(like_literal("a_b%c\\d"), "a\\_b\\%c\\\\d");
+        assert_eq!(like_literal("nightly-"), "nightly-");
+    }
 }

@@ -9,6 +9,8 @@ pub struct NewJob {
     pub id: JobId,
     pub idempotency_key: Option<String>,
     pub job: ValidJob,
+    /// Who submitted it (see `auth::may` for what that allows).
+    pub owner: crate::auth::Principal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,11 @@ pub async fn insert_jobs(
     let job_ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.id.uuid()).collect();
     let names: Vec<Option<&str>> = jobs.iter().map(|j| j.job.name.as_deref()).collect();
     let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.idempotency_key.as_deref()).collect();
+    let owner_ids: Vec<Option<uuid::Uuid>> = jobs
+        .iter()
+        .map(|j| j.owner.token_id.map(|t| t.uuid()))
+        .collect();
+    let owner_names: Vec<&str> = jobs.iter().map(|j| j.owner.name.as_str()).collect();
     let counts: Vec<i32> = jobs
         .iter()
         .map(|j| i32::try_from(j.job.tasks.len()).unwrap_or(i32::MAX))
@@ -50,8 +57,9 @@ pub async fn insert_jobs(
     let stmt = client
         .prepare_cached(
             "WITH j AS (
-                 INSERT INTO jobs (id, name, idempotency_key, task_count)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[])
+                 INSERT INTO jobs (id, name, idempotency_key, task_count, owner_token, owner_name)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[],
+                                      $24::uuid[], $25::text[])
                  ON CONFLICT DO NOTHING
                  RETURNING id),
              t AS (
@@ -104,6 +112,8 @@ pub async fn insert_jobs(
                 &t.state,
                 &channel,
                 &payload,
+                &owner_ids,
+                &owner_names,
             ],
         )
         .await?

@@ -1,0 +1,211 @@
+//! Finding jobs: `GET /v1/jobs` with filters and keyset pages. Who sees what is the rule
+//! in `fleet_shared::auth` (a submitter token lists its own jobs only).
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use fleet_shared::auth::{self, Permission};
+use fleet_shared::db::read::{self, JobFilter, OwnerFilter};
+use fleet_shared::db::DbError;
+use fleet_shared::group::GroupName;
+use fleet_shared::id::{JobId, TokenId};
+use fleet_shared::state::JobState;
+
+use crate::api::{invalid, ApiError, AppState};
+use crate::auth::Caller;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/jobs", get(list_jobs))
+}
+
+/// Jobs per page unless `limit` says otherwise, and the most `limit` may say.
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 1_000;
+
+async fn list_jobs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<read::JobsPage>, ApiError> {
+    caller.need(Permission::Read)?;
+    let mut filter = parse_filter(&q, &caller.who)?;
+    if let Some(scope) = auth::list_scope(&caller.who) {
+        filter.owners.push(match scope {
+            Some(t) => OwnerFilter::Token(t),
+            None => OwnerFilter::Nobody,
+        });
+    }
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    Ok(Json(read::jobs(&client, &filter).await?))
+}
+
+const PARAMS: &[&str] = &[
+    "state",
+    "name_prefix",
+    "group",
+    "label",
+    "submitted_by",
+    "mine",
+    "created_before",
+    "created_after",
+    "cursor",
+    "limit",
+];
+
+/// The query string of `GET /v1/jobs` as a filter; a 400 names the parameter that is
+/// wrong (an unknown one too: a misspelt filter must not silently list everything).
+pub fn parse_filter(
+    q: &HashMap<String, String>,
+    caller: &auth::Principal,
+) -> Result<JobFilter, ApiError> {
+    if let Some(k) = q.keys().find(|k| !PARAMS.contains(&k.as_str())) {
+        return Err(invalid(
+            k,
+            format!("unknown parameter; known: {}", PARAMS.join(", ")),
+        ));
+    }
+    let mut f = JobFilter {
+        limit: DEFAULT_LIMIT,
+        ..JobFilter::default()
+    };
+    if let Some(v) = q.get("state") {
+        for s in v.split(',').filter(|s| !s.is_empty()) {
+            f.states.push(JobState::parse(s).ok_or_else(|| {
+                invalid(
+                    "state",
+                    format!("{s:?} is not one of pending, running, succeeded, failed, cancelled"),
+                )
+            })?);
+        }
+    }
+    if let Some(v) = q.get("name_prefix") {
+        no_nul("name_prefix", v)?;
+        f.name_prefix = Some(v.clone());
+    }
+    if let Some(v) = q.get("group") {
+        f.group = Some(GroupName::parse(v).map_err(|e| invalid("group", e.to_string()))?);
+    }
+    if let Some(v) = q.get("label") {
+        no_nul("label", v)?;
+        let (k, val) = v
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| invalid("label", "must be key=value"))?;
+        f.label = Some((k.to_owned(), val.to_owned()));
+    }
+    if let Some(v) = q.get("submitted_by") {
+        no_nul("submitted_by", v)?;
+        f.owners.push(match v.parse::<uuid::Uuid>() {
+            Ok(id) => OwnerFilter::Token(TokenId::from_uuid(id)),
+            Err(_) => OwnerFilter::Named(v.clone()),
+        });
+    }
+    match q.get("mine").map(String::as_str) {
+        None | Some("false") => {}
+        Some("true") => f.owners.push(match caller.token_id {
+            Some(t) => OwnerFilter::Token(t),
+            None => OwnerFilter::Untokened(caller.name.clone()),
+        }),
+        Some(_) => return Err(invalid("mine", "must be true or false")),
+    }
+    let time = |k: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        q.get(k)
+            .map(|v| {
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| invalid(k, format!("must be an RFC 3339 time: {e}")))
+            })
+            .transpose()
+    };
+    f.created_before = time("created_before")?;
+    f.created_after = time("created_after")?;
+    if let Some(v) = q.get("cursor") {
+        f.after = Some(
+            v.parse::<JobId>()
+                .map_err(|_| invalid("cursor", "not a cursor from a previous page"))?,
+        );
+    }
+    if let Some(v) = q.get("limit") {
+        f.limit = v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| invalid("limit", format!("must be 1 to {MAX_LIMIT}")))?;
+    }
+    Ok(f)
+}
+
+fn no_nul(field: &str, v: &str) -> Result<(), ApiError> {
+    if v.contains('\0') {
+        Err(invalid(field, "must not contain a NUL character"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_shared::auth::{Principal, Role};
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn field(r: Result<JobFilter, ApiError>) -> String {
+        match r {
+            Err(ApiError::Invalid(f)) => f.field,
+            other => panic!("expected a 400, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn every_filter_is_read_and_a_bad_one_is_named() {
+        let me = Principal {
+            token_id: Some(TokenId::new()),
+            name: "ci".into(),
+            role: Role::Submitter,
+        };
+        let f = parse_filter(
+            &q(&[
+                ("state", "running,failed"),
+                ("name_prefix", "nightly-"),
+                ("group", "lab.gpu"),
+                ("label", "gpu=a100"),
+                ("mine", "true"),
+                ("created_after", "2026-01-01T00:00:00Z"),
+                ("limit", "1000"),
+            ]),
+            &me,
+        )
+        .expect("valid");
+        assert_eq!(f.states, vec![JobState::Running, JobState::Failed]);
+        assert_eq!(f.name_prefix.as_deref(), Some("nightly-"));
+        assert_eq!(f.group.as_ref().map(|g| g.as_str()), Some("lab.gpu"));
+        assert_eq!(f.label, Some(("gpu".into(), "a100".into())));
+        assert_eq!(f.owners, vec![OwnerFilter::Token(me.token_id.expect("id"))]);
+        assert!(f.created_after.is_some() && f.created_before.is_none());
+        assert_eq!(f.limit, 1000);
+        assert_eq!(
+            parse_filter(&q(&[]), &me).expect("empty").limit,
+            DEFAULT_LIMIT
+        );
+
+        assert_eq!(field(parse_filter(&q(&[("state", "done")]), &me)), "state");
+        assert_eq!(field(parse_filter(&q(&[("limit", "1001")]), &me)), "limit");
+        assert_eq!(field(parse_filter(&q(&[("limit", "0")]), &me)), "limit");
+        assert_eq!(field(parse_filter(&q(&[("label", "gpu")]), &me)), "label");
+        assert_eq!(field(parse_filter(&q(&[("group", "Bad")]), &me)), "group");
+        assert_eq!(field(parse_filter(&q(&[("cursor", "x")]), &me)), "cursor");
+        assert_eq!(
+            field(parse_filter(&q(&[("created_before", "today")]), &me)),
+            "created_before"
+        );
+        assert_eq!(field(parse_filter(&q(&[("stat", "running")]), &me)), "stat");
+    }
+}
