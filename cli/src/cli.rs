@@ -109,6 +109,34 @@ pub enum Command {
     #[command(subcommand)]
     Job(JobCommand),
 
+    /// Set the priority of a job's tasks not yet handed out (-1000..=1000, higher first)
+    #[command(after_help = "Examples:\n  \
+        fleetctl priority 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b 100\n  \
+        fleetctl priority 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b -5")]
+    Priority {
+        #[arg(value_name = "JOB_ID")]
+        job_id: Uuid,
+        #[arg(allow_negative_numbers = true)]
+        priority: i32,
+    },
+
+    /// Hold a job: its tasks not yet handed out wait until it is released (running ones go on)
+    Hold(JobArg),
+
+    /// Release a held job: its waiting tasks are dispatched again
+    Release(JobArg),
+
+    /// Pause or resume dispatching for a group (and its subgroups) or the whole fleet (admin)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        fleetctl scheduler pause site.web\n  \
+        fleetctl scheduler pause            # the whole fleet\n  \
+        fleetctl scheduler status\n  \
+        fleetctl scheduler resume site.web"
+    )]
+    Scheduler(SchedulerCommand),
+
     /// Show each task's result: outcome, times, stdout and stderr
     #[command(
         long_about = "Show the result that counted for each task of a job: executor, outcome, \
@@ -214,6 +242,19 @@ impl JobStateArg {
             Self::Cancelled => "cancelled",
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulerCommand {
+    /// Stop handing out work of GROUP and its subgroups (no GROUP: of the whole fleet).
+    /// Submissions are still accepted; running tasks go on. Survives restarts and
+    /// dispatcher failover.
+    Pause { group: Option<String> },
+    /// Hand out work of GROUP again (no GROUP: lift the fleet-wide pause). A pause of an
+    /// enclosing group still holds.
+    Resume { group: Option<String> },
+    /// List the pauses in force
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -422,6 +422,24 @@ impl TestFleet {
         self.get_json(&format!("/v1/jobs/{id}/results")).await
     }
 
+    /// Waits until the job's first task is in `state` (e.g. `running`); returns the view.
+    pub async fn wait_job_state(
+        &self,
+        id: JobId,
+        state: &str,
+        deadline: Duration,
+    ) -> Result<JobView> {
+        wait_for(
+            &format!("job {id}'s task to be {state}"),
+            deadline,
+            || async {
+                let j = self.job(id).await?;
+                Ok((j.tasks.first().map(|t| t.state.as_str()) == Some(state)).then_some(j))
+            },
+        )
+        .await
+    }
+
     /// Waits until the job is finished; returns its final view.
     pub async fn wait_job(&self, id: JobId, deadline: Duration) -> Result<JobView> {
         wait_for(&format!("job {id} to finish"), deadline, || async {

@@ -1,6 +1,7 @@
 //! The subcommands: each takes its parsed flags, talks to the API and returns an exit code.
 
 mod admin;
+mod control;
 mod executors;
 mod jobs;
 mod results;
@@ -19,6 +20,34 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Job(crate::cli::JobCommand::Show(arg)) => {
             jobs::show(&client, &arg.job_id, cli.output).await
         }
+        Command::Priority { job_id, priority } => {
+            control::patch_job(
+                &client,
+                &job_id,
+                serde_json::json!({ "priority": priority }),
+                cli.output,
+            )
+            .await
+        }
+        Command::Hold(arg) => {
+            control::patch_job(
+                &client,
+                &arg.job_id,
+                serde_json::json!({"held": true}),
+                cli.output,
+            )
+            .await
+        }
+        Command::Release(arg) => {
+            control::patch_job(
+                &client,
+                &arg.job_id,
+                serde_json::json!({"held": false}),
+                cli.output,
+            )
+            .await
+        }
+        Command::Scheduler(cmd) => control::scheduler(&client, cmd, cli.output).await,
         Command::Status(arg) => status::run(&client, &arg.job_id, cli.output).await,
         Command::Results(arg) => {
             results::run(&client, &arg.job_id, arg.by_executor, cli.output).await

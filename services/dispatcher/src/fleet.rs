@@ -491,11 +491,13 @@ impl Fleet {
 
     /// The executors that may take work now, as the balancing policy sees them: alive,
     /// not in quarantine, registered if registration is required (and held to their
-    /// registered groups), with the groups an administrator put them in.
+    /// registered groups), with the groups an administrator put them in; draining if
+    /// they say so or an administrator drained them (`drained`, kept in PostgreSQL).
     pub fn views(
         &self,
         registered: &HashMap<String, Registered>,
         assigned: &HashMap<String, Vec<GroupName>>,
+        drained: &std::collections::HashSet<String>,
         require_registration: bool,
         window: u32,
     ) -> Vec<ExecutorView> {
@@ -525,7 +527,7 @@ impl Fleet {
                     labels: k.info.labels.clone(),
                     capacity: k.info.capacity,
                     outstanding: u32::try_from(k.outstanding.len()).unwrap_or(u32::MAX),
-                    draining: k.info.draining,
+                    draining: k.info.draining || drained.contains(id),
                     // Paced; a stalled one gets work only for a slot actually free.
                     window: k.window(window, self.window_floor, now),
                 })
@@ -730,7 +732,13 @@ mod tests {
         // a is stalled: no window, so it gets no queued work...
         let outstanding_of_a = |fleet: &Fleet| {
             fleet
-                .views(&HashMap::new(), &HashMap::new(), false, 4)
+                .views(
+                    &HashMap::new(),
+                    &HashMap::new(),
+                    &Default::default(),
+                    false,
+                    4,
+                )
                 .into_iter()
                 .find(|v| v.id.as_str() == "a")
                 .map(|v| (v.outstanding, v.window))
@@ -752,7 +760,13 @@ mod tests {
         fleet.heard(info("a", "cpu", 2, &[]));
         let used = |fleet: &Fleet, window| {
             fleet
-                .views(&HashMap::new(), &HashMap::new(), false, window)
+                .views(
+                    &HashMap::new(),
+                    &HashMap::new(),
+                    &Default::default(),
+                    false,
+                    window,
+                )
                 .into_iter()
                 .find(|v| v.id.as_str() == "a")
                 .map(|v| v.window)
@@ -790,7 +804,13 @@ mod tests {
         given(&mut fleet, "a", "cpu", &[done, running], true);
         let outstanding = |fleet: &Fleet| {
             fleet
-                .views(&HashMap::new(), &HashMap::new(), false, 0)
+                .views(
+                    &HashMap::new(),
+                    &HashMap::new(),
+                    &Default::default(),
+                    false,
+                    0,
+                )
                 .into_iter()
                 .find(|v| v.id.as_str() == "a")
                 .map(|v| v.outstanding)

@@ -76,6 +76,8 @@ pub struct Report {
 struct Registry {
     registered: HashMap<String, Registered>,
     assigned: HashMap<String, Vec<GroupName>>,
+    /// Executors an administrator drained.
+    drained: std::collections::HashSet<String>,
 }
 
 pub struct Dispatcher {
@@ -285,13 +287,15 @@ impl Dispatcher {
         if now >= self.next_registry {
             self.next_registry = now + Duration::from_secs(1);
             let client = self.pool.get().await.map_err(DbError::from)?;
-            let (assigned, registered) = tokio::try_join!(
+            let (assigned, registered, drained) = tokio::try_join!(
                 db::admin::assigned_groups(&client),
                 db::admin::registered_executors(&client),
+                db::control::drained_executors(&client),
             )?;
             self.registry = Registry {
                 registered,
                 assigned,
+                drained,
             };
         }
         // Handing work out first: it is what a client waits for. A resource alarm blocks
@@ -301,6 +305,7 @@ impl Dispatcher {
             let mut views = self.fleet.views(
                 &self.registry.registered,
                 &self.registry.assigned,
+                &self.registry.drained,
                 self.cfg.dispatcher.require_registration,
                 self.cfg.dispatcher.window,
             );

@@ -39,6 +39,8 @@ struct Inner {
     broker_admin: Option<crate::broker_admin::BrokerAdmin>,
     /// Writes submissions, grouping those that arrive together into one commit.
     inserter: crate::inserter::Inserter,
+    /// The database schema (for the dispatcher's wake-up channel).
+    schema: String,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
                 std::time::Duration::from_millis(cfg.database.pool_wait_ms),
             ),
             pool,
+            schema: cfg.database.schema.clone(),
             auth: crate::auth::Authenticator::new(&cfg.auth),
             max_body: cfg.submitter.max_body_bytes,
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
@@ -73,6 +76,10 @@ impl AppState {
 impl AppState {
     pub fn pool(&self) -> &Pool {
         &self.0.pool
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.0.schema
     }
 
     pub fn auth(&self) -> &crate::auth::Authenticator {
@@ -134,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/results", get(get_results))
         .route("/v1/executors", get(get_executors))
         .merge(crate::jobs::routes())
+        .merge(crate::scheduler::routes())
         .merge(crate::admin::routes())
         .merge(crate::control::routes())
         .merge(crate::identity::routes())
@@ -313,7 +321,7 @@ pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     })
 }
 
-fn bad_id(_: uuid::Error) -> ApiError {
+pub fn bad_id(_: uuid::Error) -> ApiError {
     invalid("job_id", "not a UUID")
 }
 

@@ -11,6 +11,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use fleet_shared::amqp::{self, keys, AmqpError, Outgoing};
 use fleet_shared::auth::Permission;
+use fleet_shared::db::{control, DbError};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::{ExecutorId, TaskId};
 use fleet_shared::proto::{self, Control, ControlAction};
@@ -105,7 +106,12 @@ async fn drain_executor(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.need(Permission::Admin)?;
-    send(&s, &executor(&id)?, ControlAction::Drain).await
+    let target = executor(&id)?;
+    let answer = send(&s, &target, ControlAction::Drain).await?;
+    // Kept, so that it holds across the executor's restarts and the dispatcher's.
+    let mut client = s.pool().get().await.map_err(DbError::from)?;
+    control::set_drained(&mut client, s.schema(), &id, true, &caller.who.name).await?;
+    Ok(answer)
 }
 
 async fn resume_executor(
@@ -114,7 +120,11 @@ async fn resume_executor(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.need(Permission::Admin)?;
-    send(&s, &executor(&id)?, ControlAction::Resume).await
+    let target = executor(&id)?;
+    let mut client = s.pool().get().await.map_err(DbError::from)?;
+    control::set_drained(&mut client, s.schema(), &id, false, &caller.who.name).await?;
+    drop(client);
+    send(&s, &target, ControlAction::Resume).await
 }
 
 async fn drain_group(

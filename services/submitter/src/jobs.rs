@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, patch};
 use axum::{Json, Router};
-use fleet_shared::auth::{self, Permission};
+use fleet_shared::auth::{self, JobAccess, Permission};
+use fleet_shared::db::control::{self, JobChange};
 use fleet_shared::db::read::{self, JobFilter, OwnerFilter};
 use fleet_shared::db::DbError;
 use fleet_shared::group::GroupName;
@@ -17,7 +19,68 @@ use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/jobs", get(list_jobs))
+    Router::new()
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", patch(change_job))
+}
+
+/// `PATCH /v1/jobs/{id}`: what may change of a job once submitted.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobPatch {
+    /// For the tasks not yet handed out.
+    priority: Option<i32>,
+    /// Hold (never dispatch its tasks not yet handed out) or release.
+    held: Option<bool>,
+}
+
+async fn change_job(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.need(Permission::Read)?;
+    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
+    let patch: JobPatch = crate::admin::parse_body(&body)?;
+    if patch.priority.is_none() && patch.held.is_none() {
+        return Err(invalid("body", "give priority, held or both"));
+    }
+    if let Some(p) = patch.priority {
+        if !fleet_shared::job::PRIORITY_RANGE.contains(&p) {
+            return Err(invalid(
+                "priority",
+                format!(
+                    "must be in {}..={}",
+                    fleet_shared::job::PRIORITY_RANGE.start(),
+                    fleet_shared::job::PRIORITY_RANGE.end()
+                ),
+            ));
+        }
+    }
+    let mut client = s.pool().get().await.map_err(DbError::from)?;
+    let owner = read::job_owner(&client, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    caller.may(owner, JobAccess::Control)?;
+    let mut answer = serde_json::json!({ "job_id": id });
+    let check = |c: JobChange| match c {
+        JobChange::Applied(n) => Ok(n),
+        JobChange::NoSuchJob => Err(ApiError::NotFound("job")),
+        JobChange::Finished => Err(ApiError::Conflict(
+            "the job is finished: there is nothing left to change".into(),
+        )),
+    };
+    if let Some(held) = patch.held {
+        check(control::set_held(&mut client, s.schema(), id, held).await?)?;
+        answer["held"] = held.into();
+    }
+    if let Some(p) = patch.priority {
+        let n = check(control::set_priority(&mut client, s.schema(), id, p).await?)?;
+        answer["priority"] = p.into();
+        answer["tasks_changed"] = n.into();
+    }
+    Ok(Json(answer))
 }
 
 /// Jobs per page unless `limit` says otherwise, and the most `limit` may say.

@@ -10,6 +10,7 @@ mod identity;
 mod inserter;
 mod intake;
 mod jobs;
+mod scheduler;
 
 use fleet_shared::config::Config;
 use fleet_shared::db::DbError;

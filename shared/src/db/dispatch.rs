@@ -28,7 +28,15 @@ macro_rules! task_select {
     () => {
         "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
                 target_group, labels, each, attempts
-         FROM tasks "
+         FROM tasks t "
+    };
+}
+/// The task `t` is not in a group whose dispatching is paused (`default`: all of them).
+macro_rules! not_paused {
+    () => {
+        " NOT EXISTS (SELECT 1 FROM scheduler_pauses p
+                      WHERE p.group_name = 'default' OR p.group_name = t.target_group
+                         OR t.target_group LIKE p.group_name || '.%') "
     };
 }
 /// A pending copy `c` of an undecided task `t` whose member is gone past the grace
@@ -291,8 +299,10 @@ pub async fn ready_page(
             let stmt = client
                 .prepare_cached(concat!(
                     task_select!(),
-                    "WHERE state = 'ready' AND NOT each AND target_group = ANY($2)
-                     ORDER BY priority DESC, seq LIMIT $1"
+                    "WHERE state = 'ready' AND NOT held AND NOT each AND target_group = ANY($2)
+                       AND",
+                    not_paused!(),
+                    "ORDER BY priority DESC, seq LIMIT $1"
                 ))
                 .await?;
             client.query(&stmt, &[&limit, &groups]).await?
@@ -301,9 +311,10 @@ pub async fn ready_page(
             let stmt = client
                 .prepare_cached(concat!(
                     task_select!(),
-                    "WHERE state = 'ready' AND NOT each AND target_group = ANY($4)
-                       AND priority <= $1 AND (priority < $1 OR seq > $2)
-                     ORDER BY priority DESC, seq LIMIT $3"
+                    "WHERE state = 'ready' AND NOT held AND NOT each AND target_group = ANY($4)
+                       AND priority <= $1 AND (priority < $1 OR seq > $2) AND",
+                    not_paused!(),
+                    "ORDER BY priority DESC, seq LIMIT $3"
                 ))
                 .await?;
             client.query(&stmt, &[&p, &s, &limit, &groups]).await?
@@ -318,7 +329,9 @@ pub async fn ready_each(client: &Client, limit: i64) -> Result<Vec<ReadyRow>, Db
         client,
         concat!(
             task_select!(),
-            "WHERE state = 'ready' AND each ORDER BY priority DESC, seq LIMIT $1"
+            "WHERE state = 'ready' AND NOT held AND each AND",
+            not_paused!(),
+            "ORDER BY priority DESC, seq LIMIT $1"
         ),
         &[&limit],
     )
@@ -396,9 +409,12 @@ pub async fn fan_out(
 pub async fn pending_copies(client: &Client) -> Result<Vec<(TaskId, ExecutorId)>, DbError> {
     let rows = super::query(
         client,
-        "SELECT c.task_id, c.executor_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
-         WHERE c.state = 'pending' AND t.state IN ('assigned', 'running')
-         ORDER BY t.priority DESC, t.seq, c.executor_id",
+        concat!(
+            "SELECT c.task_id, c.executor_id FROM task_copies c JOIN tasks t ON t.id = c.task_id
+             WHERE c.state = 'pending' AND t.state IN ('assigned', 'running') AND",
+            not_paused!(),
+            "ORDER BY t.priority DESC, t.seq, c.executor_id"
+        ),
         &[],
     )
     .await?;

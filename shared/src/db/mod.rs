@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod collect;
+pub mod control;
 pub mod dispatch;
 pub mod outbox;
 pub mod read;
@@ -178,6 +179,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../../../migrations/0006_identity.sql")),
     (7, include_str!("../../../migrations/0007_reported.sql")),
     (8, include_str!("../../../migrations/0008_ownership.sql")),
+    (9, include_str!("../../../migrations/0009_hold_pause.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

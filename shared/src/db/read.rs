@@ -19,6 +19,9 @@ pub struct JobView {
     /// Who submitted it.
     #[serde(default)]
     pub submitted_by: SubmittedBy,
+    /// Held: its tasks not yet handed out wait until it is released.
+    #[serde(default)]
+    pub held: bool,
     pub counts: CountsView,
     pub tasks: Vec<TaskView>,
 }
@@ -140,7 +143,7 @@ pub async fn job(
                     CASE WHEN state = 'pending'
                               AND EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND attempts > 0)
                          THEN 'running' ELSE state END,
-                    created_at, finished_at, owner_token, owner_name
+                    created_at, finished_at, owner_token, owner_name, held
              FROM jobs WHERE id = $1",
             &[&id.uuid()],
         )
@@ -269,6 +272,7 @@ pub async fn job(
             token_id: j.get::<_, Option<uuid::Uuid>>(4).map(TokenId::from_uuid),
             name: j.get(5),
         },
+        held: j.get(6),
         counts,
         tasks,
     }))
@@ -403,7 +407,9 @@ pub struct ExecutorsView {
 pub async fn executors(client: &Client, silent_after_secs: f64) -> Result<ExecutorsView, DbError> {
     let rows = client
         .query(
-            "SELECT id, groups, labels, capacity, running, queued, draining, last_info_at,
+            "SELECT id, groups, labels, capacity, running, queued,
+                    draining OR EXISTS (SELECT 1 FROM executor_drains d WHERE d.executor_id = id),
+                    last_info_at,
                     last_info_at >= clock_timestamp() - make_interval(secs => $1)
              FROM executors ORDER BY id",
             &[&silent_after_secs],
@@ -471,6 +477,7 @@ pub struct JobSummary {
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub submitted_by: SubmittedBy,
+    pub held: bool,
     pub task_count: i32,
     /// Tasks per state (`waiting`, `ready`, `assigned`, `running`, `succeeded`, ...);
     /// states with no task are absent.
@@ -568,7 +575,7 @@ pub async fn jobs(client: &Client, filter: &JobFilter) -> Result<JobsPage, DbErr
     let sql = format!(
         "SELECT j.id, j.name,
                 CASE WHEN j.state = 'pending' AND {STARTED} THEN 'running' ELSE j.state END,
-                j.created_at, j.finished_at, j.owner_token, j.owner_name, j.task_count,
+                j.created_at, j.finished_at, j.owner_token, j.owner_name, j.task_count, j.held,
                 (SELECT coalesce(jsonb_object_agg(c.state, c.n), '{{}}')
                  FROM (SELECT state, count(*) AS n FROM tasks WHERE job_id = j.id
                        GROUP BY state) c)
@@ -603,7 +610,8 @@ pub async fn jobs(client: &Client, filter: &JobFilter) -> Result<JobsPage, DbErr
                     name: r.get(6),
                 },
                 task_count: r.get(7),
-                tasks: json_col("task counts", r.get(8))?,
+                held: r.get(8),
+                tasks: json_col("task counts", r.get(9))?,
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;

@@ -1,0 +1,112 @@
+//! `fleetctl priority|hold|release` (a job) and `fleetctl scheduler` (dispatching).
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::cli::{Output, SchedulerCommand};
+use crate::client::Client;
+use crate::error::CliError;
+use crate::output;
+
+pub async fn patch_job(
+    client: &Client,
+    job_id: &Uuid,
+    patch: Value,
+    format: Output,
+) -> Result<u8, CliError> {
+    let answer = client
+        .call(Method::PATCH, &format!("/v1/jobs/{job_id}"), Some(&patch))
+        .await?;
+    match format {
+        Output::Json => output::emit_json(&answer)?,
+        Output::Text => {
+            let a: Value = answer.decode("answer")?;
+            let mut line = format!("job {job_id}:");
+            if let Some(h) = a["held"].as_bool() {
+                line.push_str(if h { " held" } else { " released" });
+            }
+            if let Some(p) = a["priority"].as_i64() {
+                line.push_str(&format!(
+                    " priority {p} ({} tasks not yet handed out changed)",
+                    a["tasks_changed"].as_u64().unwrap_or(0)
+                ));
+            }
+            output::emit(&format!("{line}\n"))?;
+        }
+    }
+    Ok(0)
+}
+
+pub async fn scheduler(
+    client: &Client,
+    cmd: SchedulerCommand,
+    format: Output,
+) -> Result<u8, CliError> {
+    let (answer, what) = match cmd {
+        SchedulerCommand::Pause { group } => (
+            client
+                .call(
+                    Method::POST,
+                    "/v1/scheduler/pause",
+                    Some(&json!({ "group": group })),
+                )
+                .await?,
+            "pause",
+        ),
+        SchedulerCommand::Resume { group } => (
+            client
+                .call(
+                    Method::POST,
+                    "/v1/scheduler/resume",
+                    Some(&json!({ "group": group })),
+                )
+                .await?,
+            "resume",
+        ),
+        SchedulerCommand::Status => (
+            client.call(Method::GET, "/v1/scheduler", None).await?,
+            "status",
+        ),
+    };
+    if format == Output::Json {
+        output::emit_json(&answer)?;
+        return Ok(0);
+    }
+    let a: Value = answer.decode("scheduler answer")?;
+    let text = match what {
+        "status" => {
+            let pauses = a["pauses"].as_array().cloned().unwrap_or_default();
+            if pauses.is_empty() {
+                "dispatching: running everywhere\n".to_owned()
+            } else {
+                let rows: Vec<Vec<String>> = pauses
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p["group"].as_str().unwrap_or("-").to_owned(),
+                            p["paused_at"].as_str().unwrap_or("-").to_owned(),
+                            p["paused_by"].as_str().unwrap_or("-").to_owned(),
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "dispatching paused for (each with its subgroups; default = the whole fleet):\n{}",
+                    output::table(&["GROUP", "SINCE", "BY"], &rows)
+                )
+            }
+        }
+        _ => {
+            let g = a["group"].as_str().unwrap_or("default");
+            let was = a["was_paused"].as_bool().unwrap_or(false);
+            match (what, was) {
+                ("pause", false) => format!("dispatching paused for {g} and its subgroups\n"),
+                ("pause", true) => format!("dispatching was already paused for {g}\n"),
+                (_, true) => format!("dispatching resumed for {g}\n"),
+                (_, false) => format!("{g} was not paused\n"),
+            }
+        }
+    };
+    output::emit(&text)?;
+    Ok(0)
+}

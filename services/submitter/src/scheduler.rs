@@ -1,0 +1,83 @@
+//! Pausing dispatching (admin): for a group and its subgroups, or the whole fleet.
+//! Kept in PostgreSQL, so a pause holds across dispatcher restarts and failovers;
+//! submissions are still accepted while paused.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fleet_shared::auth::Permission;
+use fleet_shared::db::{control, DbError};
+use fleet_shared::group::GroupName;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{invalid, ApiError, AppState};
+use crate::auth::Caller;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/scheduler", get(status))
+        .route("/v1/scheduler/pause", post(pause))
+        .route("/v1/scheduler/resume", post(resume))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Target {
+    /// A group (with its subgroups); absent: the whole fleet (`default`).
+    #[serde(default)]
+    group: Option<String>,
+}
+
+fn target(body: &[u8]) -> Result<GroupName, ApiError> {
+    let t: Target = if body.iter().all(u8::is_ascii_whitespace) {
+        Target::default()
+    } else {
+        crate::admin::parse_body(body)?
+    };
+    match t.group {
+        None => Ok(GroupName::default_group()),
+        Some(g) => GroupName::parse(&g).map_err(|e| invalid("group", e.to_string())),
+    }
+}
+
+async fn status(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.need(Permission::Read)?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let pauses = control::pauses(&client).await?;
+    let fleet = pauses
+        .iter()
+        .any(|p| p.group == GroupName::default_group().as_str());
+    Ok(Json(json!({ "fleet_paused": fleet, "pauses": pauses })))
+}
+
+async fn pause(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.need(Permission::Admin)?;
+    let group = target(&body)?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let new = control::pause(&client, &group, &caller.who.name).await?;
+    tracing::info!(group = %group, by = %caller.who.name, new, "dispatching paused");
+    Ok(Json(
+        json!({"group": group, "paused": true, "was_paused": !new}),
+    ))
+}
+
+async fn resume(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.need(Permission::Admin)?;
+    let group = target(&body)?;
+    let mut client = s.pool().get().await.map_err(DbError::from)?;
+    let was = control::resume(&mut client, s.schema(), &group).await?;
+    tracing::info!(group = %group, by = %caller.who.name, was, "dispatching resumed");
+    Ok(Json(
+        json!({"group": group, "paused": false, "was_paused": was}),
+    ))
+}

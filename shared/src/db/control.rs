@@ -1,0 +1,188 @@
+//! Operators' and owners' control of jobs and of dispatching: priority, hold, scheduler
+//! pause, executor drain. Written by the submitter; the dispatcher reads the effect in
+//! the statements that read ready work (held tasks and paused groups are left out).
+
+use super::{notify_wake, Client, DbError};
+use crate::group::GroupName;
+use crate::id::JobId;
+
+/// What a change to a job found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobChange {
+    /// Applied to this many tasks not yet handed out.
+    Applied(u64),
+    NoSuchJob,
+    /// The job is finished: there is nothing left to change.
+    Finished,
+}
+
+/// Sets the priority of the job's tasks not yet handed out (waiting or ready); tasks
+/// already assigned or running keep theirs.
+pub async fn set_priority(
+    client: &mut Client,
+    schema: &str,
+    job: JobId,
+    priority: i32,
+) -> Result<JobChange, DbError> {
+    let tx = client.transaction().await?;
+    let Some(finished) = lock_job(&tx, job).await? else {
+        return Ok(JobChange::NoSuchJob);
+    };
+    if finished {
+        return Ok(JobChange::Finished);
+    }
+    let n = tx
+        .execute(
+            "UPDATE tasks SET priority = $2, updated_at = clock_timestamp()
+             WHERE job_id = $1 AND state = ANY($3)",
+            &[&job.uuid(), &priority, &vec!["waiting", "ready"]],
+        )
+        .await?;
+    notify_wake(&tx, schema, true).await?;
+    tx.commit().await?;
+    Ok(JobChange::Applied(n))
+}
+
+/// Holds or releases a job: a held job's tasks not yet handed out are never dispatched
+/// until it is released (tasks already running go on). A release wakes the dispatcher.
+pub async fn set_held(
+    client: &mut Client,
+    schema: &str,
+    job: JobId,
+    held: bool,
+) -> Result<JobChange, DbError> {
+    let tx = client.transaction().await?;
+    let Some(finished) = lock_job(&tx, job).await? else {
+        return Ok(JobChange::NoSuchJob);
+    };
+    if finished {
+        return Ok(JobChange::Finished);
+    }
+    tx.execute(
+        "UPDATE jobs SET held = $2 WHERE id = $1",
+        &[&job.uuid(), &held],
+    )
+    .await?;
+    // Every task, whatever its state: one that goes back to ready later (a lost
+    // attempt, a dependency met) stays held too.
+    let n = tx
+        .execute(
+            "UPDATE tasks SET held = $2 WHERE job_id = $1 AND held <> $2",
+            &[&job.uuid(), &held],
+        )
+        .await?;
+    if !held {
+        notify_wake(&tx, schema, true).await?;
+    }
+    tx.commit().await?;
+    Ok(JobChange::Applied(n))
+}
+
+/// Locks the job's row; `Some(finished)` if it exists.
+async fn lock_job(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job: JobId,
+) -> Result<Option<bool>, DbError> {
+    Ok(tx
+        .query_opt(
+            "SELECT finished_at IS NOT NULL FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&job.uuid()],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// A pause of dispatching.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Pause {
+    pub group: String,
+    pub paused_at: chrono::DateTime<chrono::Utc>,
+    pub paused_by: String,
+}
+
+/// Pauses dispatching for `group` and its subgroups (`default`: the whole fleet).
+/// Idempotent: pausing again keeps the first pause's time and author. Returns whether
+/// it was newly paused.
+pub async fn pause(client: &Client, group: &GroupName, by: &str) -> Result<bool, DbError> {
+    Ok(client
+        .execute(
+            "INSERT INTO scheduler_pauses (group_name, paused_by) VALUES ($1, $2)
+             ON CONFLICT (group_name) DO NOTHING",
+            &[&group.as_str(), &by],
+        )
+        .await?
+        == 1)
+}
+
+/// Resumes dispatching for `group` (its pause only: a pause of an enclosing group still
+/// holds). Wakes the dispatcher. Returns whether it was paused.
+pub async fn resume(client: &mut Client, schema: &str, group: &GroupName) -> Result<bool, DbError> {
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "DELETE FROM scheduler_pauses WHERE group_name = $1",
+            &[&group.as_str()],
+        )
+        .await?;
+    notify_wake(&tx, schema, true).await?;
+    tx.commit().await?;
+    Ok(n == 1)
+}
+
+pub async fn pauses(client: &Client) -> Result<Vec<Pause>, DbError> {
+    Ok(client
+        .query(
+            "SELECT group_name, paused_at, paused_by FROM scheduler_pauses ORDER BY group_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Pause {
+            group: r.get(0),
+            paused_at: r.get(1),
+            paused_by: r.get(2),
+        })
+        .collect())
+}
+
+/// Records that an administrator drained (or resumed) an executor: the dispatcher gives
+/// a drained executor no new work, across its restarts and the dispatcher's.
+pub async fn set_drained(
+    client: &mut Client,
+    schema: &str,
+    executor_id: &str,
+    drained: bool,
+    by: &str,
+) -> Result<(), DbError> {
+    if drained {
+        client
+            .execute(
+                "INSERT INTO executor_drains (executor_id, drained_by) VALUES ($1, $2)
+                 ON CONFLICT (executor_id) DO NOTHING",
+                &[&executor_id, &by],
+            )
+            .await?;
+    } else {
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM executor_drains WHERE executor_id = $1",
+            &[&executor_id],
+        )
+        .await?;
+        notify_wake(&tx, schema, true).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Executors an administrator drained.
+pub async fn drained_executors(
+    client: &Client,
+) -> Result<std::collections::HashSet<String>, DbError> {
+    Ok(client
+        .query("SELECT executor_id FROM executor_drains", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
