@@ -196,6 +196,7 @@ impl TaskSpec {
             if stdin.len() > MAX_STDIN_BYTES {
                 return Err(bad(f("stdin"), format!("at most {MAX_STDIN_BYTES} bytes")));
             }
+            no_nul(&f("stdin"), stdin)?;
         }
         let timeout_secs = self.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
         if !(1..=MAX_TIMEOUT_SECS).contains(&timeout_secs) {
@@ -219,10 +220,11 @@ impl TaskSpec {
             None => GroupName::default_group(),
             Some(g) => GroupName::parse(g).map_err(|e| bad(f("group"), e.to_string()))?,
         };
-        for k in self.labels.keys() {
+        for (k, v) in &self.labels {
             if !label_key_ok(k) {
                 return Err(bad(f("labels"), format!("bad label key {k:?}")));
             }
+            no_nul(&f(&format!("labels.{k}")), v)?;
         }
         let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
@@ -364,6 +366,19 @@ mod tests {
         let mut t = task(&["echo", "a\0b"]);
         t.name = Some("x".into());
         assert_eq!(field_of(job(vec![t])), "tasks[0].argv[1]");
+    }
+
+    #[test]
+    fn a_nul_byte_in_stdin_or_a_label_value_is_named() {
+        let mut t = task(&["cat"]);
+        t.stdin = Some("a\0b".into());
+        assert_eq!(field_of(job(vec![t])), "tasks[0].stdin");
+        let mut t = task(&["true"]);
+        t.labels = BTreeMap::from([("gpu".into(), "yes\0".into())]);
+        assert_eq!(
+            field_of(job(vec![task(&["true"]), t])),
+            "tasks[1].labels.gpu"
+        );
     }
 
     #[test]

@@ -1,0 +1,61 @@
+//! What a new user ran into: calls that PostgreSQL or an executor would refuse are
+//! refused at the door, with the field named (400, or a rejected AMQP reply), never a 500
+//! or an attempt that fails later.
+
+use anyhow::Result;
+use fleet_tests::{job_of, TestFleet};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn field(body: &Value) -> &str {
+    body["error"]["field"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_byte_is_a_400_naming_the_field_not_a_500() -> Result<()> {
+    let fleet = TestFleet::start("nul").await?;
+    let (status, body) = fleet
+        .post_job(&job_of(1, &["cat"], json!({"stdin": "a\u{0}b"})), None)
+        .await?;
+    assert_eq!((status, field(&body)), (400, "tasks[0].stdin"), "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    let (status, body) = fleet
+        .post_job(
+            &job_of(1, &["true"], json!({"labels": {"gpu": "a\u{0}"}})),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (status, field(&body)),
+        (400, "tasks[0].labels.gpu"),
+        "{body}"
+    );
+    let (status, body) = fleet
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "ci\u{0}", "role": "reader"})),
+        )
+        .await?;
+    assert_eq!((status, field(&body)), (400, "name"), "{body}");
+    let (status, body) = fleet
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(json!({"name": "lab", "description": "x\u{0}y"})),
+        )
+        .await?;
+    assert_eq!((status, field(&body)), (400, "description"), "{body}");
+    // Over AMQP: a rejected reply naming it.
+    let submit = json!({"type": "submit", "v": 1,
+        "job": job_of(1, &["cat"], json!({"stdin": "\u{0}"}))});
+    let reply = fleet
+        .submit_amqp(&serde_json::to_vec(&submit)?, Some("nul-1"))
+        .await?;
+    assert_eq!(reply["accepted"], false, "{reply}");
+    assert_eq!(reply["error"]["field"], "job.tasks[0].stdin", "{reply}");
+    // Nothing was half-stored, and the service still works.
+    assert_eq!(fleet.count("SELECT count(*) FROM jobs").await?, 0);
+    fleet.submit(&job_of(1, &["true"], json!({}))).await?;
+    fleet.shutdown().await
+}
