@@ -1,6 +1,7 @@
 //! What a new user ran into: calls that PostgreSQL or an executor would refuse are
 //! refused at the door, with the field named (400, or a rejected AMQP reply), never a 500
-//! or an attempt that fails later.
+//! or an attempt that fails later; an AMQP submission with an empty `message_id` is not
+//! merged with others.
 
 use anyhow::Result;
 use fleet_tests::{job_of, TestFleet};
@@ -57,5 +58,28 @@ async fn a_nul_byte_is_a_400_naming_the_field_not_a_500() -> Result<()> {
     // Nothing was half-stored, and the service still works.
     assert_eq!(fleet.count("SELECT count(*) FROM jobs").await?, 0);
     fleet.submit(&job_of(1, &["true"], json!({}))).await?;
+    fleet.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_message_id_is_no_idempotency_key() -> Result<()> {
+    let fleet = TestFleet::start("emptymid").await?;
+    let submit = serde_json::to_vec(&json!({"type": "submit", "v": 1,
+        "job": job_of(1, &["true"], json!({}))}))?;
+    let first = fleet.submit_amqp(&submit, Some("")).await?;
+    let second = fleet.submit_amqp(&submit, Some("")).await?;
+    for reply in [&first, &second] {
+        assert_eq!(reply["accepted"], true, "{reply}");
+        assert_eq!(reply["created"], true, "{reply}");
+    }
+    assert_ne!(
+        first["job_id"], second["job_id"],
+        "two submissions, two jobs"
+    );
+    // A real message_id still is a key.
+    let keyed = fleet.submit_amqp(&submit, Some("k-1")).await?;
+    let again = fleet.submit_amqp(&submit, Some("k-1")).await?;
+    assert_eq!(again["created"], false, "{again}");
+    assert_eq!(keyed["job_id"], again["job_id"]);
     fleet.shutdown().await
 }
