@@ -83,3 +83,22 @@ async fn an_empty_message_id_is_no_idempotency_key() -> Result<()> {
     assert_eq!(keyed["job_id"], again["job_id"]);
     fleet.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_too_large_for_a_message_is_refused_at_submission() -> Result<()> {
+    let fleet = TestFleet::start("toolarge").await?;
+    let limit = fleet_shared::proto::MAX_MESSAGE_BYTES;
+    let big = "x".repeat(limit);
+    let (status, body) = fleet
+        .post_job(&job_of(1, &["echo", &big], json!({})), None)
+        .await?;
+    assert_eq!((status, field(&body)), (400, "tasks[0].argv"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&limit.to_string())),
+        "the limit is named: {body}"
+    );
+    assert_eq!(fleet.count("SELECT count(*) FROM jobs").await?, 0);
+    fleet.shutdown().await
+}
