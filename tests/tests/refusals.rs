@@ -102,3 +102,19 @@ async fn a_task_too_large_for_a_message_is_refused_at_submission() -> Result<()>
     assert_eq!(fleet.count("SELECT count(*) FROM jobs").await?, 0);
     fleet.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_submit_envelope_takes_only_type_v_and_job() -> Result<()> {
+    let fleet = TestFleet::start("envelope").await?;
+    let extra = serde_json::to_vec(&json!({"type": "submit", "v": 1,
+        "job": job_of(1, &["true"], json!({})), "priority": 5}))?;
+    let refused = fleet.submit_amqp(&extra, None).await?;
+    assert_eq!(refused["accepted"], false, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("priority")),
+        "{refused}"
+    );
+    fleet.shutdown().await
+}
