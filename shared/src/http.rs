@@ -148,6 +148,17 @@ impl Health {
 
     /// Ready, or why not. Reads flags only: never waits.
     pub fn check(&self) -> Result<(), String> {
+        // The services connect to the broker once migrated: until then, the database is
+        // the reason, with the latest probe's words (connection refused, say).
+        if self.0.uses_db && !self.0.migrated.load(Ordering::Relaxed) {
+            let why = self.0.db_problem.lock().ok().and_then(|p| p.clone());
+            return Err(match why {
+                Some(why) => {
+                    format!("the database is not reachable yet (migrations pending): {why}")
+                }
+                None => "the database migrations are pending".into(),
+            });
+        }
         match self.broker_state() {
             BrokerState::Up => {}
             BrokerState::Connecting => return Err("connecting to the broker".into()),
@@ -157,9 +168,6 @@ impl Health {
             return Err("the broker blocked publishing (a memory or disk alarm)".into());
         }
         if self.0.uses_db {
-            if !self.0.migrated.load(Ordering::Relaxed) {
-                return Err("the database is not reachable yet (migrations pending)".into());
-            }
             if let Some(p) = self.0.db_problem.lock().ok().and_then(|p| p.clone()) {
                 return Err(p);
             }
