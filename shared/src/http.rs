@@ -221,13 +221,41 @@ pub fn error_response(
     (status, Json(serde_json::json!({ "error": body }))).into_response()
 }
 
-/// Serves `router` on an already-bound listener until the token is cancelled.
+/// An unknown route: the API's JSON error, not axum's empty 404.
+async fn no_such_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such route: {method} {}", uri.path()),
+        None,
+    )
+}
+
+/// A known route asked with a method it does not take (axum adds the `Allow` header).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+        None,
+    )
+}
+
+/// `router` with JSON answers for unknown routes (404) and methods (405).
+pub fn with_json_fallbacks(router: Router) -> Router {
+    router
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Serves `router` on an already-bound listener until the token is cancelled; unknown
+/// routes and methods get the JSON error body.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    axum::serve(listener, with_json_fallbacks(router))
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await
 }
