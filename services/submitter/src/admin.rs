@@ -155,7 +155,7 @@ async fn add_member(
     caller.need(Permission::Admin)?;
     let (name, executor) = (group_name(&name)?, executor_id(&executor)?);
     let client = s.pool().get().await.map_err(DbError::from)?;
-    admin::add_member(&client, &name, &executor).await?;
+    admin::add_member(&client, &name, &executor, s.silent_after_secs()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
