@@ -148,6 +148,17 @@ impl Health {
 
     /// Ready, or why not. Reads flags only: never waits.
     pub fn check(&self) -> Result<(), String> {
+        // The services connect to the broker once migrated: until then, the database is
+        // the reason, with the latest probe's words (connection refused, say).
+        if self.0.uses_db && !self.0.migrated.load(Ordering::Relaxed) {
+            let why = self.0.db_problem.lock().ok().and_then(|p| p.clone());
+            return Err(match why {
+                Some(why) => {
+                    format!("the database is not reachable yet (migrations pending): {why}")
+                }
+                None => "the database migrations are pending".into(),
+            });
+        }
         match self.broker_state() {
             BrokerState::Up => {}
             BrokerState::Connecting => return Err("connecting to the broker".into()),
@@ -157,9 +168,6 @@ impl Health {
             return Err("the broker blocked publishing (a memory or disk alarm)".into());
         }
         if self.0.uses_db {
-            if !self.0.migrated.load(Ordering::Relaxed) {
-                return Err("the database is not reachable yet (migrations pending)".into());
-            }
             if let Some(p) = self.0.db_problem.lock().ok().and_then(|p| p.clone()) {
                 return Err(p);
             }
@@ -213,13 +221,41 @@ pub fn error_response(
     (status, Json(serde_json::json!({ "error": body }))).into_response()
 }
 
-/// Serves `router` on an already-bound listener until the token is cancelled.
+/// An unknown route: the API's JSON error, not axum's empty 404.
+async fn no_such_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such route: {method} {}", uri.path()),
+        None,
+    )
+}
+
+/// A known route asked with a method it does not take (axum adds the `Allow` header).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+        None,
+    )
+}
+
+/// `router` with JSON answers for unknown routes (404) and methods (405).
+pub fn with_json_fallbacks(router: Router) -> Router {
+    router
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Serves `router` on an already-bound listener until the token is cancelled; unknown
+/// routes and methods get the JSON error body.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    axum::serve(listener, with_json_fallbacks(router))
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await
 }

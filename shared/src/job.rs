@@ -110,6 +110,53 @@ fn no_nul(field: &str, s: &str) -> Result<(), FieldError> {
     }
 }
 
+/// Counts what is written to it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    let mut c = Counter(0);
+    // Writing to a counter cannot fail, and strings and maps of strings always serialize.
+    let _ = serde_json::to_writer(&mut c, value);
+    c.0
+}
+
+/// What a task's `request` message holds besides its argv, env, cwd and stdin (field
+/// names, ids, attempt, timeout, lease deadline, `type` and `v`), at most: a few hundred
+/// bytes, with room to spare.
+pub const REQUEST_OVERHEAD_BYTES: usize = 1024;
+
+/// Whether the task's `request` message (what the executor receives, encoded as JSON)
+/// stays within [`crate::proto::MAX_MESSAGE_BYTES`], the most an executor decodes; else
+/// the largest of its parts (`argv`, `env`, `cwd`, `stdin`) and the message's size.
+fn request_fits(t: &TaskSpec) -> Result<(), (&'static str, usize)> {
+    let parts = [
+        ("argv", json_len(&t.argv)),
+        ("env", json_len(&t.env)),
+        ("cwd", t.cwd.as_ref().map_or(0, json_len)),
+        ("stdin", t.stdin.as_ref().map_or(0, json_len)),
+    ];
+    let size = REQUEST_OVERHEAD_BYTES + parts.iter().map(|(_, n)| n).sum::<usize>();
+    if size <= crate::proto::MAX_MESSAGE_BYTES {
+        return Ok(());
+    }
+    let largest = parts
+        .iter()
+        .max_by_key(|(_, n)| *n)
+        .map_or("argv", |(part, _)| *part);
+    Err((largest, size))
+}
+
 fn label_key_ok(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 63
@@ -196,7 +243,18 @@ impl TaskSpec {
             if stdin.len() > MAX_STDIN_BYTES {
                 return Err(bad(f("stdin"), format!("at most {MAX_STDIN_BYTES} bytes")));
             }
+            no_nul(&f("stdin"), stdin)?;
         }
+        request_fits(self).map_err(|(part, size)| {
+            bad(
+                f(part),
+                format!(
+                    "the task's request message would be {size} bytes (argv, env, cwd and \
+                     stdin as JSON), over the {} byte message limit",
+                    crate::proto::MAX_MESSAGE_BYTES
+                ),
+            )
+        })?;
         let timeout_secs = self.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
         if !(1..=MAX_TIMEOUT_SECS).contains(&timeout_secs) {
             return Err(bad(
@@ -219,10 +277,11 @@ impl TaskSpec {
             None => GroupName::default_group(),
             Some(g) => GroupName::parse(g).map_err(|e| bad(f("group"), e.to_string()))?,
         };
-        for k in self.labels.keys() {
+        for (k, v) in &self.labels {
             if !label_key_ok(k) {
                 return Err(bad(f("labels"), format!("bad label key {k:?}")));
             }
+            no_nul(&f(&format!("labels.{k}")), v)?;
         }
         let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
@@ -364,6 +423,78 @@ mod tests {
         let mut t = task(&["echo", "a\0b"]);
         t.name = Some("x".into());
         assert_eq!(field_of(job(vec![t])), "tasks[0].argv[1]");
+    }
+
+    #[test]
+    fn a_nul_byte_in_stdin_or_a_label_value_is_named() {
+        let mut t = task(&["cat"]);
+        t.stdin = Some("a\0b".into());
+        assert_eq!(field_of(job(vec![t])), "tasks[0].stdin");
+        let mut t = task(&["true"]);
+        t.labels = BTreeMap::from([("gpu".into(), "yes\0".into())]);
+        assert_eq!(
+            field_of(job(vec![task(&["true"]), t])),
+            "tasks[1].labels.gpu"
+        );
+    }
+
+    #[test]
+    fn a_task_whose_request_would_exceed_the_message_limit_is_refused() {
+        let big = "x".repeat(crate::proto::MAX_MESSAGE_BYTES);
+        let e = job(vec![task(&["echo", &big])])
+            .validate()
+            .expect_err("an argv over the message limit");
+        assert_eq!(e.field, "tasks[0].argv");
+        assert!(
+            e.message
+                .contains(&crate::proto::MAX_MESSAGE_BYTES.to_string()),
+            "the limit is named: {e}"
+        );
+        // Many variables that each pass, together over the limit.
+        let mut t = task(&["true"]);
+        let value = "v".repeat(1024 * 1024);
+        t.env = (0..9).map(|i| (format!("V{i}"), value.clone())).collect();
+        assert_eq!(field_of(job(vec![t])), "tasks[0].env");
+        // Escaping counts: a control character is six bytes in JSON.
+        let mut t = task(&["true"]);
+        t.cwd = Some("\u{1}".repeat(crate::proto::MAX_MESSAGE_BYTES / 5));
+        assert_eq!(field_of(job(vec![t])), "tasks[0].cwd");
+        // Just under the limit passes.
+        let fits = "x".repeat(crate::proto::MAX_MESSAGE_BYTES - 4096);
+        job(vec![task(&["echo", &fits])])
+            .validate()
+            .expect("a request under the limit");
+    }
+
+    #[test]
+    fn the_request_overhead_bounds_what_a_request_adds() {
+        let t = TaskSpec {
+            argv: vec!["echo".into(), "hi".into()],
+            env: BTreeMap::from([("A".into(), "b".into())]),
+            cwd: Some("/tmp".into()),
+            stdin: Some("in".into()),
+            ..TaskSpec::default()
+        };
+        let req = crate::proto::Request {
+            task_id: crate::id::TaskId::new(),
+            attempt: i32::MAX,
+            job_id: crate::id::JobId::new(),
+            argv: t.argv.clone(),
+            env: t.env.clone(),
+            cwd: t.cwd.clone(),
+            stdin: t.stdin.clone(),
+            timeout_secs: u64::MAX,
+            lease_deadline: chrono::DateTime::<chrono::Utc>::MAX_UTC,
+        };
+        let strings = json_len(&t.argv)
+            + json_len(&t.env)
+            + t.cwd.as_ref().map_or(0, json_len)
+            + t.stdin.as_ref().map_or(0, json_len);
+        let whole = crate::proto::encode(&req).len();
+        assert!(
+            whole <= strings + REQUEST_OVERHEAD_BYTES,
+            "{whole} > {strings} + {REQUEST_OVERHEAD_BYTES}"
+        );
     }
 
     #[test]

@@ -16,11 +16,49 @@ use crate::job::JobSpec;
 /// bounds memory per delivery without refusing legitimate traffic.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
+/// The deepest nesting of arrays and objects a consumer will parse (the message's own
+/// object is the first level). Checked before parsing, so that no part of a message, an
+/// ignored unknown field included, can be nested deeper.
+pub const MAX_NESTING: usize = 128;
+
 /// A message type on the wire.
 pub trait Wire: Serialize + DeserializeOwned {
     const TYPE: &'static str;
     /// The newest version this build writes and understands.
     const V: u32;
+    /// Refuse unknown fields (besides `type` and `v`): for messages from outside Fleet
+    /// (`submit`), whose unknown fields are a sender's mistake. Fleet's own messages
+    /// tolerate them, so that a newer sender's additions do not break an older reader.
+    const STRICT: bool = false;
+}
+
+/// How deep arrays and objects nest in a JSON text (brackets inside strings are text).
+/// Malformed text gets a number too; the parser refuses it afterwards.
+fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,7 +118,13 @@ pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
-    // serde_json's recursion limit (128) caps nesting depth.
+    // serde_json's recursion limit does not reach the values it skips (unknown fields).
+    let depth = nesting_depth(bytes);
+    if depth > MAX_NESTING {
+        return Err(DecodeError::Malformed(format!(
+            "nested {depth} levels deep, more than {MAX_NESTING}"
+        )));
+    }
     let head: Head =
         serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if head.kind != T::TYPE {
@@ -96,14 +140,24 @@ pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
             supported: T::V,
         });
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let invalid = |e: serde_path_to_error::Error<serde_json::Error>| {
         let field = e.path().to_string();
         DecodeError::Invalid {
             field,
             message: e.into_inner().to_string(),
         }
-    })
+    };
+    if T::STRICT {
+        // The head is not part of the body: take it out, so that a strict body (with
+        // `deny_unknown_fields`) refuses everything else it does not know.
+        let mut value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        value.remove("type");
+        value.remove("v");
+        return serde_path_to_error::deserialize(serde_json::Value::Object(value)).map_err(invalid);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(invalid)
 }
 
 /// One attempt an executor holds: received, and maybe started.
@@ -393,14 +447,17 @@ impl Wire for Event {
 }
 
 /// Other systems -> submitter: a job, answered on `reply_to` with a [`SubmitReply`].
-/// The AMQP `message_id` is the idempotency key.
+/// The AMQP `message_id` is the idempotency key. Unknown fields are refused, as by
+/// `POST /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Submit {
     pub job: JobSpec,
 }
 impl Wire for Submit {
     const TYPE: &'static str = "submit";
     const V: u32 = 1;
+    const STRICT: bool = true;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -622,6 +679,76 @@ mod tests {
             decode::<Info>(&huge),
             Err(DecodeError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn the_submit_envelope_refuses_unknown_fields() {
+        let ok = br#"{"type":"submit","v":1,"job":{"tasks":[{"argv":["true"]}]}}"#;
+        let s = decode::<Submit>(ok).expect("a plain submission");
+        assert_eq!(s.job.tasks[0].argv, vec!["true".to_string()]);
+        let extra = br#"{"type":"submit","v":1,"job":{"tasks":[{"argv":["true"]}]},"priority":5}"#;
+        match decode::<Submit>(extra) {
+            Err(DecodeError::Invalid { message, .. }) => {
+                assert!(message.contains("priority"), "{message}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Inside the job, as `POST /v1/jobs`.
+        let inner = br#"{"type":"submit","v":1,"job":{"tasks":[{"argv":["true"],"argvv":1}]}}"#;
+        match decode::<Submit>(inner) {
+            Err(DecodeError::Invalid { field, .. }) => assert_eq!(field, "job.tasks[0].argvv"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_malformed_wherever_it_is() {
+        let deep = |depth: usize| {
+            format!(
+                r#"{{"type":"submit","v":1,"job":{{"tasks":[{{"argv":["true"]}}]}},"x":{}1{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        // An ignored field of a message that tolerates unknown fields, as deep as it gets.
+        let mut value = serde_json::to_value(info()).expect("value");
+        value["type"] = "info".into();
+        value["v"] = 1.into();
+        let text = serde_json::to_string(&value).expect("text");
+        let nested = format!(
+            r#"{{"extra":{}1{},{}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000),
+            &text[1..]
+        );
+        assert_eq!(
+            decode::<Info>(nested.as_bytes()).map_err(|e| e.reason()),
+            Err("malformed")
+        );
+        assert_eq!(
+            decode::<Submit>(deep(100_000).as_bytes()).map_err(|e| e.reason()),
+            Err("malformed")
+        );
+        assert_eq!(
+            decode::<Submit>(deep(MAX_NESTING).as_bytes()).map_err(|e| e.reason()),
+            Err("malformed")
+        );
+        // Brackets inside strings are text, not nesting.
+        let texty = format!(
+            r#"{{"type":"submit","v":1,"job":{{"tasks":[{{"argv":["echo","{}\"{}"]}}]}}}}"#,
+            "[".repeat(1000),
+            "{".repeat(1000)
+        );
+        decode::<Submit>(texty.as_bytes()).expect("brackets in a string");
+    }
+
+    #[test]
+    fn nesting_depth_is_counted_outside_strings() {
+        assert_eq!(nesting_depth(b"{}"), 1);
+        assert_eq!(nesting_depth(br#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting_depth(br#"{"a":"[[[{{{\"[["}"#), 1);
+        assert_eq!(nesting_depth(br#"["\\",[]]"#), 2);
+        assert_eq!(nesting_depth(b"[[[[[["), 6);
     }
 
     #[test]

@@ -347,3 +347,75 @@ async fn a_backlog_no_executor_serves_does_not_hold_up_the_work_behind_it() -> R
     assert_eq!(done.state, "succeeded");
     fleet.shutdown().await
 }
+
+/// `fleetctl group delete|add` said "no such group" for groups `fleetctl group list`
+/// shows: `default`, and groups executors declare that nobody created (and their
+/// ancestors). The answer now says what the group is and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_group_that_was_never_created_is_refused_for_what_it_is() -> Result<()> {
+    use reqwest::Method;
+    let mut fleet = TestFleet::start("declared").await?;
+    fleet
+        .add_executor(ExecutorSpec::new("gpu-1", &["lab.gpu"], 1))
+        .await?;
+    fleet.wait_executors(&["gpu-1"]).await?;
+    wait_for(
+        "lab.gpu listed with its declared member",
+        Duration::from_secs(30),
+        || async {
+            let (_, b) = fleet.call(Method::GET, "/v1/groups", None).await?;
+            let listed = b["groups"].as_array().is_some_and(|gs| {
+                gs.iter()
+                    .any(|g| g["name"] == "lab.gpu" && g["members"][0]["executor_id"] == "gpu-1")
+                    && gs.iter().any(|g| g["name"] == "lab")
+            });
+            Ok(listed.then_some(()))
+        },
+    )
+    .await?;
+    let message = |b: &Value| b["error"]["message"].as_str().unwrap_or("").to_owned();
+    for name in ["lab.gpu", "lab"] {
+        let (s, b) = fleet
+            .call(Method::DELETE, &format!("/v1/groups/{name}"), None)
+            .await?;
+        assert_eq!(s, 409, "{name}: {b}");
+        let m = message(&b);
+        assert!(
+            m.contains("never created") && m.contains("gpu-1"),
+            "{name}: {m}"
+        );
+    }
+    let (s, b) = fleet
+        .call(Method::PUT, "/v1/groups/lab.gpu/members/other-1", None)
+        .await?;
+    assert_eq!(s, 409, "{b}");
+    let m = message(&b);
+    assert!(
+        m.contains("never created") && m.contains("fleetctl group create lab"),
+        "{m}"
+    );
+    for (method, path) in [
+        (Method::DELETE, "/v1/groups/default"),
+        (Method::PUT, "/v1/groups/default/members/other-1"),
+    ] {
+        let (s, b) = fleet.call(method, path, None).await?;
+        assert_eq!(s, 409, "{path}: {b}");
+        assert!(message(&b).contains("'default'"), "{path}: {b}");
+    }
+    let (s, b) = fleet
+        .call(Method::DELETE, "/v1/groups/nowhere", None)
+        .await?;
+    assert_eq!(s, 404, "{b}");
+    // Created as the answer says, it takes members.
+    for name in ["lab", "lab.gpu"] {
+        let (s, b) = fleet
+            .call(Method::POST, "/v1/groups", Some(json!({"name": name})))
+            .await?;
+        assert_eq!(s, 201, "{name}: {b}");
+    }
+    let (s, b) = fleet
+        .call(Method::PUT, "/v1/groups/lab.gpu/members/other-1", None)
+        .await?;
+    assert_eq!(s, 204, "{b}");
+    fleet.shutdown().await
+}

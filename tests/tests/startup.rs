@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use fleet_tests::{free_addr, job_of, InProcess, ServiceProcess, TestFleet};
 use serde_json::json;
 
@@ -123,5 +123,65 @@ async fn a_submitter_just_started_takes_jobs_when_the_broker_is_fine() -> Result
     };
     assert_eq!(status, 201, "the first submission after start: {body}");
     submitter.kill().await?;
+    fleet.shutdown().await
+}
+
+/// The log says why the database cannot be reached (the operating system's words), at
+/// WARN, retried with backoff rather than in a loop; `/healthz` answers meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_names_why_the_database_cannot_be_reached() -> Result<()> {
+    let none = InProcess::none();
+    let fleet = TestFleet::start_opts("nodbwhy", none, |_| {}).await?;
+    let closed = free_addr()?;
+    let url = [(
+        "FLEET_DATABASE__URL",
+        format!("postgres://postgres@{closed}/fleet"),
+    )];
+    let p = fleet.spawn_process(COLLECTOR_BIN, "collector", &url)?;
+    listening(&p).await?;
+    let (status, took) = timed(&p, "/healthz").await?;
+    assert_eq!(status, 200, "/healthz");
+    assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    let line = fleet_tests::wait_for(
+        "a log line naming the cause",
+        Duration::from_secs(10),
+        || async {
+            Ok(p.log_text()
+                .lines()
+                .find(|l| l.contains("WARN") && l.to_lowercase().contains("connection refused"))
+                .map(str::to_owned))
+        },
+    )
+    .await
+    .with_context(|| format!("the log:\n{}", p.log_text()))?;
+    assert!(line.contains("database"), "{line}");
+    // /readyz says it too.
+    fleet_tests::wait_for(
+        "/readyz to name the cause",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = p.get("/readyz").await?;
+            assert_eq!(status, 503, "{body}");
+            Ok(body
+                .to_lowercase()
+                .contains("connection refused")
+                .then_some(()))
+        },
+    )
+    .await?;
+    // Backoff, not a hot loop: a few tries in the first seconds, not hundreds.
+    let started = Instant::now();
+    fleet_tests::wait_for("three seconds", Duration::from_secs(5), || async {
+        Ok((started.elapsed() >= Duration::from_secs(3)).then_some(()))
+    })
+    .await?;
+    let tries = p.log_text().matches("connection refused").count()
+        + p.log_text().matches("Connection refused").count();
+    assert!(
+        tries < 20,
+        "{tries} warnings in about 3 s:\n{}",
+        p.log_text()
+    );
+    p.kill().await?;
     fleet.shutdown().await
 }

@@ -37,6 +37,16 @@ fn group_name(name: &str) -> Result<GroupName, ApiError> {
     GroupName::parse(name).map_err(|e| invalid("group", e.to_string()))
 }
 
+/// PostgreSQL text cannot hold a NUL byte: refused here, naming the field, rather than
+/// a 500 from the database.
+fn no_nul(field: &str, s: &str) -> Result<(), ApiError> {
+    if s.contains('\0') {
+        Err(invalid(field, "must not contain a NUL byte"))
+    } else {
+        Ok(())
+    }
+}
+
 fn executor_id(id: &str) -> Result<ExecutorId, ApiError> {
     ExecutorId::parse(id).map_err(|e| invalid("executor_id", e.to_string()))
 }
@@ -59,6 +69,7 @@ async fn create_token(
     if name.is_empty() || name.len() > 200 {
         return Err(invalid("name", "must be 1 to 200 characters"));
     }
+    no_nul("name", name)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
     let made = admin::create_token(&client, name, b.role).await?;
     Ok((StatusCode::CREATED, Json(made)).into_response())
@@ -102,8 +113,11 @@ async fn create_group(
     caller.need(Permission::Admin)?;
     let b: NewGroupBody = parse_body(&body)?;
     let name = GroupName::parse(&b.name).map_err(|e| invalid("name", e.to_string()))?;
-    if b.description.as_ref().is_some_and(|d| d.len() > 1000) {
-        return Err(invalid("description", "at most 1000 bytes"));
+    if let Some(d) = &b.description {
+        if d.len() > 1000 {
+            return Err(invalid("description", "at most 1000 bytes"));
+        }
+        no_nul("description", d)?;
     }
     let client = s.pool().get().await.map_err(DbError::from)?;
     let g = admin::create_group(&client, &name, b.description.as_deref()).await?;
@@ -141,7 +155,7 @@ async fn add_member(
     caller.need(Permission::Admin)?;
     let (name, executor) = (group_name(&name)?, executor_id(&executor)?);
     let client = s.pool().get().await.map_err(DbError::from)?;
-    admin::add_member(&client, &name, &executor).await?;
+    admin::add_member(&client, &name, &executor, s.silent_after_secs()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

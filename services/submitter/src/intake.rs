@@ -99,6 +99,17 @@ fn rejection(code: &str, message: String, field: Option<String>) -> SubmitReply 
     }
 }
 
+/// The idempotency key of a submission: `amqp:<message_id>`. An empty `message_id` is no
+/// key at all (else every submission without one would be merged into the first); one
+/// with a NUL byte is refused (PostgreSQL text cannot hold it).
+fn idempotency_key(message_id: Option<&str>) -> Result<Option<String>, String> {
+    match message_id {
+        None | Some("") => Ok(None),
+        Some(m) if m.contains('\0') => Err("message_id: must not contain a NUL byte".into()),
+        Some(m) => Ok(Some(format!("amqp:{m}"))),
+    }
+}
+
 /// Records a batch; says what to publish (replies, dead letters) before the ack.
 async fn handle_batch(
     cfg: &Config,
@@ -120,16 +131,20 @@ async fn handle_batch(
             (e.reason(), e.to_string(), field)
         });
         let valid = parsed.and_then(|s| {
-            s.job
+            let job = s
+                .job
                 .validate()
-                .map_err(|f| ("invalid", f.to_string(), Some(format!("job.{}", f.field))))
+                .map_err(|f| ("invalid", f.to_string(), Some(format!("job.{}", f.field))))?;
+            let message_id = d.properties.message_id().as_ref().map(|m| m.as_str());
+            let key = idempotency_key(message_id)
+                .map_err(|why| ("invalid", why, Some("message_id".to_owned())))?;
+            Ok((job, key))
         });
         match valid {
-            Ok(job) => {
-                let key = d.properties.message_id().as_ref().map(|m| m.to_string());
+            Ok((job, key)) => {
                 jobs.push(submit::NewJob {
                     id: JobId::new(),
-                    idempotency_key: key.map(|k| format!("amqp:{k}")),
+                    idempotency_key: key,
                     job,
                     owner: fleet_shared::auth::Principal::amqp_intake(),
                 });
@@ -211,4 +226,17 @@ async fn insert(
 ) -> Result<Vec<submit::Ticket>, DbError> {
     let client = pool.get().await?;
     submit::insert_jobs(&client, schema, jobs).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_message_id_is_no_key() {
+        assert_eq!(idempotency_key(None), Ok(None));
+        assert_eq!(idempotency_key(Some("")), Ok(None));
+        assert_eq!(idempotency_key(Some("k-1")), Ok(Some("amqp:k-1".into())));
+        assert!(idempotency_key(Some("a\0b")).is_err());
+    }
 }

@@ -294,7 +294,8 @@ pub async fn delete_group(
         )
         .await?;
     if found.is_none() {
-        return Err(AdminError::NotFound("group"));
+        drop(tx);
+        return Err(not_stored(client, name, alive_secs, GroupChange::Delete).await);
     }
     let sub: i64 = tx
         .query_one(
@@ -346,11 +347,87 @@ pub async fn delete_group(
     Ok(())
 }
 
+/// What was asked of a group that is not stored.
+#[derive(Clone, Copy)]
+enum GroupChange {
+    Delete,
+    AddMember,
+}
+
+/// Why a group that is not stored cannot be changed so. The group
+/// listing shows more than the stored groups: `default`, and groups that alive executors
+/// declare (and their ancestors), which nobody created. Those are not "no such group":
+/// the answer says what they are and what to do.
+async fn not_stored(
+    client: &Client,
+    name: &GroupName,
+    alive_secs: f64,
+    what: GroupChange,
+) -> AdminError {
+    if name.is_default() {
+        return AdminError::Conflict(match what {
+            GroupChange::Delete => "the group 'default' always exists and cannot be deleted".into(),
+            GroupChange::AddMember => {
+                "every executor is in the group 'default'; there is nobody to add".into()
+            }
+        });
+    }
+    let declared = client
+        .query(
+            "SELECT id FROM executors
+             WHERE last_info_at > now() - make_interval(secs => $2)
+               AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(groups) AS g(name)
+                           WHERE g.name = $1 OR starts_with(g.name, $1 || '.'))
+             ORDER BY id",
+            &[&name.as_str(), &alive_secs],
+        )
+        .await;
+    let declared: Vec<String> = match declared {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) => return AdminError::Db(e.into()),
+    };
+    if declared.is_empty() {
+        return AdminError::NotFound("group");
+    }
+    let by = format!(
+        "the group '{name}' was never created: it is listed because executors declare it \
+         or a group inside it in their configuration ({})",
+        declared.join(", ")
+    );
+    AdminError::Conflict(match what {
+        GroupChange::Delete => format!(
+            "{by}; there is nothing to delete: it leaves the list once no alive executor \
+             declares it (change their executor.groups)"
+        ),
+        GroupChange::AddMember => {
+            // Every missing level must be created, outermost first.
+            let mut missing = Vec::new();
+            for g in name.lineage().into_iter().filter(|g| !g.is_default()) {
+                let found = client
+                    .query_opt("SELECT 1 FROM groups WHERE name = $1", &[&g.as_str()])
+                    .await;
+                match found {
+                    Ok(Some(_)) => break,
+                    Ok(None) => missing.push(format!("fleetctl group create {g}")),
+                    Err(e) => return AdminError::Db(e.into()),
+                }
+            }
+            missing.reverse();
+            format!(
+                "{by}; to put executors in it, create it first: {} (POST /v1/groups)",
+                missing.join(", then ")
+            )
+        }
+    })
+}
+
 /// Puts an executor in a group (idempotent). The executor need not have registered yet.
+/// `alive_secs`: for the answer when the group is not stored (see [`not_stored`]).
 pub async fn add_member(
     client: &Client,
     group: &GroupName,
     executor: &ExecutorId,
+    alive_secs: f64,
 ) -> Result<(), AdminError> {
     let n = client
         .execute(
@@ -365,7 +442,7 @@ pub async fn add_member(
             .query_opt("SELECT 1 FROM groups WHERE name = $1", &[&group.as_str()])
             .await?;
         if found.is_none() {
-            return Err(AdminError::NotFound("group"));
+            return Err(not_stored(client, group, alive_secs, GroupChange::AddMember).await);
         }
     }
     Ok(())

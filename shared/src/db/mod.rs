@@ -71,13 +71,30 @@ fn pool_detail(e: &deadpool_postgres::PoolError) -> String {
     }
 }
 
-/// tokio-postgres' Display says only "db error" for a server error; the server's own
-/// message is what an operator needs.
+/// tokio-postgres' Display says only "db error" for a server error, and only "error
+/// connecting to server" when it could not connect: the server's own message, or the
+/// cause underneath (connection refused, no such host, timed out), is what an operator
+/// needs.
 fn postgres_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => with_causes(e),
     }
+}
+
+/// An error and every error underneath it, `outer: inner: innermost`, each said once.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 impl Transience for DbError {
