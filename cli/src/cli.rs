@@ -109,6 +109,24 @@ pub enum Command {
     #[command(subcommand)]
     Job(JobCommand),
 
+    /// Cancel a job, or one task of it and the tasks that depend on it
+    #[command(
+        long_about = "Cancel a job (or one TASK of it, by name, index or id, with the tasks that \
+                      depend on it). Tasks not started end `cancelled` at once; running ones are \
+                      killed on their executor (their whole process group) and end `cancelled` \
+                      with their output so far, unless they finished first. Nothing cancelled \
+                      is tried again. Cancelling twice is harmless.",
+        after_help = "Examples:\n  \
+            fleetctl cancel 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+            fleetctl cancel 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b build"
+    )]
+    Cancel {
+        #[arg(value_name = "JOB_ID")]
+        job_id: Uuid,
+        /// One task only: its name, index or id
+        task: Option<String>,
+    },
+
     /// Set the priority of a job's tasks not yet handed out (-1000..=1000, higher first)
     #[command(after_help = "Examples:\n  \
         fleetctl priority 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b 100\n  \
@@ -176,15 +194,14 @@ pub enum Command {
     )]
     Token(TokenCommand),
 
-    /// Executors (admin): join tokens, revoke, drain, resume, cancel an attempt
+    /// Executors (admin): join tokens, revoke, drain, resume
     #[command(
         subcommand,
         after_help = "Examples:\n  \
         fleetctl executor join-token --group site.web\n  \
         fleetctl executor revoke web-1\n  \
         fleetctl executor drain cpu-1\n  \
-        fleetctl executor resume cpu-1\n  \
-        fleetctl executor cancel cpu-1 --task 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b --attempt 1"
+        fleetctl executor resume cpu-1"
     )]
     Executor(ExecutorCommand),
 }
@@ -328,17 +345,6 @@ pub enum ExecutorCommand {
     Revoke {
         #[arg(value_name = "EXECUTOR_ID")]
         id: String,
-    },
-    /// Cancel one attempt it holds: its process group is killed, the task ends cancelled
-    Cancel {
-        #[arg(value_name = "EXECUTOR_ID")]
-        id: String,
-        /// The task's id (see `fleetctl status -o json`)
-        #[arg(long)]
-        task: Uuid,
-        /// The attempt number
-        #[arg(long)]
-        attempt: u32,
     },
 }
 

@@ -89,6 +89,17 @@ pub fn is_retryable(outcome: Outcome) -> bool {
     outcome == Outcome::Lost
 }
 
+/// How an attempt's end counts for a task whose cancel was asked: a success stands (the
+/// command finished before the kill reached it: one outcome, the real one); any other
+/// end, a lost attempt included, is the cancel, and nothing is tried again.
+pub fn outcome_under_cancel(outcome: Outcome, cancel_requested: bool) -> Outcome {
+    if cancel_requested && outcome != Outcome::Succeeded {
+        Outcome::Cancelled
+    } else {
+        outcome
+    }
+}
+
 pub fn transition(from: TaskState, event: TaskEvent) -> Result<TaskState, TransitionError> {
     use TaskState::*;
     let to = match (from, event) {
@@ -354,6 +365,27 @@ mod tests {
         assert_eq!(
             transition(Running, ended(Outcome::Cancelled, 1, 3)),
             Ok(Cancelled)
+        );
+    }
+
+    #[test]
+    fn under_a_cancel_only_a_success_stands_and_nothing_is_tried_again() {
+        for o in [
+            Outcome::Failed,
+            Outcome::TimedOut,
+            Outcome::SpawnFailed,
+            Outcome::Lost,
+            Outcome::Cancelled,
+        ] {
+            let under = outcome_under_cancel(o, true);
+            assert_eq!(under, Outcome::Cancelled, "{o:?}");
+            // A lost attempt with attempts left would have gone back to ready.
+            assert_eq!(transition(Running, ended(under, 1, 3)), Ok(Cancelled));
+            assert_eq!(outcome_under_cancel(o, false), o);
+        }
+        assert_eq!(
+            outcome_under_cancel(Outcome::Succeeded, true),
+            Outcome::Succeeded
         );
     }
 

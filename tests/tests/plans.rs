@@ -190,12 +190,14 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
     dispatch::extend_leases(&tx, &leases, 15.0).await?;
     dispatch::mark_reported(&tx, &held[..8], 600.0).await?;
     dispatch::unassign(&tx, &held[8..12]).await?;
+    dispatch::end_cancelled(&tx, &held[8..12]).await?;
     dispatch::lose(&tx, &held[12..16]).await?;
     dispatch::sweep_leases(&tx).await?;
     tx.commit().await?;
     dispatch::pending_copies(&client).await?;
     dispatch::ready_each(&client, 1000).await?;
     dispatch::grace_candidates(&client, 15.0, 5.0).await?;
+    dispatch::attempts_to_kill(&client).await?;
 
     // The collector: the rest of the results, in one batch.
     let job_of: std::collections::HashMap<_, _> =

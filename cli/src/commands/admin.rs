@@ -175,11 +175,6 @@ pub async fn executor(
             None,
             format!("resume sent to {id}\n"),
         ),
-        ExecutorCommand::Cancel { id, task, attempt } => (
-            format!("/v1/executors/{}/cancel", segment("executor", &id)?),
-            Some(json!({"task_id": task, "attempt": attempt})),
-            format!("cancel of task {task} attempt {attempt} sent to {id}\n"),
-        ),
     };
     let answer = client.call(Method::POST, &path, body.as_ref()).await?;
     done(&answer, format, text)

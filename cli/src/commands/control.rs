@@ -38,6 +38,53 @@ pub async fn patch_job(
     Ok(0)
 }
 
+pub async fn cancel(
+    client: &Client,
+    job_id: &Uuid,
+    task: Option<&str>,
+    format: Output,
+) -> Result<u8, CliError> {
+    let path = match task {
+        None => format!("/v1/jobs/{job_id}/cancel"),
+        Some(t) => format!("/v1/jobs/{job_id}/tasks/{}/cancel", url_segment(t)),
+    };
+    let answer = client.call(Method::POST, &path, None).await?;
+    match format {
+        Output::Json => output::emit_json(&answer)?,
+        Output::Text => {
+            let a: Value = answer.decode("answer")?;
+            let now = a["cancelled_now"].as_u64().unwrap_or(0);
+            let killing = a["killing"].as_u64().unwrap_or(0);
+            let what = match task {
+                None => format!("job {job_id}"),
+                Some(t) => format!("task {t} of job {job_id}"),
+            };
+            let text = match (now, killing) {
+                (0, 0) => format!("{what}: nothing left to cancel\n"),
+                (n, 0) => format!("{what}: {n} tasks cancelled\n"),
+                (n, k) => format!(
+                    "{what}: {n} tasks cancelled, {k} running attempts being killed (see `fleetctl status {job_id}`)\n"
+                ),
+            };
+            output::emit(&text)?;
+        }
+    }
+    Ok(0)
+}
+
+/// A path segment with `/`, `%`, `?` and `#` escaped.
+fn url_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 pub async fn scheduler(
     client: &Client,
     cmd: SchedulerCommand,

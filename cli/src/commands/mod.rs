@@ -20,6 +20,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Job(crate::cli::JobCommand::Show(arg)) => {
             jobs::show(&client, &arg.job_id, cli.output).await
         }
+        Command::Cancel { job_id, task } => {
+            control::cancel(&client, &job_id, task.as_deref(), cli.output).await
+        }
         Command::Priority { job_id, priority } => {
             control::patch_job(
                 &client,

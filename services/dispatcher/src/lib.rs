@@ -41,6 +41,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7071";
 /// ([`policy::Backlog::Tail`]). 32 measured best in `make bench-balance` (see
 /// docs/design.md); `make bench` reads the same either way.
 const PAGE_MARGIN: i64 = 32;
+/// How long before a cancel sent for an attempt still open is sent again.
+const KILL_AGAIN: Duration = Duration::from_secs(3);
 /// Pages of ready tasks a round reads at most (each up to the slots still free).
 const MAX_PAGES_PER_ROUND: usize = 10;
 /// Ready `each` tasks fanned out per round.
@@ -104,6 +106,10 @@ pub struct Dispatcher {
     unplaced: bool,
     /// `each` tasks may need fanning out or copies may be waiting for a slot.
     each_maybe: bool,
+    /// Attempts whose cancel was asked may be open: their holders are told to kill them.
+    cancel_maybe: bool,
+    /// Cancels sent, and when: sent again after [`KILL_AGAIN`] while the attempt is open.
+    killing: HashMap<(fleet_shared::id::TaskId, i32), Instant>,
     /// No lease or grace sweep before this: until then the executors have not all been
     /// heard from since this dispatcher (re)started leading or came back from an outage,
     /// and an attempt whose lease ran out meanwhile may well be alive.
@@ -131,6 +137,8 @@ impl Dispatcher {
             ready_maybe: true,
             unplaced: false,
             each_maybe: true,
+            cancel_maybe: true,
+            killing: HashMap::new(),
             sweep_after: now,
             next_sweep: now,
             next_grace: now,
@@ -191,16 +199,19 @@ impl Dispatcher {
         self.ready_maybe = true;
     }
 
-    /// New ready work that may include `each` tasks was notified.
+    /// New ready work that may include `each` tasks was notified (or a change of a job:
+    /// a cancel, a release, a resume).
     pub fn notified_each(&mut self) {
         self.ready_maybe = true;
         self.each_maybe = true;
+        self.cancel_maybe = true;
     }
 
     /// The tick: look again, whatever was said.
     pub fn ticked(&mut self) {
         self.ready_maybe = true;
         self.each_maybe = true;
+        self.cancel_maybe = true;
     }
 
     /// Waits as a standby until this dispatcher leads (false: shutdown first); then
@@ -319,6 +330,10 @@ impl Dispatcher {
             }
             self.steal(&views, publisher).await?;
         }
+        if self.cancel_maybe && !publisher.blocked() {
+            self.cancel_maybe = false;
+            self.kill(publisher).await?;
+        }
         if now >= self.next_flush {
             self.next_flush = now + self.tick();
             self.flush().await?;
@@ -332,6 +347,57 @@ impl Dispatcher {
         metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
         metrics::counter!("fleet_dispatcher_assigned_total").increment(report.assigned as u64);
         Ok(report)
+    }
+
+    /// Tells the holders of the open attempts whose cancel was asked to kill them (again,
+    /// every [`KILL_AGAIN`], until they end: a cancel lost with a broker connection, or
+    /// sent before its request arrived and forgotten by a restarted executor, is sent
+    /// again).
+    async fn kill(&mut self, publisher: &Publisher) -> Result<(), Error> {
+        let client = self.pool.get().await.map_err(DbError::from)?;
+        let open = dispatch::attempts_to_kill(&client).await?;
+        drop(client);
+        let now = Instant::now();
+        self.killing
+            .retain(|k, _| open.iter().any(|h| (h.task_id, h.attempt) == *k));
+        let due: Vec<HeldBy> = open
+            .into_iter()
+            .filter(|h| {
+                self.killing
+                    .get(&(h.task_id, h.attempt))
+                    .is_none_or(|at| now.duration_since(*at) >= KILL_AGAIN)
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let out: Vec<Outgoing> = due
+            .iter()
+            .map(|h| {
+                let control = Control {
+                    action: ControlAction::Cancel {
+                        task_id: h.task_id,
+                        attempt: h.attempt,
+                    },
+                };
+                Outgoing::new(
+                    self.names.root_exchange(),
+                    keys::control(&h.executor_id),
+                    proto::encode(&control),
+                )
+                .with_properties(amqp::transient_properties())
+            })
+            .collect();
+        tracing::info!(
+            attempts = due.len(),
+            "telling executors to kill cancelled attempts"
+        );
+        metrics::counter!("fleet_dispatcher_kills_sent_total").increment(out.len() as u64);
+        publisher.publish_all(out).await?;
+        for h in due {
+            self.killing.insert((h.task_id, h.attempt), now);
+        }
+        Ok(())
     }
 
     /// Reads ready tasks up to the free slots (page by page while slots remain), plans
@@ -510,6 +576,9 @@ impl Dispatcher {
             let mut client = self.pool.get().await.map_err(DbError::from)?;
             let tx = self.fenced(&mut client).await?;
             report.returned += dispatch::unassign(&tx, &back).await? as usize;
+            let cancelled = dispatch::end_cancelled(&tx, &back).await?;
+            let events = outbox::events(&self.names, &cancelled, &self.interest);
+            outbox::enqueue(&tx, &events).await?;
             tx.commit().await.map_err(DbError::from)?;
             report.assigned -= back.len().min(report.assigned);
             self.ready_maybe = true;
@@ -572,7 +641,10 @@ impl Dispatcher {
         let mut client = self.pool.get().await.map_err(DbError::from)?;
         let tx = self.fenced(&mut client).await?;
         let taken = dispatch::unassign(&tx, &unstarted).await? as usize;
-        let lost = dispatch::lose(&tx, &started).await?;
+        let mut lost = dispatch::lose(&tx, &started).await?;
+        let cancelled = dispatch::end_cancelled(&tx, &unstarted).await?;
+        lost.finished.extend(cancelled.finished);
+        lost.jobs.extend(cancelled.jobs);
         let events = outbox::events(&self.names, &lost, &self.interest);
         outbox::enqueue(&tx, &events).await?;
         tx.commit().await.map_err(DbError::from)?;

@@ -129,6 +129,26 @@ impl AppState {
     pub fn names(&self) -> &fleet_shared::amqp::Names {
         &self.0.names
     }
+
+    /// Publishes, in the background, the events a change made here wrote to the outbox
+    /// (the collector and the dispatcher relay only after their own writes). Best effort:
+    /// what is left is relayed by the next of them that runs.
+    pub fn relay_events_soon(&self) {
+        let Ok(publisher) = self.publisher() else {
+            return;
+        };
+        let (pool, prefix) = (self.0.pool.clone(), self.0.names.prefix().to_owned());
+        tokio::spawn(async move {
+            let interest = fleet_shared::db::outbox::Interest::default();
+            let relay =
+                fleet_shared::db::outbox::relay(&pool, &publisher, &prefix, Some(1), &interest);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), relay).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "events not relayed yet"),
+                Err(_) => tracing::warn!("relaying events timed out"),
+            }
+        });
+    }
 }
 
 pub fn router(state: AppState) -> Router {

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::routing::{get, patch};
+use axum::http::StatusCode;
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use fleet_shared::auth::{self, JobAccess, Permission};
 use fleet_shared::db::control::{self, JobChange};
@@ -22,6 +23,66 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", patch(change_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/tasks/{task}/cancel", post(cancel_task))
+}
+
+async fn cancel_job(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    cancel(&s, &caller, &id, None).await
+}
+
+async fn cancel_task(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((id, task)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    cancel(&s, &caller, &id, Some(&task)).await
+}
+
+/// Cancels a job, or one task of it (by id, name or index) and its dependents. 202:
+/// what could end at once has; attempts running on executors are being killed, and
+/// their tasks end `cancelled` when the executors report (within a second or so).
+async fn cancel(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+    task: Option<&str>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    caller.need(Permission::Read)?;
+    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
+    let mut client = s.pool().get().await.map_err(DbError::from)?;
+    let owner = read::job_owner(&client, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    caller.may(owner, JobAccess::Control)?;
+    let task_id = match task {
+        None => None,
+        Some(t) => Some(
+            control::find_task(&client, id, t)
+                .await?
+                .ok_or(ApiError::NotFound("task in that job"))?,
+        ),
+    };
+    let report = control::cancel(&mut client, s.schema(), s.names(), id, task_id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    drop(client);
+    tracing::info!(job_id = %id, task_id = ?task_id, by = %caller.who.name,
+        cancelled_now = report.cancelled_now, killing = report.killing, "cancel");
+    s.relay_events_soon();
+    let mut answer = serde_json::json!({
+        "job_id": id,
+        "cancelled_now": report.cancelled_now,
+        "killing": report.killing,
+    });
+    if let Some(t) = task_id {
+        answer["task_id"] = serde_json::json!(t);
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 /// `PATCH /v1/jobs/{id}`: what may change of a job once submitted.

@@ -8,8 +8,9 @@ use super::{DbError, Transaction};
 use crate::id::{JobId, TaskId};
 use crate::proto::{Outcome, TaskResult};
 use crate::state::{
-    copy_after, job_state, quorum_decision, quorum_needed, resolve_dependencies, transition,
-    CopyState, DepNode, JobState, TaskCounts, TaskEvent, TaskState,
+    copy_after, job_state, outcome_under_cancel, quorum_decision, quorum_needed,
+    resolve_dependencies, transition, CopyState, DepNode, JobState, TaskCounts, TaskEvent,
+    TaskState,
 };
 
 /// An attempt that ended, as the collector (result) or the lease sweep (lost) saw it.
@@ -152,24 +153,25 @@ pub async fn record_results(
                  RETURNING a.task_id, a.attempt, k.outcome),
              locked AS (
                  SELECT t.id, t.job_id, t.state, t.attempts, t.max_attempts, t.each, t.quorum,
-                        j.task_count
+                        j.task_count, t.cancel_requested_at IS NOT NULL AS cancel_requested
                  FROM tasks t JOIN jobs j ON j.id = t.job_id
                  WHERE t.id IN (SELECT task_id FROM closed)
                  ORDER BY t.id FOR UPDATE OF t),
              notified AS (SELECT pg_notify($14, ''))
              SELECT 'closed', c.task_id, c.attempt, c.outcome, l.job_id, l.state, l.attempts,
-                    l.max_attempts, l.each, l.quorum, l.task_count
+                    l.max_attempts, l.each, l.quorum, l.task_count, l.cancel_requested
              FROM closed c JOIN locked l ON l.id = c.task_id
              UNION ALL
              SELECT CASE WHEN EXISTS (SELECT 1 FROM attempts a
                                       WHERE a.task_id = x.task_id AND a.attempt = x.attempt)
                          THEN 'not_holder' ELSE 'unknown_attempt' END,
-                    x.task_id, x.attempt, x.executor_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+                    x.task_id, x.attempt, x.executor_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                    NULL
              FROM x WHERE NOT EXISTS (SELECT 1 FROM known k
                                       WHERE k.task_id = x.task_id AND k.attempt = x.attempt
                                         AND k.executor_id = x.executor_id)
              UNION ALL
-             SELECT 'notified', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+             SELECT 'notified', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
              FROM notified",
         )
         .await?;
@@ -291,11 +293,13 @@ struct Locked {
     quorum: Option<i32>,
     /// Tasks in its job: a job of one task is settled from this row alone.
     task_count: i32,
+    /// Its cancel was asked: only a success stands, nothing is tried again.
+    cancel_requested: bool,
 }
 
 impl Locked {
     /// From a row holding, from column `at` on: job_id, state, attempts, max_attempts,
-    /// each, quorum, the job's task_count.
+    /// each, quorum, the job's task_count, whether its cancel was asked.
     fn from_row(r: &tokio_postgres::Row, at: usize) -> Result<Self, DbError> {
         Ok(Self {
             job_id: JobId::from_uuid(r.get(at)),
@@ -305,6 +309,7 @@ impl Locked {
             each: r.get(at + 4),
             quorum: r.get(at + 5),
             task_count: r.get(at + 6),
+            cancel_requested: r.get(at + 7),
         })
     }
 }
@@ -321,7 +326,7 @@ async fn lock_tasks(
     let stmt = tx
         .prepare_cached(
             "SELECT t.id, t.job_id, t.state, t.attempts, t.max_attempts, t.each, t.quorum,
-                    j.task_count
+                    j.task_count, t.cancel_requested_at IS NOT NULL
              FROM tasks t JOIN jobs j ON j.id = t.job_id
              WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE OF t",
         )
@@ -390,7 +395,7 @@ async fn settle_locked(
             continue;
         }
         let event = TaskEvent::AttemptEnded {
-            outcome: e.outcome,
+            outcome: outcome_under_cancel(e.outcome, t.cancel_requested),
             attempts_used: u32::try_from(e.attempt).unwrap_or(0),
             max_attempts: u32::try_from(t.max_attempts).unwrap_or(0),
         };
@@ -708,4 +713,104 @@ async fn resolve_jobs(
         }
     }
     Ok(())
+}
+
+/// What a cancel did.
+#[derive(Debug, Default)]
+pub struct Cancelling {
+    /// Tasks that ended `cancelled` at once (waiting, ready, `each` tasks), and the
+    /// dependents and job states that followed.
+    pub settled: Settled,
+    /// Open attempts to kill on their executors (the dispatcher sends the cancels); their
+    /// tasks end when the attempts do.
+    pub killing: Vec<super::HeldBy>,
+}
+
+/// Cancels a job's unfinished tasks (`task`: that one only; its dependents follow).
+/// Waiting and ready tasks end `cancelled` now; an `each` task ends now, its copies
+/// not started are cancelled and its running ones killed; a plain task held by an
+/// executor is marked, and its open attempt flagged for the dispatcher to kill: it ends
+/// with that attempt, `cancelled` unless it succeeded first (one outcome, the real
+/// one), and is never tried again. Tasks are locked in id order, as every settler takes
+/// them, so a cancel and a finish of one task run one after the other. Idempotent.
+pub async fn cancel(
+    tx: &Transaction<'_>,
+    job: JobId,
+    task: Option<TaskId>,
+) -> Result<Cancelling, DbError> {
+    let mut out = Cancelling::default();
+    let terminal = ["succeeded", "failed", "cancelled"];
+    let ids: Vec<uuid::Uuid> = tx
+        .query(
+            "SELECT id FROM tasks WHERE job_id = $1 AND ($2::uuid IS NULL OR id = $2)
+                 AND state <> ALL($3)",
+            &[&job.uuid(), &task.map(|t| t.uuid()), &&terminal[..]],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let tasks = lock_tasks(tx, &ids).await?;
+    let mut changes = Changes::default();
+    let mut jobs = BTreeSet::new();
+    let (mut marked, mut kill, mut each) = (Vec::new(), Vec::new(), Vec::new());
+    for (&id, t) in &tasks {
+        if t.state.is_terminal() {
+            continue;
+        }
+        marked.push(id);
+        match t.state {
+            TaskState::Waiting | TaskState::Ready => {
+                changes.set(id, TaskState::Cancelled, None);
+                jobs.insert(t.job_id);
+                out.settled
+                    .finished
+                    .push((t.job_id, TaskId::from_uuid(id), TaskState::Cancelled));
+            }
+            _ if t.each => {
+                changes.set(id, TaskState::Cancelled, None);
+                jobs.insert(t.job_id);
+                out.settled
+                    .finished
+                    .push((t.job_id, TaskId::from_uuid(id), TaskState::Cancelled));
+                each.push(id);
+                kill.push(id);
+            }
+            _ => kill.push(id),
+        }
+    }
+    tx.execute(
+        "UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp())
+         WHERE id = ANY($1)",
+        &[&marked],
+    )
+    .await?;
+    if !each.is_empty() {
+        tx.execute(
+            "UPDATE task_copies SET state = 'cancelled', pending_since = NULL,
+                 error = 'cancelled before this member ran it'
+             WHERE task_id = ANY($1) AND state = 'pending'",
+            &[&each],
+        )
+        .await?;
+    }
+    if !kill.is_empty() {
+        let open = ["assigned", "running"];
+        out.killing = tx
+            .query(
+                "UPDATE attempts SET cancel_requested = true
+                 WHERE task_id = ANY($1) AND state = ANY($2)
+                 RETURNING task_id, attempt, executor_id",
+                &[&kill, &&open[..]],
+            )
+            .await?
+            .iter()
+            .map(super::HeldBy::from_row)
+            .collect::<Result<_, _>>()?;
+    }
+    resolve_jobs(tx, &jobs, &tasks, changes, &mut out.settled).await?;
+    Ok(out)
 }

@@ -186,3 +186,73 @@ pub async fn drained_executors(
         .map(|r| r.get(0))
         .collect())
 }
+
+/// What a cancel request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CancelReport {
+    /// Tasks that ended `cancelled` at once (dependents included).
+    pub cancelled_now: usize,
+    /// Attempts running or queued on executors, being killed: their tasks end when
+    /// the executors report.
+    pub killing: usize,
+}
+
+/// Cancels a job's unfinished tasks, or one task and its dependents (see
+/// `collect::cancel`), in one transaction with the events it causes; wakes the
+/// dispatcher, which tells the executors holding attempts to kill them. `None`: no such
+/// job (or no such task in it).
+pub async fn cancel(
+    client: &mut Client,
+    schema: &str,
+    names: &crate::amqp::Names,
+    job: JobId,
+    task: Option<crate::id::TaskId>,
+) -> Result<Option<CancelReport>, DbError> {
+    let tx = client.transaction().await?;
+    let exists = match task {
+        None => tx
+            .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&job.uuid()])
+            .await?
+            .is_some(),
+        Some(t) => tx
+            .query_opt(
+                "SELECT 1 FROM tasks WHERE id = $1 AND job_id = $2",
+                &[&t.uuid(), &job.uuid()],
+            )
+            .await?
+            .is_some(),
+    };
+    if !exists {
+        return Ok(None);
+    }
+    let done = super::collect::cancel(&tx, job, task).await?;
+    let events = super::outbox::events(names, &done.settled, &super::outbox::Interest::default());
+    super::outbox::enqueue(&tx, &events).await?;
+    if !done.killing.is_empty() {
+        notify_wake(&tx, schema, true).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(CancelReport {
+        cancelled_now: done.settled.finished.len(),
+        killing: done.killing.len(),
+    }))
+}
+
+/// A task of a job named by its id, its name or its index.
+pub async fn find_task(
+    client: &Client,
+    job: JobId,
+    task: &str,
+) -> Result<Option<crate::id::TaskId>, DbError> {
+    let by_id = task.parse::<uuid::Uuid>().ok();
+    let by_idx = task.parse::<i32>().ok();
+    Ok(client
+        .query_opt(
+            "SELECT id FROM tasks WHERE job_id = $1
+               AND (id = $2 OR name = $3 OR idx = $4)
+             ORDER BY (id = $2) DESC NULLS LAST, (name = $3) DESC LIMIT 1",
+            &[&job.uuid(), &by_id, &task, &by_idx],
+        )
+        .await?
+        .map(|r| crate::id::TaskId::from_uuid(r.get(0))))
+}

@@ -247,16 +247,20 @@ pub async fn open_attempts(client: &Client) -> Result<Vec<HeldBy>, DbError> {
             &[],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            let e: String = r.get(2);
-            Ok(HeldBy {
-                task_id: TaskId::from_uuid(r.get(0)),
-                attempt: r.get(1),
-                executor_id: ExecutorId::parse(&e).map_err(|e| DbError::Row(e.to_string()))?,
-            })
-        })
-        .collect()
+    rows.iter().map(HeldBy::from_row).collect()
+}
+
+/// Open attempts whose cancel was asked (`collect::cancel`): the dispatcher sends each
+/// holder a cancel until the attempt ends. Read along `attempts_cancelling`.
+pub async fn attempts_to_kill(client: &Client) -> Result<Vec<HeldBy>, DbError> {
+    let rows = super::query(
+        client,
+        "SELECT task_id, attempt, executor_id FROM attempts
+         WHERE cancel_requested AND state IN ('assigned', 'running')",
+        &[],
+    )
+    .await?;
+    rows.iter().map(HeldBy::from_row).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -626,6 +630,8 @@ pub async fn unassign(tx: &Transaction<'_>, held: &[HeldBy]) -> Result<u64, DbEr
                    AND a.state = $4 AND a.started_at IS NULL
                    AND NOT EXISTS (SELECT 1 FROM results r
                                    WHERE r.task_id = a.task_id AND r.attempt = a.attempt)
+                   AND NOT EXISTS (SELECT 1 FROM tasks c
+                                   WHERE c.id = a.task_id AND c.cancel_requested_at IS NOT NULL)
                  RETURNING a.task_id, a.attempt, a.executor_id),
              tasks_back AS (
                  UPDATE tasks t
@@ -651,6 +657,39 @@ pub async fn unassign(tx: &Transaction<'_>, held: &[HeldBy]) -> Result<u64, DbEr
         .await?;
     let n: i64 = rows.first().map_or(0, |r| r.get(0));
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Ends the attempts given back unstarted whose task's cancel was asked (which
+/// [`unassign`] leaves alone): `cancelled`, and their tasks with them.
+pub async fn end_cancelled(
+    tx: &Transaction<'_>,
+    held: &[HeldBy],
+) -> Result<super::collect::Settled, DbError> {
+    if held.is_empty() {
+        return Ok(super::collect::Settled::default());
+    }
+    let (tasks, attempts, executors) = held_by_columns(held);
+    let rows = tx
+        .query(
+            "UPDATE attempts a SET state = 'cancelled', finished_at = clock_timestamp()
+             FROM unnest($1::uuid[], $2::int[], $3::text[]) AS x(task_id, attempt, executor_id),
+                  tasks t
+             WHERE a.task_id = x.task_id AND a.attempt = x.attempt
+               AND a.executor_id = x.executor_id AND a.state = ANY($4)
+               AND t.id = a.task_id AND t.cancel_requested_at IS NOT NULL
+             RETURNING a.task_id, a.attempt",
+            &[&tasks, &attempts, &executors, &&OPEN[..]],
+        )
+        .await?;
+    let ended: Vec<super::collect::Ended> = rows
+        .iter()
+        .map(|r| super::collect::Ended {
+            task_id: TaskId::from_uuid(r.get(0)),
+            attempt: r.get(1),
+            outcome: crate::proto::Outcome::Cancelled,
+        })
+        .collect();
+    super::collect::settle(tx, &ended).await
 }
 
 /// Marks attempts reported finished by their executor (INFO `finished`): their slots

@@ -30,6 +30,19 @@ pub struct HeldBy {
     pub executor_id: ExecutorId,
 }
 
+impl HeldBy {
+    /// From a row of (task_id, attempt, executor_id).
+    pub fn from_row(r: &tokio_postgres::Row) -> Result<Self, DbError> {
+        let e: String = r.get(2);
+        Ok(Self {
+            task_id: crate::id::TaskId::from_uuid(r.get(0)),
+            attempt: r.get(1),
+            executor_id: crate::id::ExecutorId::parse(&e)
+                .map_err(|e| DbError::Row(e.to_string()))?,
+        })
+    }
+}
+
 pub(crate) fn held_by_columns(held: &[HeldBy]) -> (Vec<uuid::Uuid>, Vec<i32>, Vec<String>) {
     (
         held.iter().map(|h| h.task_id.uuid()).collect(),
@@ -197,6 +210,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../../../migrations/0007_reported.sql")),
     (8, include_str!("../../../migrations/0008_ownership.sql")),
     (9, include_str!("../../../migrations/0009_hold_pause.sql")),
+    (11, include_str!("../../../migrations/0011_cancel.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an
