@@ -127,6 +127,23 @@ pub enum Command {
         task: Option<String>,
     },
 
+    /// Run a finished job's failed and cancelled tasks again, with what depends on them
+    #[command(
+        long_about = "Run again the failed and cancelled tasks of a finished job (or only TASK, \
+                      by name, index or id), with every task that depends on them and did not \
+                      succeed. They run as new attempts; `fleetctl job show` keeps the earlier \
+                      ones in each task's history.",
+        after_help = "Examples:\n  \
+            fleetctl retry 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+            fleetctl retry 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b build"
+    )]
+    Retry {
+        #[arg(value_name = "JOB_ID")]
+        job_id: Uuid,
+        /// One task only: its name, index or id
+        task: Option<String>,
+    },
+
     /// Set the priority of a job's tasks not yet handed out (-1000..=1000, higher first)
     #[command(after_help = "Examples:\n  \
         fleetctl priority 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b 100\n  \

@@ -18,7 +18,7 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
 pub const MAX_STDIN_BYTES: usize = 1024 * 1024;
 const MAX_NAME_LEN: usize = 200;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     #[serde(default)]
@@ -26,7 +26,7 @@ pub struct JobSpec {
     pub tasks: Vec<TaskSpec>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     #[serde(default)]
@@ -57,6 +57,9 @@ pub struct TaskSpec {
     /// With `each`: how many members must succeed (default: all of them).
     #[serde(default)]
     pub quorum: Option<u32>,
+    /// Which failures are tried again, how many attempts in all, and the wait between.
+    #[serde(default)]
+    pub retry: Option<crate::retry::RetrySpec>,
 }
 
 /// A field that failed validation, and why.
@@ -74,13 +77,13 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValidJob {
     pub name: Option<String>,
     pub tasks: Vec<ValidTask>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValidTask {
     pub name: String,
     pub argv: Vec<String>,
@@ -97,6 +100,7 @@ pub struct ValidTask {
     pub max_attempts: u32,
     pub each: bool,
     pub quorum: Option<u32>,
+    pub retry: Option<crate::retry::RetryPolicy>,
 }
 
 /// The largest `quorum` accepted (far above any group's size).
@@ -283,13 +287,37 @@ impl TaskSpec {
             }
             no_nul(&f(&format!("labels.{k}")), v)?;
         }
-        let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        let retry_max = self.retry.as_ref().and_then(|r| r.max_attempts);
+        let (max_field, max_attempts) = match (self.max_attempts, retry_max) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(bad(
+                    f("retry.max_attempts"),
+                    format!("contradicts max_attempts ({a}); give one of them"),
+                ))
+            }
+            (_, Some(b)) => ("retry.max_attempts", b),
+            (a, None) => ("max_attempts", a.unwrap_or(DEFAULT_MAX_ATTEMPTS)),
+        };
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
             return Err(bad(
-                f("max_attempts"),
+                f(max_field),
                 format!("must be 1 to {MAX_ATTEMPTS_LIMIT}"),
             ));
         }
+        let retry = match &self.retry {
+            None => None,
+            Some(_) if self.each => {
+                return Err(bad(
+                    f("retry"),
+                    "an `each` task's copies are retried only when lost; a retry policy is \
+                     not supported with each",
+                ))
+            }
+            Some(r) => Some(
+                r.validate()
+                    .map_err(|(field, why)| bad(f(&format!("retry.{field}")), why))?,
+            ),
+        };
         if let Some(q) = self.quorum {
             if !self.each {
                 return Err(bad(f("quorum"), "only an `each` task has a quorum"));
@@ -322,6 +350,7 @@ impl TaskSpec {
             max_attempts,
             each: self.each,
             quorum: self.quorum,
+            retry,
         })
     }
 }

@@ -13,5 +13,6 @@ pub mod id;
 pub mod job;
 pub mod policy;
 pub mod proto;
+pub mod retry;
 pub mod state;
 pub mod svc;

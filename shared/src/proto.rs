@@ -449,7 +449,7 @@ impl Wire for Event {
 /// Other systems -> submitter: a job, answered on `reply_to` with a [`SubmitReply`].
 /// The AMQP `message_id` is the idempotency key. Unknown fields are refused, as by
 /// `POST /v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Submit {
     pub job: JobSpec,

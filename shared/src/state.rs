@@ -12,6 +12,9 @@ pub enum TaskState {
     Waiting,
     /// Runnable, in PostgreSQL, waiting for a free executor.
     Ready,
+    /// An attempt ended in a way its retry policy tries again: waiting out the backoff
+    /// (`tasks.retry_at`), then ready.
+    Retrying,
     /// Handed to an executor, not yet reported started.
     Assigned,
     /// Reported started by its executor.
@@ -26,6 +29,7 @@ impl TaskState {
         match self {
             Self::Waiting => "waiting",
             Self::Ready => "ready",
+            Self::Retrying => "retrying",
             Self::Assigned => "assigned",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
@@ -38,6 +42,7 @@ impl TaskState {
         Some(match s {
             "waiting" => Self::Waiting,
             "ready" => Self::Ready,
+            "retrying" => Self::Retrying,
             "assigned" => Self::Assigned,
             "running" => Self::Running,
             "succeeded" => Self::Succeeded,
@@ -67,12 +72,16 @@ pub enum TaskEvent {
     Assigned,
     /// Its executor reported it started.
     Started,
-    /// Its current attempt ended. `attempts_used` counts this attempt.
+    /// Its current attempt ended. `attempts_used` counts this attempt. `retry`: its
+    /// retry policy tries this outcome again.
     AttemptEnded {
         outcome: Outcome,
         attempts_used: u32,
         max_attempts: u32,
+        retry: bool,
     },
+    /// Its backoff is over.
+    RetryDue,
     Cancel,
 }
 
@@ -83,8 +92,9 @@ pub struct TransitionError {
     pub event: TaskEvent,
 }
 
-/// Only a lost attempt is retried: the command never got to report, so running it again
-/// is the at-least-once promise. A command that ran and failed is the user's answer.
+/// A lost attempt is always retried (at once, while attempts remain): the command never
+/// got to report, so running it again is the at-least-once promise. A command that ran
+/// and failed is the user's answer, tried again only if the task's retry policy says so.
 pub fn is_retryable(outcome: Outcome) -> bool {
     outcome == Outcome::Lost
 }
@@ -113,14 +123,17 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<TaskState, Transi
                 outcome,
                 attempts_used,
                 max_attempts,
+                retry,
             },
         ) => match outcome {
             Outcome::Succeeded => Succeeded,
             Outcome::Cancelled => Cancelled,
             o if is_retryable(o) && attempts_used < max_attempts => Ready,
+            _ if retry && attempts_used < max_attempts => Retrying,
             _ => Failed,
         },
-        (Waiting | Ready | Assigned | Running, TaskEvent::Cancel) => Cancelled,
+        (Retrying, TaskEvent::RetryDue) => Ready,
+        (Waiting | Ready | Retrying | Assigned | Running, TaskEvent::Cancel) => Cancelled,
         _ => return Err(TransitionError { from, event }),
     };
     Ok(to)
@@ -288,6 +301,52 @@ pub struct DepNode {
     pub depends_on: Vec<usize>,
 }
 
+/// A manual rerun of a finished job: the tasks that run again, each with the state it
+/// starts in. `seeds` are the tasks asked for (every failed or cancelled task when the
+/// whole job is rerun); with them go every task that depends on one of them, directly
+/// or not, unless it succeeded. A task starts `ready` when every dependency succeeded
+/// and is not rerun, else `waiting`.
+pub fn rerun_plan(nodes: &[DepNode], seeds: &[usize]) -> Vec<(usize, TaskState)> {
+    let mut rerun = vec![false; nodes.len()];
+    for &s in seeds {
+        if let Some(r) = rerun.get_mut(s) {
+            *r = true;
+        }
+    }
+    loop {
+        let mut changed = false;
+        for (i, n) in nodes.iter().enumerate() {
+            if !rerun[i]
+                && n.state != TaskState::Succeeded
+                && n.depends_on.iter().any(|&d| rerun.get(d) == Some(&true))
+            {
+                rerun[i] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    (0..nodes.len())
+        .filter(|&i| rerun[i])
+        .map(|i| {
+            let ready = nodes[i].depends_on.iter().all(|&d| {
+                rerun.get(d) == Some(&false)
+                    && nodes.get(d).map(|n| n.state) == Some(TaskState::Succeeded)
+            });
+            (
+                i,
+                if ready {
+                    TaskState::Ready
+                } else {
+                    TaskState::Waiting
+                },
+            )
+        })
+        .collect()
+}
+
 /// The waiting tasks of a job that can move: to ready once every dependency succeeded,
 /// to cancelled once any dependency ended otherwise (which cascades to their own
 /// dependents). Returns (index, new state) for each task that moves.
@@ -336,7 +395,29 @@ mod tests {
             outcome,
             attempts_used: used,
             max_attempts: max,
+            retry: false,
         }
+    }
+
+    #[test]
+    fn a_retry_policy_waits_then_tries_again_while_attempts_remain() {
+        let failed = |used| TaskEvent::AttemptEnded {
+            outcome: Outcome::Failed,
+            attempts_used: used,
+            max_attempts: 3,
+            retry: true,
+        };
+        assert_eq!(transition(Running, failed(1)), Ok(Retrying));
+        assert_eq!(transition(Retrying, TaskEvent::RetryDue), Ok(Ready));
+        assert_eq!(transition(Running, failed(2)), Ok(Retrying));
+        assert_eq!(
+            transition(Running, failed(3)),
+            Ok(Failed),
+            "no attempt left"
+        );
+        assert_eq!(transition(Retrying, TaskEvent::Cancel), Ok(Cancelled));
+        assert!(transition(Ready, TaskEvent::RetryDue).is_err());
+        assert_eq!(TaskState::parse("retrying"), Some(Retrying));
     }
 
     #[test]
@@ -398,6 +479,44 @@ mod tests {
         }
         assert!(transition(Waiting, TaskEvent::Assigned).is_err());
         assert!(transition(Ready, ended(Outcome::Succeeded, 1, 3)).is_err());
+    }
+
+    #[test]
+    fn a_rerun_takes_the_failed_task_and_its_dependents_only() {
+        let n = |state, deps: &[usize]| DepNode {
+            state,
+            depends_on: deps.to_vec(),
+        };
+        // 0 ok -> 1 failed -> 2 cancelled -> 3 cancelled; 4 ok (after 0); 5 cancelled
+        // on its own (a task cancel), 6 after 4 and 1.
+        let job = [
+            n(Succeeded, &[]),
+            n(Failed, &[0]),
+            n(Cancelled, &[1]),
+            n(Cancelled, &[2]),
+            n(Succeeded, &[0]),
+            n(Cancelled, &[]),
+            n(Cancelled, &[4, 1]),
+        ];
+        assert_eq!(
+            rerun_plan(&job, &[1]),
+            [(1, Ready), (2, Waiting), (3, Waiting), (6, Waiting)]
+        );
+        // The whole job: every failed or cancelled task.
+        let seeds: Vec<usize> = (0..job.len())
+            .filter(|&i| matches!(job[i].state, Failed | Cancelled))
+            .collect();
+        assert_eq!(
+            rerun_plan(&job, &seeds),
+            [
+                (1, Ready),
+                (2, Waiting),
+                (3, Waiting),
+                (5, Ready),
+                (6, Waiting)
+            ]
+        );
+        assert!(rerun_plan(&job, &[]).is_empty());
     }
 
     #[test]

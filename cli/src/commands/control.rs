@@ -72,6 +72,30 @@ pub async fn cancel(
     Ok(0)
 }
 
+pub async fn rerun(
+    client: &Client,
+    job_id: &Uuid,
+    task: Option<&str>,
+    format: Output,
+) -> Result<u8, CliError> {
+    let path = match task {
+        None => format!("/v1/jobs/{job_id}/retry"),
+        Some(t) => format!("/v1/jobs/{job_id}/tasks/{}/retry", url_segment(t)),
+    };
+    let answer = client.call(Method::POST, &path, None).await?;
+    match format {
+        Output::Json => output::emit_json(&answer)?,
+        Output::Text => {
+            let a: Value = answer.decode("answer")?;
+            let n = a["rerun"].as_array().map_or(0, Vec::len);
+            output::emit(&format!(
+                "job {job_id}: {n} tasks run again (follow with `fleetctl status {job_id}`)\n"
+            ))?;
+        }
+    }
+    Ok(0)
+}
+
 /// A path segment with `/`, `%`, `?` and `#` escaped.
 fn url_segment(s: &str) -> String {
     let mut out = String::new();

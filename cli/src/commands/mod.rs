@@ -23,6 +23,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Cancel { job_id, task } => {
             control::cancel(&client, &job_id, task.as_deref(), cli.output).await
         }
+        Command::Retry { job_id, task } => {
+            control::rerun(&client, &job_id, task.as_deref(), cli.output).await
+        }
         Command::Priority { job_id, priority } => {
             control::patch_job(
                 &client,

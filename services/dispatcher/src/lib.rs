@@ -118,6 +118,7 @@ pub struct Dispatcher {
     next_grace: Instant,
     next_flush: Instant,
     next_registry: Instant,
+    next_retry: Instant,
     /// Which event types anyone listens to.
     interest: outbox::Interest,
 }
@@ -144,6 +145,7 @@ impl Dispatcher {
             next_grace: now,
             next_flush: now,
             next_registry: now,
+            next_retry: now,
             interest: outbox::Interest::default(),
             cfg,
             pool,
@@ -308,6 +310,15 @@ impl Dispatcher {
                 assigned,
                 drained,
             };
+        }
+        // Tasks whose retry backoff is over are ready again (checked every tick: a wait is
+        // kept to within a tick).
+        if now >= self.next_retry {
+            self.next_retry = now + self.tick();
+            let client = self.pool.get().await.map_err(DbError::from)?;
+            if dispatch::retries_due(&client).await? > 0 {
+                self.ready_maybe = true;
+            }
         }
         // Handing work out first: it is what a client waits for. A resource alarm blocks
         // our publishes: assigning now would open attempts whose requests cannot leave,

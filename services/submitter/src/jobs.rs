@@ -12,6 +12,7 @@ use fleet_shared::auth::{self, JobAccess, Permission};
 use fleet_shared::db::control::{self, JobChange};
 use fleet_shared::db::read::{self, JobFilter, OwnerFilter};
 use fleet_shared::db::DbError;
+use fleet_shared::error::Transience;
 use fleet_shared::group::GroupName;
 use fleet_shared::id::{JobId, TokenId};
 use fleet_shared::state::JobState;
@@ -24,6 +25,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", patch(change_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/retry", post(rerun_job))
+        .route("/v1/jobs/{id}/tasks/{task}/retry", post(rerun_task))
         .route("/v1/jobs/{id}/tasks/{task}/cancel", post(cancel_task))
 }
 
@@ -41,6 +44,64 @@ async fn cancel_task(
     Path((id, task)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     cancel(&s, &caller, &id, Some(&task)).await
+}
+
+async fn rerun_job(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    rerun(&s, &caller, &id, None).await
+}
+
+async fn rerun_task(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((id, task)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    rerun(&s, &caller, &id, Some(&task)).await
+}
+
+/// Runs a finished job's failed and cancelled tasks again (or one of them), with their
+/// dependents, as new attempts.
+async fn rerun(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+    task: Option<&str>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    caller.need(Permission::Read)?;
+    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
+    let mut client = s.pool().get().await.map_err(DbError::from)?;
+    let owner = read::job_owner(&client, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    caller.may(owner, JobAccess::Control)?;
+    let task_id = match task {
+        None => None,
+        Some(t) => Some(
+            control::find_task(&client, id, t)
+                .await?
+                .ok_or(ApiError::NotFound("task in that job"))?,
+        ),
+    };
+    match control::rerun(&mut client, s.schema(), id, task_id).await? {
+        control::Rerun::Started(tasks) => {
+            tracing::info!(job_id = %id, tasks = tasks.len(), by = %caller.who.name, "rerun");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({"job_id": id, "rerun": tasks})),
+            ))
+        }
+        control::Rerun::NoSuchJob => Err(ApiError::NotFound("job")),
+        control::Rerun::NotFinished => Err(ApiError::Conflict(
+            "the job is not finished: cancel it first, or wait for it to end".into(),
+        )),
+        control::Rerun::NothingToRerun => Err(ApiError::Conflict(match task {
+            Some(_) => "that task did not fail and was not cancelled: nothing to rerun".into(),
+            None => "no task of the job failed or was cancelled: nothing to rerun".into(),
+        })),
+    }
 }
 
 /// Cancels a job, or one task of it (by id, name or index) and its dependents. 202:
@@ -67,9 +128,18 @@ async fn cancel(
                 .ok_or(ApiError::NotFound("task in that job"))?,
         ),
     };
-    let report = control::cancel(&mut client, s.schema(), s.names(), id, task_id)
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
+    // A cancel racing a result of the same task can deadlock with it in rare
+    // interleavings (PostgreSQL aborts one): it is idempotent, so it is tried again.
+    let mut tries = 0;
+    let report = loop {
+        tries += 1;
+        match control::cancel(&mut client, s.schema(), s.names(), id, task_id).await {
+            Err(e) if e.is_transient() && tries < 3 => {
+                tracing::info!(error = %e, "cancel tried again");
+            }
+            other => break other?.ok_or(ApiError::NotFound("job"))?,
+        }
+    };
     drop(client);
     tracing::info!(job_id = %id, task_id = ?task_id, by = %caller.who.name,
         cancelled_now = report.cancelled_now, killing = report.killing, "cancel");

@@ -153,25 +153,28 @@ pub async fn record_results(
                  RETURNING a.task_id, a.attempt, k.outcome),
              locked AS (
                  SELECT t.id, t.job_id, t.state, t.attempts, t.max_attempts, t.each, t.quorum,
-                        j.task_count, t.cancel_requested_at IS NOT NULL AS cancel_requested
+                        j.task_count, t.cancel_requested_at IS NOT NULL AS cancel_requested,
+                        t.attempt_base, t.retry
                  FROM tasks t JOIN jobs j ON j.id = t.job_id
                  WHERE t.id IN (SELECT task_id FROM closed)
                  ORDER BY t.id FOR UPDATE OF t),
              notified AS (SELECT pg_notify($14, ''))
              SELECT 'closed', c.task_id, c.attempt, c.outcome, l.job_id, l.state, l.attempts,
-                    l.max_attempts, l.each, l.quorum, l.task_count, l.cancel_requested
+                    l.max_attempts, l.each, l.quorum, l.task_count, l.cancel_requested,
+                    l.attempt_base, l.retry
              FROM closed c JOIN locked l ON l.id = c.task_id
              UNION ALL
              SELECT CASE WHEN EXISTS (SELECT 1 FROM attempts a
                                       WHERE a.task_id = x.task_id AND a.attempt = x.attempt)
                          THEN 'not_holder' ELSE 'unknown_attempt' END,
                     x.task_id, x.attempt, x.executor_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                    NULL
+                    NULL, NULL, NULL
              FROM x WHERE NOT EXISTS (SELECT 1 FROM known k
                                       WHERE k.task_id = x.task_id AND k.attempt = x.attempt
                                         AND k.executor_id = x.executor_id)
              UNION ALL
-             SELECT 'notified', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+             SELECT 'notified', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                    NULL, NULL
              FROM notified",
         )
         .await?;
@@ -283,7 +286,7 @@ pub async fn lose(tx: &Transaction<'_>, held: &[super::HeldBy]) -> Result<Settle
 }
 
 /// A task row as settling reads it (locked FOR UPDATE).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Locked {
     job_id: JobId,
     state: TaskState,
@@ -295,11 +298,15 @@ struct Locked {
     task_count: i32,
     /// Its cancel was asked: only a success stands, nothing is tried again.
     cancel_requested: bool,
+    /// Attempts of earlier runs (a manual rerun starts the budget again).
+    attempt_base: i32,
+    retry: Option<crate::retry::RetryPolicy>,
 }
 
 impl Locked {
     /// From a row holding, from column `at` on: job_id, state, attempts, max_attempts,
-    /// each, quorum, the job's task_count, whether its cancel was asked.
+    /// each, quorum, the job's task_count, whether its cancel was asked, the attempt
+    /// base, the retry policy.
     fn from_row(r: &tokio_postgres::Row, at: usize) -> Result<Self, DbError> {
         Ok(Self {
             job_id: JobId::from_uuid(r.get(at)),
@@ -310,6 +317,12 @@ impl Locked {
             quorum: r.get(at + 5),
             task_count: r.get(at + 6),
             cancel_requested: r.get(at + 7),
+            attempt_base: r.get(at + 8),
+            retry: r
+                .get::<_, Option<serde_json::Value>>(at + 9)
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| DbError::Row(format!("tasks.retry: {e}")))?,
         })
     }
 }
@@ -326,7 +339,7 @@ async fn lock_tasks(
     let stmt = tx
         .prepare_cached(
             "SELECT t.id, t.job_id, t.state, t.attempts, t.max_attempts, t.each, t.quorum,
-                    j.task_count, t.cancel_requested_at IS NOT NULL
+                    j.task_count, t.cancel_requested_at IS NOT NULL, t.attempt_base, t.retry
              FROM tasks t JOIN jobs j ON j.id = t.job_id
              WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE OF t",
         )
@@ -344,9 +357,15 @@ async fn lock_tasks(
 struct Changes {
     /// (task, new state, the attempt that decided it)
     tasks: Vec<(uuid::Uuid, TaskState, Option<i32>)>,
+    /// Tasks going to `retrying`, and how long they wait.
+    waits: HashMap<uuid::Uuid, std::time::Duration>,
 }
 
 impl Changes {
+    fn retry_in(&mut self, id: uuid::Uuid, wait: std::time::Duration) {
+        self.waits.insert(id, wait);
+    }
+
     fn set(&mut self, id: uuid::Uuid, to: TaskState, final_attempt: Option<i32>) {
         self.tasks.push((id, to, final_attempt));
     }
@@ -394,14 +413,23 @@ async fn settle_locked(
         if t.attempts != e.attempt {
             continue;
         }
+        let outcome = outcome_under_cancel(e.outcome, t.cancel_requested);
+        let used = u32::try_from(e.attempt - t.attempt_base).unwrap_or(0);
         let event = TaskEvent::AttemptEnded {
-            outcome: outcome_under_cancel(e.outcome, t.cancel_requested),
-            attempts_used: u32::try_from(e.attempt).unwrap_or(0),
+            outcome,
+            attempts_used: used,
             max_attempts: u32::try_from(t.max_attempts).unwrap_or(0),
+            retry: t.retry.as_ref().is_some_and(|p| p.retries(outcome)),
         };
         let Ok(to) = transition(t.state, event) else {
             continue;
         };
+        if to == TaskState::Retrying {
+            // The wait grows with the attempts this run used (all but lost ones are
+            // retried by the policy; a lost one in between only lengthens it).
+            let wait = t.retry.as_ref().map(|p| p.delay(used)).unwrap_or_default();
+            changes.retry_in(e.task_id.uuid(), wait);
+        }
         changes.set(e.task_id.uuid(), to, to.is_terminal().then_some(e.attempt));
         jobs.insert(t.job_id);
         if to.is_terminal() {
@@ -667,7 +695,7 @@ async fn resolve_jobs(
             c.total += 1;
             c.started_any |= t.attempts > 0;
             match t.node.state {
-                TaskState::Waiting | TaskState::Ready => c.queued += 1,
+                TaskState::Waiting | TaskState::Ready | TaskState::Retrying => c.queued += 1,
                 TaskState::Assigned | TaskState::Running => c.active += 1,
                 TaskState::Succeeded => c.succeeded += 1,
                 TaskState::Failed => c.failed += 1,
@@ -680,16 +708,23 @@ async fn resolve_jobs(
     let task_ids: Vec<uuid::Uuid> = changes.tasks.iter().map(|t| t.0).collect();
     let task_states: Vec<&str> = changes.tasks.iter().map(|t| t.1.as_str()).collect();
     let finals: Vec<Option<i32>> = changes.tasks.iter().map(|t| t.2).collect();
+    let waits: Vec<Option<f64>> = changes
+        .tasks
+        .iter()
+        .map(|t| changes.waits.get(&t.0).map(|w| w.as_secs_f64()))
+        .collect();
     // The last change of a task wins: updates are applied in order by the ordinality.
     let stmt = tx
         .prepare_cached(
             "WITH t AS (
                  UPDATE tasks t SET state = x.state,
                      final_attempt = coalesce(x.final_attempt, t.final_attempt),
+                     retry_at = CASE WHEN x.state = 'retrying'
+                                     THEN clock_timestamp() + make_interval(secs => x.wait) END,
                      updated_at = clock_timestamp()
-                 FROM (SELECT DISTINCT ON (id) id, state, final_attempt
-                       FROM unnest($1::uuid[], $2::text[], $3::int[]) WITH ORDINALITY
-                            AS u(id, state, final_attempt, n)
+                 FROM (SELECT DISTINCT ON (id) id, state, final_attempt, wait
+                       FROM unnest($1::uuid[], $2::text[], $3::int[], $6::float8[])
+                            WITH ORDINALITY AS u(id, state, final_attempt, wait, n)
                        ORDER BY id, n DESC) x
                  WHERE t.id = x.id)
              UPDATE jobs j SET state = x.state,
@@ -703,7 +738,14 @@ async fn resolve_jobs(
     let changed = tx
         .query(
             &stmt,
-            &[&task_ids, &task_states, &finals, &job_ids, &job_states],
+            &[
+                &task_ids,
+                &task_states,
+                &finals,
+                &job_ids,
+                &job_states,
+                &waits,
+            ],
         )
         .await?;
     for r in &changed {
@@ -740,6 +782,7 @@ pub async fn cancel(
 ) -> Result<Cancelling, DbError> {
     let mut out = Cancelling::default();
     let terminal = ["succeeded", "failed", "cancelled"];
+    let open = ["assigned", "running"];
     let ids: Vec<uuid::Uuid> = tx
         .query(
             "SELECT id FROM tasks WHERE job_id = $1 AND ($2::uuid IS NULL OR id = $2)
@@ -753,17 +796,29 @@ pub async fn cancel(
     if ids.is_empty() {
         return Ok(out);
     }
+    // The open attempts are flagged before the tasks are locked: whoever closes an
+    // attempt (the collector, the lease sweep) locks the attempt, then its task; taking
+    // them the other way round would deadlock with a result arriving now.
+    let flag = "UPDATE attempts SET cancel_requested = true
+                WHERE task_id = ANY($1) AND state = ANY($2) AND NOT cancel_requested
+                RETURNING task_id, attempt, executor_id";
+    out.killing = tx
+        .query(flag, &[&ids, &&open[..]])
+        .await?
+        .iter()
+        .map(super::HeldBy::from_row)
+        .collect::<Result<_, _>>()?;
     let tasks = lock_tasks(tx, &ids).await?;
     let mut changes = Changes::default();
     let mut jobs = BTreeSet::new();
-    let (mut marked, mut kill, mut each) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut marked, mut held, mut each) = (Vec::new(), Vec::new(), Vec::new());
     for (&id, t) in &tasks {
         if t.state.is_terminal() {
             continue;
         }
         marked.push(id);
         match t.state {
-            TaskState::Waiting | TaskState::Ready => {
+            TaskState::Waiting | TaskState::Ready | TaskState::Retrying => {
                 changes.set(id, TaskState::Cancelled, None);
                 jobs.insert(t.job_id);
                 out.settled
@@ -777,9 +832,9 @@ pub async fn cancel(
                     .finished
                     .push((t.job_id, TaskId::from_uuid(id), TaskState::Cancelled));
                 each.push(id);
-                kill.push(id);
+                held.push(id);
             }
-            _ => kill.push(id),
+            _ => held.push(id),
         }
     }
     tx.execute(
@@ -797,19 +852,16 @@ pub async fn cancel(
         )
         .await?;
     }
-    if !kill.is_empty() {
-        let open = ["assigned", "running"];
-        out.killing = tx
-            .query(
-                "UPDATE attempts SET cancel_requested = true
-                 WHERE task_id = ANY($1) AND state = ANY($2)
-                 RETURNING task_id, attempt, executor_id",
-                &[&kill, &&open[..]],
-            )
+    // An attempt opened between the flagging and the lock (the dispatcher assigned the
+    // task meanwhile) is flagged now; with the task locked, no other can open.
+    if !held.is_empty() {
+        let late: Vec<super::HeldBy> = tx
+            .query(flag, &[&held, &&open[..]])
             .await?
             .iter()
             .map(super::HeldBy::from_row)
             .collect::<Result<_, _>>()?;
+        out.killing.extend(late);
     }
     resolve_jobs(tx, &jobs, &tasks, changes, &mut out.settled).await?;
     Ok(out)

@@ -256,3 +256,116 @@ pub async fn find_task(
         .await?
         .map(|r| crate::id::TaskId::from_uuid(r.get(0))))
 }
+
+/// What a manual rerun found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rerun {
+    /// These tasks run again (new attempts; the old ones stay in the history).
+    Started(Vec<crate::id::TaskId>),
+    NoSuchJob,
+    /// The job is not finished: its tasks are still running or waiting.
+    NotFinished,
+    /// Nothing failed or was cancelled (or the task named did not).
+    NothingToRerun,
+}
+
+/// Runs a finished job's failed and cancelled tasks again (`task`: that one only), with
+/// every task that depends on one of them unless it succeeded (`state::rerun_plan`).
+/// Each starts a new attempt budget (`attempt_base`); numbering goes on, so the history
+/// keeps every earlier attempt and result. `each` tasks lose their copies, and fan out
+/// again when ready.
+pub async fn rerun(
+    client: &mut Client,
+    schema: &str,
+    job: JobId,
+    task: Option<crate::id::TaskId>,
+) -> Result<Rerun, DbError> {
+    use crate::state::{rerun_plan, DepNode, TaskState};
+    let tx = client.transaction().await?;
+    // The tasks first, in id order, then the job: the order every settler takes.
+    let rows = tx
+        .query(
+            "SELECT id, idx, state, depends_on, each FROM tasks WHERE job_id = $1
+             ORDER BY id FOR UPDATE",
+            &[&job.uuid()],
+        )
+        .await?;
+    let Some(finished) = lock_job(&tx, job).await? else {
+        return Ok(Rerun::NoSuchJob);
+    };
+    if !finished {
+        return Ok(Rerun::NotFinished);
+    }
+    let mut by_idx: Vec<(uuid::Uuid, DepNode, bool)> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let state: &str = r.get(2);
+        let deps: Vec<usize> = serde_json::from_value(r.get(3))
+            .map_err(|e| DbError::Row(format!("tasks.depends_on: {e}")))?;
+        let idx = usize::try_from(r.get::<_, i32>(1)).unwrap_or(usize::MAX);
+        if by_idx.len() <= idx {
+            by_idx.resize_with(idx + 1, || {
+                (
+                    uuid::Uuid::nil(),
+                    DepNode {
+                        state: TaskState::Succeeded,
+                        depends_on: Vec::new(),
+                    },
+                    false,
+                )
+            });
+        }
+        by_idx[idx] = (
+            r.get(0),
+            DepNode {
+                state: TaskState::parse(state)
+                    .ok_or_else(|| DbError::Row(format!("task state {state:?}")))?,
+                depends_on: deps,
+            },
+            r.get(4),
+        );
+    }
+    let nodes: Vec<DepNode> = by_idx.iter().map(|t| t.1.clone()).collect();
+    let redo = |s: TaskState| matches!(s, TaskState::Failed | TaskState::Cancelled);
+    let seeds: Vec<usize> = match task {
+        None => (0..nodes.len()).filter(|&i| redo(nodes[i].state)).collect(),
+        Some(t) => by_idx
+            .iter()
+            .position(|x| x.0 == t.uuid())
+            .filter(|&i| redo(nodes[i].state))
+            .into_iter()
+            .collect(),
+    };
+    let plan = rerun_plan(&nodes, &seeds);
+    if plan.is_empty() {
+        return Ok(Rerun::NothingToRerun);
+    }
+    let ids: Vec<uuid::Uuid> = plan.iter().map(|(i, _)| by_idx[*i].0).collect();
+    let states: Vec<&str> = plan.iter().map(|(_, s)| s.as_str()).collect();
+    tx.execute(
+        "UPDATE tasks t SET state = x.state, attempt_base = t.attempts, final_attempt = NULL,
+             cancel_requested_at = NULL, retry_at = NULL, updated_at = clock_timestamp()
+         FROM unnest($1::uuid[], $2::text[]) AS x(id, state)
+         WHERE t.id = x.id",
+        &[&ids, &states],
+    )
+    .await?;
+    let each: Vec<uuid::Uuid> = plan
+        .iter()
+        .filter(|(i, _)| by_idx[*i].2)
+        .map(|(i, _)| by_idx[*i].0)
+        .collect();
+    if !each.is_empty() {
+        tx.execute("DELETE FROM task_copies WHERE task_id = ANY($1)", &[&each])
+            .await?;
+    }
+    tx.execute(
+        "UPDATE jobs SET state = 'running', finished_at = NULL WHERE id = $1",
+        &[&job.uuid()],
+    )
+    .await?;
+    notify_wake(&tx, schema, true).await?;
+    tx.commit().await?;
+    Ok(Rerun::Started(
+        ids.into_iter().map(crate::id::TaskId::from_uuid).collect(),
+    ))
+}

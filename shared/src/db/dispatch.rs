@@ -250,6 +250,18 @@ pub async fn open_attempts(client: &Client) -> Result<Vec<HeldBy>, DbError> {
     rows.iter().map(HeldBy::from_row).collect()
 }
 
+/// Makes ready the `retrying` tasks whose backoff is over (along `tasks_retrying`).
+/// Returns how many.
+pub async fn retries_due(client: &Client) -> Result<u64, DbError> {
+    super::execute(
+        client,
+        "UPDATE tasks SET state = 'ready', retry_at = NULL, updated_at = clock_timestamp()
+         WHERE state = 'retrying' AND retry_at <= clock_timestamp()",
+        &[],
+    )
+    .await
+}
+
 /// Open attempts whose cancel was asked (`collect::cancel`): the dispatcher sends each
 /// holder a cancel until the attempt ends. Read along `attempts_cancelling`.
 pub async fn attempts_to_kill(client: &Client) -> Result<Vec<HeldBy>, DbError> {

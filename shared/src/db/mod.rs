@@ -211,6 +211,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("../../../migrations/0008_ownership.sql")),
     (9, include_str!("../../../migrations/0009_hold_pause.sql")),
     (11, include_str!("../../../migrations/0011_cancel.sql")),
+    (12, include_str!("../../../migrations/0012_retry.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

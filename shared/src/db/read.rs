@@ -48,6 +48,9 @@ pub struct TaskSpecView {
     /// Names of the tasks of the same job it waits for.
     pub depends_on: Vec<String>,
     pub max_attempts: i32,
+    /// Its retry policy, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::retry::RetryPolicy>,
 }
 
 impl JobView {
@@ -98,6 +101,9 @@ pub struct TaskView {
     /// What it was submitted as.
     #[serde(default)]
     pub spec: TaskSpecView,
+    /// While `retrying`: when the next attempt may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// One member's copy of an `each` task.
@@ -162,7 +168,7 @@ pub async fn job(
                            OR e.last_info_at < clock_timestamp() - make_interval(secs => $2)),
                     t.each, t.quorum,
                     t.argv, t.env, t.cwd, t.target_group, t.labels, t.priority, t.timeout_secs,
-                    t.depends_on, t.max_attempts
+                    t.depends_on, t.max_attempts, t.retry_at, t.retry
              FROM tasks t
              LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempts
              LEFT JOIN results r ON r.task_id = t.id AND r.attempt = t.final_attempt
@@ -232,6 +238,10 @@ pub async fn job(
                 timeout_secs: r.get(18),
                 depends_on: deps.iter().filter_map(|&i| names.get(i).cloned()).collect(),
                 max_attempts: r.get(20),
+                retry: r
+                    .get::<_, Option<serde_json::Value>>(22)
+                    .map(|v| json_col("retry", v))
+                    .transpose()?,
             };
             let state: String = r.get(3);
             counts.total += 1;
@@ -245,6 +255,7 @@ pub async fn job(
             let task_id: uuid::Uuid = r.get(0);
             Ok(TaskView {
                 spec,
+                retry_at: r.get(21),
                 history: history.remove(&task_id).unwrap_or_default(),
                 each: r.get(10),
                 quorum: r.get(11),

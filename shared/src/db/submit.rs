@@ -65,14 +65,15 @@ pub async fn insert_jobs(
              t AS (
                  INSERT INTO tasks (id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs,
                                     priority, target_group, labels, depends_on, max_attempts,
-                                    each, quorum, state)
+                                    each, quorum, state, retry)
                  SELECT x.* FROM unnest($5::uuid[], $6::uuid[], $7::int[], $8::text[],
                                         $9::jsonb[], $10::jsonb[], $11::text[], $12::text[],
                                         $13::bigint[], $14::int[], $15::text[], $16::jsonb[],
                                         $17::jsonb[], $18::int[], $19::bool[], $20::int[],
-                                        $21::text[])
+                                        $21::text[], $26::jsonb[])
                      AS x(id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs, priority,
-                          target_group, labels, depends_on, max_attempts, each, quorum, state)
+                          target_group, labels, depends_on, max_attempts, each, quorum, state,
+                          retry)
                  WHERE x.job_id IN (SELECT id FROM j)),
              woken AS (SELECT pg_notify($22, $23) WHERE EXISTS (SELECT 1 FROM j))
              SELECT id FROM j
@@ -114,6 +115,7 @@ pub async fn insert_jobs(
                 &payload,
                 &owner_ids,
                 &owner_names,
+                &t.retry,
             ],
         )
         .await?
@@ -188,6 +190,7 @@ struct TaskColumns {
     each: Vec<bool>,
     quorum: Vec<Option<i32>>,
     state: Vec<&'static str>,
+    retry: Vec<Option<serde_json::Value>>,
 }
 
 impl TaskColumns {
@@ -221,6 +224,12 @@ impl TaskColumns {
         } else {
             TaskState::Waiting.as_str()
         });
+        self.retry.push(
+            t.retry
+                .as_ref()
+                .map(|r| json(serde_json::to_value(r)))
+                .transpose()?,
+        );
         Ok(())
     }
 }
