@@ -163,3 +163,78 @@ async fn a_drained_executor_stays_drained_when_it_restarts() -> Result<()> {
     assert_eq!(done.tasks[0].executor_id.as_deref(), Some("keep-1"));
     fleet.shutdown().await
 }
+
+/// Requests already waiting in an executor's window when the pause comes are asked back:
+/// nothing of the paused group starts, not even what was handed out before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_on_an_executor_are_given_back_when_their_group_is_paused() -> Result<()> {
+    let mut fleet = TestFleet::start_with("pausequeued", |c| {
+        c.dispatcher.window = 8;
+        c.dispatcher.window_floor = 8;
+    })
+    .await?;
+    fleet
+        .add_executor(ExecutorSpec::new("q-1", &["q"], 1))
+        .await?;
+    fleet.wait_executors(&["q-1"]).await?;
+    let busy = fleet
+        .submit(&job_of(1, &["sleep", "1"], json!({"group": "q"})))
+        .await?;
+    fleet.wait_job_state(busy, "running", DEADLINE).await?;
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        queued.push(
+            fleet
+                .submit(&job_of(1, &["true"], json!({"group": "q"})))
+                .await?,
+        );
+    }
+    // Handed out: waiting in q-1's window behind the running sleep.
+    wait_for("the requests to be handed out", DEADLINE, || async {
+        let mut all = true;
+        for id in &queued {
+            all &= fleet.job(*id).await?.tasks[0].state == "assigned";
+        }
+        Ok(all.then_some(()))
+    })
+    .await?;
+    let (s, _) = fleet
+        .call(
+            Method::POST,
+            "/v1/scheduler/pause",
+            Some(json!({"group": "q"})),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    // Given back, they wait in PostgreSQL, unstarted, while the sleep ends.
+    wait_for("the queued requests to come back", DEADLINE, || async {
+        let mut all = true;
+        for id in &queued {
+            let j = fleet.job(*id).await?;
+            all &= j.tasks[0].state == "ready" && j.tasks[0].history.is_empty();
+        }
+        Ok(all.then_some(()))
+    })
+    .await?;
+    assert_eq!(fleet.wait_job(busy, DEADLINE).await?.state, "succeeded");
+    let probe = fleet
+        .submit(&job_of(1, &["true"], json!({"group": "other"})))
+        .await?;
+    fleet
+        .add_executor(ExecutorSpec::new("o-1", &["other"], 1))
+        .await?;
+    fleet.wait_job(probe, DEADLINE).await?;
+    never_started(&fleet, &queued).await?;
+    let (s, _) = fleet
+        .call(
+            Method::POST,
+            "/v1/scheduler/resume",
+            Some(json!({"group": "q"})),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    for id in &queued {
+        assert_eq!(fleet.wait_job(*id, DEADLINE).await?.state, "succeeded");
+    }
+    fleet.shutdown().await
+}

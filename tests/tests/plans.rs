@@ -198,6 +198,7 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
     dispatch::ready_each(&client, 1000).await?;
     dispatch::grace_candidates(&client, 15.0, 5.0).await?;
     dispatch::attempts_to_kill(&client).await?;
+    dispatch::paused_unstarted(&client).await?;
 
     // The collector: the rest of the results, in one batch.
     let job_of: std::collections::HashMap<_, _> =

@@ -360,53 +360,73 @@ impl Dispatcher {
         Ok(report)
     }
 
-    /// Tells the holders of the open attempts whose cancel was asked to kill them (again,
-    /// every [`KILL_AGAIN`], until they end: a cancel lost with a broker connection, or
-    /// sent before its request arrived and forgotten by a restarted executor, is sent
-    /// again).
+    /// Tells the holders of the open attempts whose cancel was asked to kill them, and
+    /// those of unstarted attempts of paused groups to give them back (again, every
+    /// [`KILL_AGAIN`], while they stay open: a message lost with a broker connection, or
+    /// a cancel sent before its request arrived and forgotten by a restarted executor, is
+    /// sent again).
     async fn kill(&mut self, publisher: &Publisher) -> Result<(), Error> {
         let client = self.pool.get().await.map_err(DbError::from)?;
-        let open = dispatch::attempts_to_kill(&client).await?;
+        let (kill, recall) = tokio::try_join!(
+            dispatch::attempts_to_kill(&client),
+            dispatch::paused_unstarted(&client),
+        )?;
         drop(client);
         let now = Instant::now();
-        self.killing
-            .retain(|k, _| open.iter().any(|h| (h.task_id, h.attempt) == *k));
-        let due: Vec<HeldBy> = open
+        self.killing.retain(|k, _| {
+            kill.iter()
+                .chain(&recall)
+                .any(|h| (h.task_id, h.attempt) == *k)
+        });
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        for (held, cancel) in kill
             .into_iter()
-            .filter(|h| {
-                self.killing
-                    .get(&(h.task_id, h.attempt))
-                    .is_none_or(|at| now.duration_since(*at) >= KILL_AGAIN)
-            })
-            .collect();
-        if due.is_empty() {
-            return Ok(());
-        }
-        let out: Vec<Outgoing> = due
-            .iter()
-            .map(|h| {
-                let control = Control {
-                    action: ControlAction::Cancel {
-                        task_id: h.task_id,
-                        attempt: h.attempt,
-                    },
-                };
+            .map(|h| (h, true))
+            .chain(recall.into_iter().map(|h| (h, false)))
+        {
+            let key = (held.task_id, held.attempt);
+            if self
+                .killing
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < KILL_AGAIN)
+            {
+                continue;
+            }
+            let action = if cancel {
+                ControlAction::Cancel {
+                    task_id: held.task_id,
+                    attempt: held.attempt,
+                }
+            } else {
+                // Waiting in its executor's window when its group was paused: given
+                // back, it waits in PostgreSQL until the pause is lifted.
+                ControlAction::GiveBack {
+                    task_id: held.task_id,
+                    attempt: held.attempt,
+                }
+            };
+            out.push(
                 Outgoing::new(
                     self.names.root_exchange(),
-                    keys::control(&h.executor_id),
-                    proto::encode(&control),
+                    keys::control(&held.executor_id),
+                    proto::encode(&Control { action }),
                 )
-                .with_properties(amqp::transient_properties())
-            })
-            .collect();
+                .with_properties(amqp::transient_properties()),
+            );
+            sent.push(key);
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
         tracing::info!(
-            attempts = due.len(),
-            "telling executors to kill cancelled attempts"
+            messages = out.len(),
+            "telling executors to kill cancelled attempts or give back paused ones"
         );
         metrics::counter!("fleet_dispatcher_kills_sent_total").increment(out.len() as u64);
         publisher.publish_all(out).await?;
-        for h in due {
-            self.killing.insert((h.task_id, h.attempt), now);
+        for key in sent {
+            self.killing.insert(key, now);
         }
         Ok(())
     }

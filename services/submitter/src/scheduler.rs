@@ -59,8 +59,8 @@ async fn pause(
 ) -> Result<Json<Value>, ApiError> {
     caller.need(Permission::Admin)?;
     let group = target(&body)?;
-    let client = s.pool().get().await.map_err(DbError::from)?;
-    let new = control::pause(&client, &group, &caller.who.name).await?;
+    let mut client = s.pool().get().await.map_err(DbError::from)?;
+    let new = control::pause(&mut client, s.schema(), &group, &caller.who.name).await?;
     tracing::info!(group = %group, by = %caller.who.name, new, "dispatching paused");
     Ok(Json(
         json!({"group": group, "paused": true, "was_paused": !new}),

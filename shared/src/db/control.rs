@@ -101,17 +101,26 @@ pub struct Pause {
 }
 
 /// Pauses dispatching for `group` and its subgroups (`default`: the whole fleet).
-/// Idempotent: pausing again keeps the first pause's time and author. Returns whether
+/// Idempotent: pausing again keeps the first pause's time and author. Wakes the
+/// dispatcher, which asks for the group's requests not started yet back. Returns whether
 /// it was newly paused.
-pub async fn pause(client: &Client, group: &GroupName, by: &str) -> Result<bool, DbError> {
-    Ok(client
+pub async fn pause(
+    client: &mut Client,
+    schema: &str,
+    group: &GroupName,
+    by: &str,
+) -> Result<bool, DbError> {
+    let tx = client.transaction().await?;
+    let n = tx
         .execute(
             "INSERT INTO scheduler_pauses (group_name, paused_by) VALUES ($1, $2)
              ON CONFLICT (group_name) DO NOTHING",
             &[&group.as_str(), &by],
         )
-        .await?
-        == 1)
+        .await?;
+    notify_wake(&tx, schema, true).await?;
+    tx.commit().await?;
+    Ok(n == 1)
 }
 
 /// Resumes dispatching for `group` (its pause only: a pause of an enclosing group still

@@ -31,12 +31,18 @@ macro_rules! task_select {
          FROM tasks t "
     };
 }
-/// The task `t` is not in a group whose dispatching is paused (`default`: all of them).
+/// The task `t` is in a group whose dispatching is paused (`default`: all of them).
+macro_rules! paused {
+    () => {
+        " EXISTS (SELECT 1 FROM scheduler_pauses p
+                  WHERE p.group_name = 'default' OR p.group_name = t.target_group
+                     OR t.target_group LIKE p.group_name || '.%') "
+    };
+}
+/// The task `t` is not in a paused group.
 macro_rules! not_paused {
     () => {
-        " NOT EXISTS (SELECT 1 FROM scheduler_pauses p
-                      WHERE p.group_name = 'default' OR p.group_name = t.target_group
-                         OR t.target_group LIKE p.group_name || '.%') "
+        concat!(" NOT", paused!())
     };
 }
 /// A pending copy `c` of an undecided task `t` whose member is gone past the grace
@@ -247,6 +253,30 @@ pub async fn open_attempts(client: &Client) -> Result<Vec<HeldBy>, DbError> {
             &[],
         )
         .await?;
+    rows.iter().map(HeldBy::from_row).collect()
+}
+
+/// Attempts handed out but not started whose group is paused (requests waiting in an
+/// executor's window when the pause came): the dispatcher asks their holders to give
+/// them back, so that nothing of a paused group starts. Reads the open attempts only
+/// (`attempts_open`), and only while a pause exists.
+pub async fn paused_unstarted(client: &Client) -> Result<Vec<HeldBy>, DbError> {
+    // The task's group through a subplan keyed by the attempt's task (not a join): the
+    // open attempts are listed alone, along their partial index, and only while some
+    // pause exists (a one-time filter).
+    let rows = super::query(
+        client,
+        concat!(
+            "SELECT a.task_id, a.attempt, a.executor_id FROM attempts a
+             WHERE EXISTS (SELECT 1 FROM scheduler_pauses)
+               AND a.state IN ('assigned', 'running') AND a.started_at IS NULL
+               AND (SELECT count(*) FROM tasks t WHERE t.id = a.task_id AND",
+            paused!(),
+            ") > 0"
+        ),
+        &[],
+    )
+    .await?;
     rows.iter().map(HeldBy::from_row).collect()
 }
 
