@@ -122,6 +122,9 @@ pub struct TaskStatus {
     /// What it was submitted as (servers before the job listing do not send it).
     #[serde(default)]
     pub spec: Option<TaskSpecView>,
+    /// Why a ready task is not handed out (no eligible executor, held, paused).
+    #[serde(default)]
+    pub hint: Option<String>,
 }
 
 /// What a task was submitted as (GET /v1/jobs/{id}); env values are null for callers

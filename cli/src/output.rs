@@ -154,6 +154,17 @@ pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
             &rows,
         ));
     }
+    let waiting: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| {
+            let hint = t.hint.as_deref().filter(|h| !h.is_empty())?;
+            Some(format!("  {} {}: {hint}\n", t.index, t.name))
+        })
+        .collect();
+    if !waiting.is_empty() {
+        out.push_str("\nwhy tasks wait:\n");
+        out.extend(waiting);
+    }
     let each: Vec<String> = tasks
         .iter()
         .filter(|t| t.each)
@@ -587,6 +598,26 @@ mod tests {
             stream("stderr", "a\nb\n", true),
             "  stderr:\n    a\n    b\n    [truncated]\n"
         );
+    }
+
+    #[test]
+    fn a_waiting_task_shows_its_hint() -> Result<(), serde_json::Error> {
+        let job: Job = serde_json::from_str(
+            r#"{"job_id":"j","state":"pending",
+                "counts":{"total":2,"done":0,"succeeded":0,"failed":0,"cancelled":0},
+                "tasks":[{"index":0,"name":"a","state":"ready","attempts":0,
+                          "hint":"no executor is eligible: none alive in group lab (or its subgroups)"},
+                         {"index":1,"name":"b","state":"waiting","attempts":0,"hint":null}]}"#,
+        )?;
+        let text = render_job(&job, Utc::now());
+        assert!(
+            text.ends_with(
+                "\nwhy tasks wait:\n  0 a: no executor is eligible: none alive in group lab \
+                 (or its subgroups)\n"
+            ),
+            "{text}"
+        );
+        Ok(())
     }
 
     #[test]
