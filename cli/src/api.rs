@@ -295,6 +295,75 @@ pub struct Executor {
     pub alive: bool,
 }
 
+/// Answer of GET /v1/stats.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Stats {
+    #[serde(default)]
+    pub groups: Vec<GroupStats>,
+}
+
+/// One group's figures, its subgroups' included.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GroupStats {
+    pub group: String,
+    #[serde(default)]
+    pub tasks: TaskStats,
+    #[serde(default)]
+    pub executors: ExecutorStats,
+    #[serde(default)]
+    pub slots: SlotStats,
+    #[serde(default)]
+    pub finished: FinishedStats,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TaskStats {
+    #[serde(default)]
+    pub ready: u64,
+    #[serde(default)]
+    pub held: u64,
+    #[serde(default)]
+    pub waiting: u64,
+    #[serde(default)]
+    pub running: u64,
+    #[serde(default)]
+    pub oldest_ready_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ExecutorStats {
+    #[serde(default)]
+    pub alive: u64,
+    #[serde(default)]
+    pub draining: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SlotStats {
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub free: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FinishedStats {
+    #[serde(default)]
+    pub last_minute: Outcomes,
+    #[serde(default)]
+    pub last_hour: Outcomes,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Outcomes {
+    #[serde(default)]
+    pub succeeded: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub cancelled: u64,
+}
+
 /// The error body every endpoint uses: `{"error": {...}}`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ErrorBody {

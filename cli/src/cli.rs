@@ -155,6 +155,24 @@ pub enum Command {
         fleetctl executors -o json | jq '.executors[] | select(.alive | not)'")]
     Executors,
 
+    /// Per group: tasks ready, held, waiting and running, executors, slots, jobs finished
+    #[command(
+        long_about = "Show, for every group, what waits and what runs: tasks ready (waiting \
+                      for an executor), held, waiting for dependencies and running; how long \
+                      the oldest ready task has waited since it was submitted; the executors \
+                      alive (and how many of them drain); their slots (free of the executors \
+                      taking work, out of all alive); and the jobs finished in the last \
+                      minute and hour, as succeeded/failed/cancelled. A group's figures \
+                      include its subgroups' (`default` holds everything). Listed: `default`, \
+                      the groups created, and those with executors or unfinished tasks, with \
+                      the groups that enclose them.",
+        after_help = "Examples:\n  \
+            fleetctl stats\n  \
+            fleetctl stats -o json | jq '.groups[] | select(.tasks.ready > 0 and .executors.alive == 0)'\n  \
+            watch -n 5 fleetctl stats"
+    )]
+    Stats,
+
     /// Manage groups: list, create, delete, and put executors in them
     #[command(
         subcommand,

@@ -338,6 +338,66 @@ pub fn render_executors(list: &Executors, now: DateTime<Utc>) -> String {
     )
 }
 
+/// `fleetctl stats`: one line per group, subgroups indented under their parent (whose
+/// figures include theirs).
+pub fn render_stats(stats: &crate::api::Stats) -> String {
+    let outcomes =
+        |o: &crate::api::Outcomes| format!("{}/{}/{}", o.succeeded, o.failed, o.cancelled);
+    let rows: Vec<Vec<String>> = stats
+        .groups
+        .iter()
+        .map(|g| {
+            let depth = if g.group == "default" {
+                0
+            } else {
+                g.group.matches('.').count() + 1
+            };
+            let t = &g.tasks;
+            let executors = match g.executors.draining {
+                0 => g.executors.alive.to_string(),
+                n => format!("{} ({n} draining)", g.executors.alive),
+            };
+            vec![
+                format!("{}{}", "  ".repeat(depth), g.group),
+                t.ready.to_string(),
+                t.held.to_string(),
+                t.waiting.to_string(),
+                t.running.to_string(),
+                t.oldest_ready_secs
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map_or_else(
+                        || "-".into(),
+                        |s| duration::human(Duration::from_secs_f64(s)),
+                    ),
+                executors,
+                format!("{}/{}", g.slots.free, g.slots.total),
+                outcomes(&g.finished.last_minute),
+                outcomes(&g.finished.last_hour),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "GROUP",
+            "READY",
+            "HELD",
+            "WAITING",
+            "RUNNING",
+            "OLDEST READY",
+            "EXECUTORS",
+            "FREE/SLOTS",
+            "DONE 1M",
+            "DONE 1H",
+        ],
+        &rows,
+    );
+    out.push_str(
+        "(a group's figures include its subgroups'; DONE: jobs finished in the last minute \
+         and hour, succeeded/failed/cancelled)\n",
+    );
+    out
+}
+
 /// What is known of how something ended: "exit 2", "signal 9", the error text.
 fn ending_parts(end: &Ending) -> Vec<String> {
     let mut parts = Vec::new();
@@ -598,6 +658,52 @@ mod tests {
             stream("stderr", "a\nb\n", true),
             "  stderr:\n    a\n    b\n    [truncated]\n"
         );
+    }
+
+    #[test]
+    fn stats_indent_subgroups_and_show_every_figure() -> Result<(), serde_json::Error> {
+        let stats: crate::api::Stats = serde_json::from_str(
+            r#"{"at":"2026-01-01T00:00:00Z","groups":[
+                {"group":"default","tasks":{"ready":2,"held":1,"waiting":0,"running":3,
+                                            "oldest_ready_secs":75.5},
+                 "executors":{"alive":3,"draining":1},"slots":{"total":6,"free":2},
+                 "finished":{"last_minute":{"succeeded":1,"failed":0,"cancelled":0},
+                             "last_hour":{"succeeded":9,"failed":2,"cancelled":1}}},
+                {"group":"site.web","tasks":{"ready":0,"held":0,"waiting":0,"running":1,
+                                             "oldest_ready_secs":null},
+                 "executors":{"alive":1,"draining":0},"slots":{"total":2,"free":1},
+                 "finished":{"last_minute":{"succeeded":0,"failed":0,"cancelled":0},
+                             "last_hour":{"succeeded":4,"failed":0,"cancelled":0}}}]}"#,
+        )?;
+        let text = render_stats(&stats);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("GROUP ")
+                && lines[0].contains("READY  HELD  WAITING  RUNNING  OLDEST READY  EXECUTORS"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[1]
+                .split("  ")
+                .filter(|c| !c.is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>(),
+            [
+                "default",
+                "2",
+                "1",
+                "0",
+                "3",
+                &*duration::human(Duration::from_secs_f64(75.5)),
+                "3 (1 draining)",
+                "2/6",
+                "1/0/0",
+                "9/2/1"
+            ]
+        );
+        assert!(lines[2].starts_with("    site.web  0"), "{text}");
+        assert!(lines[2].contains("  -  "), "no ready task, no age: {text}");
+        Ok(())
     }
 
     #[test]

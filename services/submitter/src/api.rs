@@ -142,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/executors", get(get_executors))
         .merge(crate::jobs::routes())
         .merge(crate::scheduler::routes())
+        .merge(crate::stats::routes())
         .merge(crate::admin::routes())
         .merge(crate::control::routes())
         .merge(crate::identity::routes())

@@ -11,6 +11,7 @@ mod inserter;
 mod intake;
 mod jobs;
 mod scheduler;
+mod stats;
 
 use fleet_shared::config::Config;
 use fleet_shared::db::DbError;

@@ -8,6 +8,7 @@ pub mod control;
 pub mod dispatch;
 pub mod outbox;
 pub mod read;
+pub mod stats;
 pub mod submit;
 
 use std::time::Duration;
@@ -197,6 +198,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../../../migrations/0007_reported.sql")),
     (8, include_str!("../../../migrations/0008_ownership.sql")),
     (9, include_str!("../../../migrations/0009_hold_pause.sql")),
+    (10, include_str!("../../../migrations/0010_ops.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an
