@@ -295,6 +295,52 @@ pub struct Executor {
     pub alive: bool,
 }
 
+/// Answer of GET /v1/executors/{id}: the listing's fields, and more.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExecutorDetail {
+    #[serde(flatten)]
+    pub executor: Executor,
+    #[serde(default)]
+    pub first_seen_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub assigned_groups: Vec<String>,
+    #[serde(default)]
+    pub registration: Option<Registration>,
+    #[serde(default)]
+    pub drain: Option<Drain>,
+    #[serde(default)]
+    pub attempts: Vec<HeldAttempt>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Registration {
+    #[serde(default)]
+    pub registered_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Drain {
+    #[serde(default)]
+    pub drained_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub drained_by: String,
+}
+
+/// An attempt an executor holds now.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeldAttempt {
+    pub task_id: String,
+    pub job_id: String,
+    pub attempt: u64,
+    pub state: String,
+    #[serde(default)]
+    pub assigned_at: Option<DateTime<Utc>>,
+}
+
 /// Answer of GET /v1/stats.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Stats {

@@ -194,10 +194,13 @@ pub enum Command {
     )]
     Token(TokenCommand),
 
-    /// Executors (admin): join tokens, revoke, drain, resume, cancel an attempt
+    /// Executors: show one; and (admin) join tokens, revoke, drain, resume, cancel an
+    /// attempt, forget one that is gone
     #[command(
         subcommand,
         after_help = "Examples:\n  \
+        fleetctl executor show cpu-1\n  \
+        fleetctl executor forget old-builder-7\n  \
         fleetctl executor join-token --group site.web\n  \
         fleetctl executor revoke web-1\n  \
         fleetctl executor drain cpu-1\n  \
@@ -322,6 +325,33 @@ pub enum GroupCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ExecutorCommand {
+    /// Show one executor and the attempts it holds now
+    ///
+    /// Its groups (declared, and put in by an administrator), labels, capacity and load,
+    /// whether it is alive and draining (and who drained it), its registration, and the
+    /// attempts it holds now: job, task, attempt and state. Any role.
+    #[command(after_help = "Examples:\n  \
+        fleetctl executor show cpu-1\n  \
+        fleetctl executor show cpu-1 -o json | jq -r '.attempts[].job_id'")]
+    Show {
+        #[arg(value_name = "EXECUTOR_ID")]
+        id: String,
+    },
+    /// Forget an executor that is gone (admin)
+    ///
+    /// Removes it from the executor listing and the stats, with the groups it was put in
+    /// and its drain. Refused while it is alive (heard within the dispatcher's executor
+    /// timeout) or still holds attempts (they end with their results or their leases).
+    /// An executor that comes back is listed again. Its registration, if any, is kept:
+    /// `fleetctl executor revoke` stops it from coming back.
+    #[command(after_help = "Examples:\n  \
+        fleetctl executor forget old-builder-7\n  \
+        fleetctl executors -o json | jq -r '.executors[] | select(.alive | not) | .executor_id' \\\n      \
+            | xargs -n1 fleetctl executor forget")]
+    Forget {
+        #[arg(value_name = "EXECUTOR_ID")]
+        id: String,
+    },
     /// Finish what it runs, start nothing new, receive no new work
     Drain {
         #[arg(value_name = "EXECUTOR_ID")]

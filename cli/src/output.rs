@@ -338,6 +338,83 @@ pub fn render_executors(list: &Executors, now: DateTime<Utc>) -> String {
     )
 }
 
+/// `fleetctl executor show`: one executor, what it holds and how it stands.
+pub fn render_executor(d: &crate::api::ExecutorDetail, now: DateTime<Utc>) -> String {
+    let e = &d.executor;
+    let mut out = format!("executor:   {}\n", e.executor_id);
+    let heard = e
+        .last_info_at
+        .map_or_else(|| "never".into(), |t| with_age(Some(t), now));
+    out.push_str(&format!(
+        "alive:      {} (last heard {heard})\n",
+        yes_no(e.alive)
+    ));
+    let mut groups = e.groups.join(", ");
+    if !d.assigned_groups.is_empty() {
+        groups = format!(
+            "{} (declared); {} (put in by an administrator)",
+            or_dash(groups),
+            d.assigned_groups.join(", ")
+        );
+    }
+    out.push_str(&format!("groups:     {}\n", or_dash(groups)));
+    let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&format!("labels:     {}\n", or_dash(labels.join(", "))));
+    out.push_str(&format!(
+        "capacity:   {} ({} running, {} queued)\n",
+        e.capacity, e.running, e.queued
+    ));
+    let draining = match &d.drain {
+        Some(dr) => format!(
+            "yes (drained by {} at {}; fleetctl executor resume {})",
+            dr.drained_by,
+            timestamp(dr.drained_at),
+            e.executor_id
+        ),
+        None => yes_no(e.draining),
+    };
+    out.push_str(&format!("draining:   {draining}\n"));
+    let registered = match &d.registration {
+        None => "no (it connects with the shared broker user)".to_owned(),
+        Some(r) => {
+            let mut line = format!(
+                "yes, at {}, groups {}",
+                timestamp(r.registered_at),
+                or_dash(r.groups.join(", "))
+            );
+            if let Some(t) = r.revoked_at {
+                line.push_str(&format!("; revoked at {}", timestamp(Some(t))));
+            }
+            line
+        }
+    };
+    out.push_str(&format!("registered: {registered}\n"));
+    out.push_str(&format!("first seen: {}\n", with_age(d.first_seen_at, now)));
+    if d.attempts.is_empty() {
+        out.push_str("\nholds no attempt\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .attempts
+            .iter()
+            .map(|a| {
+                vec![
+                    a.job_id.clone(),
+                    a.task_id.clone(),
+                    a.attempt.to_string(),
+                    a.state.clone(),
+                    a.assigned_at.map_or_else(|| "-".into(), |t| age(t, now)),
+                ]
+            })
+            .collect();
+        out.push_str(&format!("\nholds {} attempt(s):\n", rows.len()));
+        out.push_str(&table(
+            &["JOB", "TASK", "ATTEMPT", "STATE", "ASSIGNED"],
+            &rows,
+        ));
+    }
+    out
+}
+
 /// `fleetctl stats`: one line per group, subgroups indented under their parent (whose
 /// figures include theirs).
 pub fn render_stats(stats: &crate::api::Stats) -> String {
@@ -703,6 +780,37 @@ mod tests {
         );
         assert!(lines[2].starts_with("    site.web  0"), "{text}");
         assert!(lines[2].contains("  -  "), "no ready task, no age: {text}");
+        Ok(())
+    }
+
+    #[test]
+    fn an_executor_is_shown_with_what_it_holds() -> Result<(), serde_json::Error> {
+        let d: crate::api::ExecutorDetail = serde_json::from_str(
+            r#"{"executor_id":"web-1","groups":["site.web"],"labels":{"os":"linux"},
+                "capacity":2,"running":1,"queued":0,"draining":true,
+                "last_info_at":"2026-01-01T00:00:00Z","alive":false,
+                "first_seen_at":"2025-12-31T00:00:00Z","assigned_groups":["extra"],
+                "registration":null,
+                "drain":{"drained_at":"2026-01-01T00:00:00Z","drained_by":"ops"},
+                "attempts":[{"task_id":"t1","job_id":"j1","attempt":2,"state":"running",
+                             "assigned_at":"2026-01-01T00:00:00Z","started_at":null}]}"#,
+        )?;
+        let now = "2026-01-01T00:01:00Z"
+            .parse::<DateTime<Utc>>()
+            .unwrap_or_else(|_| Utc::now());
+        let text = render_executor(&d, now);
+        for line in [
+            "executor:   web-1\n",
+            "alive:      no (last heard 2026-01-01T00:00:00Z (",
+            "groups:     site.web (declared); extra (put in by an administrator)\n",
+            "labels:     os=linux\n",
+            "capacity:   2 (1 running, 0 queued)\n",
+            "draining:   yes (drained by ops at 2026-01-01T00:00:00Z; fleetctl executor resume web-1)\n",
+            "registered: no (",
+            "holds 1 attempt(s):\nJOB  TASK  ATTEMPT  STATE    ASSIGNED\nj1   t1    2        running",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
         Ok(())
     }
 

@@ -143,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::jobs::routes())
         .merge(crate::scheduler::routes())
         .merge(crate::stats::routes())
+        .merge(crate::executors::routes())
         .merge(crate::admin::routes())
         .merge(crate::control::routes())
         .merge(crate::identity::routes())

@@ -580,36 +580,152 @@ pub struct ExecutorsView {
     pub executors: Vec<ExecutorView>,
 }
 
+/// The columns [`executor_row`] reads, from `executors e`.
+const EXECUTOR_COLUMNS: &str = "e.id, e.groups, e.labels, e.capacity, e.running, e.queued,
+    e.draining OR EXISTS (SELECT 1 FROM executor_drains d WHERE d.executor_id = e.id),
+    e.last_info_at, e.last_info_at >= clock_timestamp() - make_interval(secs => $1)";
+
+fn executor_row(r: &tokio_postgres::Row) -> Result<ExecutorView, DbError> {
+    Ok(ExecutorView {
+        executor_id: r.get(0),
+        groups: serde_json::from_value(r.get(1)).map_err(|e| DbError::Row(e.to_string()))?,
+        labels: serde_json::from_value(r.get(2)).map_err(|e| DbError::Row(e.to_string()))?,
+        capacity: r.get(3),
+        running: r.get(4),
+        queued: r.get(5),
+        draining: r.get(6),
+        last_info_at: r.get(7),
+        alive: r.get(8),
+    })
+}
+
 pub async fn executors(client: &Client, silent_after_secs: f64) -> Result<ExecutorsView, DbError> {
     let rows = client
         .query(
-            "SELECT id, groups, labels, capacity, running, queued,
-                    draining OR EXISTS (SELECT 1 FROM executor_drains d WHERE d.executor_id = id),
-                    last_info_at,
-                    last_info_at >= clock_timestamp() - make_interval(secs => $1)
-             FROM executors ORDER BY id",
+            &format!("SELECT {EXECUTOR_COLUMNS} FROM executors e ORDER BY e.id"),
             &[&silent_after_secs],
         )
         .await?;
     let executors = rows
         .iter()
-        .map(|r| {
-            Ok(ExecutorView {
-                executor_id: r.get(0),
-                groups: serde_json::from_value(r.get(1))
-                    .map_err(|e| DbError::Row(e.to_string()))?,
-                labels: serde_json::from_value(r.get(2))
-                    .map_err(|e| DbError::Row(e.to_string()))?,
-                capacity: r.get(3),
-                running: r.get(4),
-                queued: r.get(5),
-                draining: r.get(6),
-                last_info_at: r.get(7),
-                alive: r.get(8),
-            })
-        })
+        .map(executor_row)
         .collect::<Result<_, DbError>>()?;
     Ok(ExecutorsView { executors })
+}
+
+/// One executor: what `GET /v1/executors` lists, and what it holds and how it stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutorDetail {
+    #[serde(flatten)]
+    pub executor: ExecutorView,
+    /// When the dispatcher first heard of it (since it was last forgotten).
+    pub first_seen_at: DateTime<Utc>,
+    /// Groups an administrator put it in, besides those it declares (`groups`).
+    pub assigned_groups: Vec<String>,
+    /// Its registration with a join token; `None` if it never registered.
+    pub registration: Option<RegistrationView>,
+    /// An administrator's drain, kept until resumed; `None` if not drained so.
+    pub drain: Option<DrainView>,
+    /// The attempts it holds now (assigned, running, or reported finished and not yet
+    /// recorded), oldest first.
+    pub attempts: Vec<HeldAttemptView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegistrationView {
+    pub registered_at: DateTime<Utc>,
+    /// The groups it registered with: what it may claim.
+    pub groups: Vec<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrainView {
+    pub drained_at: DateTime<Utc>,
+    pub drained_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeldAttemptView {
+    pub task_id: TaskId,
+    pub job_id: JobId,
+    pub attempt: i32,
+    /// `assigned`, `running` or `reported`.
+    pub state: String,
+    pub assigned_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// One executor, or `None` if the dispatcher never heard of it (or it was forgotten).
+pub async fn executor(
+    client: &Client,
+    id: &str,
+    silent_after_secs: f64,
+) -> Result<Option<ExecutorDetail>, DbError> {
+    let sql = format!(
+        "SELECT {EXECUTOR_COLUMNS}, e.first_seen_at,
+                ARRAY(SELECT m.group_name FROM group_members m
+                      WHERE m.executor_id = e.id ORDER BY 1)
+         FROM executors e WHERE e.id = $2"
+    );
+    let Some(r) = client
+        .query_opt(sql.as_str(), &[&silent_after_secs, &id])
+        .await?
+    else {
+        return Ok(None);
+    };
+    type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+    let by_id: [Param; 1] = [&id];
+    let (registration, drain, attempts) = tokio::try_join!(
+        client.query_opt(
+            "SELECT registered_at, groups, revoked_at FROM executor_credentials
+             WHERE executor_id = $1",
+            &by_id,
+        ),
+        client.query_opt(
+            "SELECT drained_at, drained_by FROM executor_drains WHERE executor_id = $1",
+            &by_id,
+        ),
+        // The states as a literal: they are the predicate of `attempts_lease`, so only
+        // the open attempts are read, never the history.
+        client.query(
+            "SELECT a.task_id, t.job_id, a.attempt, a.state, a.assigned_at, a.started_at
+             FROM attempts a JOIN tasks t ON t.id = a.task_id
+             WHERE a.executor_id = $1 AND a.state IN ('assigned', 'running', 'reported')
+             ORDER BY a.assigned_at, a.task_id, a.attempt",
+            &by_id,
+        ),
+    )?;
+    let registration = registration
+        .map(|c| {
+            Ok::<_, DbError>(RegistrationView {
+                registered_at: c.get(0),
+                groups: json_col("registered groups", c.get(1))?,
+                revoked_at: c.get(2),
+            })
+        })
+        .transpose()?;
+    Ok(Some(ExecutorDetail {
+        executor: executor_row(&r)?,
+        first_seen_at: r.get(9),
+        assigned_groups: r.get(10),
+        registration,
+        drain: drain.map(|d| DrainView {
+            drained_at: d.get(0),
+            drained_by: d.get(1),
+        }),
+        attempts: attempts
+            .iter()
+            .map(|a| HeldAttemptView {
+                task_id: TaskId::from_uuid(a.get(0)),
+                job_id: JobId::from_uuid(a.get(1)),
+                attempt: a.get(2),
+                state: a.get(3),
+                assigned_at: a.get(4),
+                started_at: a.get(5),
+            })
+            .collect(),
+    }))
 }
 
 /// Whose jobs a listing is limited to.
