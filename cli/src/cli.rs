@@ -105,7 +105,7 @@ pub enum Command {
     )]
     Jobs(JobsArgs),
 
-    /// Look at one job: `fleetctl job show ID`
+    /// One job: `fleetctl job show ID`, `fleetctl job delete ID`
     #[command(subcommand)]
     Job(JobCommand),
 
@@ -286,6 +286,13 @@ pub enum JobCommand {
         fleetctl job show 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
         fleetctl job show -o json 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b | jq '.tasks[].spec.argv'")]
     Show(JobArg),
+    /// Delete a finished job now, with its tasks, attempts and results (its owner or an
+    /// admin); refused while it runs. Finished jobs are purged anyway after the
+    /// retention period (14 days by default).
+    #[command(after_help = "Examples:\n  \
+        fleetctl job delete 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+        fleetctl jobs --mine --state failed -o json | jq -r '.jobs[].job_id' | xargs -n1 fleetctl job delete")]
+    Delete(JobArg),
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use chrono::Utc;
 use fleet_shared::db::dispatch::{self, Held, HeldBy};
-use fleet_shared::db::{self, collect, stats, submit};
+use fleet_shared::db::{self, collect, retention, stats, submit};
 use fleet_shared::id::{ExecutorId, JobId};
 use fleet_shared::job::JobSpec;
 use fleet_shared::proto::{Info, Outcome, TaskResult};
@@ -207,6 +207,20 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
     let tx = client.transaction().await?;
     collect::record_results(&tx, schema, &results).await?;
     tx.commit().await?;
+
+    // Retention: the collector's pick of jobs to purge (none is old enough), and a job
+    // just finished deleted at once with all its rows (DELETE /v1/jobs/{id}).
+    retention::purge_finished(&mut client, 14, 500).await?;
+    let mut deleted = false;
+    for h in &held[16..] {
+        if retention::delete_job(&mut client, job_of[&h.task_id]).await?
+            == retention::Deleted::Deleted
+        {
+            deleted = true;
+            break;
+        }
+    }
+    anyhow::ensure!(deleted, "no finished job to delete");
     Ok(())
 }
 

@@ -21,6 +21,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Job(crate::cli::JobCommand::Show(arg)) => {
             jobs::show(&client, &arg.job_id, cli.output).await
         }
+        Command::Job(crate::cli::JobCommand::Delete(arg)) => {
+            jobs::delete(&client, &arg.job_id, cli.output).await
+        }
         Command::Priority { job_id, priority } => {
             control::patch_job(
                 &client,

@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::scheduler::routes())
         .merge(crate::stats::routes())
         .merge(crate::executors::routes())
+        .merge(crate::purge::routes())
         .merge(crate::admin::routes())
         .merge(crate::control::routes())
         .merge(crate::identity::routes())

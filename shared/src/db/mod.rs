@@ -8,6 +8,7 @@ pub mod control;
 pub mod dispatch;
 pub mod outbox;
 pub mod read;
+pub mod retention;
 pub mod stats;
 pub mod submit;
 
