@@ -122,6 +122,9 @@ pub struct TaskStatus {
     /// What it was submitted as (servers before the job listing do not send it).
     #[serde(default)]
     pub spec: Option<TaskSpecView>,
+    /// Why a ready task is not handed out (no eligible executor, held, paused).
+    #[serde(default)]
+    pub hint: Option<String>,
 }
 
 /// What a task was submitted as (GET /v1/jobs/{id}); env values are null for callers
@@ -290,6 +293,121 @@ pub struct Executor {
     pub last_info_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub alive: bool,
+}
+
+/// Answer of GET /v1/executors/{id}: the listing's fields, and more.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExecutorDetail {
+    #[serde(flatten)]
+    pub executor: Executor,
+    #[serde(default)]
+    pub first_seen_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub assigned_groups: Vec<String>,
+    #[serde(default)]
+    pub registration: Option<Registration>,
+    #[serde(default)]
+    pub drain: Option<Drain>,
+    #[serde(default)]
+    pub attempts: Vec<HeldAttempt>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Registration {
+    #[serde(default)]
+    pub registered_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Drain {
+    #[serde(default)]
+    pub drained_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub drained_by: String,
+}
+
+/// An attempt an executor holds now.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeldAttempt {
+    pub task_id: String,
+    pub job_id: String,
+    pub attempt: u64,
+    pub state: String,
+    #[serde(default)]
+    pub assigned_at: Option<DateTime<Utc>>,
+}
+
+/// Answer of GET /v1/stats.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Stats {
+    #[serde(default)]
+    pub groups: Vec<GroupStats>,
+}
+
+/// One group's figures, its subgroups' included.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GroupStats {
+    pub group: String,
+    #[serde(default)]
+    pub tasks: TaskStats,
+    #[serde(default)]
+    pub executors: ExecutorStats,
+    #[serde(default)]
+    pub slots: SlotStats,
+    #[serde(default)]
+    pub finished: FinishedStats,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TaskStats {
+    #[serde(default)]
+    pub ready: u64,
+    #[serde(default)]
+    pub held: u64,
+    #[serde(default)]
+    pub waiting: u64,
+    #[serde(default)]
+    pub running: u64,
+    #[serde(default)]
+    pub oldest_ready_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ExecutorStats {
+    #[serde(default)]
+    pub alive: u64,
+    #[serde(default)]
+    pub draining: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SlotStats {
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub free: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FinishedStats {
+    #[serde(default)]
+    pub last_minute: Outcomes,
+    #[serde(default)]
+    pub last_hour: Outcomes,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Outcomes {
+    #[serde(default)]
+    pub succeeded: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub cancelled: u64,
 }
 
 /// The error body every endpoint uses: `{"error": {...}}`.

@@ -105,7 +105,7 @@ pub enum Command {
     )]
     Jobs(JobsArgs),
 
-    /// Look at one job: `fleetctl job show ID`
+    /// One job: `fleetctl job show ID`, `fleetctl job delete ID`
     #[command(subcommand)]
     Job(JobCommand),
 
@@ -190,6 +190,24 @@ pub enum Command {
         fleetctl executors -o json | jq '.executors[] | select(.alive | not)'")]
     Executors,
 
+    /// Per group: tasks ready, held, waiting and running, executors, slots, jobs finished
+    #[command(
+        long_about = "Show, for every group, what waits and what runs: tasks ready (waiting \
+                      for an executor), held, waiting for dependencies and running; how long \
+                      the oldest ready task has waited since it was submitted; the executors \
+                      alive (and how many of them drain); their slots (free of the executors \
+                      taking work, out of all alive); and the jobs finished in the last \
+                      minute and hour, as succeeded/failed/cancelled. A group's figures \
+                      include its subgroups' (`default` holds everything). Listed: `default`, \
+                      the groups created, and those with executors or unfinished tasks, with \
+                      the groups that enclose them.",
+        after_help = "Examples:\n  \
+            fleetctl stats\n  \
+            fleetctl stats -o json | jq '.groups[] | select(.tasks.ready > 0 and .executors.alive == 0)'\n  \
+            watch -n 5 fleetctl stats"
+    )]
+    Stats,
+
     /// Manage groups: list, create, delete, and put executors in them
     #[command(
         subcommand,
@@ -211,10 +229,13 @@ pub enum Command {
     )]
     Token(TokenCommand),
 
-    /// Executors (admin): join tokens, revoke, drain, resume
+    /// Executors: show one; and (admin) join tokens, revoke, drain, resume, forget one
+    /// that is gone
     #[command(
         subcommand,
         after_help = "Examples:\n  \
+        fleetctl executor show cpu-1\n  \
+        fleetctl executor forget old-builder-7\n  \
         fleetctl executor join-token --group site.web\n  \
         fleetctl executor revoke web-1\n  \
         fleetctl executor drain cpu-1\n  \
@@ -299,6 +320,13 @@ pub enum JobCommand {
         fleetctl job show 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
         fleetctl job show -o json 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b | jq '.tasks[].spec.argv'")]
     Show(JobArg),
+    /// Delete a finished job now, with its tasks, attempts and results (its owner or an
+    /// admin); refused while it runs. Finished jobs are purged anyway after the
+    /// retention period (14 days by default).
+    #[command(after_help = "Examples:\n  \
+        fleetctl job delete 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+        fleetctl jobs --mine --state failed -o json | jq -r '.jobs[].job_id' | xargs -n1 fleetctl job delete")]
+    Delete(JobArg),
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +366,33 @@ pub enum GroupCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ExecutorCommand {
+    /// Show one executor and the attempts it holds now
+    ///
+    /// Its groups (declared, and put in by an administrator), labels, capacity and load,
+    /// whether it is alive and draining (and who drained it), its registration, and the
+    /// attempts it holds now: job, task, attempt and state. Any role.
+    #[command(after_help = "Examples:\n  \
+        fleetctl executor show cpu-1\n  \
+        fleetctl executor show cpu-1 -o json | jq -r '.attempts[].job_id'")]
+    Show {
+        #[arg(value_name = "EXECUTOR_ID")]
+        id: String,
+    },
+    /// Forget an executor that is gone (admin)
+    ///
+    /// Removes it from the executor listing and the stats, with the groups it was put in
+    /// and its drain. Refused while it is alive (heard within the dispatcher's executor
+    /// timeout) or still holds attempts (they end with their results or their leases).
+    /// An executor that comes back is listed again. Its registration, if any, is kept:
+    /// `fleetctl executor revoke` stops it from coming back.
+    #[command(after_help = "Examples:\n  \
+        fleetctl executor forget old-builder-7\n  \
+        fleetctl executors -o json | jq -r '.executors[] | select(.alive | not) | .executor_id' \\\n      \
+            | xargs -n1 fleetctl executor forget")]
+    Forget {
+        #[arg(value_name = "EXECUTOR_ID")]
+        id: String,
+    },
     /// Finish what it runs, start nothing new, receive no new work
     Drain {
         #[arg(value_name = "EXECUTOR_ID")]

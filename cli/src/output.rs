@@ -154,6 +154,17 @@ pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
             &rows,
         ));
     }
+    let waiting: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| {
+            let hint = t.hint.as_deref().filter(|h| !h.is_empty())?;
+            Some(format!("  {} {}: {hint}\n", t.index, t.name))
+        })
+        .collect();
+    if !waiting.is_empty() {
+        out.push_str("\nwhy tasks wait:\n");
+        out.extend(waiting);
+    }
     let each: Vec<String> = tasks
         .iter()
         .filter(|t| t.each)
@@ -325,6 +336,143 @@ pub fn render_executors(list: &Executors, now: DateTime<Utc>) -> String {
         ],
         &rows,
     )
+}
+
+/// `fleetctl executor show`: one executor, what it holds and how it stands.
+pub fn render_executor(d: &crate::api::ExecutorDetail, now: DateTime<Utc>) -> String {
+    let e = &d.executor;
+    let mut out = format!("executor:   {}\n", e.executor_id);
+    let heard = e
+        .last_info_at
+        .map_or_else(|| "never".into(), |t| with_age(Some(t), now));
+    out.push_str(&format!(
+        "alive:      {} (last heard {heard})\n",
+        yes_no(e.alive)
+    ));
+    let mut groups = e.groups.join(", ");
+    if !d.assigned_groups.is_empty() {
+        groups = format!(
+            "{} (declared); {} (put in by an administrator)",
+            or_dash(groups),
+            d.assigned_groups.join(", ")
+        );
+    }
+    out.push_str(&format!("groups:     {}\n", or_dash(groups)));
+    let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&format!("labels:     {}\n", or_dash(labels.join(", "))));
+    out.push_str(&format!(
+        "capacity:   {} ({} running, {} queued)\n",
+        e.capacity, e.running, e.queued
+    ));
+    let draining = match &d.drain {
+        Some(dr) => format!(
+            "yes (drained by {} at {}; fleetctl executor resume {})",
+            dr.drained_by,
+            timestamp(dr.drained_at),
+            e.executor_id
+        ),
+        None => yes_no(e.draining),
+    };
+    out.push_str(&format!("draining:   {draining}\n"));
+    let registered = match &d.registration {
+        None => "no (it connects with the shared broker user)".to_owned(),
+        Some(r) => {
+            let mut line = format!(
+                "yes, at {}, groups {}",
+                timestamp(r.registered_at),
+                or_dash(r.groups.join(", "))
+            );
+            if let Some(t) = r.revoked_at {
+                line.push_str(&format!("; revoked at {}", timestamp(Some(t))));
+            }
+            line
+        }
+    };
+    out.push_str(&format!("registered: {registered}\n"));
+    out.push_str(&format!("first seen: {}\n", with_age(d.first_seen_at, now)));
+    if d.attempts.is_empty() {
+        out.push_str("\nholds no attempt\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .attempts
+            .iter()
+            .map(|a| {
+                vec![
+                    a.job_id.clone(),
+                    a.task_id.clone(),
+                    a.attempt.to_string(),
+                    a.state.clone(),
+                    a.assigned_at.map_or_else(|| "-".into(), |t| age(t, now)),
+                ]
+            })
+            .collect();
+        out.push_str(&format!("\nholds {} attempt(s):\n", rows.len()));
+        out.push_str(&table(
+            &["JOB", "TASK", "ATTEMPT", "STATE", "ASSIGNED"],
+            &rows,
+        ));
+    }
+    out
+}
+
+/// `fleetctl stats`: one line per group, subgroups indented under their parent (whose
+/// figures include theirs).
+pub fn render_stats(stats: &crate::api::Stats) -> String {
+    let outcomes =
+        |o: &crate::api::Outcomes| format!("{}/{}/{}", o.succeeded, o.failed, o.cancelled);
+    let rows: Vec<Vec<String>> = stats
+        .groups
+        .iter()
+        .map(|g| {
+            let depth = if g.group == "default" {
+                0
+            } else {
+                g.group.matches('.').count() + 1
+            };
+            let t = &g.tasks;
+            let executors = match g.executors.draining {
+                0 => g.executors.alive.to_string(),
+                n => format!("{} ({n} draining)", g.executors.alive),
+            };
+            vec![
+                format!("{}{}", "  ".repeat(depth), g.group),
+                t.ready.to_string(),
+                t.held.to_string(),
+                t.waiting.to_string(),
+                t.running.to_string(),
+                t.oldest_ready_secs
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map_or_else(
+                        || "-".into(),
+                        |s| duration::human(Duration::from_secs_f64(s)),
+                    ),
+                executors,
+                format!("{}/{}", g.slots.free, g.slots.total),
+                outcomes(&g.finished.last_minute),
+                outcomes(&g.finished.last_hour),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "GROUP",
+            "READY",
+            "HELD",
+            "WAITING",
+            "RUNNING",
+            "OLDEST READY",
+            "EXECUTORS",
+            "FREE/SLOTS",
+            "DONE 1M",
+            "DONE 1H",
+        ],
+        &rows,
+    );
+    out.push_str(
+        "(a group's figures include its subgroups'; DONE: jobs finished in the last minute \
+         and hour, succeeded/failed/cancelled)\n",
+    );
+    out
 }
 
 /// What is known of how something ended: "exit 2", "signal 9", the error text.
@@ -587,6 +735,103 @@ mod tests {
             stream("stderr", "a\nb\n", true),
             "  stderr:\n    a\n    b\n    [truncated]\n"
         );
+    }
+
+    #[test]
+    fn stats_indent_subgroups_and_show_every_figure() -> Result<(), serde_json::Error> {
+        let stats: crate::api::Stats = serde_json::from_str(
+            r#"{"at":"2026-01-01T00:00:00Z","groups":[
+                {"group":"default","tasks":{"ready":2,"held":1,"waiting":0,"running":3,
+                                            "oldest_ready_secs":75.5},
+                 "executors":{"alive":3,"draining":1},"slots":{"total":6,"free":2},
+                 "finished":{"last_minute":{"succeeded":1,"failed":0,"cancelled":0},
+                             "last_hour":{"succeeded":9,"failed":2,"cancelled":1}}},
+                {"group":"site.web","tasks":{"ready":0,"held":0,"waiting":0,"running":1,
+                                             "oldest_ready_secs":null},
+                 "executors":{"alive":1,"draining":0},"slots":{"total":2,"free":1},
+                 "finished":{"last_minute":{"succeeded":0,"failed":0,"cancelled":0},
+                             "last_hour":{"succeeded":4,"failed":0,"cancelled":0}}}]}"#,
+        )?;
+        let text = render_stats(&stats);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("GROUP ")
+                && lines[0].contains("READY  HELD  WAITING  RUNNING  OLDEST READY  EXECUTORS"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[1]
+                .split("  ")
+                .filter(|c| !c.is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>(),
+            [
+                "default",
+                "2",
+                "1",
+                "0",
+                "3",
+                &*duration::human(Duration::from_secs_f64(75.5)),
+                "3 (1 draining)",
+                "2/6",
+                "1/0/0",
+                "9/2/1"
+            ]
+        );
+        assert!(lines[2].starts_with("    site.web  0"), "{text}");
+        assert!(lines[2].contains("  -  "), "no ready task, no age: {text}");
+        Ok(())
+    }
+
+    #[test]
+    fn an_executor_is_shown_with_what_it_holds() -> Result<(), serde_json::Error> {
+        let d: crate::api::ExecutorDetail = serde_json::from_str(
+            r#"{"executor_id":"web-1","groups":["site.web"],"labels":{"os":"linux"},
+                "capacity":2,"running":1,"queued":0,"draining":true,
+                "last_info_at":"2026-01-01T00:00:00Z","alive":false,
+                "first_seen_at":"2025-12-31T00:00:00Z","assigned_groups":["extra"],
+                "registration":null,
+                "drain":{"drained_at":"2026-01-01T00:00:00Z","drained_by":"ops"},
+                "attempts":[{"task_id":"t1","job_id":"j1","attempt":2,"state":"running",
+                             "assigned_at":"2026-01-01T00:00:00Z","started_at":null}]}"#,
+        )?;
+        let now = "2026-01-01T00:01:00Z"
+            .parse::<DateTime<Utc>>()
+            .unwrap_or_else(|_| Utc::now());
+        let text = render_executor(&d, now);
+        for line in [
+            "executor:   web-1\n",
+            "alive:      no (last heard 2026-01-01T00:00:00Z (",
+            "groups:     site.web (declared); extra (put in by an administrator)\n",
+            "labels:     os=linux\n",
+            "capacity:   2 (1 running, 0 queued)\n",
+            "draining:   yes (drained by ops at 2026-01-01T00:00:00Z; fleetctl executor resume web-1)\n",
+            "registered: no (",
+            "holds 1 attempt(s):\nJOB  TASK  ATTEMPT  STATE    ASSIGNED\nj1   t1    2        running",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_waiting_task_shows_its_hint() -> Result<(), serde_json::Error> {
+        let job: Job = serde_json::from_str(
+            r#"{"job_id":"j","state":"pending",
+                "counts":{"total":2,"done":0,"succeeded":0,"failed":0,"cancelled":0},
+                "tasks":[{"index":0,"name":"a","state":"ready","attempts":0,
+                          "hint":"no executor is eligible: none alive in group lab (or its subgroups)"},
+                         {"index":1,"name":"b","state":"waiting","attempts":0,"hint":null}]}"#,
+        )?;
+        let text = render_job(&job, Utc::now());
+        assert!(
+            text.ends_with(
+                "\nwhy tasks wait:\n  0 a: no executor is eligible: none alive in group lab \
+                 (or its subgroups)\n"
+            ),
+            "{text}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -186,6 +186,7 @@ mod tests {
             quorum: None,
             copies: Vec::new(),
             spec: None,
+            hint: None,
             end: Ending {
                 exit_code,
                 ..Ending::default()

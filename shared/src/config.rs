@@ -36,6 +36,34 @@ pub struct Config {
     pub executor: ExecutorConfig,
     pub collector: CollectorConfig,
     pub auth: AuthConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long finished jobs are kept (the collector purges the older ones).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// A job finished longer ago than this is purged with its tasks, attempts, results
+    /// and copies. 0: kept for ever.
+    pub finished_job_days: u32,
+    /// How often the collector looks for jobs to purge.
+    pub interval_secs: u64,
+    /// Jobs purged per transaction: small, so that each holds its locks briefly.
+    pub batch_size: u32,
+    /// The pause between two batches of one pass, so that a large purge shares the
+    /// database with the work.
+    pub pause_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            finished_job_days: 14,
+            interval_secs: 600,
+            batch_size: 500,
+            pause_ms: 200,
+        }
+    }
 }
 
 /// Who may use the HTTP API (the submitter reads this section).
@@ -337,6 +365,12 @@ impl Config {
                 "batch sizes must be positive",
             ));
         }
+        if self.retention.interval_secs == 0 {
+            return Err(invalid("retention.interval_secs", "must be positive"));
+        }
+        if !(1..=10_000).contains(&self.retention.batch_size) {
+            return Err(invalid("retention.batch_size", "must be 1 to 10000"));
+        }
         if let Some(id) = &self.executor.id {
             ExecutorId::parse(id).map_err(|e| invalid("executor.id", e.to_string()))?;
         }
@@ -456,6 +490,10 @@ mod tests {
     fn defaults_are_valid() {
         let c = Config::load(None, env(&[])).expect("defaults load");
         assert_eq!(c.amqp.prefix, "fleet");
+        assert_eq!(c.retention.finished_job_days, 14);
+        let c = Config::load(None, env(&[("FLEET_RETENTION__FINISHED_JOB_DAYS", "0")]))
+            .expect("kept for ever");
+        assert_eq!(c.retention.finished_job_days, 0);
         assert_eq!(
             c.executor_groups().expect("groups"),
             vec![GroupName::default_group()]
@@ -493,6 +531,9 @@ mod tests {
         assert!(err.to_string().contains("executor.id"), "{err}");
         let err = Config::load(None, env(&[("FLEET_EXECUTOR__LABELS", "gpu")])).expect_err("label");
         assert!(err.to_string().contains("executor.labels"), "{err}");
+        let err = Config::load(None, env(&[("FLEET_RETENTION__BATCH_SIZE", "0")]))
+            .expect_err("an empty batch");
+        assert!(err.to_string().contains("retention.batch_size"), "{err}");
         let err = Config::load(None, env(&[("FLEET_HTTP__ADDR", "nowhere")])).expect_err("addr");
         assert!(err.to_string().contains("http.addr"), "{err}");
         let err = Config::load(None, env(&[("FLEET_EXECUTOR__JOIN_TOKEN", "fjt_x")]))

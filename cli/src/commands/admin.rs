@@ -145,6 +145,28 @@ pub async fn executor(
     format: Output,
 ) -> Result<u8, CliError> {
     let (path, body, text) = match cmd {
+        ExecutorCommand::Show { id } => {
+            let path = format!("/v1/executors/{}", segment("executor", &id)?);
+            let answer = client.call(Method::GET, &path, None).await?;
+            let d: crate::api::ExecutorDetail = answer.decode("executor")?;
+            return done(
+                &answer,
+                format,
+                output::render_executor(&d, chrono::Utc::now()),
+            );
+        }
+        ExecutorCommand::Forget { id } => {
+            let path = format!("/v1/executors/{}", segment("executor", &id)?);
+            let answer = client.call(Method::DELETE, &path, None).await?;
+            return done(
+                &answer,
+                format,
+                format!(
+                    "forgot {id}: no longer listed, out of the groups it was put in, drain \
+                     lifted (it is listed again if it comes back)\n"
+                ),
+            );
+        }
         ExecutorCommand::JoinToken { groups, ttl_secs } => {
             let body = json!({"groups": groups, "ttl_secs": ttl_secs});
             let answer = client

@@ -63,3 +63,16 @@ pub async fn show(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, 
     }
     Ok(0)
 }
+
+pub async fn delete(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, CliError> {
+    let answer = client
+        .call(reqwest::Method::DELETE, &format!("/v1/jobs/{job_id}"), None)
+        .await?;
+    match format {
+        Output::Json => output::emit_json(&answer)?,
+        Output::Text => output::emit(&format!(
+            "deleted job {job_id} with its tasks, attempts and results\n"
+        ))?,
+    }
+    Ok(0)
+}

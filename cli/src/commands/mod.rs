@@ -5,6 +5,7 @@ mod control;
 mod executors;
 mod jobs;
 mod results;
+mod stats;
 mod status;
 mod submit;
 
@@ -25,6 +26,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Retry { job_id, task } => {
             control::rerun(&client, &job_id, task.as_deref(), cli.output).await
+        }
+        Command::Job(crate::cli::JobCommand::Delete(arg)) => {
+            jobs::delete(&client, &arg.job_id, cli.output).await
         }
         Command::Priority { job_id, priority } => {
             control::patch_job(
@@ -59,6 +63,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             results::run(&client, &arg.job_id, arg.by_executor, cli.output).await
         }
         Command::Executors => executors::run(&client, cli.output).await,
+        Command::Stats => stats::run(&client, cli.output).await,
         Command::Group(cmd) => admin::group(&client, cmd, cli.output).await,
         Command::Token(cmd) => admin::token(&client, cmd, cli.output).await,
         Command::Executor(cmd) => admin::executor(&client, cmd, cli.output).await,

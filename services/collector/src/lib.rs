@@ -15,6 +15,8 @@ use lapin::Connection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod retention;
+
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7072";
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,13 @@ pub async fn run(
         let _ = server.await;
         return Ok(());
     }
+    // Its own task: purging never holds up recording results.
+    let purging = tokio::spawn(retention::run(
+        pool.clone(),
+        cfg.retention.clone(),
+        cfg.database.clone(),
+        token.clone(),
+    ));
     let collector = Collector {
         names: Names::new(&cfg.amqp.prefix),
         schema: cfg.database.schema.clone(),
@@ -56,6 +65,8 @@ pub async fn run(
         }
     }
     token.cancel();
+    // It ends with the token; a batch in flight has its deadline too.
+    let _ = tokio::time::timeout(Duration::from_secs(5), purging).await;
     let _ = server.await;
     Ok(())
 }

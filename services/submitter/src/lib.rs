@@ -6,11 +6,14 @@ mod api;
 mod auth;
 mod broker_admin;
 mod control;
+mod executors;
 mod identity;
 mod inserter;
 mod intake;
 mod jobs;
+mod purge;
 mod scheduler;
+mod stats;
 
 use fleet_shared::config::Config;
 use fleet_shared::db::DbError;

@@ -670,3 +670,82 @@ pub async fn registered_executors(
         })
         .collect()
 }
+
+/// Forgets an executor that is gone: its row in `executors` (which the dispatcher writes
+/// from INFO), the groups an administrator put it in, and its kept drain. Refused while
+/// it is alive (heard within `alive_secs`) or holds attempts (open, or reported and not
+/// yet recorded): forgetting it then would hide what it runs. Its registration, if any,
+/// is kept (revoke it apart). An executor that comes back is listed again from its next
+/// INFO, as new.
+pub async fn forget_executor(
+    client: &mut Client,
+    executor: &ExecutorId,
+    alive_secs: f64,
+) -> Result<(), AdminError> {
+    let id = executor.as_str();
+    let tx = client.transaction().await?;
+    // Locked, so that an INFO written meanwhile waits for the answer (and then writes
+    // the row anew).
+    let Some(row) = tx
+        .query_opt(
+            "SELECT extract(epoch FROM clock_timestamp() - last_info_at)::float8
+             FROM executors WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+    else {
+        return Err(AdminError::NotFound("executor"));
+    };
+    let silent_for: f64 = row.get(0);
+    if silent_for < alive_secs {
+        return Err(AdminError::Conflict(format!(
+            "the executor '{id}' is alive: it was heard {:.1} s ago; only an executor silent \
+             for more than {alive_secs} s (dispatcher.executor_timeout_secs) can be forgotten: \
+             stop it first",
+            silent_for.max(0.0)
+        )));
+    }
+    // The states as a literal: the predicate of `attempts_lease`, so only the open
+    // attempts are read.
+    let held = tx
+        .query(
+            "SELECT a.task_id, a.attempt, a.state FROM attempts a
+             WHERE a.executor_id = $1 AND a.state IN ('assigned', 'running', 'reported')
+             ORDER BY a.assigned_at, a.task_id, a.attempt",
+            &[&id],
+        )
+        .await?;
+    if !held.is_empty() {
+        let shown: Vec<String> = held
+            .iter()
+            .take(5)
+            .map(|r| {
+                format!(
+                    "task {} attempt {} ({})",
+                    r.get::<_, uuid::Uuid>(0),
+                    r.get::<_, i32>(1),
+                    r.get::<_, &str>(2)
+                )
+            })
+            .collect();
+        let more = match held.len() {
+            n if n > 5 => format!(" and {} more", n - 5),
+            _ => String::new(),
+        };
+        return Err(AdminError::Conflict(format!(
+            "the executor '{id}' still holds {} attempt(s): {}{more}; they end when their \
+             results are recorded or their leases run out (dispatcher.lease_timeout_secs; \
+             dispatcher.result_timeout_secs for those reported finished); forget it after that",
+            held.len(),
+            shown.join(", ")
+        )));
+    }
+    tx.execute("DELETE FROM group_members WHERE executor_id = $1", &[&id])
+        .await?;
+    tx.execute("DELETE FROM executor_drains WHERE executor_id = $1", &[&id])
+        .await?;
+    tx.execute("DELETE FROM executors WHERE id = $1", &[&id])
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

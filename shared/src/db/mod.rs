@@ -8,6 +8,8 @@ pub mod control;
 pub mod dispatch;
 pub mod outbox;
 pub mod read;
+pub mod retention;
+pub mod stats;
 pub mod submit;
 
 use std::time::Duration;
@@ -210,6 +212,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../../../migrations/0007_reported.sql")),
     (8, include_str!("../../../migrations/0008_ownership.sql")),
     (9, include_str!("../../../migrations/0009_hold_pause.sql")),
+    (10, include_str!("../../../migrations/0010_ops.sql")),
     (11, include_str!("../../../migrations/0011_cancel.sql")),
     (12, include_str!("../../../migrations/0012_retry.sql")),
 ];

@@ -104,6 +104,10 @@ pub struct TaskView {
     /// While `retrying`: when the next attempt may start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<DateTime<Utc>>,
+    /// Why a ready task is not handed out (no eligible executor, its job held, its group
+    /// paused); `None` when there is nothing to say.
+    #[serde(default)]
+    pub hint: Option<String>,
 }
 
 /// One member's copy of an `each` task.
@@ -221,6 +225,13 @@ pub async fn job(
             error: r.get(4),
         });
     }
+    let held: bool = j.get(6);
+    // What a ready task waits for is read only when one does.
+    let waits = if rows.iter().any(|r| r.get::<_, &str>(3) == "ready") {
+        Some(WaitContext::read(client, silent_after_secs).await?)
+    } else {
+        None
+    };
     let mut counts = CountsView::default();
     let names: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
     let tasks = rows
@@ -253,13 +264,18 @@ pub async fn job(
             }
             let silent: bool = r.get(9);
             let task_id: uuid::Uuid = r.get(0);
-            Ok(TaskView {
-                spec,
+            let each: bool = r.get(10);
+            let quorum: Option<i32> = r.get(11);
+            let copies = copies.remove(&task_id).unwrap_or_default();
+            let hint = match &waits {
+                Some(w) if state == "ready" => w.hint(id, &spec.group, &spec.labels, held),
+                _ => None,
+            };
+            let mut t = TaskView {
                 retry_at: r.get(21),
                 history: history.remove(&task_id).unwrap_or_default(),
-                each: r.get(10),
-                quorum: r.get(11),
-                copies: copies.remove(&task_id).unwrap_or_default(),
+                each,
+                quorum,
                 task_id: TaskId::from_uuid(task_id),
                 index: r.get(1),
                 name: r.get(2),
@@ -269,7 +285,19 @@ pub async fn job(
                 exit_code: r.get(6),
                 signal: r.get(7),
                 error: r.get(8),
-            })
+                hint,
+                copies,
+                spec,
+            };
+            if each {
+                // No one attempt decided it: its members did, by the quorum. The latest
+                // attempt's executor and exit code (one member's) would say otherwise.
+                t.executor_id = None;
+                t.exit_code = None;
+                t.signal = None;
+                t.error = each_outcome(&t.state, &t.copies, quorum);
+            }
+            Ok(t)
         })
         .collect::<Result<_, DbError>>()?;
     counts.done = counts.succeeded + counts.failed + counts.cancelled;
@@ -287,6 +315,154 @@ pub async fn job(
         counts,
         tasks,
     }))
+}
+
+/// How an `each` task was decided, from its members' copies: `None` while it is not
+/// decided (its copies say where each member is) or was never fanned out.
+pub fn each_outcome(state: &str, copies: &[CopyView], quorum: Option<i32>) -> Option<String> {
+    let count = |s: &str| copies.iter().filter(|c| c.state == s).count();
+    let members = copies.len();
+    let needed = crate::state::quorum_needed(
+        u32::try_from(members).unwrap_or(u32::MAX),
+        quorum.and_then(|q| u32::try_from(q).ok()),
+    );
+    match state {
+        _ if members == 0 => None,
+        "succeeded" => Some(format!(
+            "{} of {members} members succeeded; quorum {needed} met",
+            count("succeeded")
+        )),
+        "failed" if needed as usize > members => Some(format!(
+            "failed: quorum {needed} is more than its {members} members"
+        )),
+        "failed" => {
+            let cancelled = match count("cancelled") {
+                0 => String::new(),
+                n => format!(" ({n} cancelled)"),
+            };
+            Some(format!(
+                "failed: {} of {members} members failed{cancelled}; quorum {needed} can no \
+                 longer be met",
+                count("failed")
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// An alive executor as a waiting task's hint sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate {
+    pub id: String,
+    /// Declared (INFO) and put in by an administrator.
+    pub groups: Vec<crate::group::GroupName>,
+    pub labels: BTreeMap<String, String>,
+    /// It says so, or an administrator drained it.
+    pub draining: bool,
+}
+
+/// What decides whether a ready task can be handed out, besides the dispatcher's own
+/// state: the alive executors and the scheduler's pauses.
+#[derive(Debug, Clone, Default)]
+pub struct WaitContext {
+    pub alive: Vec<Candidate>,
+    /// Paused groups (`default`: the whole fleet).
+    pub pauses: Vec<crate::group::GroupName>,
+}
+
+impl WaitContext {
+    /// Alive: heard within `silent_after_secs`.
+    pub async fn read(client: &Client, silent_after_secs: f64) -> Result<Self, DbError> {
+        use crate::group::GroupName;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&silent_after_secs];
+        let (executors, pauses) = tokio::try_join!(
+            client.query(
+                "SELECT e.id, e.groups, e.labels,
+                        e.draining OR EXISTS (SELECT 1 FROM executor_drains d
+                                              WHERE d.executor_id = e.id),
+                        ARRAY(SELECT m.group_name FROM group_members m
+                              WHERE m.executor_id = e.id)
+                 FROM executors e
+                 WHERE e.last_info_at >= clock_timestamp() - make_interval(secs => $1)
+                 ORDER BY e.id",
+                &params,
+            ),
+            client.query("SELECT group_name FROM scheduler_pauses", &[]),
+        )?;
+        let alive = executors
+            .iter()
+            .map(|r| {
+                let mut names: Vec<String> = json_col("groups", r.get(1))?;
+                names.extend(r.get::<_, Vec<String>>(4));
+                Ok(Candidate {
+                    id: r.get(0),
+                    groups: names
+                        .iter()
+                        .filter_map(|g| GroupName::parse(g).ok())
+                        .collect(),
+                    labels: json_col("labels", r.get(2))?,
+                    draining: r.get(3),
+                })
+            })
+            .collect::<Result<_, DbError>>()?;
+        let pauses = pauses
+            .iter()
+            .filter_map(|r| GroupName::parse(r.get(0)).ok())
+            .collect();
+        Ok(Self { alive, pauses })
+    }
+
+    /// Why a ready task of `job` for `group` with `labels` is not handed out, if there
+    /// is anything to say: its job is held, its group (or one enclosing it) is paused,
+    /// no alive executor is eligible (by group, subgroups included, and labels), or every
+    /// eligible one is draining. Every reason that holds, in that order.
+    pub fn hint(
+        &self,
+        job: JobId,
+        group: &str,
+        labels: &BTreeMap<String, String>,
+        held: bool,
+    ) -> Option<String> {
+        let target = crate::group::GroupName::parse(group).ok()?;
+        let mut why = Vec::new();
+        if held {
+            why.push(format!(
+                "the job is held: its tasks wait until it is released (fleetctl release {job})"
+            ));
+        }
+        for p in self.pauses.iter().filter(|p| target.is_within(p)) {
+            why.push(if p.is_default() {
+                "dispatching is paused for the whole fleet (fleetctl scheduler resume)".into()
+            } else {
+                format!("dispatching is paused for group {p} (fleetctl scheduler resume {p})")
+            });
+        }
+        let eligible: Vec<&Candidate> = self
+            .alive
+            .iter()
+            .filter(|e| e.groups.iter().any(|g| g.is_within(&target)))
+            .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .collect();
+        if eligible.is_empty() {
+            let mut none = if target.is_default() {
+                "no executor is eligible: none alive".to_owned()
+            } else {
+                format!("no executor is eligible: none alive in group {target} (or its subgroups)")
+            };
+            if !labels.is_empty() {
+                let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                none.push_str(&format!(" with labels {}", l.join(", ")));
+            }
+            why.push(none);
+        } else if eligible.iter().all(|e| e.draining) {
+            let ids: Vec<&str> = eligible.iter().map(|e| e.id.as_str()).collect();
+            why.push(format!(
+                "every eligible executor is draining ({})",
+                ids.join(", ")
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(col: &str, v: serde_json::Value) -> Result<T, DbError> {
@@ -415,36 +591,152 @@ pub struct ExecutorsView {
     pub executors: Vec<ExecutorView>,
 }
 
+/// The columns [`executor_row`] reads, from `executors e`.
+const EXECUTOR_COLUMNS: &str = "e.id, e.groups, e.labels, e.capacity, e.running, e.queued,
+    e.draining OR EXISTS (SELECT 1 FROM executor_drains d WHERE d.executor_id = e.id),
+    e.last_info_at, e.last_info_at >= clock_timestamp() - make_interval(secs => $1)";
+
+fn executor_row(r: &tokio_postgres::Row) -> Result<ExecutorView, DbError> {
+    Ok(ExecutorView {
+        executor_id: r.get(0),
+        groups: serde_json::from_value(r.get(1)).map_err(|e| DbError::Row(e.to_string()))?,
+        labels: serde_json::from_value(r.get(2)).map_err(|e| DbError::Row(e.to_string()))?,
+        capacity: r.get(3),
+        running: r.get(4),
+        queued: r.get(5),
+        draining: r.get(6),
+        last_info_at: r.get(7),
+        alive: r.get(8),
+    })
+}
+
 pub async fn executors(client: &Client, silent_after_secs: f64) -> Result<ExecutorsView, DbError> {
     let rows = client
         .query(
-            "SELECT id, groups, labels, capacity, running, queued,
-                    draining OR EXISTS (SELECT 1 FROM executor_drains d WHERE d.executor_id = id),
-                    last_info_at,
-                    last_info_at >= clock_timestamp() - make_interval(secs => $1)
-             FROM executors ORDER BY id",
+            &format!("SELECT {EXECUTOR_COLUMNS} FROM executors e ORDER BY e.id"),
             &[&silent_after_secs],
         )
         .await?;
     let executors = rows
         .iter()
-        .map(|r| {
-            Ok(ExecutorView {
-                executor_id: r.get(0),
-                groups: serde_json::from_value(r.get(1))
-                    .map_err(|e| DbError::Row(e.to_string()))?,
-                labels: serde_json::from_value(r.get(2))
-                    .map_err(|e| DbError::Row(e.to_string()))?,
-                capacity: r.get(3),
-                running: r.get(4),
-                queued: r.get(5),
-                draining: r.get(6),
-                last_info_at: r.get(7),
-                alive: r.get(8),
-            })
-        })
+        .map(executor_row)
         .collect::<Result<_, DbError>>()?;
     Ok(ExecutorsView { executors })
+}
+
+/// One executor: what `GET /v1/executors` lists, and what it holds and how it stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutorDetail {
+    #[serde(flatten)]
+    pub executor: ExecutorView,
+    /// When the dispatcher first heard of it (since it was last forgotten).
+    pub first_seen_at: DateTime<Utc>,
+    /// Groups an administrator put it in, besides those it declares (`groups`).
+    pub assigned_groups: Vec<String>,
+    /// Its registration with a join token; `None` if it never registered.
+    pub registration: Option<RegistrationView>,
+    /// An administrator's drain, kept until resumed; `None` if not drained so.
+    pub drain: Option<DrainView>,
+    /// The attempts it holds now (assigned, running, or reported finished and not yet
+    /// recorded), oldest first.
+    pub attempts: Vec<HeldAttemptView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegistrationView {
+    pub registered_at: DateTime<Utc>,
+    /// The groups it registered with: what it may claim.
+    pub groups: Vec<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrainView {
+    pub drained_at: DateTime<Utc>,
+    pub drained_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeldAttemptView {
+    pub task_id: TaskId,
+    pub job_id: JobId,
+    pub attempt: i32,
+    /// `assigned`, `running` or `reported`.
+    pub state: String,
+    pub assigned_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// One executor, or `None` if the dispatcher never heard of it (or it was forgotten).
+pub async fn executor(
+    client: &Client,
+    id: &str,
+    silent_after_secs: f64,
+) -> Result<Option<ExecutorDetail>, DbError> {
+    let sql = format!(
+        "SELECT {EXECUTOR_COLUMNS}, e.first_seen_at,
+                ARRAY(SELECT m.group_name FROM group_members m
+                      WHERE m.executor_id = e.id ORDER BY 1)
+         FROM executors e WHERE e.id = $2"
+    );
+    let Some(r) = client
+        .query_opt(sql.as_str(), &[&silent_after_secs, &id])
+        .await?
+    else {
+        return Ok(None);
+    };
+    type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+    let by_id: [Param; 1] = [&id];
+    let (registration, drain, attempts) = tokio::try_join!(
+        client.query_opt(
+            "SELECT registered_at, groups, revoked_at FROM executor_credentials
+             WHERE executor_id = $1",
+            &by_id,
+        ),
+        client.query_opt(
+            "SELECT drained_at, drained_by FROM executor_drains WHERE executor_id = $1",
+            &by_id,
+        ),
+        // The states as a literal: they are the predicate of `attempts_lease`, so only
+        // the open attempts are read, never the history.
+        client.query(
+            "SELECT a.task_id, t.job_id, a.attempt, a.state, a.assigned_at, a.started_at
+             FROM attempts a JOIN tasks t ON t.id = a.task_id
+             WHERE a.executor_id = $1 AND a.state IN ('assigned', 'running', 'reported')
+             ORDER BY a.assigned_at, a.task_id, a.attempt",
+            &by_id,
+        ),
+    )?;
+    let registration = registration
+        .map(|c| {
+            Ok::<_, DbError>(RegistrationView {
+                registered_at: c.get(0),
+                groups: json_col("registered groups", c.get(1))?,
+                revoked_at: c.get(2),
+            })
+        })
+        .transpose()?;
+    Ok(Some(ExecutorDetail {
+        executor: executor_row(&r)?,
+        first_seen_at: r.get(9),
+        assigned_groups: r.get(10),
+        registration,
+        drain: drain.map(|d| DrainView {
+            drained_at: d.get(0),
+            drained_by: d.get(1),
+        }),
+        attempts: attempts
+            .iter()
+            .map(|a| HeldAttemptView {
+                task_id: TaskId::from_uuid(a.get(0)),
+                job_id: JobId::from_uuid(a.get(1)),
+                attempt: a.get(2),
+                state: a.get(3),
+                assigned_at: a.get(4),
+                started_at: a.get(5),
+            })
+            .collect(),
+    }))
 }
 
 /// Whose jobs a listing is limited to.
@@ -634,7 +926,126 @@ pub async fn jobs(client: &Client, filter: &JobFilter) -> Result<JobsPage, DbErr
 
 #[cfg(test)]
 mod tests {
-    use super::like_literal;
+    use super::*;
+    use crate::group::GroupName;
+
+    fn copies(states: &[&str]) -> Vec<CopyView> {
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| CopyView {
+                executor_id: format!("e-{i}"),
+                state: (*s).into(),
+                attempts: 1,
+                error: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_each_task_says_how_its_quorum_decided_it() {
+        let met = copies(&["succeeded", "failed", "succeeded"]);
+        assert_eq!(
+            each_outcome("succeeded", &met, Some(2)).as_deref(),
+            Some("2 of 3 members succeeded; quorum 2 met")
+        );
+        let all = copies(&["succeeded", "succeeded"]);
+        assert_eq!(
+            each_outcome("succeeded", &all, None).as_deref(),
+            Some("2 of 2 members succeeded; quorum 2 met")
+        );
+        let lost = copies(&["failed", "failed", "assigned"]);
+        assert_eq!(
+            each_outcome("failed", &lost, Some(2)).as_deref(),
+            Some("failed: 2 of 3 members failed; quorum 2 can no longer be met")
+        );
+        let early = copies(&["failed", "cancelled", "cancelled"]);
+        assert_eq!(
+            each_outcome("failed", &early, None).as_deref(),
+            Some("failed: 1 of 3 members failed (2 cancelled); quorum 3 can no longer be met")
+        );
+        let too_few = copies(&["cancelled", "cancelled"]);
+        assert_eq!(
+            each_outcome("failed", &too_few, Some(5)).as_deref(),
+            Some("failed: quorum 5 is more than its 2 members")
+        );
+        // Undecided, or never fanned out: its copies (or its state) say it all.
+        assert_eq!(each_outcome("assigned", &lost, Some(3)), None);
+        assert_eq!(each_outcome("cancelled", &[], None), None);
+    }
+
+    fn g(s: &str) -> GroupName {
+        GroupName::parse(s).expect("valid group")
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_waiting_task_is_told_every_reason_that_holds() {
+        let job = JobId::new();
+        let ctx = WaitContext {
+            alive: vec![
+                Candidate {
+                    id: "web-1".into(),
+                    groups: vec![g("site.web")],
+                    labels: labels(&[("os", "linux")]),
+                    draining: false,
+                },
+                Candidate {
+                    id: "gpu-1".into(),
+                    groups: vec![g("lab.gpu")],
+                    labels: labels(&[("gpu", "a100")]),
+                    draining: true,
+                },
+            ],
+            pauses: vec![g("site")],
+        };
+        let none = labels(&[]);
+        // Served: by a member of a subgroup, or of the group itself.
+        assert_eq!(ctx.hint(job, "default", &none, false), None);
+        assert_eq!(
+            ctx.hint(job, "other", &none, false).as_deref(),
+            Some("no executor is eligible: none alive in group other (or its subgroups)")
+        );
+        assert_eq!(
+            ctx.hint(job, "default", &labels(&[("os", "bsd"), ("x", "y")]), false)
+                .as_deref(),
+            Some("no executor is eligible: none alive with labels os=bsd, x=y")
+        );
+        // A member of `site.web` does not serve `site.web.eu`; and `site` is paused.
+        assert_eq!(
+            ctx.hint(job, "site.web.eu", &none, false).as_deref(),
+            Some(
+                "dispatching is paused for group site (fleetctl scheduler resume site); \
+                 no executor is eligible: none alive in group site.web.eu (or its subgroups)"
+            )
+        );
+        assert_eq!(
+            ctx.hint(job, "site.web", &labels(&[("os", "linux")]), true)
+                .as_deref(),
+            Some(&*format!(
+                "the job is held: its tasks wait until it is released (fleetctl release \
+                 {job}); dispatching is paused for group site (fleetctl scheduler resume site)"
+            ))
+        );
+        assert_eq!(
+            ctx.hint(job, "lab", &none, false).as_deref(),
+            Some("every eligible executor is draining (gpu-1)")
+        );
+        let fleet = WaitContext {
+            pauses: vec![g("default")],
+            ..ctx
+        };
+        assert_eq!(
+            fleet.hint(job, "site.web", &none, false).as_deref(),
+            Some("dispatching is paused for the whole fleet (fleetctl scheduler resume)")
+        );
+    }
 
     #[test]
     fn a_name_prefix_matches_literally() {

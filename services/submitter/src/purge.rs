@@ -1,0 +1,46 @@
+//! `DELETE /v1/jobs/{id}`: a finished job goes at once, with every row of it (its owner
+//! or an admin). The collector purges the rest once `retention.finished_job_days` old.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::delete;
+use axum::Router;
+use fleet_shared::auth::{JobAccess, Permission};
+use fleet_shared::db::retention::{self, Deleted};
+use fleet_shared::db::{read, DbError};
+use fleet_shared::id::JobId;
+
+use crate::api::{ApiError, AppState};
+use crate::auth::Caller;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/jobs/{id}", delete(delete_job))
+}
+
+async fn delete_job(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.need(Permission::Read)?;
+    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
+    let mut client = s.pool().get().await.map_err(DbError::from)?;
+    let owner = read::job_owner(&client, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    caller.may(owner, JobAccess::Control)?;
+    match retention::delete_job(&mut client, id).await? {
+        Deleted::Deleted => {
+            tracing::info!(job = %id, by = %caller.who.name, "job deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Deleted::NoSuchJob => Err(ApiError::NotFound("job")),
+        Deleted::NotFinished => Err(ApiError::Conflict(
+            "the job has not finished: it can be deleted once it has".into(),
+        )),
+        Deleted::AttemptsHeld(n) => Err(ApiError::Conflict(format!(
+            "the job has finished, but {n} attempt(s) of it still run (members of a task run \
+             on every member, decided before they ended); delete it once they end"
+        ))),
+    }
+}
