@@ -78,10 +78,7 @@ pub async fn rerun(
     task: Option<&str>,
     format: Output,
 ) -> Result<u8, CliError> {
-    let path = match task {
-        None => format!("/v1/jobs/{job_id}/retry"),
-        Some(t) => format!("/v1/jobs/{job_id}/tasks/{}/retry", url_segment(t)),
-    };
+    let path = job_action(job_id, task, "retry");
     let answer = client.call(Method::POST, &path, None).await?;
     match format {
         Output::Json => output::emit_json(&answer)?,
@@ -94,6 +91,14 @@ pub async fn rerun(
         }
     }
     Ok(0)
+}
+
+/// `/v1/jobs/{job}/{action}`, or `/v1/jobs/{job}/tasks/{task}/{action}` for one task.
+fn job_action(job_id: &Uuid, task: Option<&str>, action: &str) -> String {
+    match task {
+        None => format!("/v1/jobs/{job_id}/{action}"),
+        Some(t) => format!("/v1/jobs/{job_id}/tasks/{}/{action}", url_segment(t)),
+    }
 }
 
 /// A path segment with `/`, `%`, `?` and `#` escaped.

@@ -62,6 +62,36 @@ async fn rerun_task(
     rerun(&s, &caller, &id, Some(&task)).await
 }
 
+/// The job `id` names, once the caller may control it (404 if it may not even read it,
+/// 403 if it may only read it), with a database connection.
+pub async fn controlled(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(fleet_shared::db::Client, JobId), ApiError> {
+    caller.need(Permission::Read)?;
+    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let owner = read::job_owner(&client, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    caller.may(owner, JobAccess::Control)?;
+    Ok((client, id))
+}
+
+/// The task of a job a path names (its id, name or index), if it names one.
+async fn task_in(
+    client: &fleet_shared::db::Client,
+    job: JobId,
+    task: Option<&str>,
+) -> Result<Option<fleet_shared::id::TaskId>, ApiError> {
+    let Some(t) = task else { return Ok(None) };
+    control::find_task(client, job, t)
+        .await?
+        .map(Some)
+        .ok_or(ApiError::NotFound("task in that job"))
+}
+
 /// Runs a finished job's failed and cancelled tasks again (or one of them), with their
 /// dependents, as new attempts.
 async fn rerun(
@@ -70,21 +100,8 @@ async fn rerun(
     id: &str,
     task: Option<&str>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    caller.need(Permission::Read)?;
-    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
-    let mut client = s.pool().get().await.map_err(DbError::from)?;
-    let owner = read::job_owner(&client, id)
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
-    caller.may(owner, JobAccess::Control)?;
-    let task_id = match task {
-        None => None,
-        Some(t) => Some(
-            control::find_task(&client, id, t)
-                .await?
-                .ok_or(ApiError::NotFound("task in that job"))?,
-        ),
-    };
+    let (mut client, id) = controlled(s, caller, id).await?;
+    let task_id = task_in(&client, id, task).await?;
     match control::rerun(&mut client, s.schema(), id, task_id).await? {
         control::Rerun::Started(tasks) => {
             tracing::info!(job_id = %id, tasks = tasks.len(), by = %caller.who.name, "rerun");
@@ -113,21 +130,8 @@ async fn cancel(
     id: &str,
     task: Option<&str>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    caller.need(Permission::Read)?;
-    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
-    let mut client = s.pool().get().await.map_err(DbError::from)?;
-    let owner = read::job_owner(&client, id)
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
-    caller.may(owner, JobAccess::Control)?;
-    let task_id = match task {
-        None => None,
-        Some(t) => Some(
-            control::find_task(&client, id, t)
-                .await?
-                .ok_or(ApiError::NotFound("task in that job"))?,
-        ),
-    };
+    let (mut client, id) = controlled(s, caller, id).await?;
+    let task_id = task_in(&client, id, task).await?;
     // A cancel racing a result of the same task can deadlock with it in rare
     // interleavings (PostgreSQL aborts one): it is idempotent, so it is tried again.
     let mut tries = 0;
@@ -172,7 +176,6 @@ async fn change_job(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.need(Permission::Read)?;
-    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
     let patch: JobPatch = crate::admin::parse_body(&body)?;
     if patch.priority.is_none() && patch.held.is_none() {
         return Err(invalid("body", "give priority, held or both"));
@@ -189,11 +192,7 @@ async fn change_job(
             ));
         }
     }
-    let mut client = s.pool().get().await.map_err(DbError::from)?;
-    let owner = read::job_owner(&client, id)
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
-    caller.may(owner, JobAccess::Control)?;
+    let (mut client, id) = controlled(&s, &caller, &id).await?;
     let mut answer = serde_json::json!({ "job_id": id });
     let check = |c: JobChange| match c {
         JobChange::Applied(n) => Ok(n),

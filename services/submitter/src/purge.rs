@@ -5,10 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::delete;
 use axum::Router;
-use fleet_shared::auth::{JobAccess, Permission};
 use fleet_shared::db::retention::{self, Deleted};
-use fleet_shared::db::{read, DbError};
-use fleet_shared::id::JobId;
 
 use crate::api::{ApiError, AppState};
 use crate::auth::Caller;
@@ -22,13 +19,7 @@ async fn delete_job(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.need(Permission::Read)?;
-    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
-    let mut client = s.pool().get().await.map_err(DbError::from)?;
-    let owner = read::job_owner(&client, id)
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
-    caller.may(owner, JobAccess::Control)?;
+    let (mut client, id) = crate::jobs::controlled(&s, &caller, &id).await?;
     match retention::delete_job(&mut client, id).await? {
         Deleted::Deleted => {
             tracing::info!(job = %id, by = %caller.who.name, "job deleted");

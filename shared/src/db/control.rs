@@ -25,11 +25,8 @@ pub async fn set_priority(
     priority: i32,
 ) -> Result<JobChange, DbError> {
     let tx = client.transaction().await?;
-    let Some(finished) = lock_job(&tx, job).await? else {
-        return Ok(JobChange::NoSuchJob);
-    };
-    if finished {
-        return Ok(JobChange::Finished);
+    if let Some(refused) = refuse_finished(&tx, job).await? {
+        return Ok(refused);
     }
     let n = tx
         .execute(
@@ -52,11 +49,8 @@ pub async fn set_held(
     held: bool,
 ) -> Result<JobChange, DbError> {
     let tx = client.transaction().await?;
-    let Some(finished) = lock_job(&tx, job).await? else {
-        return Ok(JobChange::NoSuchJob);
-    };
-    if finished {
-        return Ok(JobChange::Finished);
+    if let Some(refused) = refuse_finished(&tx, job).await? {
+        return Ok(refused);
     }
     tx.execute(
         "UPDATE jobs SET held = $2 WHERE id = $1",
@@ -76,6 +70,18 @@ pub async fn set_held(
     }
     tx.commit().await?;
     Ok(JobChange::Applied(n))
+}
+
+/// Locks the job's row; the answer when it cannot change (absent, or finished).
+async fn refuse_finished(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job: JobId,
+) -> Result<Option<JobChange>, DbError> {
+    Ok(match lock_job(tx, job).await? {
+        None => Some(JobChange::NoSuchJob),
+        Some(true) => Some(JobChange::Finished),
+        Some(false) => None,
+    })
 }
 
 /// Locks the job's row; `Some(finished)` if it exists.
