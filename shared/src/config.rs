@@ -222,6 +222,9 @@ pub struct ExecutorConfig {
     pub info_interval_ms: u64,
     /// Bytes of stdout (and of stderr) kept per attempt; the rest is counted, not kept.
     pub max_output_bytes: usize,
+    /// Bytes of live output (both streams) sent per attempt while it runs; then a
+    /// truncation marker. 0: no live output.
+    pub max_live_output_bytes: usize,
     /// How long a draining executor waits for its running tasks on SIGTERM.
     pub drain_timeout_secs: u64,
     /// A one-time join token (from `fleetctl executor join-token`): the executor
@@ -243,6 +246,7 @@ impl Default for ExecutorConfig {
             labels: Vec::new(),
             info_interval_ms: 1_000,
             max_output_bytes: 256 * 1024,
+            max_live_output_bytes: 8 * 1024 * 1024,
             drain_timeout_secs: 30,
             join_token: None,
             register_url: "http://127.0.0.1:7070".into(),

@@ -386,7 +386,12 @@ pub fn decode_results(bytes: &[u8]) -> Result<Vec<TaskResult>, DecodeError> {
     }
 }
 
-/// Executor -> collector: a chunk of live output.
+/// Executor -> collector: a chunk of live output of one attempt's stdout or stderr.
+/// `seq` counts the chunks of that attempt and stream from 0 (the collector stores each
+/// once, on (task, attempt, stream, seq)); `offset` is where `data` starts in the stream,
+/// in bytes; `n` orders the chunks of both streams of the attempt as they were written.
+/// `truncated`: the attempt reached its live output cap; this chunk is the marker, and
+/// nothing more of the attempt follows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
     pub task_id: TaskId,
@@ -395,7 +400,36 @@ pub struct LogChunk {
     pub seq: u64,
     pub stream: String,
     pub data: String,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub n: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
+
+/// Executor -> collector: the chunks of live output one flush gathered (every 100 ms,
+/// or when a stream has 16 KiB waiting), of any of its attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logs {
+    pub chunks: Vec<LogChunk>,
+}
+impl Wire for Logs {
+    const TYPE: &'static str = "logs";
+    const V: u32 = 1;
+}
+
+/// What a message on the logs queue holds: one chunk (`log`) or several (`logs`).
+pub fn decode_logs(bytes: &[u8]) -> Result<Vec<LogChunk>, DecodeError> {
+    match decode::<Logs>(bytes) {
+        Ok(l) => Ok(l.chunks),
+        Err(DecodeError::UnknownType { found, .. }) if found == LogChunk::TYPE => {
+            decode::<LogChunk>(bytes).map(|c| vec![c])
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Wire for LogChunk {
     const TYPE: &'static str = "log";
     const V: u32 = 1;

@@ -108,11 +108,85 @@ impl Collector {
         )
         .await?;
         let batch = self.cfg.collector.batch_size;
-        let linger = amqp::Linger::WhenBusy(Duration::from_millis(self.cfg.collector.linger_ms));
         let prefetch = u16::try_from(batch * 2).unwrap_or(u16::MAX);
+        amqp::declare_logs_queue(publisher.channel(), n).await?;
         let (_ch, consumer) =
             amqp::consume(conn, &n.results_queue(), "fleet-collector", prefetch).await?;
+        let (_logs_ch, logs_consumer) =
+            amqp::consume(conn, &n.logs_queue(), "fleet-collector-logs", prefetch).await?;
         health.set_broker_up(true);
+        // Live output on its own consumer: a flood of it never holds results back.
+        let logs = self.store_logs(logs_consumer, &publisher, token);
+        let results = self.record_results(consumer, &publisher, token);
+        tokio::try_join!(logs, results)?;
+        Ok(())
+    }
+
+    /// Stores live output as it comes, a batch per transaction.
+    async fn store_logs(
+        &self,
+        consumer: lapin::Consumer,
+        publisher: &Publisher,
+        token: &CancellationToken,
+    ) -> Result<(), amqp::AmqpError> {
+        let n = &self.names;
+        let batch = self.cfg.collector.batch_size;
+        let linger = amqp::Linger::WhenBusy(Duration::from_millis(self.cfg.collector.linger_ms));
+        let mut batches = amqp::BatchConsumer::new(consumer, batch, linger);
+        while let Some(deliveries) = batches.next(token).await? {
+            let mut out = Vec::new();
+            let mut chunks = Vec::new();
+            for d in &deliveries {
+                match proto::decode_logs(&d.data) {
+                    // Only the sender's own: the routing key is what the broker checked.
+                    Ok(list) => chunks.extend(
+                        list.into_iter()
+                            .filter(|c| d.routing_key.as_str() == keys::log(&c.executor_id)),
+                    ),
+                    Err(e) => out.push(amqp::dead_letter(
+                        n,
+                        d,
+                        &n.logs_queue(),
+                        e.reason(),
+                        &e.to_string(),
+                    )),
+                }
+            }
+            let stored = svc::retry("storing live output", token, || async {
+                let client = self.pool.get().await?;
+                db::logs::store(&client, &self.schema, &chunks).await
+            })
+            .await;
+            let handled = match stored {
+                None => amqp::Handled::Shutdown,
+                Some(Ok(new)) => {
+                    metrics::counter!("fleet_collector_log_chunks_total").increment(new);
+                    amqp::Handled::Publish(out)
+                }
+                Some(Err(e)) => {
+                    // Live output the database refuses for good is dropped (the result
+                    // still carries the capped output); it must not loop.
+                    tracing::warn!(error = %e, chunks = chunks.len(), "live output dropped");
+                    amqp::Handled::Publish(out)
+                }
+            };
+            if !batches.finish(&deliveries, handled, publisher).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records results as they come, a batch per transaction, and relays the events.
+    async fn record_results(
+        &self,
+        consumer: lapin::Consumer,
+        publisher: &Publisher,
+        token: &CancellationToken,
+    ) -> Result<(), amqp::AmqpError> {
+        let publisher = publisher.clone();
+        let batch = self.cfg.collector.batch_size;
+        let linger = amqp::Linger::WhenBusy(Duration::from_millis(self.cfg.collector.linger_ms));
         // Whatever a crash left in the outbox; and, after each batch, what it wrote
         // there (or what a relay postponed by a database error left).
         let mut unrelayed = !self.relay(&publisher).await?;

@@ -940,6 +940,7 @@ async fn lead(
     let publisher = Publisher::new(conn, &d.cfg.amqp).await?;
     amqp::declare_core(conn, &n).await?;
     amqp::declare_info_queue(conn, &n).await?;
+    amqp::declare_logs_queue(publisher.channel(), &n).await?;
     let (consumer_ch, consumer) =
         amqp::consume(conn, &n.info_queue(), "fleet-dispatcher", 512).await?;
     // A new session: whatever was learnt of leases before it is stale until everyone

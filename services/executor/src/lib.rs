@@ -6,6 +6,7 @@
 //! request redelivered after a reconnect is recognised by (task, attempt) and not run
 //! twice.
 
+pub mod logs;
 pub mod register;
 pub mod run;
 
@@ -283,6 +284,8 @@ struct Shared {
     publisher: watch::Sender<Option<Publisher>>,
     /// Stop starting new attempts (SIGTERM).
     stop_starting: CancellationToken,
+    /// Live output of the attempts, to the log shipper.
+    logs: tokio::sync::mpsc::Sender<logs::Piece>,
     /// Kill running attempts (the drain deadline passed).
     kill: CancellationToken,
 }
@@ -471,7 +474,9 @@ pub async fn run(
         server_token.clone(),
     ));
     let (publisher, _) = watch::channel(None);
+    let (logs_tx, logs_rx) = tokio::sync::mpsc::channel(logs::QUEUE);
     let shared = Arc::new(Shared {
+        logs: logs_tx,
         slots: Semaphore::new(me.capacity as usize),
         me,
         names: Names::new(&cfg.amqp.prefix),
@@ -497,6 +502,31 @@ pub async fn run(
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), heartbeat_stop.clone()));
     let results_stop = CancellationToken::new();
     let results = tokio::spawn(publish_results(shared.clone(), results_stop.clone()));
+    let shipper = {
+        let s = shared.clone();
+        let group =
+            s.me.groups
+                .first()
+                .cloned()
+                .unwrap_or_else(GroupName::default_group);
+        let (exchange, key) = (s.names.group_exchange(&group), keys::log(&s.me.id));
+        let batcher = logs::Batcher::new(s.me.id.clone(), s.cfg.executor.max_live_output_bytes);
+        tokio::spawn(logs::ship(logs_rx, batcher, move |chunks| {
+            let s = s.clone();
+            let msg = Outgoing::new(
+                exchange.clone(),
+                key.clone(),
+                proto::encode(&proto::Logs { chunks }),
+            );
+            async move {
+                // Not mandatory: with no collector yet, live output is dropped (the
+                // result still carries it, capped); a result must not be.
+                if !s.publish_reliably(msg).await {
+                    tracing::warn!("live output not sent: shutting down");
+                }
+            }
+        }))
+    };
 
     let name = format!("fleet-executor-{}", shared.me.id);
     let mut conn_slot = None;
@@ -534,9 +564,11 @@ pub async fn run(
         shared.kill.cancel();
         tracker.wait().await;
     }
-    // Every attempt has reported (or been given up): nothing more to publish.
+    // Every attempt has reported (or been given up): nothing more to publish; each
+    // attempt's live output went before its result.
     results_stop.cancel();
     let _ = results.await;
+    shipper.abort();
     // The last INFO says what was given back.
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
@@ -744,6 +776,13 @@ async fn attempt(shared: Arc<Shared>, req: Request, hold: Hold) {
         stdin: req.stdin.clone(),
         timeout: Duration::from_secs(req.timeout_secs),
         max_output: shared.cfg.executor.max_output_bytes,
+        tap: (shared.cfg.executor.max_live_output_bytes > 0).then(|| {
+            logs::Tap::new(
+                shared.logs.clone(),
+                key,
+                shared.cfg.executor.max_live_output_bytes,
+            )
+        }),
     };
     let ran = run::run(&spec, &cancel).await;
     // The process is gone: its slot can run the next request held here while this

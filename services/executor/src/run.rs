@@ -22,6 +22,8 @@ pub struct Spec {
     pub stdin: Option<String>,
     pub timeout: Duration,
     pub max_output: usize,
+    /// Where live output goes while the command runs (none: only the result has it).
+    pub tap: Option<crate::logs::Tap>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +69,11 @@ fn kill_group(pgid: Option<Pid>) {
     }
 }
 
-async fn capture<R: AsyncRead + Unpin>(reader: Option<R>, max: usize) -> (String, bool) {
+async fn capture<R: AsyncRead + Unpin>(
+    reader: Option<R>,
+    max: usize,
+    tap: Option<(crate::logs::Tap, crate::logs::Stream)>,
+) -> (String, bool) {
     let Some(mut reader) = reader else {
         return (String::new(), false);
     };
@@ -78,6 +84,9 @@ async fn capture<R: AsyncRead + Unpin>(reader: Option<R>, max: usize) -> (String
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if let Some((tap, stream)) = &tap {
+                    tap.send(*stream, &buf[..n]).await;
+                }
                 // Keep reading past the cap so the child never blocks on a full pipe.
                 let room = max.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
@@ -129,8 +138,18 @@ pub async fn run(spec: &Spec, cancel: &CancellationToken) -> Ran {
             let _ = w.write_all(data.as_bytes()).await;
         });
     }
-    let out = tokio::spawn(capture(child.stdout.take(), spec.max_output));
-    let err = tokio::spawn(capture(child.stderr.take(), spec.max_output));
+    use crate::logs::Stream;
+    let tap = |s: Stream| spec.tap.clone().map(|t| (t, s));
+    let out = tokio::spawn(capture(
+        child.stdout.take(),
+        spec.max_output,
+        tap(Stream::Stdout),
+    ));
+    let err = tokio::spawn(capture(
+        child.stderr.take(),
+        spec.max_output,
+        tap(Stream::Stderr),
+    ));
 
     let (status, cut) = tokio::select! {
         s = child.wait() => (s, None),
@@ -155,6 +174,11 @@ pub async fn run(spec: &Spec, cancel: &CancellationToken) -> Ran {
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
+    if let Some(t) = &spec.tap {
+        // The live output goes before the result (bounded: a stuck broker does not hold
+        // the result back for long).
+        let _ = tokio::time::timeout(PIPE_GRACE, t.end()).await;
+    }
     let finished_at = Utc::now();
     let (exit_code, signal) = match &status {
         Ok(s) => (s.code(), s.signal()),
@@ -220,6 +244,7 @@ mod tests {
             stdin: None,
             timeout: Duration::from_secs(30),
             max_output: 1024,
+            tap: None,
         }
     }
 

@@ -161,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/results", get(get_results))
         .route("/v1/executors", get(get_executors))
         .merge(crate::jobs::routes())
+        .merge(crate::logs::routes())
         .merge(crate::scheduler::routes())
         .merge(crate::stats::routes())
         .merge(crate::executors::routes())

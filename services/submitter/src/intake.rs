@@ -45,6 +45,7 @@ async fn session(
     let n = Names::new(&cfg.amqp.prefix);
     let publisher = Publisher::new(conn, &cfg.amqp).await?;
     amqp::declare_core(conn, &n).await?;
+    amqp::declare_logs_queue(publisher.channel(), &n).await?;
     // A memory or disk alarm must show (submissions answer 503) even while nobody
     // submits over AMQP.
     let _probe = amqp::spawn_alarm_probe(conn).await?;

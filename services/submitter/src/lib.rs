@@ -11,6 +11,7 @@ mod identity;
 mod inserter;
 mod intake;
 mod jobs;
+mod logs;
 mod purge;
 mod scheduler;
 mod stats;

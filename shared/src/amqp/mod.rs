@@ -270,6 +270,15 @@ pub async fn declare_info_queue(conn: &Connection, n: &Names) -> Result<(), Amqp
     Ok(())
 }
 
+/// The collector's live-output queue, bound on `default` for every executor's `log`
+/// messages. Declared by the collector, the dispatcher and the submitter: executors send
+/// live output without `mandatory` (a missing queue must not hold their output back),
+/// so it must exist as soon as
+/// any of them runs, or the first lines of a fleet's first tasks are lost.
+pub async fn declare_logs_queue(ch: &Channel, n: &Names) -> Result<(), AmqpError> {
+    declare_shared_queue(ch, n, &n.logs_queue(), &n.root_exchange(), keys::ANY_LOG).await
+}
+
 /// The broker's 406: a declaration whose arguments differ from the existing object's.
 fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 406)

@@ -57,6 +57,10 @@ impl Names {
         format!("{}.collector.results", self.prefix)
     }
 
+    pub fn logs_queue(&self) -> String {
+        format!("{}.collector.logs", self.prefix)
+    }
+
     pub fn submit_queue(&self) -> String {
         format!("{}.submitter.intake", self.prefix)
     }
@@ -140,6 +144,7 @@ pub mod keys {
     pub const UPWARD: [&str; 3] = ["info.#", "result.#", "log.#"];
     pub const ANY_INFO: &str = "info.*";
     pub const ANY_RESULT: &str = "result.*";
+    pub const ANY_LOG: &str = "log.*";
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod collect;
 pub mod control;
 pub mod dispatch;
+pub mod logs;
 pub mod outbox;
 pub mod read;
 pub mod retention;
@@ -215,6 +216,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (10, include_str!("../../../migrations/0010_ops.sql")),
     (11, include_str!("../../../migrations/0011_cancel.sql")),
     (12, include_str!("../../../migrations/0012_retry.sql")),
+    (13, include_str!("../../../migrations/0013_logs.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

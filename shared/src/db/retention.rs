@@ -14,6 +14,7 @@ use crate::id::JobId;
 async fn purge(tx: &Transaction<'_>, jobs: &[uuid::Uuid]) -> Result<(), DbError> {
     let statements = [
         "DELETE FROM results WHERE job_id = ANY($1)",
+        "DELETE FROM log_chunks WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ANY($1))",
         "DELETE FROM task_copies WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ANY($1))",
         "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ANY($1))",
         "DELETE FROM tasks WHERE job_id = ANY($1)",

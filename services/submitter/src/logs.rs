@@ -1,0 +1,241 @@
+//! Reading live output: `GET /v1/jobs/{id}/tasks/{task}/logs`, as a JSON range or, with
+//! `follow=true`, as Server-Sent Events until the attempt ends.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use fleet_shared::auth::{JobAccess, Permission};
+use fleet_shared::db::{control, logs, read, Client, DbError, Pool};
+use fleet_shared::id::{JobId, TaskId};
+
+use crate::api::{invalid, ApiError, AppState};
+use crate::auth::Caller;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/jobs/{id}/tasks/{task}/logs", get(task_logs))
+}
+
+/// Chunks per answer (and per SSE read) unless `limit` says otherwise, and at most.
+const DEFAULT_LIMIT: i64 = 1_000;
+const MAX_LIMIT: i64 = 10_000;
+/// How often a follower looks for new output while there is none.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+struct Want {
+    attempt: Option<i32>,
+    stream: Option<&'static str>,
+    after: Option<i64>,
+    limit: i64,
+    follow: bool,
+}
+
+fn parse(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<Want, ApiError> {
+    const KNOWN: &[&str] = &["attempt", "stream", "after", "limit", "follow"];
+    if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(invalid(
+            k,
+            format!("unknown parameter; known: {}", KNOWN.join(", ")),
+        ));
+    }
+    let num = |k: &str| -> Result<Option<i64>, ApiError> {
+        q.get(k)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| invalid(k, "must be a whole number"))
+            })
+            .transpose()
+    };
+    let attempt = num("attempt")?
+        .map(|a| i32::try_from(a).ok().filter(|a| *a >= 1))
+        .map(|a| a.ok_or_else(|| invalid("attempt", "must be 1 or more")))
+        .transpose()?;
+    let stream = match q.get("stream").map(String::as_str) {
+        None | Some("both") => None,
+        Some("stdout") => Some("stdout"),
+        Some("stderr") => Some("stderr"),
+        Some(_) => return Err(invalid("stream", "must be stdout, stderr or both")),
+    };
+    // A reconnecting EventSource says where it was.
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| invalid("Last-Event-ID", "not an event id of this stream"))
+        })
+        .transpose()?;
+    let after = resumed.or(num("after")?);
+    let limit = num("limit")?.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(invalid("limit", format!("must be 1 to {MAX_LIMIT}")));
+    }
+    let follow = match q.get("follow").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(invalid("follow", "must be true or false")),
+    };
+    Ok(Want {
+        attempt,
+        stream,
+        after,
+        limit,
+        follow,
+    })
+}
+
+/// The attempt asked for (default: the latest), and whether it has ended.
+async fn attempt_of(
+    client: &Client,
+    task: TaskId,
+    attempt: Option<i32>,
+) -> Result<Option<(i32, bool)>, DbError> {
+    Ok(client
+        .query_opt(
+            "SELECT a.attempt, a.state NOT IN ('assigned', 'running')
+             FROM tasks t JOIN attempts a ON a.task_id = t.id
+             WHERE t.id = $1 AND a.attempt = coalesce($2, t.attempts)",
+            &[&task.uuid(), &attempt],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+async fn task_logs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((id, task)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.need(Permission::Read)?;
+    let want = parse(&q, &headers)?;
+    let job: JobId = id.parse().map_err(crate::api::bad_id)?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let owner = read::job_owner(&client, job)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    caller.may(owner, JobAccess::Read)?;
+    let task = control::find_task(&client, job, &task)
+        .await?
+        .ok_or(ApiError::NotFound("task in that job"))?;
+    let Some((attempt, ended)) = attempt_of(&client, task, want.attempt).await? else {
+        return Err(ApiError::NotFound(
+            "attempt of that task (it has not started yet?)",
+        ));
+    };
+    if !want.follow {
+        let chunks =
+            logs::read(&client, task, attempt, want.stream, want.after, want.limit).await?;
+        let next = chunks.last().map(|c| c.n).or(want.after);
+        return Ok(Json(serde_json::json!({
+            "job_id": job,
+            "task_id": task,
+            "attempt": attempt,
+            "ended": ended,
+            "chunks": chunks,
+            "next": next,
+        }))
+        .into_response());
+    }
+    drop(client);
+    let pool = s.pool().clone();
+    let stream = follow(pool, task, attempt, want);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// Where a follower is.
+struct Follower {
+    pool: Pool,
+    task: TaskId,
+    attempt: i32,
+    stream: Option<&'static str>,
+    after: Option<i64>,
+    limit: i64,
+    pending: std::collections::VecDeque<Event>,
+    /// The attempt had ended at the last read: one more read, then the end.
+    ended: bool,
+    done: bool,
+}
+
+/// The chunks as events (`id` = the chunk's `n`, so a reconnect resumes after it), then
+/// an `end` event once the attempt has ended and everything it wrote was sent. A
+/// database that does not answer is waited out.
+fn follow(
+    pool: Pool,
+    task: TaskId,
+    attempt: i32,
+    want: Want,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
+    let start = Follower {
+        pool,
+        task,
+        attempt,
+        stream: want.stream,
+        after: want.after,
+        limit: want.limit,
+        pending: Default::default(),
+        ended: false,
+        done: false,
+    };
+    futures_util::stream::unfold(start, |mut f| async move {
+        loop {
+            if let Some(e) = f.pending.pop_front() {
+                return Some((Ok(e), f));
+            }
+            if f.done {
+                return None;
+            }
+            match next_events(&mut f).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "following live output: database unavailable");
+                    tokio::time::sleep(FOLLOW_POLL * 5).await;
+                }
+            }
+        }
+    })
+}
+
+async fn next_events(f: &mut Follower) -> Result<(), DbError> {
+    let client = f.pool.get().await?;
+    // Whether it ended is read before the chunks: what it wrote before ending is in
+    // the read that follows.
+    let ended = attempt_of(&client, f.task, Some(f.attempt))
+        .await?
+        .is_none_or(|(_, e)| e);
+    let chunks = logs::read(&client, f.task, f.attempt, f.stream, f.after, f.limit).await?;
+    drop(client);
+    for c in &chunks {
+        f.after = Some(c.n);
+        let data = serde_json::to_string(c).unwrap_or_default();
+        f.pending.push_back(
+            Event::default()
+                .id(c.n.to_string())
+                .event("chunk")
+                .data(data),
+        );
+    }
+    if chunks.is_empty() {
+        if f.ended && ended {
+            f.done = true;
+            f.pending.push_back(
+                Event::default()
+                    .event("end")
+                    .data(serde_json::json!({"task_id": f.task, "attempt": f.attempt}).to_string()),
+            );
+            return Ok(());
+        }
+        f.ended = ended;
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+    Ok(())
+}
