@@ -127,6 +127,21 @@ pub enum Command {
         task: Option<String>,
     },
 
+    /// Print a task's live output; with -f, follow it as it is written
+    #[command(
+        long_about = "Print what a task wrote to stdout and stderr (each to its own), as stored \
+                      while it ran: the latest attempt unless --attempt says which. With -f, \
+                      follow it as `tail -f` does until the attempt ends, reconnecting where it \
+                      left off if the connection drops, and exit with the task's status (0 if it \
+                      succeeded, else its exit code, else 1). TASK is a name, index or id \
+                      (default: the first task).",
+        after_help = "Examples:\n  \
+            fleetctl logs 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+            fleetctl logs -f 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b build\n  \
+            fleetctl logs --attempt 1 --stderr 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b 2"
+    )]
+    Logs(LogsArgs),
+
     /// Run a finished job's failed and cancelled tasks again, with what depends on them
     #[command(
         long_about = "Run again the failed and cancelled tasks of a finished job (or only TASK, \
@@ -242,6 +257,26 @@ pub enum Command {
         fleetctl executor resume cpu-1"
     )]
     Executor(ExecutorCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[arg(value_name = "JOB_ID")]
+    pub job_id: Uuid,
+    /// The task: its name, index or id (default: the first)
+    pub task: Option<String>,
+    /// Follow the output as it is written, until the attempt ends
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Which attempt (default: the latest)
+    #[arg(long, value_name = "N")]
+    pub attempt: Option<u32>,
+    /// Only what it wrote to stdout
+    #[arg(long, conflicts_with = "stderr")]
+    pub stdout: bool,
+    /// Only what it wrote to stderr
+    #[arg(long)]
+    pub stderr: bool,
 }
 
 #[derive(Debug, Args)]

@@ -19,9 +19,15 @@ const BODY_SNIPPET_CHARS: usize = 200;
 
 pub struct Client {
     http: reqwest::Client,
+    /// For answers that go on (Server-Sent Events): a deadline per read, not per call.
+    streaming: reqwest::Client,
     base: String,
     timeout: Duration,
 }
+
+/// The longest silence a followed stream may keep (the server sends a keep-alive every
+/// 15 s).
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(45);
 
 impl Client {
     /// `base` is a validated `http://host[:port][/prefix]` without a trailing slash.
@@ -36,13 +42,21 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
+            .default_headers(headers.clone())
             .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .context("could not set up the HTTP client")?;
+        let streaming = reqwest::Client::builder()
+            .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .read_timeout(STREAM_READ_TIMEOUT)
             .connect_timeout(timeout)
             .build()
             .context("could not set up the HTTP client")?;
         Ok(Client {
             http,
+            streaming,
             base: base.to_string(),
             timeout,
         })
@@ -84,6 +98,40 @@ impl Client {
 
     pub async fn executors(&self) -> Result<Answer, CliError> {
         self.send(self.http.get(self.url("/v1/executors"))).await
+    }
+
+    /// A GET whose answer goes on (Server-Sent Events), resuming after `last_event_id`;
+    /// an error answer is read as any other.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, CliError> {
+        let mut request = self.streaming.get(self.url(path)).query(query);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| self.transport_error(&err))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        // Read the error as send() would.
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&body) {
+            return Err(CliError::Api {
+                message: error.message,
+                field: error.field,
+            });
+        }
+        Err(CliError::Http {
+            status: status.as_u16(),
+            body: snippet(&String::from_utf8_lossy(&body)),
+        })
     }
 
     /// Any call of the API: `body` as JSON if given. An empty success (204) reads as `{}`.

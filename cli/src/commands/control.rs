@@ -102,7 +102,7 @@ fn job_action(job_id: &Uuid, task: Option<&str>, action: &str) -> String {
 }
 
 /// A path segment with `/`, `%`, `?` and `#` escaped.
-fn url_segment(s: &str) -> String {
+pub fn url_segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

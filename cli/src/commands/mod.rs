@@ -4,6 +4,7 @@ mod admin;
 mod control;
 mod executors;
 mod jobs;
+mod logs;
 mod results;
 mod stats;
 mod status;
@@ -24,6 +25,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Cancel { job_id, task } => {
             control::cancel(&client, &job_id, task.as_deref(), cli.output).await
         }
+        Command::Logs(args) => logs::run(&client, &args, cli.output).await,
         Command::Retry { job_id, task } => {
             control::rerun(&client, &job_id, task.as_deref(), cli.output).await
         }
