@@ -41,6 +41,8 @@ struct Inner {
     inserter: crate::inserter::Inserter,
     /// The database schema (for the dispatcher's wake-up channel).
     schema: String,
+    /// Bumped when the collector stores live output.
+    logs_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl AppState {
@@ -49,8 +51,10 @@ impl AppState {
         pool: Pool,
         health: Health,
         publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
+        logs_changed: tokio::sync::watch::Sender<u64>,
     ) -> Self {
         Self(Arc::new(Inner {
+            logs_changed,
             inserter: crate::inserter::Inserter::new(
                 pool.clone(),
                 cfg.database.schema.clone(),
@@ -80,6 +84,11 @@ impl AppState {
 
     pub fn schema(&self) -> &str {
         &self.0.schema
+    }
+
+    /// Changes when new live output is stored.
+    pub fn logs_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.logs_changed.subscribe()
     }
 
     pub fn auth(&self) -> &crate::auth::Authenticator {

@@ -69,10 +69,24 @@ pub async fn run(
             }
         }
     });
-    let state = api::AppState::new(&cfg, pool, health.clone(), publisher);
+    // New live output, for followers (they also look every second, in case a
+    // notification was missed).
+    let (logs_changed, _) = tokio::sync::watch::channel(0u64);
+    let logs_listener = tokio::spawn({
+        let (db, tx, token) = (cfg.database.clone(), logs_changed.clone(), token.clone());
+        let channel = fleet_shared::db::logs::logs_channel(&db.schema);
+        async move {
+            fleet_shared::db::listen(db, channel, token, move |_| {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            })
+            .await
+        }
+    });
+    let state = api::AppState::new(&cfg, pool, health.clone(), publisher, logs_changed);
     let router = api::router(state).merge(http::health_routes(health));
     let served = http::serve(listener, router, token.clone()).await;
     token.cancel();
+    let _ = logs_listener.await;
     if let Ok(Err(e)) = intake.await {
         return Err(e.into());
     }

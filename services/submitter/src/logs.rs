@@ -25,8 +25,11 @@ pub fn routes() -> Router<AppState> {
 /// Chunks per answer (and per SSE read) unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: i64 = 1_000;
 const MAX_LIMIT: i64 = 10_000;
-/// How often a follower looks for new output while there is none.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How long a follower waits for news of new output before it looks anyway (a
+/// notification lost while the listener reconnects costs at most this).
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+/// How long a follower of an attempt that ended waits for its last output.
+const FOLLOW_LAST: Duration = Duration::from_millis(200);
 
 struct Want {
     attempt: Option<i32>,
@@ -146,7 +149,7 @@ async fn task_logs(
     }
     drop(client);
     let pool = s.pool().clone();
-    let stream = follow(pool, task, attempt, want);
+    let stream = follow(pool, s.logs_changed(), task, attempt, want);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -155,6 +158,7 @@ async fn task_logs(
 /// Where a follower is.
 struct Follower {
     pool: Pool,
+    changed: tokio::sync::watch::Receiver<u64>,
     task: TaskId,
     attempt: i32,
     stream: Option<&'static str>,
@@ -171,12 +175,14 @@ struct Follower {
 /// database that does not answer is waited out.
 fn follow(
     pool: Pool,
+    changed: tokio::sync::watch::Receiver<u64>,
     task: TaskId,
     attempt: i32,
     want: Want,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
     let start = Follower {
         pool,
+        changed,
         task,
         attempt,
         stream: want.stream,
@@ -206,6 +212,8 @@ fn follow(
 }
 
 async fn next_events(f: &mut Follower) -> Result<(), DbError> {
+    // What is stored from here on wakes the wait below.
+    f.changed.borrow_and_update();
     let client = f.pool.get().await?;
     // Whether it ended is read before the chunks: what it wrote before ending is in
     // the read that follows.
@@ -235,7 +243,11 @@ async fn next_events(f: &mut Follower) -> Result<(), DbError> {
             return Ok(());
         }
         f.ended = ended;
-        tokio::time::sleep(FOLLOW_POLL).await;
+        // An attempt that ended is read once more shortly (its last output goes out
+        // before its result, but the two are stored by different consumers); otherwise,
+        // wait for news of new output.
+        let wait = if ended { FOLLOW_LAST } else { FOLLOW_POLL };
+        let _ = tokio::time::timeout(wait, f.changed.changed()).await;
     }
     Ok(())
 }

@@ -318,25 +318,45 @@ pub async fn listen_for_wakes(
     each: std::sync::Arc<tokio::sync::Notify>,
     token: tokio_util::sync::CancellationToken,
 ) {
-    use futures_util::StreamExt;
     let channel = wake_channel(&cfg.schema);
+    listen(cfg, channel, token, move |payload| {
+        // None: (re)connected, and a notification may have been missed meanwhile.
+        if payload.is_none_or(|p| p == WAKE_EACH) {
+            each.notify_one();
+        }
+        wake.notify_one();
+    })
+    .await
+}
+
+/// Listens on `channel` on a dedicated connection, calling `heard` with each
+/// notification's payload (and with `None` on each (re)connection, as one may have been
+/// missed), reconnecting with backoff; returns when `token` is cancelled.
+pub async fn listen(
+    cfg: DatabaseConfig,
+    channel: String,
+    token: tokio_util::sync::CancellationToken,
+    heard: impl Fn(Option<&str>) + Send,
+) {
+    use futures_util::StreamExt;
     let mut backoff = crate::amqp::Backoff::default();
     while !token.is_cancelled() {
         let session = async {
             let pg = pg_config(&cfg)?;
             let (client, mut connection) = pg.connect(NoTls).await?;
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let name = channel.clone();
             let driver = tokio::spawn(async move {
                 let mut messages =
                     futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 while let Some(m) = messages.next().await {
                     match m {
                         Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                            let _ = tx.send(n.payload() == WAKE_EACH);
+                            let _ = tx.send(n.payload().to_owned());
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, "wake-up listener connection failed");
+                            tracing::warn!(error = %e, channel = %name, "listener connection failed");
                             break;
                         }
                     }
@@ -346,19 +366,12 @@ pub async fn listen_for_wakes(
                 .batch_execute(&format!("LISTEN \"{channel}\""))
                 .await?;
             backoff.reset(Duration::from_millis(100));
-            // A wake-up may have been sent while we were not listening.
-            wake.notify_one();
-            each.notify_one();
+            heard(None);
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
                     m = rx.recv() => match m {
-                        Some(concerns_each) => {
-                            if concerns_each {
-                                each.notify_one();
-                            }
-                            wake.notify_one();
-                        }
+                        Some(payload) => heard(Some(&payload)),
                         None => break,
                     },
                 }
@@ -373,7 +386,7 @@ pub async fn listen_for_wakes(
             ended = session => ended,
         };
         if let Err(e) = ended {
-            tracing::warn!(error = %e, "cannot listen for wake-ups; retrying");
+            tracing::warn!(error = %e, %channel, "cannot listen; retrying");
         }
         if !backoff.wait(&token).await {
             break;
