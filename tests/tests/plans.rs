@@ -211,6 +211,28 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
     collect::record_results(&tx, schema, &results).await?;
     tx.commit().await?;
 
+    // Live output: the collector stores a flush of chunks; a follower reads them back.
+    let chunks: Vec<fleet_shared::proto::LogChunk> = held[16..]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| fleet_shared::proto::LogChunk {
+            task_id: h.task_id,
+            attempt: h.attempt,
+            executor_id: h.executor_id.clone(),
+            seq: 0,
+            stream: "stdout".into(),
+            data: format!("line {i}\n"),
+            offset: 0,
+            n: 0,
+            truncated: false,
+        })
+        .collect();
+    db::logs::store(&client, schema, &chunks).await?;
+    if let Some(h) = held.get(16) {
+        db::logs::read(&client, h.task_id, h.attempt, None, None, 1000).await?;
+        db::logs::read(&client, h.task_id, h.attempt, Some("stderr"), Some(0), 1000).await?;
+    }
+
     // Retention: the collector's pick of jobs to purge (none is old enough), and a job
     // just finished deleted at once with all its rows (DELETE /v1/jobs/{id}).
     retention::purge_finished(&mut client, 14, 500).await?;
@@ -245,7 +267,7 @@ fn seq_scans(notices: &[String]) -> (usize, Vec<String>) {
             && !limited
             && (joined || index.ends_with("_pkey") || index.ends_with("_key"));
         let whole = kind == "Seq Scan" || whole_index;
-        if whole && ["jobs", "tasks", "attempts", "results"].contains(&relation) {
+        if whole && ["jobs", "tasks", "attempts", "results", "log_chunks"].contains(&relation) {
             let index = node["Index Name"]
                 .as_str()
                 .map(|i| format!(" (whole index {i})"))
