@@ -69,13 +69,23 @@ pub async fn controlled(
     caller: &Caller,
     id: &str,
 ) -> Result<(fleet_shared::db::Client, JobId), ApiError> {
+    job_for(s, caller, id, JobAccess::Control).await
+}
+
+/// The job `id` names, once the caller may do `access` to it, with a connection.
+pub async fn job_for(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+    access: JobAccess,
+) -> Result<(fleet_shared::db::Client, JobId), ApiError> {
     caller.need(Permission::Read)?;
     let id: JobId = id.parse().map_err(crate::api::bad_id)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
     let owner = read::job_owner(&client, id)
         .await?
         .ok_or(ApiError::NotFound("job"))?;
-    caller.may(owner, JobAccess::Control)?;
+    caller.may(owner, access)?;
     Ok((client, id))
 }
 

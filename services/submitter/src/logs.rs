@@ -11,9 +11,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use fleet_shared::auth::{JobAccess, Permission};
-use fleet_shared::db::{control, logs, read, Client, DbError, Pool};
-use fleet_shared::id::{JobId, TaskId};
+use fleet_shared::auth::JobAccess;
+use fleet_shared::db::{control, logs, Client, DbError, Pool};
+use fleet_shared::id::TaskId;
 
 use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
@@ -117,14 +117,8 @@ async fn task_logs(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.need(Permission::Read)?;
     let want = parse(&q, &headers)?;
-    let job: JobId = id.parse().map_err(crate::api::bad_id)?;
-    let client = s.pool().get().await.map_err(DbError::from)?;
-    let owner = read::job_owner(&client, job)
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
-    caller.may(owner, JobAccess::Read)?;
+    let (client, job) = crate::jobs::job_for(&s, &caller, &id, JobAccess::Read).await?;
     let task = control::find_task(&client, job, &task)
         .await?
         .ok_or(ApiError::NotFound("task in that job"))?;
