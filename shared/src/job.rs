@@ -106,7 +106,8 @@ pub struct ValidTask {
 /// The largest `quorum` accepted (far above any group's size).
 pub const MAX_QUORUM: u32 = 100_000;
 
-fn no_nul(field: &str, s: &str) -> Result<(), FieldError> {
+/// PostgreSQL text cannot hold a NUL byte: refused, naming the field.
+pub fn no_nul(field: &str, s: &str) -> Result<(), FieldError> {
     if s.contains('\0') {
         Err(bad(field, "must not contain a NUL byte"))
     } else {

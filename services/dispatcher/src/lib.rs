@@ -360,6 +360,17 @@ impl Dispatcher {
         Ok(report)
     }
 
+    /// A control message for one executor, from the dispatcher: transient, not mandatory
+    /// (one lost, or for an executor gone, changes nothing; what needs it is sent again).
+    fn control(&self, executor: &ExecutorId, action: ControlAction) -> Outgoing {
+        Outgoing::new(
+            self.names.root_exchange(),
+            keys::control(executor),
+            proto::encode(&Control { action }),
+        )
+        .with_properties(amqp::transient_properties())
+    }
+
     /// Tells the holders of the open attempts whose cancel was asked to kill them, and
     /// those of unstarted attempts of paused groups to give them back (again, every
     /// [`KILL_AGAIN`], while they stay open: a message lost with a broker connection, or
@@ -406,14 +417,7 @@ impl Dispatcher {
                     attempt: held.attempt,
                 }
             };
-            out.push(
-                Outgoing::new(
-                    self.names.root_exchange(),
-                    keys::control(&held.executor_id),
-                    proto::encode(&Control { action }),
-                )
-                .with_properties(amqp::transient_properties()),
-            );
+            out.push(self.control(&held.executor_id, action));
             sent.push(key);
         }
         if out.is_empty() {
@@ -634,18 +638,13 @@ impl Dispatcher {
         let out: Vec<Outgoing> = wanted
             .iter()
             .map(|h| {
-                let control = Control {
-                    action: ControlAction::GiveBack {
+                self.control(
+                    &h.executor_id,
+                    ControlAction::GiveBack {
                         task_id: h.task_id,
                         attempt: h.attempt,
                     },
-                };
-                Outgoing::new(
-                    self.names.root_exchange(),
-                    keys::control(&h.executor_id),
-                    proto::encode(&control),
                 )
-                .with_properties(amqp::transient_properties())
             })
             .collect();
         metrics::counter!("fleet_dispatcher_give_backs_asked_total").increment(out.len() as u64);

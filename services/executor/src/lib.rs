@@ -291,6 +291,18 @@ struct Shared {
 }
 
 impl Shared {
+    /// Where what the executor reports goes (INFO, results, live output): its first
+    /// group's exchange, from where it flows up to `default`.
+    fn upward_exchange(&self) -> String {
+        let group = self
+            .me
+            .groups
+            .first()
+            .cloned()
+            .unwrap_or_else(GroupName::default_group);
+        self.names.group_exchange(&group)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Attempts> {
         // A panic while holding this lock cannot leave the maps inconsistent in a way
         // worse than a lost entry, so recover the guard rather than propagate the poison.
@@ -430,7 +442,7 @@ impl Shared {
                 Some(p) => match p.publish(msg.clone()).await {
                     Ok(()) => return true,
                     Err(e) => {
-                        tracing::warn!(error = %e, "publishing a result failed; retrying");
+                        tracing::warn!(error = %e, "publishing failed; retrying");
                         if !backoff.wait(&self.kill).await {
                             return false;
                         }
@@ -504,12 +516,7 @@ pub async fn run(
     let results = tokio::spawn(publish_results(shared.clone(), results_stop.clone()));
     let shipper = {
         let s = shared.clone();
-        let group =
-            s.me.groups
-                .first()
-                .cloned()
-                .unwrap_or_else(GroupName::default_group);
-        let (exchange, key) = (s.names.group_exchange(&group), keys::log(&s.me.id));
+        let (exchange, key) = (s.upward_exchange(), keys::log(&s.me.id));
         let batcher = logs::Batcher::new(s.me.id.clone(), s.cfg.executor.max_live_output_bytes);
         tokio::spawn(logs::ship(logs_rx, batcher, move |chunks| {
             let s = s.clone();
@@ -862,13 +869,7 @@ fn take_batch(pending: &mut Vec<Outbound>) -> Vec<Outbound> {
 /// while a publish awaits its confirm go together in the next message, so an idle
 /// executor sends each result at once and a busy one sends several per message.
 async fn publish_results(shared: Arc<Shared>, stop: CancellationToken) {
-    let group = shared
-        .me
-        .groups
-        .first()
-        .cloned()
-        .unwrap_or_else(GroupName::default_group);
-    let exchange = shared.names.group_exchange(&group);
+    let exchange = shared.upward_exchange();
     let key = keys::result(&shared.me.id);
     loop {
         let batch = take_batch(&mut shared.outbound());
@@ -923,13 +924,7 @@ async fn publish_results(shared: Arc<Shared>, stop: CancellationToken) {
 /// INFO every interval, and at once when a slot frees or draining changes.
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let every = Duration::from_millis(shared.cfg.executor.info_interval_ms);
-    let group = shared
-        .me
-        .groups
-        .first()
-        .cloned()
-        .unwrap_or_else(GroupName::default_group);
-    let exchange = shared.names.group_exchange(&group);
+    let exchange = shared.upward_exchange();
     let key = keys::info(&shared.me.id);
     let mut rx = shared.publisher.subscribe();
     loop {

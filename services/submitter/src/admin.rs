@@ -39,12 +39,8 @@ fn group_name(name: &str) -> Result<GroupName, ApiError> {
 
 /// PostgreSQL text cannot hold a NUL byte: refused here, naming the field, rather than
 /// a 500 from the database.
-fn no_nul(field: &str, s: &str) -> Result<(), ApiError> {
-    if s.contains('\0') {
-        Err(invalid(field, "must not contain a NUL byte"))
-    } else {
-        Ok(())
-    }
+pub fn no_nul(field: &str, s: &str) -> Result<(), ApiError> {
+    fleet_shared::job::no_nul(field, s).map_err(ApiError::Invalid)
 }
 
 fn executor_id(id: &str) -> Result<ExecutorId, ApiError> {

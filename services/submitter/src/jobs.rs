@@ -17,6 +17,7 @@ use fleet_shared::group::GroupName;
 use fleet_shared::id::{JobId, TokenId};
 use fleet_shared::state::JobState;
 
+use crate::admin::no_nul;
 use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
 
@@ -338,14 +339,6 @@ pub fn parse_filter(
             .ok_or_else(|| invalid("limit", format!("must be 1 to {MAX_LIMIT}")))?;
     }
     Ok(f)
-}
-
-fn no_nul(field: &str, v: &str) -> Result<(), ApiError> {
-    if v.contains('\0') {
-        Err(invalid(field, "must not contain a NUL character"))
-    } else {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
