@@ -37,6 +37,51 @@ pub struct Config {
     pub collector: CollectorConfig,
     pub auth: AuthConfig,
     pub retention: RetentionConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// How the collector delivers webhooks (docs/events.md, "Webhooks").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// A receiver that has not answered within this has failed the try.
+    pub timeout_secs: u64,
+    /// The wait before the second try; each further one doubles it, up to `backoff_max_secs`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_secs: u64,
+    /// Tries before a delivery is given up (kept as `dead`, shown by `fleetctl webhook list`).
+    pub max_tries: u32,
+    /// Deliveries in flight at once, in all.
+    pub concurrency: u32,
+    /// Deliveries in flight at once to one webhook.
+    pub per_webhook: u32,
+    /// How often the collector looks for new events and due retries.
+    pub poll_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 10,
+            backoff_initial_ms: 1_000,
+            backoff_max_secs: 600,
+            max_tries: 15,
+            concurrency: 64,
+            per_webhook: 8,
+            poll_ms: 200,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The wait after try `tries` failed.
+    pub fn backoff(&self, tries: u32) -> Duration {
+        let first = Duration::from_millis(self.backoff_initial_ms);
+        let factor = 2u32.saturating_pow(tries.saturating_sub(1).min(30));
+        first
+            .saturating_mul(factor)
+            .min(Duration::from_secs(self.backoff_max_secs))
+    }
 }
 
 /// How long finished jobs are kept (the collector purges the older ones).
@@ -368,6 +413,16 @@ impl Config {
                 "collector.batch_size",
                 "batch sizes must be positive",
             ));
+        }
+        let w = &self.webhooks;
+        if w.timeout_secs == 0 || w.poll_ms == 0 || w.concurrency == 0 || w.per_webhook == 0 {
+            return Err(invalid(
+                "webhooks",
+                "timeout_secs, poll_ms, concurrency and per_webhook must be positive",
+            ));
+        }
+        if w.max_tries == 0 {
+            return Err(invalid("webhooks.max_tries", "must be 1 or more"));
         }
         if self.retention.interval_secs == 0 {
             return Err(invalid("retention.interval_secs", "must be positive"));

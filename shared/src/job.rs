@@ -24,6 +24,85 @@ pub struct JobSpec {
     #[serde(default)]
     pub name: Option<String>,
     pub tasks: Vec<TaskSpec>,
+    /// A webhook for this job's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+}
+
+/// A job's own webhook: its events (those named, default all of the job's) are POSTed
+/// to `url`, signed with `secret` (docs/events.md, "Webhooks").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    pub url: String,
+    /// Kinds or patterns (`task.*`); empty: every event of the job.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The HMAC key of the signature header: 16 to 256 bytes.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidNotify {
+    pub url: String,
+    pub kinds: Vec<crate::event::Kind>,
+    pub secret: String,
+}
+
+pub const MIN_SECRET_LEN: usize = 16;
+pub const MAX_SECRET_LEN: usize = 256;
+const MAX_URL_LEN: usize = 2048;
+
+/// A webhook URL: `http://` or `https://`, a host, no blanks or control characters.
+pub fn check_webhook_url(field: &str, url: &str) -> Result<(), FieldError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| bad(field, "must start with http:// or https://"))?;
+    if url.len() > MAX_URL_LEN {
+        return Err(bad(field, format!("at most {MAX_URL_LEN} bytes")));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad(field, "must not hold blanks or control characters"));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err(bad(field, "names no host"));
+    }
+    Ok(())
+}
+
+/// A webhook secret: 16 to 256 bytes, no NUL.
+pub fn check_webhook_secret(field: &str, secret: &str) -> Result<(), FieldError> {
+    if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&secret.len()) {
+        return Err(bad(
+            field,
+            format!("must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes"),
+        ));
+    }
+    no_nul(field, secret)
+}
+
+impl Notify {
+    fn validate(&self) -> Result<ValidNotify, FieldError> {
+        check_webhook_url("notify.url", &self.url)?;
+        check_webhook_secret("notify.secret", &self.secret)?;
+        let kinds = crate::event::Kind::parse_list(self.events.iter().map(String::as_str))
+            .map_err(|e| bad("notify.events", e))?;
+        if let Some(k) = kinds.iter().find(|k| !k.of_job()) {
+            return Err(bad(
+                "notify.events",
+                format!(
+                    "{k} is not an event of a job (executor events are for fleet-wide webhooks)"
+                ),
+            ));
+        }
+        Ok(ValidNotify {
+            url: self.url.clone(),
+            kinds,
+            secret: self.secret.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -81,6 +160,7 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
 pub struct ValidJob {
     pub name: Option<String>,
     pub tasks: Vec<ValidTask>,
+    pub notify: Option<ValidNotify>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,6 +291,7 @@ impl JobSpec {
         Ok(ValidJob {
             name: self.name.clone(),
             tasks,
+            notify: self.notify.as_ref().map(Notify::validate).transpose()?,
         })
     }
 }
@@ -398,7 +479,11 @@ mod tests {
     }
 
     fn job(tasks: Vec<TaskSpec>) -> JobSpec {
-        JobSpec { name: None, tasks }
+        JobSpec {
+            name: None,
+            tasks,
+            notify: None,
+        }
     }
 
     fn field_of(j: JobSpec) -> String {

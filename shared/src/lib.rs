@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod event;
 pub mod group;
 pub mod http;
 pub mod id;

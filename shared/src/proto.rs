@@ -463,23 +463,6 @@ impl Wire for Control {
     const V: u32 = 1;
 }
 
-/// Collector -> other systems.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// `job.accepted`, `job.started`, `job.succeeded`, `job.failed`, `job.cancelled`,
-    /// `task.finished`; also the routing key on `<prefix>.events`.
-    pub event: String,
-    pub job_id: JobId,
-    #[serde(default)]
-    pub task_id: Option<TaskId>,
-    pub state: String,
-    pub at: DateTime<Utc>,
-}
-impl Wire for Event {
-    const TYPE: &'static str = "event";
-    const V: u32 = 1;
-}
-
 /// Other systems -> submitter: a job, answered on `reply_to` with a [`SubmitReply`].
 /// The AMQP `message_id` is the idempotency key. Unknown fields are refused, as by
 /// `POST /v1/jobs`.

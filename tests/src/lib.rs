@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod sse;
 
 use std::collections::BTreeMap;
 use std::future::Future;

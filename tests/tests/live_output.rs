@@ -5,55 +5,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use fleet_tests::sse::read_events;
 use fleet_tests::{wait_for, ExecutorSpec, TestFleet};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// One Server-Sent Event.
-#[derive(Debug)]
-struct Sse {
-    id: Option<String>,
-    event: String,
-    data: String,
-}
-
-/// Reads events from a streaming response, calling `each` with each and when it came;
-/// stops when `each` says so or the stream ends.
-async fn read_events(
-    mut resp: reqwest::Response,
-    mut each: impl FnMut(Sse, Instant) -> bool,
-) -> Result<()> {
-    let mut buf = String::new();
-    while let Some(bytes) = tokio::time::timeout(DEADLINE, resp.chunk()).await?? {
-        let now = Instant::now();
-        buf.push_str(&String::from_utf8_lossy(&bytes));
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let mut ev = Sse {
-                id: None,
-                event: "message".into(),
-                data: String::new(),
-            };
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    ev.id = Some(v.trim().to_owned());
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    ev.event = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                }
-            }
-            if ev.data.is_empty() && ev.id.is_none() {
-                continue; // a keep-alive comment
-            }
-            if !each(ev, now) {
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
-}
 
 fn follow_url(fleet: &TestFleet, job: &str) -> String {
     format!("{}/v1/jobs/{job}/tasks/0/logs?follow=true", fleet.api)

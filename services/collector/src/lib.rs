@@ -1,5 +1,5 @@
 //! The collector: consumes results in batches, records each once, settles the tasks and
-//! jobs they decide, and announces events where anyone listens. A batch is acked only
+//! jobs they decide, and relays the event log to the broker where anyone listens. A batch is acked only
 //! after its transaction committed and its events were confirmed, so a crash anywhere
 //! means redelivery, and redelivery is a no-op on (task, attempt).
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleet_shared::amqp::{self, keys, Delivery, Handled, Names, Outgoing, Publisher};
 use fleet_shared::config::Config;
-use fleet_shared::db::{self, collect, outbox, DbError, HeldBy, Pool};
+use fleet_shared::db::{self, collect, events, DbError, HeldBy, Pool};
 use fleet_shared::http::{self, Health};
 use fleet_shared::proto::{self, TaskResult};
 use fleet_shared::svc;
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod retention;
+mod webhooks;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7072";
 
@@ -49,10 +50,17 @@ pub async fn run(
         cfg.database.clone(),
         token.clone(),
     ));
+    let delivering = tokio::spawn(webhooks::run(
+        pool.clone(),
+        cfg.webhooks.clone(),
+        cfg.database.schema.clone(),
+        token.clone(),
+    ));
     let collector = Collector {
         names: Names::new(&cfg.amqp.prefix),
         schema: cfg.database.schema.clone(),
-        interest: outbox::Interest::default(),
+        interest: events::Interest::default(),
+        wrote_events: tokio::sync::Notify::new(),
         pool,
         cfg: cfg.clone(),
     };
@@ -67,6 +75,7 @@ pub async fn run(
     token.cancel();
     // It ends with the token; a batch in flight has its deadline too.
     let _ = tokio::time::timeout(Duration::from_secs(5), purging).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), delivering).await;
     let _ = server.await;
     Ok(())
 }
@@ -76,16 +85,22 @@ struct Collector {
     pool: Pool,
     names: Names,
     schema: String,
-    /// Which event types anyone listens to.
-    interest: outbox::Interest,
+    /// Which event kinds anyone listens to.
+    interest: events::Interest,
+    /// A batch wrote events: relay now rather than at the next look.
+    wrote_events: tokio::sync::Notify,
 }
+
+/// How often the relay looks for events other services wrote (the collector's own wake
+/// it at once).
+const RELAY_EVERY: Duration = Duration::from_millis(100);
 
 /// What recording a batch came to.
 #[derive(Default)]
 struct Recorded {
     /// Positions of the results refused, with why.
     refused: Vec<(usize, collect::Refused)>,
-    /// Whether events were written to the outbox.
+    /// Whether events were written to the log.
     events: bool,
 }
 
@@ -118,8 +133,47 @@ impl Collector {
         // Live output on its own consumer: a flood of it never holds results back.
         let logs = self.store_logs(logs_consumer, &publisher, token);
         let results = self.record_results(consumer, &publisher, token);
-        tokio::try_join!(logs, results)?;
+        let relay = self.relay_events(&publisher, token);
+        tokio::try_join!(logs, results, relay)?;
         Ok(())
+    }
+
+    /// Publishes the event log to the broker as it grows (whoever wrote it: this
+    /// collector's batches wake it, and it looks every [`RELAY_EVERY`] for the rest),
+    /// until shutdown. A broker error ends the session; a database error is waited out.
+    async fn relay_events(
+        &self,
+        publisher: &Publisher,
+        token: &CancellationToken,
+    ) -> Result<(), amqp::AmqpError> {
+        let mut backoff = amqp::Backoff::default();
+        loop {
+            match events::relay(
+                &self.pool,
+                publisher,
+                &self.names,
+                &self.schema,
+                None,
+                &self.interest,
+            )
+            .await
+            {
+                Ok(_) => backoff = amqp::Backoff::default(),
+                Err(events::RelayError::Amqp(e)) => return Err(e),
+                Err(events::RelayError::Db(e)) => {
+                    tracing::warn!(error = %e, "relaying events postponed");
+                    if !backoff.wait(token).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                () = self.wrote_events.notified() => {}
+                () = tokio::time::sleep(RELAY_EVERY) => {}
+            }
+        }
     }
 
     /// Stores live output as it comes, a batch per transaction.
@@ -177,7 +231,7 @@ impl Collector {
         Ok(())
     }
 
-    /// Records results as they come, a batch per transaction, and relays the events.
+    /// Records results as they come, a batch per transaction.
     async fn record_results(
         &self,
         consumer: lapin::Consumer,
@@ -187,17 +241,14 @@ impl Collector {
         let publisher = publisher.clone();
         let batch = self.cfg.collector.batch_size;
         let linger = amqp::Linger::WhenBusy(Duration::from_millis(self.cfg.collector.linger_ms));
-        // Whatever a crash left in the outbox; and, after each batch, what it wrote
-        // there (or what a relay postponed by a database error left).
-        let mut unrelayed = !self.relay(&publisher).await?;
         let mut batches = amqp::BatchConsumer::new(consumer, batch, linger);
         while let Some(deliveries) = batches.next(token).await? {
             let (handled, events) = self.handle_batch(&deliveries, token).await;
             if !batches.finish(&deliveries, handled, &publisher).await? {
                 break;
             }
-            if events || unrelayed {
-                unrelayed = !self.relay(&publisher).await?;
+            if events {
+                self.wrote_events.notify_one();
             }
         }
         Ok(())
@@ -337,9 +388,8 @@ impl Collector {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let recorded = collect::record_results(&tx, &self.schema, results).await?;
-        // The events go out if and only if this commits: through the outbox.
-        let events = outbox::events(&self.names, &recorded.settled, &self.interest);
-        outbox::enqueue(&tx, &events).await?;
+        // The events are in the log if and only if this commits.
+        events::insert(&tx, &recorded.settled.events).await?;
         // Tasks made ready (dependents released, lost attempts' tasks): hand them out.
         if recorded.settled.readied > 0 {
             db::notify_wake(&tx, &self.schema, true).await?;
@@ -347,7 +397,7 @@ impl Collector {
         tx.commit().await?;
         Ok(Recorded {
             refused: recorded.refused,
-            events: !events.is_empty(),
+            events: !recorded.settled.events.is_empty(),
         })
     }
 
@@ -357,27 +407,12 @@ impl Collector {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let settled = collect::lose(&tx, held).await?;
-        let events = outbox::events(&self.names, &settled, &self.interest);
-        outbox::enqueue(&tx, &events).await?;
+        events::insert(&tx, &settled.events).await?;
         if settled.readied > 0 {
             db::notify_wake(&tx, &self.schema, true).await?;
         }
         tx.commit().await?;
-        Ok(!events.is_empty())
-    }
-
-    /// Publishes what the outbox holds; false if a database error postponed it (to
-    /// after the next batch). A broker error ends the session.
-    async fn relay(&self, publisher: &Publisher) -> Result<bool, amqp::AmqpError> {
-        let prefix = self.names.prefix();
-        match outbox::relay(&self.pool, publisher, prefix, None, &self.interest).await {
-            Ok(_) => Ok(true),
-            Err(outbox::RelayError::Amqp(e)) => Err(e),
-            Err(outbox::RelayError::Db(e)) => {
-                tracing::warn!(error = %e, "outbox relay postponed");
-                Ok(false)
-            }
-        }
+        Ok(!settled.events.is_empty())
     }
 }
 

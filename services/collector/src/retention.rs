@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fleet_shared::amqp::Backoff;
 use fleet_shared::config::{DatabaseConfig, RetentionConfig};
-use fleet_shared::db::{retention, DbError, Pool};
+use fleet_shared::db::{events, retention, DbError, Pool};
 use tokio_util::sync::CancellationToken;
 
 /// Why a batch did not purge.
@@ -27,9 +27,9 @@ pub async fn run(pool: Pool, cfg: RetentionConfig, db: DatabaseConfig, token: Ca
     }
     let interval = Duration::from_secs(cfg.interval_secs);
     let pause = Duration::from_millis(cfg.pause_ms);
-    // A batch is a connection and six statements (the pick, five deletes), each bounded
+    // A batch is a connection and nine statements (the pick, eight deletes), each bounded
     // by the server's statement_timeout.
-    let deadline = Duration::from_millis(db.pool_wait_ms + 6 * db.statement_timeout_ms);
+    let deadline = Duration::from_millis(db.pool_wait_ms + 9 * db.statement_timeout_ms);
     let limit = i64::from(cfg.batch_size);
     let mut backoff = fresh_backoff();
     loop {
@@ -63,6 +63,31 @@ pub async fn run(pool: Pool, cfg: RetentionConfig, db: DatabaseConfig, token: Ca
                     if !backoff.wait(&token).await {
                         return;
                     }
+                }
+            }
+        }
+        // Events outlive their jobs by nothing: those of executors (and of jobs kept
+        // past it) go after the same number of days.
+        let before = chrono::Utc::now() - chrono::Duration::days(i64::from(cfg.finished_job_days));
+        loop {
+            let batch = async {
+                let client = pool.get().await.map_err(DbError::from)?;
+                Ok::<_, Failed>(events::purge_older(&client, before, limit * 10).await?)
+            };
+            let done = tokio::select! {
+                _ = token.cancelled() => return,
+                r = tokio::time::timeout(deadline, batch) => r.unwrap_or(Err(Failed::Deadline(deadline))),
+            };
+            match done {
+                Ok(n) if n < (limit * 10) as u64 => break,
+                Ok(_) => {
+                    if !sleep(pause, &token).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging old events failed; next pass");
+                    break;
                 }
             }
         }

@@ -18,7 +18,7 @@ use fleet_shared::amqp::{self, keys, Names, Outgoing, Publisher};
 use fleet_shared::config::Config;
 use fleet_shared::db::admin::Registered;
 use fleet_shared::db::dispatch::HeldBy;
-use fleet_shared::db::{self, dispatch, outbox, DbError, Pool};
+use fleet_shared::db::{self, dispatch, events, DbError, Pool};
 use fleet_shared::group::GroupName;
 use fleet_shared::http::{self, Health};
 use fleet_shared::id::ExecutorId;
@@ -119,8 +119,6 @@ pub struct Dispatcher {
     next_flush: Instant,
     next_registry: Instant,
     next_retry: Instant,
-    /// Which event types anyone listens to.
-    interest: outbox::Interest,
 }
 
 impl Dispatcher {
@@ -146,7 +144,6 @@ impl Dispatcher {
             next_flush: now,
             next_registry: now,
             next_retry: now,
-            interest: outbox::Interest::default(),
             cfg,
             pool,
             names,
@@ -294,7 +291,7 @@ impl Dispatcher {
             return Err(self.step_down());
         }
         if !self.returned.is_empty() {
-            self.take_back(publisher, &mut report).await?;
+            self.take_back(&mut report).await?;
         }
         let now = Instant::now();
         if now >= self.next_registry {
@@ -353,7 +350,7 @@ impl Dispatcher {
         // leading: leases not extended while we were away are not a sign of death.
         if now >= self.next_sweep && now >= self.sweep_after {
             self.next_sweep = now + self.tick();
-            self.sweep(publisher, &mut report).await?;
+            self.sweep(&mut report).await?;
         }
         metrics::counter!("fleet_dispatcher_lost_attempts_total").increment(report.lost as u64);
         metrics::counter!("fleet_dispatcher_assigned_total").increment(report.assigned as u64);
@@ -612,8 +609,7 @@ impl Dispatcher {
             let tx = self.fenced(&mut client).await?;
             report.returned += dispatch::unassign(&tx, &back).await? as usize;
             let cancelled = dispatch::end_cancelled(&tx, &back).await?;
-            let events = outbox::events(&self.names, &cancelled, &self.interest);
-            outbox::enqueue(&tx, &events).await?;
+            events::insert(&tx, &cancelled.events).await?;
             tx.commit().await.map_err(DbError::from)?;
             report.assigned -= back.len().min(report.assigned);
             self.ready_maybe = true;
@@ -654,7 +650,7 @@ impl Dispatcher {
 
     /// Attempts executors gave back (shutting down, or asked to): the unstarted ones are taken back
     /// (ready again, no attempt spent), the started ones lost at once.
-    async fn take_back(&mut self, publisher: &Publisher, report: &mut Report) -> Result<(), Error> {
+    async fn take_back(&mut self, report: &mut Report) -> Result<(), Error> {
         let (started, unstarted): (Vec<_>, Vec<_>) = self
             .returned
             .iter()
@@ -673,10 +669,8 @@ impl Dispatcher {
         let taken = dispatch::unassign(&tx, &unstarted).await? as usize;
         let mut lost = dispatch::lose(&tx, &started).await?;
         let cancelled = dispatch::end_cancelled(&tx, &unstarted).await?;
-        lost.finished.extend(cancelled.finished);
-        lost.jobs.extend(cancelled.jobs);
-        let events = outbox::events(&self.names, &lost, &self.interest);
-        outbox::enqueue(&tx, &events).await?;
+        lost.extend(cancelled);
+        events::insert(&tx, &lost.events).await?;
         tx.commit().await.map_err(DbError::from)?;
         drop(client);
         // Kept until written: the INFO that carried them is acked with this round, and
@@ -686,9 +680,6 @@ impl Dispatcher {
         report.lost += lost.finished.len() + lost.readied;
         self.ready_maybe = true;
         self.each_maybe = true;
-        if !events.is_empty() {
-            self.relay_events(publisher).await?;
-        }
         Ok(())
     }
 
@@ -735,31 +726,26 @@ impl Dispatcher {
 
     /// Expired leases (and revoked executors' attempts), then, every few ticks, members
     /// of `each` tasks gone past their grace.
-    async fn sweep(&mut self, publisher: &Publisher, report: &mut Report) -> Result<(), Error> {
+    async fn sweep(&mut self, report: &mut Report) -> Result<(), Error> {
         let mut client = self.pool.get().await.map_err(DbError::from)?;
         let tx = self.fenced(&mut client).await?;
         let (mut settled, lost) = dispatch::sweep_leases(&tx).await?;
         // Tasks failed as lost (and their jobs) are announced like any other outcome.
-        let mut events = outbox::events(&self.names, &settled, &self.interest);
-        outbox::enqueue(&tx, &events).await?;
+        events::insert(&tx, &settled.events).await?;
+        // Executors not heard from within the timeout are announced lost, once.
+        dispatch::lose_executors(&tx, self.cfg.dispatcher.executor_timeout_secs as f64).await?;
         tx.commit().await.map_err(DbError::from)?;
         self.fleet.ended(&lost);
         let now = Instant::now();
         if now >= self.next_grace {
             self.next_grace = now + self.tick() * 4;
             let graced = sweeps::grace(self, &mut client).await?;
-            events.extend(outbox::events(&self.names, &graced, &self.interest));
-            settled.finished.extend(graced.finished);
-            settled.jobs.extend(graced.jobs);
-            settled.readied += graced.readied;
+            settled.extend(graced);
         }
         drop(client);
         if !lost.is_empty() || settled.readied > 0 {
             self.ready_maybe = true;
             self.each_maybe = true;
-        }
-        if !events.is_empty() {
-            self.relay_events(publisher).await?;
         }
         report.lost += settled.finished.len() + settled.readied;
         Ok(())
@@ -791,13 +777,9 @@ impl Dispatcher {
                 let tx = self.fenced(&mut client).await?;
                 let ids = dispatch::fan_out(&tx, &fan).await?;
                 let settled = db::collect::settle_each(&tx, &ids).await?;
-                let events = outbox::events(&self.names, &settled, &self.interest);
-                outbox::enqueue(&tx, &events).await?;
+                events::insert(&tx, &settled.events).await?;
                 tx.commit().await.map_err(DbError::from)?;
                 tracing::debug!(tasks = ids.len(), "each tasks fanned out");
-                if !events.is_empty() {
-                    self.relay_events(publisher).await?;
-                }
             }
         }
         // (Before everyone has been heard, the tick brings it back here.)
@@ -831,21 +813,6 @@ impl Dispatcher {
             .collect();
         report.assigned += sent.len();
         self.send(publisher, sent, report).await
-    }
-
-    /// Sends what the outbox holds (one batch: the collector drains any backlog, and a
-    /// long relay here would outlast our leadership lease).
-    async fn relay_events(&self, publisher: &Publisher) -> Result<(), Error> {
-        let prefix = self.names.prefix();
-        match outbox::relay(&self.pool, publisher, prefix, Some(1), &self.interest).await {
-            Ok(_) => Ok(()),
-            Err(outbox::RelayError::Amqp(e)) => Err(e.into()),
-            // The collector's relay, or ours next time, sends them.
-            Err(outbox::RelayError::Db(e)) => {
-                tracing::warn!(error = %e, "outbox relay postponed");
-                Ok(())
-            }
-        }
     }
 }
 

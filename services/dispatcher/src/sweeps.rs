@@ -20,7 +20,7 @@ pub(crate) async fn grace(
     }
     let tx = d.fenced(client).await?;
     let graced = dispatch::sweep_grace(&tx, &gone, lease, alive).await?;
-    db::outbox::enqueue(&tx, &db::outbox::events(&d.names, &graced, &d.interest)).await?;
+    db::events::insert(&tx, &graced.events).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(graced)
 }

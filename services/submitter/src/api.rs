@@ -138,26 +138,6 @@ impl AppState {
     pub fn names(&self) -> &fleet_shared::amqp::Names {
         &self.0.names
     }
-
-    /// Publishes, in the background, the events a change made here wrote to the outbox
-    /// (the collector and the dispatcher relay only after their own writes). Best effort:
-    /// what is left is relayed by the next of them that runs.
-    pub fn relay_events_soon(&self) {
-        let Ok(publisher) = self.publisher() else {
-            return;
-        };
-        let (pool, prefix) = (self.0.pool.clone(), self.0.names.prefix().to_owned());
-        tokio::spawn(async move {
-            let interest = fleet_shared::db::outbox::Interest::default();
-            let relay =
-                fleet_shared::db::outbox::relay(&pool, &publisher, &prefix, Some(1), &interest);
-            match tokio::time::timeout(std::time::Duration::from_secs(10), relay).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "events not relayed yet"),
-                Err(_) => tracing::warn!("relaying events timed out"),
-            }
-        });
-    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -171,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/executors", get(get_executors))
         .merge(crate::jobs::routes())
         .merge(crate::logs::routes())
+        .merge(crate::events::routes())
         .merge(crate::scheduler::routes())
         .merge(crate::stats::routes())
         .merge(crate::executors::routes())
@@ -218,6 +199,9 @@ pub enum ApiError {
     NotYours(Role),
     #[error("{0}")]
     Conflict(String),
+    /// What was asked for existed once and is no longer kept.
+    #[error("{0}")]
+    Gone(String),
     /// A dependency other than the database is down; the client should retry.
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
@@ -283,6 +267,7 @@ impl IntoResponse for ApiError {
                 None,
             ),
             Self::Conflict(why) => error_response(StatusCode::CONFLICT, "conflict", why, None),
+            Self::Gone(why) => error_response(StatusCode::GONE, "gone", why, None),
             Self::Unavailable(what) => {
                 let mut r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -148,7 +148,7 @@ async fn cancel(
     let mut tries = 0;
     let report = loop {
         tries += 1;
-        match control::cancel(&mut client, s.schema(), s.names(), id, task_id).await {
+        match control::cancel(&mut client, s.schema(), id, task_id).await {
             Err(e) if e.is_transient() && tries < 3 => {
                 tracing::info!(error = %e, "cancel tried again");
             }
@@ -158,7 +158,6 @@ async fn cancel(
     drop(client);
     tracing::info!(job_id = %id, task_id = ?task_id, by = %caller.who.name,
         cancelled_now = report.cancelled_now, killing = report.killing, "cancel");
-    s.relay_events_soon();
     let mut answer = serde_json::json!({
         "job_id": id,
         "cancelled_now": report.cancelled_now,

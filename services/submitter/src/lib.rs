@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod broker_admin;
 mod control;
+mod events;
 mod executors;
 mod identity;
 mod inserter;

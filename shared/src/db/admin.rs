@@ -630,8 +630,17 @@ pub async fn revoke_executor(
 ) -> Result<Option<String>, DbError> {
     let row = client
         .query_opt(
-            "UPDATE executor_credentials SET revoked_at = coalesce(revoked_at, clock_timestamp())
-             WHERE executor_id = $1 RETURNING broker_user",
+            "WITH r AS (
+                 SELECT revoked_at IS NULL AS first FROM executor_credentials
+                 WHERE executor_id = $1),
+             upd AS (
+                 UPDATE executor_credentials
+                 SET revoked_at = coalesce(revoked_at, clock_timestamp())
+                 WHERE executor_id = $1 RETURNING broker_user),
+             announced AS (
+                 INSERT INTO events (kind, executor_id)
+                 SELECT 'executor.revoked', $1 FROM r WHERE r.first)
+             SELECT broker_user FROM upd",
             &[&executor.as_str()],
         )
         .await?;

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::{DbError, Transaction};
+use crate::event::{Kind, NewEvent};
 use crate::id::{JobId, TaskId};
 use crate::proto::{Outcome, TaskResult};
 use crate::state::{
@@ -30,6 +31,27 @@ pub struct Settled {
     pub readied: usize,
     /// Jobs whose state changed, with the new state.
     pub jobs: Vec<(JobId, JobState)>,
+    /// What these changes announce, in order (written to the event log by the caller,
+    /// in the same transaction).
+    pub events: Vec<NewEvent>,
+}
+
+impl Settled {
+    /// A task reached a final state (decided by that attempt, if one did).
+    fn finish(&mut self, job_id: JobId, task_id: TaskId, to: TaskState, attempt: Option<i32>) {
+        self.finished.push((job_id, task_id, to));
+        self.events.push(
+            NewEvent::task(Kind::TaskFinished, job_id, task_id, attempt).with_state(to.as_str()),
+        );
+    }
+
+    /// Another batch's changes after these.
+    pub fn extend(&mut self, other: Settled) {
+        self.finished.extend(other.finished);
+        self.readied += other.readied;
+        self.jobs.extend(other.jobs);
+        self.events.extend(other.events);
+    }
 }
 
 /// Why a result was refused rather than stored.
@@ -130,7 +152,7 @@ pub async fn record_results(
                           stdout, stderr, stdout_truncated, stderr_truncated, started_at,
                           finished_at)),
              known AS (
-                 SELECT x.*, t.job_id FROM x
+                 SELECT x.*, t.job_id, a.started_at IS NULL AS unstarted FROM x
                  JOIN attempts a ON a.task_id = x.task_id AND a.attempt = x.attempt
                                 AND a.executor_id = x.executor_id
                  JOIN tasks t ON t.id = x.task_id),
@@ -150,7 +172,8 @@ pub async fn record_results(
                  WHERE a.task_id = k.task_id AND a.attempt = k.attempt
                    AND a.executor_id = k.executor_id
                    AND a.state IN ('assigned', 'running', 'reported')
-                 RETURNING a.task_id, a.attempt, k.outcome),
+                 RETURNING a.task_id, a.attempt, k.outcome, a.executor_id,
+                           k.unstarted AND k.started_at IS NOT NULL AS first_start),
              locked AS (
                  SELECT t.id, t.job_id, t.state, t.attempts, t.max_attempts, t.each, t.quorum,
                         j.task_count, t.cancel_requested_at IS NOT NULL AS cancel_requested,
@@ -161,20 +184,20 @@ pub async fn record_results(
              notified AS (SELECT pg_notify($14, ''))
              SELECT 'closed', c.task_id, c.attempt, c.outcome, l.job_id, l.state, l.attempts,
                     l.max_attempts, l.each, l.quorum, l.task_count, l.cancel_requested,
-                    l.attempt_base, l.retry
+                    l.attempt_base, l.retry, c.executor_id, c.first_start
              FROM closed c JOIN locked l ON l.id = c.task_id
              UNION ALL
              SELECT CASE WHEN EXISTS (SELECT 1 FROM attempts a
                                       WHERE a.task_id = x.task_id AND a.attempt = x.attempt)
                          THEN 'not_holder' ELSE 'unknown_attempt' END,
                     x.task_id, x.attempt, x.executor_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                    NULL, NULL, NULL
+                    NULL, NULL, NULL, NULL, NULL
              FROM x WHERE NOT EXISTS (SELECT 1 FROM known k
                                       WHERE k.task_id = x.task_id AND k.attempt = x.attempt
                                         AND k.executor_id = x.executor_id)
              UNION ALL
              SELECT 'notified', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                    NULL, NULL
+                    NULL, NULL, NULL, NULL
              FROM notified",
         )
         .await?;
@@ -202,6 +225,9 @@ pub async fn record_results(
     let mut ended = Vec::new();
     let mut tasks = HashMap::new();
     let mut refused_keys = HashMap::new();
+    // Attempts that ended before an INFO said they had started: their start is
+    // announced here, before their end.
+    let mut started = Vec::new();
     for r in &rows {
         let kind: &str = r.get(0);
         match kind {
@@ -216,7 +242,14 @@ pub async fn record_results(
                         outcome,
                     });
                 }
-                tasks.insert(task_id.uuid(), Locked::from_row(r, 4)?);
+                let locked = Locked::from_row(r, 4)?;
+                if r.get::<_, Option<bool>>(15) == Some(true) {
+                    let mut ev =
+                        NewEvent::task(Kind::TaskStarted, locked.job_id, task_id, Some(r.get(2)));
+                    ev.executor_id = r.get(14);
+                    started.push(ev);
+                }
+                tasks.insert(task_id.uuid(), locked);
             }
             why => {
                 let task_id = TaskId::from_uuid(r.get(1));
@@ -240,10 +273,9 @@ pub async fn record_results(
             refused_keys.get(&key).map(|&w| (i, w))
         })
         .collect();
-    Ok(Recorded {
-        settled: settle_locked(tx, &ended, &tasks).await?,
-        refused,
-    })
+    let mut settled = settle_locked(tx, &ended, &tasks).await?;
+    settled.events.splice(0..0, started);
+    Ok(Recorded { settled, refused })
 }
 
 /// The channel a commit that records results notifies: `<schema>_fleet_results`.
@@ -433,9 +465,16 @@ async fn settle_locked(
         changes.set(e.task_id.uuid(), to, to.is_terminal().then_some(e.attempt));
         jobs.insert(t.job_id);
         if to.is_terminal() {
-            settled.finished.push((t.job_id, e.task_id, to));
+            settled.finish(t.job_id, e.task_id, to, Some(e.attempt));
         } else {
             settled.readied += 1;
+            if to == TaskState::Retrying {
+                let mut ev =
+                    NewEvent::task(Kind::TaskRetrying, t.job_id, e.task_id, Some(e.attempt))
+                        .with_state(outcome.as_str());
+                ev.retry_in = changes.waits.get(&e.task_id.uuid()).copied();
+                settled.events.push(ev);
+            }
         }
     }
     if !copy_ends.is_empty() {
@@ -590,7 +629,12 @@ async fn decide_each(
         changes.set(id, to, deciding.get(&id).copied());
         decided.push(id);
         jobs.insert(t.job_id);
-        settled.finished.push((t.job_id, TaskId::from_uuid(id), to));
+        settled.finish(
+            t.job_id,
+            TaskId::from_uuid(id),
+            to,
+            deciding.get(&id).copied(),
+        );
     }
     if !decided.is_empty() {
         tx.execute(
@@ -683,9 +727,7 @@ async fn resolve_jobs(
             tasks[i].node.state = to;
             changes.set(tasks[i].id, to, None);
             if to.is_terminal() {
-                settled
-                    .finished
-                    .push((job_id, TaskId::from_uuid(tasks[i].id), to));
+                settled.finish(job_id, TaskId::from_uuid(tasks[i].id), to, None);
             } else {
                 settled.readied += 1;
             }
@@ -751,7 +793,19 @@ async fn resolve_jobs(
     for r in &changed {
         let s: String = r.get(1);
         if let Some(state) = JobState::parse(&s) {
-            settled.jobs.push((JobId::from_uuid(r.get(0)), state));
+            let job_id = JobId::from_uuid(r.get(0));
+            settled.jobs.push((job_id, state));
+            let kind = match state {
+                JobState::Succeeded => Some(Kind::JobSucceeded),
+                JobState::Failed => Some(Kind::JobFailed),
+                JobState::Cancelled => Some(Kind::JobCancelled),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                settled
+                    .events
+                    .push(NewEvent::job(kind, job_id, Some(state.as_str())));
+            }
         }
     }
     Ok(())
@@ -822,15 +876,13 @@ pub async fn cancel(
                 changes.set(id, TaskState::Cancelled, None);
                 jobs.insert(t.job_id);
                 out.settled
-                    .finished
-                    .push((t.job_id, TaskId::from_uuid(id), TaskState::Cancelled));
+                    .finish(t.job_id, TaskId::from_uuid(id), TaskState::Cancelled, None);
             }
             _ if t.each => {
                 changes.set(id, TaskState::Cancelled, None);
                 jobs.insert(t.job_id);
                 out.settled
-                    .finished
-                    .push((t.job_id, TaskId::from_uuid(id), TaskState::Cancelled));
+                    .finish(t.job_id, TaskId::from_uuid(id), TaskState::Cancelled, None);
                 each.push(id);
                 held.push(id);
             }

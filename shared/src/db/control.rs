@@ -170,10 +170,14 @@ pub async fn set_drained(
     by: &str,
 ) -> Result<(), DbError> {
     if drained {
+        // Announced once, when the drain is first recorded.
         client
             .execute(
-                "INSERT INTO executor_drains (executor_id, drained_by) VALUES ($1, $2)
-                 ON CONFLICT (executor_id) DO NOTHING",
+                "WITH d AS (
+                     INSERT INTO executor_drains (executor_id, drained_by) VALUES ($1, $2)
+                     ON CONFLICT (executor_id) DO NOTHING RETURNING executor_id)
+                 INSERT INTO events (kind, executor_id)
+                 SELECT 'executor.drained', executor_id FROM d",
                 &[&executor_id, &by],
             )
             .await?;
@@ -219,7 +223,6 @@ pub struct CancelReport {
 pub async fn cancel(
     client: &mut Client,
     schema: &str,
-    names: &crate::amqp::Names,
     job: JobId,
     task: Option<crate::id::TaskId>,
 ) -> Result<Option<CancelReport>, DbError> {
@@ -241,8 +244,7 @@ pub async fn cancel(
         return Ok(None);
     }
     let done = super::collect::cancel(&tx, job, task).await?;
-    let events = super::outbox::events(names, &done.settled, &super::outbox::Interest::default());
-    super::outbox::enqueue(&tx, &events).await?;
+    super::events::insert(&tx, &done.settled.events).await?;
     if !done.killing.is_empty() {
         notify_wake(&tx, schema, true).await?;
     }

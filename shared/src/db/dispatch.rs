@@ -160,16 +160,31 @@ pub async fn upsert_executors(
     let queued: Vec<i32> = infos.iter().map(|(i, _)| int(i.queued)).collect();
     let draining: Vec<bool> = infos.iter().map(|(i, _)| i.draining).collect();
     let at: Vec<DateTime<Utc>> = infos.iter().map(|(_, at)| *at).collect();
+    // `prev`: the rows as they were before this statement. An executor new, or back
+    // after it was announced lost, is announced joined; one that began draining,
+    // drained.
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO executors (id, groups, labels, capacity, running, queued, draining,
-                                    last_info_at)
-             SELECT * FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::int[], $5::int[],
-                                  $6::int[], $7::bool[], $8::timestamptz[])
-             ON CONFLICT (id) DO UPDATE SET groups = EXCLUDED.groups, labels = EXCLUDED.labels,
-                  capacity = EXCLUDED.capacity, running = EXCLUDED.running,
-                  queued = EXCLUDED.queued, draining = EXCLUDED.draining,
-                  last_info_at = EXCLUDED.last_info_at",
+            "WITH prev AS (
+                 SELECT id, draining, lost_at IS NOT NULL AS lost FROM executors
+                 WHERE id = ANY($1)),
+             up AS (
+                 INSERT INTO executors (id, groups, labels, capacity, running, queued, draining,
+                                        last_info_at)
+                 SELECT * FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::int[], $5::int[],
+                                      $6::int[], $7::bool[], $8::timestamptz[])
+                 ON CONFLICT (id) DO UPDATE SET groups = EXCLUDED.groups,
+                      labels = EXCLUDED.labels, capacity = EXCLUDED.capacity,
+                      running = EXCLUDED.running, queued = EXCLUDED.queued,
+                      draining = EXCLUDED.draining, last_info_at = EXCLUDED.last_info_at,
+                      lost_at = NULL
+                 RETURNING id, draining)
+             INSERT INTO events (kind, executor_id)
+             SELECT CASE WHEN prev.id IS NULL OR prev.lost THEN 'executor.joined'
+                         ELSE 'executor.drained' END, up.id
+             FROM up LEFT JOIN prev ON prev.id = up.id
+             WHERE prev.id IS NULL OR prev.lost OR (up.draining AND NOT prev.draining)
+             ORDER BY up.id",
         )
         .await?;
     tx.execute(
@@ -180,6 +195,24 @@ pub async fn upsert_executors(
     )
     .await?;
     Ok(())
+}
+
+/// Marks the executors not heard from for `alive_secs` lost, and announces each once
+/// (`executor.lost`). The table holds one row per executor, not per task: a scan is
+/// cheap.
+pub async fn lose_executors(tx: &Transaction<'_>, alive_secs: f64) -> Result<u64, DbError> {
+    let stmt = tx
+        .prepare_cached(
+            "WITH gone AS (
+                 UPDATE executors SET lost_at = clock_timestamp()
+                 WHERE lost_at IS NULL
+                   AND last_info_at < clock_timestamp() - make_interval(secs => $1)
+                 RETURNING id)
+             INSERT INTO events (kind, executor_id)
+             SELECT 'executor.lost', id FROM gone ORDER BY id",
+        )
+        .await?;
+    Ok(tx.execute(&stmt, &[&alive_secs]).await?)
 }
 
 /// An attempt an executor reports holding, and whether it has started.
@@ -208,10 +241,19 @@ pub async fn extend_leases(
         .collect();
     let running: Vec<bool> = held.iter().map(|h| h.running).collect();
     // The outer UPDATE sees the CTE's RETURNING rows, so a task moves to running in the
-    // same statement as its attempt.
+    // same statement as its attempt. `prev` reads the attempts as they were before the
+    // statement: those not started until now announce `task.started` (the collector
+    // announces it instead for an attempt whose result comes first).
     let stmt = tx
         .prepare_cached(
-            "WITH upd AS (
+            "WITH prev AS (
+                 SELECT a.task_id, a.attempt FROM attempts a
+                 JOIN unnest($1::uuid[], $2::int[], $3::text[], $4::bool[])
+                      AS x(task_id, attempt, executor_id, running)
+                   ON a.task_id = x.task_id AND a.attempt = x.attempt
+                  AND a.executor_id = x.executor_id
+                 WHERE x.running AND a.started_at IS NULL AND a.state = ANY($6)),
+             upd AS (
                  UPDATE attempts a
                  SET lease_deadline = clock_timestamp() + make_interval(secs => $5),
                      state = CASE WHEN x.running THEN 'running' ELSE a.state END,
@@ -221,11 +263,18 @@ pub async fn extend_leases(
                       AS x(task_id, attempt, executor_id, running)
                  WHERE a.task_id = x.task_id AND a.attempt = x.attempt
                    AND a.executor_id = x.executor_id AND a.state = ANY($6)
-                 RETURNING a.task_id, a.attempt, a.state)
-             UPDATE tasks t SET state = 'running', updated_at = clock_timestamp()
-             FROM upd
-             WHERE t.id = upd.task_id AND (t.attempts = upd.attempt OR t.each)
-               AND upd.state = 'running' AND t.state = 'assigned'",
+                 RETURNING a.task_id, a.attempt, a.state, a.executor_id),
+             moved AS (
+                 UPDATE tasks t SET state = 'running', updated_at = clock_timestamp()
+                 FROM upd
+                 WHERE t.id = upd.task_id AND (t.attempts = upd.attempt OR t.each)
+                   AND upd.state = 'running' AND t.state = 'assigned')
+             INSERT INTO events (kind, job_id, task_id, attempt, executor_id)
+             SELECT 'task.started', t.job_id, upd.task_id, upd.attempt, upd.executor_id
+             FROM upd JOIN prev ON prev.task_id = upd.task_id AND prev.attempt = upd.attempt
+             JOIN tasks t ON t.id = upd.task_id
+             WHERE upd.state = 'running'
+             ORDER BY upd.task_id, upd.attempt",
         )
         .await?;
     tx.execute(
@@ -557,6 +606,15 @@ pub async fn assign_copies(
             &[&rows, &lease_secs, &epoch],
         )
         .await?;
+    tx.execute(
+        "INSERT INTO events (kind, job_id, task_id, attempt, executor_id)
+         SELECT 'task.assigned', t.job_id, x.task_id, x.attempt, x.executor_id
+         FROM jsonb_to_recordset($1::jsonb) AS x(task_id uuid, executor_id text, attempt int)
+         JOIN tasks t ON t.id = x.task_id
+         ORDER BY x.task_id, x.attempt",
+        &[&rows],
+    )
+    .await?;
     out.iter().map(assignment).collect()
 }
 
@@ -613,13 +671,17 @@ pub async fn assign_planned(
                  FROM unnest($1::uuid[], $2::text[], $3::int[]) AS x(task_id, executor_id, attempt)
                  WHERE t.id = x.task_id AND t.state = $7 AND t.attempts = x.attempt - 1
                    AND EXISTS (SELECT 1 FROM lead)
-                 RETURNING t.id, x.attempt, x.executor_id),
+                 RETURNING t.id, t.job_id, x.attempt, x.executor_id),
              opened AS (
                  INSERT INTO attempts (task_id, attempt, executor_id, state, lease_deadline, epoch)
                  SELECT id, attempt, executor_id, 'assigned',
                         clock_timestamp() + make_interval(secs => $6), $5
                  FROM picked
-                 RETURNING task_id)
+                 RETURNING task_id),
+             announced AS (
+                 INSERT INTO events (kind, job_id, task_id, attempt, executor_id)
+                 SELECT 'task.assigned', job_id, id, attempt, executor_id FROM picked
+                 ORDER BY id)
              SELECT task_id FROM opened
              UNION ALL SELECT NULL FROM lead",
         )

@@ -6,12 +6,13 @@ pub mod admin;
 pub mod collect;
 pub mod control;
 pub mod dispatch;
+pub mod events;
 pub mod logs;
-pub mod outbox;
 pub mod read;
 pub mod retention;
 pub mod stats;
 pub mod submit;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -217,6 +218,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("../../../migrations/0011_cancel.sql")),
     (12, include_str!("../../../migrations/0012_retry.sql")),
     (13, include_str!("../../../migrations/0013_logs.sql")),
+    (14, include_str!("../../../migrations/0014_events.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

@@ -1,5 +1,5 @@
-//! Purging finished jobs: every row of a job (its tasks, attempts, results and `each`
-//! copies) goes with it, in one transaction. The collector's retention loop purges the
+//! Purging finished jobs: every row of a job (its tasks, attempts, results, `each`
+//! copies, live output, events and own webhook) goes with it, in one transaction. The collector's retention loop purges the
 //! jobs finished longer ago than `retention.finished_job_days`, a small batch per
 //! transaction; `DELETE /v1/jobs/{id}` (the submitter) one job at once. Only finished
 //! jobs are touched, and those of them with an attempt still held (a member of an `each`
@@ -13,6 +13,8 @@ use crate::id::JobId;
 /// children first (the foreign keys: copies and attempts, then tasks, then jobs).
 async fn purge(tx: &Transaction<'_>, jobs: &[uuid::Uuid]) -> Result<(), DbError> {
     let statements = [
+        "DELETE FROM events WHERE job_id = ANY($1)",
+        "DELETE FROM webhooks WHERE job_id = ANY($1)",
         "DELETE FROM results WHERE job_id = ANY($1)",
         "DELETE FROM log_chunks WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ANY($1))",
         "DELETE FROM task_copies WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ANY($1))",

@@ -48,6 +48,25 @@ pub async fn insert_jobs(
         .iter()
         .map(|j| i32::try_from(j.job.tasks.len()).unwrap_or(i32::MAX))
         .collect();
+    // The jobs' own webhooks (`notify`), registered with them.
+    let hooked: Vec<&NewJob> = jobs.iter().filter(|j| j.job.notify.is_some()).collect();
+    let hook_jobs: Vec<uuid::Uuid> = hooked.iter().map(|j| j.id.uuid()).collect();
+    let hook = |f: fn(&crate::job::ValidNotify) -> String| -> Vec<String> {
+        hooked
+            .iter()
+            .filter_map(|j| j.job.notify.as_ref().map(f))
+            .collect()
+    };
+    let hook_urls = hook(|n| n.url.clone());
+    let hook_secrets = hook(|n| n.secret.clone());
+    let hook_kinds = hook(|n| {
+        n.kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let hook_by: Vec<&str> = hooked.iter().map(|j| j.owner.name.as_str()).collect();
     let mut t = TaskColumns::default();
     for j in jobs {
         for (idx, task) in j.job.tasks.iter().enumerate() {
@@ -75,6 +94,15 @@ pub async fn insert_jobs(
                           target_group, labels, depends_on, max_attempts, each, quorum, state,
                           retry)
                  WHERE x.job_id IN (SELECT id FROM j)),
+             accepted AS (
+                 INSERT INTO events (kind, job_id) SELECT 'job.accepted', id FROM j ORDER BY id),
+             hooks AS (
+                 INSERT INTO webhooks (id, url, secret, kinds, job_id, created_by)
+                 SELECT gen_random_uuid(), h.url, h.secret, string_to_array(h.kinds, ','),
+                        h.job_id, h.created_by
+                 FROM unnest($27::uuid[], $28::text[], $29::text[], $30::text[], $31::text[])
+                      AS h(job_id, url, secret, kinds, created_by)
+                 WHERE h.job_id IN (SELECT id FROM j)),
              woken AS (SELECT pg_notify($22, $23) WHERE EXISTS (SELECT 1 FROM j))
              SELECT id FROM j
              UNION ALL SELECT NULL FROM woken",
@@ -116,6 +144,11 @@ pub async fn insert_jobs(
                 &owner_ids,
                 &owner_names,
                 &t.retry,
+                &hook_jobs,
+                &hook_urls,
+                &hook_secrets,
+                &hook_kinds,
+                &hook_by,
             ],
         )
         .await?
