@@ -337,3 +337,199 @@ async fn executors_joining_and_leaving_are_announced_and_a_submitter_sees_only_i
     anyhow::ensure!(status == 404, "another's job is not found: {status}");
     fleet.shutdown().await
 }
+
+/// What a test receiver got: each request's headers and body.
+#[derive(Default)]
+struct Received {
+    posts: std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>,
+    /// Requests to answer 500 before answering 200.
+    fail_first: usize,
+}
+
+/// A webhook receiver on a free port: fails its first `fail_first` requests (500),
+/// then answers 204; or, `hang`, never answers at all.
+async fn receiver(fail_first: usize, hang: bool) -> Result<(String, std::sync::Arc<Received>)> {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    let got = std::sync::Arc::new(Received {
+        fail_first,
+        ..Default::default()
+    });
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                move |State(r): State<std::sync::Arc<Received>>,
+                      headers: HeaderMap,
+                      body: axum::body::Bytes| async move {
+                    let n = {
+                        let mut posts = r.posts.lock().expect("posts");
+                        posts.push((headers, body.to_vec()));
+                        posts.len()
+                    };
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    if n <= r.fail_first {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, got))
+}
+
+/// The signature check a receiver makes (docs/events.md), written here from the
+/// HMAC crate rather than Fleet's own `sign`.
+fn verifies(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
+    use hmac::{Hmac, KeyInit, Mac};
+    let Some(sig) = headers
+        .get("fleet-signature")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+    else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex == sig
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_deliver_every_event_signed_after_failures_and_a_dead_receiver_delays_nothing(
+) -> Result<()> {
+    let mut fleet = TestFleet::start_with("hooks", |c| {
+        c.webhooks.backoff_initial_ms = 200;
+        c.webhooks.timeout_secs = 2;
+        c.webhooks.poll_ms = 50;
+    })
+    .await?;
+    fleet.add_executor(ExecutorSpec::new("wh-1", &["wh"], 2)).await?;
+    let (flaky_url, flaky) = receiver(3, false).await?;
+    let (dead_url, dead) = receiver(0, true).await?;
+
+    // A fleet-wide webhook to a receiver that never answers, for every event.
+    let (status, made) = fleet
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": dead_url})),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "webhook: {status} {made}");
+    anyhow::ensure!(
+        made["secret"].as_str().is_some_and(|s| s.len() >= 16),
+        "a secret is made up and shown once: {made}"
+    );
+
+    // Two jobs, each with its own webhook to the receiver that fails its first three.
+    let secret = "a-job-secret-of-some-length";
+    let mut jobs = Vec::new();
+    for n in 0..2 {
+        let id = fleet
+            .submit(&json!({"name": format!("hooked-{n}"), "notify": {"url": flaky_url, "secret": secret},
+                "tasks": [{"group": "wh", "argv": ["sh", "-c", "echo hi"]},
+                          {"group": "wh", "argv": ["false"], "max_attempts": 1}]}))
+            .await?;
+        jobs.push(id);
+    }
+    let started = std::time::Instant::now();
+    for id in &jobs {
+        fleet.wait_job(*id, DEADLINE).await?;
+    }
+    let finished_in = started.elapsed();
+
+    // Every event of both jobs reaches the receiver, after its three failures.
+    let mut want: HashSet<i64> = HashSet::new();
+    for id in &jobs {
+        let (_, page) = fleet
+            .call(reqwest::Method::GET, &format!("/v1/events?job={id}"), None)
+            .await?;
+        let evs: Vec<Event> = serde_json::from_value(page["events"].clone())?;
+        anyhow::ensure!(
+            evs.last().map(|e| e.kind) == Some(Kind::JobFailed),
+            "{evs:?}"
+        );
+        want.extend(evs.iter().map(|e| e.id));
+    }
+    let delivered = wait_for("every event delivered", DEADLINE, || async {
+        let posts = flaky.posts.lock().expect("posts");
+        let ok: HashSet<i64> = posts
+            .iter()
+            .skip(flaky.fail_first)
+            .filter_map(|(h, _)| h.get("fleet-event-id")?.to_str().ok()?.parse().ok())
+            .collect();
+        Ok((ok == want).then_some(posts.len()))
+    })
+    .await?;
+    let posts = flaky.posts.lock().expect("posts").clone();
+    anyhow::ensure!(delivered >= want.len() + 3, "three failures, then each");
+    let mut ids = Vec::new();
+    for (headers, body) in &posts {
+        anyhow::ensure!(verifies(secret, headers, body), "signature of {body:?}");
+        let e: Event = serde_json::from_slice(body)?;
+        anyhow::ensure!(
+            headers.get("fleet-event-id").and_then(|v| v.to_str().ok())
+                == Some(e.id.to_string().as_str()),
+            "the id header is the event's"
+        );
+        anyhow::ensure!(
+            e.job_id.is_some_and(|j| jobs.contains(&j)),
+            "only the jobs' own: {e:?}"
+        );
+        ids.push(e.id);
+    }
+    // Repeats are what the failures caused; deduplicated by id, each event once.
+    let unique: HashSet<i64> = ids.iter().copied().collect();
+    anyhow::ensure!(unique == want, "each event after deduplication");
+
+    // The dead receiver held up nothing: the jobs ran as usual and the other receiver
+    // got everything while it hangs; its failures are visible.
+    anyhow::ensure!(
+        finished_in < Duration::from_secs(20),
+        "jobs took {finished_in:?}"
+    );
+    anyhow::ensure!(!dead.posts.lock().expect("posts").is_empty(), "it was tried");
+    let listed = wait_for("the dead receiver's error to show", DEADLINE, || async {
+        let (_, list) = fleet
+            .call(reqwest::Method::GET, "/v1/webhooks", None)
+            .await?;
+        let hooks = list["webhooks"].as_array().cloned().unwrap_or_default();
+        let fleet_wide = hooks.iter().find(|h| h["url"] == dead_url).cloned();
+        Ok(fleet_wide
+            .filter(|h| h["last_error"].as_str().is_some_and(|e| e.contains("no answer")))
+            .map(|h| (h, hooks)))
+    })
+    .await?;
+    let (dead_hook, hooks) = listed;
+    anyhow::ensure!(dead_hook.get("secret").is_none(), "secrets are not listed");
+    anyhow::ensure!(
+        dead_hook["pending"].as_i64().is_some_and(|p| p > 0),
+        "its deliveries wait: {dead_hook}"
+    );
+    let job_hooks: Vec<&Value> = hooks.iter().filter(|h| h["url"] == flaky_url).collect();
+    anyhow::ensure!(job_hooks.len() == 2, "one per job: {hooks:?}");
+    anyhow::ensure!(
+        job_hooks
+            .iter()
+            .all(|h| h["pending"] == 0 && !h["last_delivered_at"].is_null()),
+        "{job_hooks:?}"
+    );
+    fleet.shutdown().await
+}
