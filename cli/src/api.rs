@@ -81,6 +81,85 @@ impl Job {
     }
 }
 
+/// An event as `GET /v1/events` sends it (docs/events.md), as far as `wait` reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct EventLine {
+    pub id: i64,
+    pub kind: String,
+    #[serde(default)]
+    pub task: Option<String>,
+    #[serde(default)]
+    pub attempt: Option<i32>,
+    #[serde(default)]
+    pub executor: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub outcome: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+impl EventLine {
+    /// The job ended (a job run again afterwards goes on: the caller checks its state).
+    pub fn ends_job(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "job.succeeded" | "job.failed" | "job.cancelled"
+        )
+    }
+
+    /// A line for a task's outcome or the job's end, as it happens; None for the rest.
+    pub fn describe(&self) -> Option<String> {
+        let task = self.task.as_deref().unwrap_or("?");
+        let how = || {
+            let mut parts = Vec::new();
+            if let Some(o) = &self.outcome {
+                parts.push(o.replace('_', " "));
+            }
+            if let Some(c) = self.exit_code {
+                parts.push(format!("exit {c}"));
+            }
+            if let Some(s) = self.signal {
+                parts.push(format!("signal {s}"));
+            }
+            if let Some(e) = &self.executor {
+                parts.push(format!("on {e}"));
+            }
+            if let Some(ms) = self.duration_ms {
+                parts.push(format!("{:.1} s", ms as f64 / 1000.0));
+            }
+            parts.join(", ")
+        };
+        match self.kind.as_str() {
+            "task.finished" => Some(format!(
+                "task {task}: {} ({})",
+                self.state.as_deref().unwrap_or("finished"),
+                how()
+            )),
+            "task.retrying" => Some(format!(
+                "task {task}: attempt {} {}; retrying{}",
+                self.attempt.unwrap_or(0),
+                how(),
+                self.retry_at
+                    .map(|t| format!(" at {}", t.format("%H:%M:%S")))
+                    .unwrap_or_default()
+            )),
+            "job.succeeded" | "job.failed" | "job.cancelled" => Some(format!(
+                "job {}",
+                self.state.as_deref().unwrap_or(&self.kind[4..])
+            )),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Counts {
     #[serde(default)]

@@ -142,6 +142,25 @@ pub enum Command {
     )]
     Logs(LogsArgs),
 
+    /// Wait for a job to end, printing each task's outcome as it happens
+    #[command(
+        long_about = "Follow a job through its events until it ends, printing each task's \
+                      outcome on stderr as it happens (retries included), then its results as \
+                      `fleetctl results` would. Exits 0 if the job succeeded, else with the exit \
+                      code of its first failed task (1 when that has none in 1..=255), or 124 \
+                      when --timeout runs out. A dropped connection is resumed where it left off.",
+        after_help = "Examples:\n  \
+            fleetctl wait 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b\n  \
+            fleetctl wait --timeout 10m 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b && deploy"
+    )]
+    Wait {
+        #[arg(value_name = "JOB_ID")]
+        job_id: Uuid,
+        /// Give up after this long and exit 124 (e.g. 300, 5m)
+        #[arg(long, value_name = "SECS", value_parser = duration::parse)]
+        timeout: Option<Duration>,
+    },
+
     /// Run a finished job's failed and cancelled tasks again, with what depends on them
     #[command(
         long_about = "Run again the failed and cancelled tasks of a finished job (or only TASK, \
@@ -243,6 +262,17 @@ pub enum Command {
         fleetctl token revoke 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b"
     )]
     Token(TokenCommand),
+
+    /// Manage fleet-wide webhooks (admin): add one, list them with their last error, delete
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        fleetctl webhook add https://ci.example.com/fleet --events 'job.*'\n  \
+        fleetctl webhook add http://10.0.0.5:8080/hook --group site --secret \"$HOOK_SECRET\"\n  \
+        fleetctl webhook list\n  \
+        fleetctl webhook delete 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b"
+    )]
+    Webhook(WebhookCommand),
 
     /// Executors: show one; and (admin) join tokens, revoke, drain, resume, forget one
     /// that is gone
@@ -471,6 +501,38 @@ pub enum TokenCommand {
     Revoke {
         #[arg(value_name = "TOKEN_ID")]
         token_id: Uuid,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register a webhook: every event (or those named) is POSTed to URL, signed
+    #[command(
+        long_about = "Register a fleet-wide webhook: each event (of the kinds named with \
+                      --events, default all; of the group named with --group and its subgroups, \
+                      default all) is POSTed to URL as JSON, with a Fleet-Signature header \
+                      (sha256= and the HMAC-SHA256 of the body under the secret) and the event's \
+                      id in Fleet-Event-Id. Delivery is at least once, retried with backoff. The \
+                      secret is made up when not given and shown once. See docs/events.md."
+    )]
+    Add {
+        url: String,
+        /// Kinds or patterns, comma separated (job.failed,task.*); default: every kind
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Only events of this group (and its subgroups)
+        #[arg(long)]
+        group: Option<String>,
+        /// The signing secret (16 to 256 bytes); default: one made up and shown once
+        #[arg(long, env = "FLEET_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+    /// List webhooks, jobs' own included: deliveries pending and given up, the last error
+    List,
+    /// Delete a webhook and the deliveries it still has queued
+    Delete {
+        #[arg(value_name = "WEBHOOK_ID")]
+        webhook_id: Uuid,
     },
 }
 

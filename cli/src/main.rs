@@ -8,6 +8,7 @@ mod duration;
 mod error;
 mod jobspec;
 mod output;
+mod sse;
 mod wait;
 
 use std::io::Write;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::api::{Counts, Ending, Executors, Job, Results, TaskResult};
+use crate::api::{Ending, Executors, Job, Results, TaskResult};
 use crate::client::Answer;
 use crate::duration;
 use crate::error::CliError;
@@ -96,26 +96,6 @@ fn newline(out: &mut String, depth: usize) {
     for _ in 0..depth {
         out.push_str("  ");
     }
-}
-
-/// The one-line summary `submit --wait` keeps up to date:
-/// `job <id>: running 3/10 done (1 failed)`.
-pub fn progress_line(job_id: &str, state: &str, counts: &Counts) -> String {
-    let mut line = format!(
-        "job {job_id}: {state} {}/{} done",
-        counts.done, counts.total
-    );
-    let mut bad = Vec::new();
-    if counts.failed > 0 {
-        bad.push(format!("{} failed", counts.failed));
-    }
-    if counts.cancelled > 0 {
-        bad.push(format!("{} cancelled", counts.cancelled));
-    }
-    if !bad.is_empty() {
-        line.push_str(&format!(" ({})", bad.join(", ")));
-    }
-    line
 }
 
 pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
@@ -663,32 +643,6 @@ fn shell_words(argv: &[String]) -> String {
 mod tests {
     use super::*;
     use crate::api::Signal;
-
-    fn counts(total: u64, done: u64, failed: u64, cancelled: u64) -> Counts {
-        Counts {
-            total,
-            done,
-            succeeded: done - failed - cancelled,
-            failed,
-            cancelled,
-        }
-    }
-
-    #[test]
-    fn progress_line_mentions_failures_only_when_there_are_some() {
-        assert_eq!(
-            progress_line("j1", "running", &counts(10, 3, 1, 0)),
-            "job j1: running 3/10 done (1 failed)"
-        );
-        assert_eq!(
-            progress_line("j1", "pending", &counts(10, 0, 0, 0)),
-            "job j1: pending 0/10 done"
-        );
-        assert_eq!(
-            progress_line("j1", "cancelled", &counts(4, 4, 1, 2)),
-            "job j1: cancelled 4/4 done (1 failed, 2 cancelled)"
-        );
-    }
 
     #[test]
     fn pretty_json_keeps_key_order_and_matches_serde_layout() -> Result<(), serde_json::Error> {

@@ -1,18 +1,18 @@
-//! `submit --wait`: following a job until it ends, and the exit status it ends with.
+//! `submit --wait` and `fleetctl wait`: following a job through its events (`GET
+//! /v1/events?job=..`, Server-Sent Events, from the job's first) until it ends, printing
+//! each task's outcome as it happens, and the exit status it ends with.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::time::Duration;
 
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{timeout, Instant};
 use uuid::Uuid;
 
-use crate::api::Job;
+use crate::api::{EventLine, Job};
 use crate::client::Client;
 use crate::error::{CliError, EXIT_FAILURE};
-use crate::output::progress_line;
+use crate::sse::parse_events;
 
-const FIRST_POLL_DELAY: Duration = Duration::from_millis(200);
-const MAX_POLL_DELAY: Duration = Duration::from_secs(1);
 /// How long the API may stay unreachable mid-wait before we stop trying: long enough to
 /// ride out a submitter restart, short enough that a dead server is reported.
 const OUTAGE_GRACE: Duration = Duration::from_secs(60);
@@ -26,80 +26,83 @@ pub enum WaitEnd {
     GaveUp(Option<Job>),
 }
 
+/// Follows the job until an event says it ended and its state agrees (a job run again
+/// after it ended goes on), within `wait_timeout` if given.
 pub async fn wait_for_job(
     client: &Client,
     job_id: &Uuid,
     wait_timeout: Option<Duration>,
 ) -> Result<WaitEnd, CliError> {
-    let deadline = wait_timeout.map(|d| Instant::now() + d);
-    let mut progress = Progress::new(io::stderr().is_terminal());
-    let mut delay = FIRST_POLL_DELAY;
-    let mut last_seen: Option<Job> = None;
+    let follow = follow(client, job_id);
+    match wait_timeout {
+        None => follow.await.map(WaitEnd::Finished),
+        Some(limit) => match timeout(limit, follow).await {
+            Ok(done) => done.map(WaitEnd::Finished),
+            Err(_) => {
+                let last = match client.job(job_id).await {
+                    Ok(answer) => answer.decode::<Job>("job status").ok(),
+                    Err(_) => None,
+                };
+                Ok(WaitEnd::GaveUp(last))
+            }
+        },
+    }
+}
+
+async fn follow(client: &Client, job_id: &Uuid) -> Result<Job, CliError> {
+    let query = [("job", job_id.to_string()), ("follow", "true".to_owned())];
+    let mut last_id: Option<String> = None;
     let mut outage_since: Option<Instant> = None;
-
     loop {
-        // The request itself must not outlive --wait-timeout either.
-        let poll = client.job(job_id);
-        let answer = match deadline {
-            Some(deadline) => {
-                match timeout(deadline.saturating_duration_since(Instant::now()), poll).await {
-                    Ok(answer) => answer,
-                    Err(_) => break,
-                }
-            }
-            None => poll.await,
-        };
-
-        match answer.and_then(|answer| answer.decode::<Job>("job status")) {
-            Ok(job) => {
-                outage_since = None;
-                let line = progress_line(&job.job_id, &job.state, &job.counts);
-                if progress.show(&line) {
-                    // Something moved: the next change is likely soon, so look again soon.
-                    delay = FIRST_POLL_DELAY;
-                }
-                if job.is_finished() {
-                    progress.finish();
-                    return Ok(WaitEnd::Finished(job));
-                }
-                last_seen = Some(job);
-            }
-            Err(err) if err.is_transient() => match outage_since {
-                None => {
-                    outage_since = Some(Instant::now());
-                    // Only the first line: the hint that follows is for when we give up.
+        let response = match client
+            .open_stream("/v1/events", &query, last_id.as_deref())
+            .await
+        {
+            Ok(r) => r,
+            Err(err) if err.is_transient() => {
+                let since = *outage_since.get_or_insert_with(|| {
                     let text = err.to_string();
-                    let first_line = text.lines().next().unwrap_or_default();
-                    progress.note(&format!("warning: {first_line}; still trying"));
-                }
-                Some(since) if since.elapsed() > OUTAGE_GRACE => {
-                    progress.finish();
+                    let first_line = text.lines().next().unwrap_or_default().to_owned();
+                    note(&format!("warning: {first_line}; still trying"));
+                    Instant::now()
+                });
+                if since.elapsed() > OUTAGE_GRACE {
                     return Err(err);
                 }
-                Some(_) => {}
-            },
-            Err(err) => {
-                progress.finish();
-                return Err(err);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        outage_since = None;
+        let mut response = response;
+        let mut buf = String::new();
+        // Until the connection drops: then resume after the last event seen.
+        while let Ok(Some(bytes)) = response.chunk().await {
+            buf.push_str(&String::from_utf8_lossy(&bytes));
+            for ev in parse_events(&mut buf) {
+                last_id = ev.id.or(last_id);
+                let Ok(e) = serde_json::from_str::<EventLine>(&ev.data) else {
+                    continue;
+                };
+                if let Some(line) = e.describe() {
+                    note(&line);
+                }
+                if e.ends_job() {
+                    let job: Job = client.job(job_id).await?.decode("job status")?;
+                    if job.is_finished() {
+                        return Ok(job);
+                    }
+                }
             }
         }
-
-        let pause = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                delay.min(left)
-            }
-            None => delay,
-        };
-        sleep(pause).await;
-        delay = (delay * 2).min(MAX_POLL_DELAY);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
 
-    progress.finish();
-    Ok(WaitEnd::GaveUp(last_seen))
+/// A line on stderr (the results, or the job id, go to stdout).
+fn note(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
 }
 
 /// The job's exit status for the shell: 0 if it succeeded; otherwise the exit code of the
@@ -117,56 +120,6 @@ pub fn exit_status(job: &Job) -> u8 {
         .and_then(|code| u8::try_from(code).ok())
         .filter(|&code| code != 0)
         .unwrap_or(EXIT_FAILURE)
-}
-
-/// The progress display on stderr: one line rewritten in place on a terminal, one line
-/// per change otherwise (logs and CI output have no carriage returns to speak of).
-struct Progress {
-    in_place: bool,
-    last: Option<String>,
-    /// A line is on screen without its newline yet.
-    open_line: bool,
-}
-
-impl Progress {
-    fn new(in_place: bool) -> Self {
-        Progress {
-            in_place,
-            last: None,
-            open_line: false,
-        }
-    }
-
-    /// Shows `line` if it differs from the last one; tells whether it did.
-    fn show(&mut self, line: &str) -> bool {
-        if self.last.as_deref() == Some(line) {
-            return false;
-        }
-        let mut err = io::stderr().lock();
-        // Progress is a courtesy: failing to draw it must not fail the wait.
-        let _ = if self.in_place {
-            self.open_line = true;
-            write!(err, "\r\x1b[2K{line}").and_then(|()| err.flush())
-        } else {
-            writeln!(err, "{line}")
-        };
-        self.last = Some(line.to_string());
-        true
-    }
-
-    fn note(&mut self, message: &str) {
-        self.finish();
-        let _ = writeln!(io::stderr(), "{message}");
-        // Draw the progress line again after the note rather than leaving it above.
-        self.last = None;
-    }
-
-    fn finish(&mut self) {
-        if self.open_line {
-            let _ = writeln!(io::stderr());
-            self.open_line = false;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -420,7 +420,9 @@ async fn webhooks_deliver_every_event_signed_after_failures_and_a_dead_receiver_
         c.webhooks.poll_ms = 50;
     })
     .await?;
-    fleet.add_executor(ExecutorSpec::new("wh-1", &["wh"], 2)).await?;
+    fleet
+        .add_executor(ExecutorSpec::new("wh-1", &["wh"], 2))
+        .await?;
     let (flaky_url, flaky) = receiver(3, false).await?;
     let (dead_url, dead) = receiver(0, true).await?;
 
@@ -505,7 +507,10 @@ async fn webhooks_deliver_every_event_signed_after_failures_and_a_dead_receiver_
         finished_in < Duration::from_secs(20),
         "jobs took {finished_in:?}"
     );
-    anyhow::ensure!(!dead.posts.lock().expect("posts").is_empty(), "it was tried");
+    anyhow::ensure!(
+        !dead.posts.lock().expect("posts").is_empty(),
+        "it was tried"
+    );
     let listed = wait_for("the dead receiver's error to show", DEADLINE, || async {
         let (_, list) = fleet
             .call(reqwest::Method::GET, "/v1/webhooks", None)
@@ -513,7 +518,11 @@ async fn webhooks_deliver_every_event_signed_after_failures_and_a_dead_receiver_
         let hooks = list["webhooks"].as_array().cloned().unwrap_or_default();
         let fleet_wide = hooks.iter().find(|h| h["url"] == dead_url).cloned();
         Ok(fleet_wide
-            .filter(|h| h["last_error"].as_str().is_some_and(|e| e.contains("no answer")))
+            .filter(|h| {
+                h["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("no answer"))
+            })
             .map(|h| (h, hooks)))
     })
     .await?;

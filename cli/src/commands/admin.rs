@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{ExecutorCommand, GroupCommand, Output, TokenCommand};
+use crate::cli::{ExecutorCommand, GroupCommand, Output, TokenCommand, WebhookCommand};
 use crate::client::{Answer, Client};
 use crate::error::CliError;
 use crate::output;
@@ -252,4 +252,105 @@ fn render_groups(v: &Value) -> String {
     let mut out = output::table(&["GROUP", "MEMBERS", "DESCRIPTION"], &rows);
     out.push_str("(* put in the group by an administrator; others declare it themselves)\n");
     out
+}
+
+pub async fn webhook(client: &Client, cmd: WebhookCommand, format: Output) -> Result<u8, CliError> {
+    match cmd {
+        WebhookCommand::Add {
+            url,
+            events,
+            group,
+            secret,
+        } => {
+            let mut body = json!({"url": url, "events": events});
+            if let Some(g) = group {
+                body["group"] = json!(g);
+            }
+            if let Some(s) = secret {
+                body["secret"] = json!(s);
+            }
+            let answer = client
+                .call(Method::POST, "/v1/webhooks", Some(&body))
+                .await?;
+            let v: Value = answer.decode("new webhook")?;
+            let text = format!(
+                "webhook {} -> {}\nsecret: {}\nShown once: the receiver checks each body's \
+                 Fleet-Signature with it (docs/events.md).\n",
+                v["id"].as_str().unwrap_or("?"),
+                v["url"].as_str().unwrap_or("?"),
+                v["secret"].as_str().unwrap_or("?"),
+            );
+            done(&answer, format, text)
+        }
+        WebhookCommand::List => {
+            let answer = client.call(Method::GET, "/v1/webhooks", None).await?;
+            let v: Value = answer.decode("webhook list")?;
+            done(&answer, format, render_webhooks(&v))
+        }
+        WebhookCommand::Delete { webhook_id } => {
+            let answer = client
+                .call(Method::DELETE, &format!("/v1/webhooks/{webhook_id}"), None)
+                .await?;
+            done(&answer, format, format!("webhook {webhook_id} deleted\n"))
+        }
+    }
+}
+
+/// The webhook table: where each goes, for what, and how its deliveries stand.
+fn render_webhooks(v: &Value) -> String {
+    let hooks = v["webhooks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if hooks.is_empty() {
+        return "no webhooks\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = hooks
+        .iter()
+        .map(|h| {
+            let s = |k: &str| h[k].as_str().unwrap_or("-").to_owned();
+            let events = h["events"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_else(|| "all".into());
+            let scope = match (h["job_id"].as_str(), h["group"].as_str()) {
+                (Some(job), _) => format!("job {job}"),
+                (None, Some(g)) => format!("group {g}"),
+                (None, None) => "fleet".into(),
+            };
+            let error = match (h["last_error_at"].as_str(), h["last_error"].as_str()) {
+                (Some(at), Some(e)) => format!("{at}: {e}"),
+                _ => "-".into(),
+            };
+            vec![
+                s("id"),
+                s("url"),
+                scope,
+                events,
+                h["pending"].as_i64().unwrap_or(0).to_string(),
+                h["dead"].as_i64().unwrap_or(0).to_string(),
+                s("last_delivered_at"),
+                error,
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "ID",
+            "URL",
+            "FOR",
+            "EVENTS",
+            "PENDING",
+            "GIVEN_UP",
+            "LAST_DELIVERED",
+            "LAST_ERROR",
+        ],
+        &rows,
+    )
 }

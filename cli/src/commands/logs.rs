@@ -10,48 +10,7 @@ use crate::api::Job;
 use crate::cli::{LogsArgs, Output};
 use crate::client::Client;
 use crate::error::CliError;
-
-/// One Server-Sent Event.
-#[derive(Debug, Default, PartialEq)]
-pub struct SseEvent {
-    pub id: Option<String>,
-    pub event: String,
-    pub data: String,
-}
-
-/// Takes the complete events off the front of `buf` (text received so far); comments
-/// (keep-alives) are skipped.
-pub fn parse_events(buf: &mut String) -> Vec<SseEvent> {
-    let mut out = Vec::new();
-    while let Some(end) = buf.find("\n\n") {
-        let block: String = buf.drain(..end + 2).collect();
-        let mut ev = SseEvent {
-            event: "message".into(),
-            ..SseEvent::default()
-        };
-        let mut any = false;
-        for line in block.lines() {
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "id" => ev.id = Some(value.to_owned()),
-                "event" => ev.event = value.to_owned(),
-                "data" => {
-                    if !ev.data.is_empty() {
-                        ev.data.push('\n');
-                    }
-                    ev.data.push_str(value);
-                }
-                _ => continue,
-            }
-            any = true;
-        }
-        if any {
-            out.push(ev);
-        }
-    }
-    out
-}
+use crate::sse::parse_events;
 
 fn path(args: &LogsArgs) -> String {
     let task = args.task.as_deref().unwrap_or("0");
@@ -198,33 +157,4 @@ async fn task_status(client: &Client, args: &LogsArgs) -> Result<u8, CliError> {
             .unwrap_or(1),
         None => 1,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_are_read_whole_and_keep_alives_skipped() {
-        let mut buf = String::from(
-            ": keep-alive\n\nid: 3\nevent: chunk\ndata: {\"n\":3}\n\nevent: end\ndata: {}\n\nid: 4\nev",
-        );
-        let events = parse_events(&mut buf);
-        assert_eq!(
-            events,
-            [
-                SseEvent {
-                    id: Some("3".into()),
-                    event: "chunk".into(),
-                    data: "{\"n\":3}".into()
-                },
-                SseEvent {
-                    id: None,
-                    event: "end".into(),
-                    data: "{}".into()
-                },
-            ]
-        );
-        assert_eq!(buf, "id: 4\nev", "an unfinished event waits for the rest");
-    }
 }

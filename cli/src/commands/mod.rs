@@ -68,6 +68,10 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Stats => stats::run(&client, cli.output).await,
         Command::Group(cmd) => admin::group(&client, cmd, cli.output).await,
         Command::Token(cmd) => admin::token(&client, cmd, cli.output).await,
+        Command::Webhook(cmd) => admin::webhook(&client, cmd, cli.output).await,
+        Command::Wait { job_id, timeout } => {
+            submit::wait(&client, &job_id, timeout, cli.output).await
+        }
         Command::Executor(cmd) => admin::executor(&client, cmd, cli.output).await,
     }
 }

@@ -67,13 +67,24 @@ pub async fn run(client: &Client, args: SubmitArgs, format: Output) -> Result<u8
             submitted.job_id
         )
     })?;
-    match wait_for_job(client, &job_id, args.wait_timeout).await? {
+    wait(client, &job_id, args.wait_timeout, format).await
+}
+
+/// Follows a job to its end (see `wait::wait_for_job`), prints its results and returns
+/// its exit status: `submit --wait` and `fleetctl wait`.
+pub async fn wait(
+    client: &Client,
+    job_id: &Uuid,
+    wait_timeout: Option<std::time::Duration>,
+    format: Output,
+) -> Result<u8, CliError> {
+    match wait_for_job(client, job_id, wait_timeout).await? {
         WaitEnd::Finished(job) => {
-            results::print(&client.results(&job_id).await?, format)?;
+            results::print(&client.results(job_id).await?, format)?;
             Ok(exit_status(&job))
         }
         WaitEnd::GaveUp(last_seen) => {
-            let waited = args.wait_timeout.map(duration::human).unwrap_or_default();
+            let waited = wait_timeout.map(duration::human).unwrap_or_default();
             let state = last_seen.map_or_else(
                 || "in an unknown state".to_string(),
                 |j| format!("still {}", j.state),

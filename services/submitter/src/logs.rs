@@ -122,12 +122,15 @@ async fn task_logs(
     let task = control::find_task(&client, job, &task)
         .await?
         .ok_or(ApiError::NotFound("task in that job"))?;
-    let Some((attempt, ended)) = attempt_of(&client, task, want.attempt).await? else {
+    let found = attempt_of(&client, task, want.attempt).await?;
+    // A follower of a task not handed out yet waits for its first attempt (as `tail -f`
+    // waits for a file); a read, or a follower of an attempt named, is answered now.
+    if found.is_none() && (!want.follow || want.attempt.is_some()) {
         return Err(ApiError::NotFound(
             "attempt of that task (it has not started yet?)",
         ));
-    };
-    if !want.follow {
+    }
+    if let (false, Some((attempt, ended))) = (want.follow, found) {
         let chunks =
             logs::read(&client, task, attempt, want.stream, want.after, want.limit).await?;
         let next = chunks.last().map(|c| c.n).or(want.after);
@@ -143,6 +146,7 @@ async fn task_logs(
     }
     drop(client);
     let pool = s.pool().clone();
+    let attempt = found.map(|(a, _)| a);
     let stream = follow(pool, s.logs_changed(), task, attempt, want);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -154,7 +158,8 @@ struct Follower {
     pool: Pool,
     changed: tokio::sync::watch::Receiver<u64>,
     task: TaskId,
-    attempt: i32,
+    /// None until the task's first attempt exists.
+    attempt: Option<i32>,
     stream: Option<&'static str>,
     after: Option<i64>,
     limit: i64,
@@ -171,7 +176,7 @@ fn follow(
     pool: Pool,
     changed: tokio::sync::watch::Receiver<u64>,
     task: TaskId,
-    attempt: i32,
+    attempt: Option<i32>,
     want: Want,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
     let start = Follower {
@@ -209,12 +214,39 @@ async fn next_events(f: &mut Follower) -> Result<(), DbError> {
     // What is stored from here on wakes the wait below.
     f.changed.borrow_and_update();
     let client = f.pool.get().await?;
+    let Some(attempt) = f.attempt else {
+        // Not handed out yet: look again shortly (or when output arrives).
+        f.attempt = attempt_of(&client, f.task, None).await?.map(|(a, _)| a);
+        if f.attempt.is_none() {
+            // A task that ended without ever running (cancelled, or its dependency
+            // failed) has no output to wait for.
+            let ended: bool = client
+                .query_opt(
+                    "SELECT state IN ('succeeded', 'failed', 'cancelled') FROM tasks WHERE id = $1",
+                    &[&f.task.uuid()],
+                )
+                .await?
+                .is_none_or(|r| r.get(0));
+            if ended {
+                f.done = true;
+                f.pending.push_back(
+                    Event::default()
+                        .event("end")
+                        .data(serde_json::json!({"task_id": f.task}).to_string()),
+                );
+                return Ok(());
+            }
+            drop(client);
+            let _ = tokio::time::timeout(FOLLOW_LAST, f.changed.changed()).await;
+        }
+        return Ok(());
+    };
     // Whether it ended is read before the chunks: what it wrote before ending is in
     // the read that follows.
-    let ended = attempt_of(&client, f.task, Some(f.attempt))
+    let ended = attempt_of(&client, f.task, Some(attempt))
         .await?
         .is_none_or(|(_, e)| e);
-    let chunks = logs::read(&client, f.task, f.attempt, f.stream, f.after, f.limit).await?;
+    let chunks = logs::read(&client, f.task, attempt, f.stream, f.after, f.limit).await?;
     drop(client);
     for c in &chunks {
         f.after = Some(c.n);
@@ -232,7 +264,7 @@ async fn next_events(f: &mut Follower) -> Result<(), DbError> {
             f.pending.push_back(
                 Event::default()
                     .event("end")
-                    .data(serde_json::json!({"task_id": f.task, "attempt": f.attempt}).to_string()),
+                    .data(serde_json::json!({"task_id": f.task, "attempt": attempt}).to_string()),
             );
             return Ok(());
         }

@@ -1,0 +1,128 @@
+//! The fleetctl binary against a real fleet (issue 12, acceptance 5): `fleetctl logs -f`
+//! prints a task's output as it is written and exits with the task's status;
+//! `fleetctl wait` and `submit --wait` follow a job through its events, print each
+//! task's outcome as it happens, and exit with the job's status.
+
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fleet_tests::{ExecutorSpec, TestFleet};
+use serde_json::json;
+
+/// Runs fleetctl against the fleet as its admin, within a deadline.
+async fn fleetctl(fleet: &TestFleet, args: &[&str]) -> Result<Output> {
+    let token = fleet.cfg.auth.admin_token.clone().unwrap_or_default();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(args)
+        .env("FLEET_ADDR", &fleet.api)
+        .env("FLEET_TOKEN", token)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .with_context(|| format!("fleetctl {args:?} did not end within 60 s"))?
+        .context("running fleetctl")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_and_wait_exit_with_the_status_of_what_they_followed() -> Result<()> {
+    let mut fleet = TestFleet::start("cli-follow").await?;
+    fleet
+        .add_executor(ExecutorSpec::new("cli-1", &["cli"], 2))
+        .await?;
+
+    // logs -f: every line, in order, then the task's own exit status.
+    let job = fleet
+        .submit(&json!({"tasks": [{"group": "cli", "argv": ["sh", "-c",
+            "for i in 1 2 3 4 5; do echo line $i; sleep 0.1; done; exit 3"]}]}))
+        .await?;
+    let out = fleetctl(&fleet, &["logs", "-f", &job.to_string()]).await?;
+    let stdout = text(&out.stdout);
+    let want: String = (1..=5).map(|i| format!("line {i}\n")).collect();
+    anyhow::ensure!(stdout == want, "logs -f printed {stdout:?}");
+    anyhow::ensure!(
+        out.status.code() == Some(3),
+        "logs -f exits with the task's status: {:?} {}",
+        out.status,
+        text(&out.stderr)
+    );
+
+    // wait: a job with a task retried once and one failing with 7 exits 7, and says
+    // each outcome as it happened.
+    let dir = std::env::temp_dir().join(&fleet.name);
+    std::fs::create_dir_all(&dir)?;
+    let marker = dir.join("tried");
+    let flaky = format!(
+        "test -f {m} && exit 0; touch {m}; exit 4",
+        m = marker.display()
+    );
+    let job = fleet
+        .submit(&json!({"tasks": [
+            {"name": "flaky", "group": "cli", "argv": ["sh", "-c", flaky],
+             "retry": {"on": ["failed"], "max_attempts": 2,
+                       "backoff": {"initial_secs": 0.2, "factor": 1, "max_secs": 1}}},
+            {"name": "bad", "group": "cli", "argv": ["sh", "-c", "sleep 0.3; exit 7"],
+             "max_attempts": 1}]}))
+        .await?;
+    let out = fleetctl(&fleet, &["wait", &job.to_string()]).await?;
+    let stderr = text(&out.stderr);
+    anyhow::ensure!(
+        out.status.code() == Some(7),
+        "wait exits with the first failed task's code: {:?}\n{stderr}",
+        out.status
+    );
+    for line in [
+        "task flaky: attempt 1 failed, exit 4, on cli-1",
+        "task flaky: succeeded (succeeded, exit 0, on cli-1",
+        "task bad: failed (failed, exit 7, on cli-1",
+        "job failed",
+    ] {
+        anyhow::ensure!(stderr.contains(line), "wait said {stderr:?}, not {line:?}");
+    }
+    anyhow::ensure!(
+        text(&out.stdout).contains("bad"),
+        "the results follow: {}",
+        text(&out.stdout)
+    );
+
+    // wait on a job that already ended: its events are replayed, and it exits at once.
+    let again = fleetctl(&fleet, &["wait", &job.to_string()]).await?;
+    anyhow::ensure!(again.status.code() == Some(7), "{:?}", again.status);
+
+    // submit --wait: a success is 0.
+    let ok = fleetctl(
+        &fleet,
+        &[
+            "submit",
+            "--group",
+            "cli",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo fine",
+        ],
+    )
+    .await?;
+    anyhow::ensure!(
+        ok.status.code() == Some(0),
+        "{:?} {}",
+        ok.status,
+        text(&ok.stderr)
+    );
+
+    // An unknown job is a clear error, not a hang.
+    let missing = fleetctl(&fleet, &["wait", "0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b"]).await?;
+    anyhow::ensure!(
+        missing.status.code() != Some(0) && text(&missing.stderr).contains("no such job"),
+        "{:?} {}",
+        missing.status,
+        text(&missing.stderr)
+    );
+    fleet.shutdown().await
+}
