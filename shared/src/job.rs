@@ -644,4 +644,64 @@ mod tests {
             .expect_err("unknown field");
         assert!(err.to_string().contains("argvv"));
     }
+
+    #[test]
+    fn a_jobs_webhook_is_checked_field_by_field() {
+        let with = |notify: serde_json::Value| -> Result<ValidJob, FieldError> {
+            let spec: JobSpec =
+                serde_json::from_value(serde_json::json!({"tasks": [{"argv": ["true"]}],
+                                                          "notify": notify}))
+                .expect("parse");
+            spec.validate()
+        };
+        let ok = with(serde_json::json!({"url": "https://ci.example.com/h?x=1",
+                                         "events": ["task.*", "job.failed"],
+                                         "secret": "0123456789abcdef"}))
+        .expect("valid");
+        let n = ok.notify.expect("notify");
+        assert_eq!(
+            n.kinds.len(),
+            5,
+            "four task kinds and job.failed: {:?}",
+            n.kinds
+        );
+        for (notify, field, says) in [
+            (
+                serde_json::json!({"url": "ftp://x/h", "secret": "0123456789abcdef"}),
+                "notify.url",
+                "http://",
+            ),
+            (
+                serde_json::json!({"url": "http:///h", "secret": "0123456789abcdef"}),
+                "notify.url",
+                "host",
+            ),
+            (
+                serde_json::json!({"url": "http://x/a b", "secret": "0123456789abcdef"}),
+                "notify.url",
+                "blanks",
+            ),
+            (
+                serde_json::json!({"url": "http://x/h", "secret": "short"}),
+                "notify.secret",
+                "16 to 256",
+            ),
+            (
+                serde_json::json!({"url": "http://x/h", "secret": "0123456789abcdef",
+                                   "events": ["task.done"]}),
+                "notify.events",
+                "unknown event kind",
+            ),
+            (
+                serde_json::json!({"url": "http://x/h", "secret": "0123456789abcdef",
+                                   "events": ["executor.lost"]}),
+                "notify.events",
+                "not an event of a job",
+            ),
+        ] {
+            let err = with(notify.clone()).expect_err("refused");
+            assert_eq!(err.field, field, "{notify}");
+            assert!(err.message.contains(says), "{notify}: {}", err.message);
+        }
+    }
 }

@@ -233,6 +233,56 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
         db::logs::read(&client, h.task_id, h.attempt, Some("stderr"), Some(0), 1000).await?;
     }
 
+    // The event log: readers (a page, a job's, a group's, a submitter's, from now, after
+    // an id), the webhook fan-out with a fleet-wide and a job's own webhook, claims, the
+    // sweep of silent executors, the purge by age.
+    use fleet_shared::db::events::{self, Cursor, Filter};
+    let any_job = job_of.values().next().copied();
+    for filter in [
+        Filter::default(),
+        Filter {
+            job: any_job,
+            ..Filter::default()
+        },
+        Filter {
+            group: Some("default".into()),
+            kinds: vec![fleet_shared::event::Kind::TaskFinished],
+            ..Filter::default()
+        },
+        Filter {
+            owner: Some(None),
+            ..Filter::default()
+        },
+    ] {
+        let (page, next) = events::read(&client, Cursor::default(), &filter, 500).await?;
+        events::read(&client, next, &filter, 500).await?;
+        if let Some(e) = page.first() {
+            events::cursor_after(&client, e.id).await?;
+        }
+    }
+    events::tail(&client).await?;
+    if round == 0 {
+        db::webhooks::create(
+            &client,
+            &db::webhooks::NewWebhook {
+                url: "http://127.0.0.1:9/hook".into(),
+                kinds: Vec::new(),
+                group: Some("default".into()),
+                secret: "0123456789abcdef".into(),
+                created_by: "plans".into(),
+            },
+        )
+        .await?;
+    }
+    events::fan_out(pool, schema).await?;
+    let claimed = db::webhooks::claim(&mut client, schema, 16, 8, 30.0).await?;
+    let ids: Vec<i64> = claimed.iter().map(|d| d.event_id).collect();
+    db::webhooks::events_of(&client, &ids[..ids.len().min(2)]).await?;
+    let tx = client.transaction().await?;
+    dispatch::lose_executors(&tx, 5.0).await?;
+    tx.commit().await?;
+    events::purge_older(&client, Utc::now() - chrono::Duration::days(14), 5000).await?;
+
     // Retention: the collector's pick of jobs to purge (none is old enough), and a job
     // just finished deleted at once with all its rows (DELETE /v1/jobs/{id}).
     retention::purge_finished(&mut client, 14, 500).await?;
@@ -267,7 +317,18 @@ fn seq_scans(notices: &[String]) -> (usize, Vec<String>) {
             && !limited
             && (joined || index.ends_with("_pkey") || index.ends_with("_key"));
         let whole = kind == "Seq Scan" || whole_index;
-        if whole && ["jobs", "tasks", "attempts", "results", "log_chunks"].contains(&relation) {
+        if whole
+            && [
+                "jobs",
+                "tasks",
+                "attempts",
+                "results",
+                "log_chunks",
+                "events",
+                "webhook_deliveries",
+            ]
+            .contains(&relation)
+        {
             let index = node["Index Name"]
                 .as_str()
                 .map(|i| format!(" (whole index {i})"))
