@@ -33,6 +33,8 @@ pub enum AmqpError {
     Nacked { exchange: String, key: String },
     #[error("no queue is bound for {exchange}/{key}")]
     Unroutable { exchange: String, key: String },
+    #[error("the broker returned a message to {exchange}/{key} that was not in the batch")]
+    StrayReturn { exchange: String, key: String },
 }
 
 impl Transience for AmqpError {
@@ -530,11 +532,53 @@ pub fn transient_properties() -> BasicProperties {
 
 /// A channel in confirm mode. Publishes a batch, then waits once for all the confirms:
 /// the batch is durable at the broker when `publish_all` returns Ok.
+///
+/// One batch at a time per channel (clones share the channel, and the turn). The broker
+/// sends a mandatory message's `basic.return` just before its ack, but lapin does not
+/// tie the two by delivery tag: it hands the oldest return not yet taken to whichever
+/// confirm it settles next, and settles those of an ack covering several tags in no set
+/// order. With two batches in flight on one channel (an executor's result beside its
+/// live output or INFO, say), an unroutable result could be reported delivered, and so
+/// be lost, while a message that was delivered was reported unroutable. With one batch
+/// in flight, every return lapin hands out is one of its messages, and
+/// [`Self::publish_batch`] tells which by its content.
 #[derive(Clone)]
 pub struct Publisher {
     ch: Channel,
     confirm_timeout: Duration,
     connection: lapin::ConnectionStatus,
+    turn: std::sync::Arc<tokio::sync::Mutex<Unsettled>>,
+}
+
+/// What a batch given up at its deadline left in flight on the channel: the next batch
+/// waits for it first, or the late acks would take that batch's returns.
+#[derive(Default)]
+struct Unsettled {
+    /// Confirms not yet in.
+    confirms: Vec<lapin::PublisherConfirm>,
+    /// A publish was given up while lapin held its confirm: the channel's last one.
+    last: bool,
+}
+
+impl Unsettled {
+    async fn settle(&mut self, ch: &Channel, until: tokio::time::Instant) -> Result<(), AmqpError> {
+        let late = || AmqpError::Timeout("publisher confirm");
+        while let Some(c) = self.confirms.last_mut() {
+            // Its batch has had its answer (an error): only that it is in matters.
+            let _ = tokio::time::timeout_at(until, c)
+                .await
+                .map_err(|_| late())?;
+            self.confirms.pop();
+        }
+        if self.last {
+            // Whatever it carries went to a batch that had its answer already.
+            let _ = tokio::time::timeout_at(until, ch.wait_for_confirms())
+                .await
+                .map_err(|_| late())??;
+            self.last = false;
+        }
+        Ok(())
+    }
 }
 
 impl Publisher {
@@ -550,6 +594,7 @@ impl Publisher {
             ch,
             confirm_timeout: cfg.confirm_timeout(),
             connection: conn.status().clone(),
+            turn: Default::default(),
         })
     }
 
@@ -589,38 +634,99 @@ impl Publisher {
     /// the rest of the batch is durable at the broker. A nack, a timeout or a broken
     /// channel is an error, after which nothing is known of the batch.
     pub async fn publish_batch(&self, msgs: Vec<Outgoing>) -> Result<Vec<usize>, AmqpError> {
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
         let deadline_at = tokio::time::Instant::now() + self.confirm_timeout;
+        // The wait for the turn counts against this batch's deadline, as does settling
+        // what a batch given up before it left in flight.
+        let mut unsettled = tokio::time::timeout_at(deadline_at, self.turn.lock())
+            .await
+            .map_err(|_| AmqpError::Timeout("publisher confirm"))?;
+        unsettled.settle(&self.ch, deadline_at).await?;
         let mut pending = Vec::with_capacity(msgs.len());
-        for m in msgs {
+        for m in &msgs {
             let opts = BasicPublishOptions {
                 mandatory: m.mandatory,
                 ..BasicPublishOptions::default()
             };
-            let confirm = tokio::time::timeout_at(
+            let published = tokio::time::timeout_at(
                 deadline_at,
                 self.ch.basic_publish(
                     ShortString::from(m.exchange.as_str()),
                     ShortString::from(m.routing_key.as_str()),
                     opts,
                     &m.payload,
-                    m.properties,
+                    m.properties.clone(),
                 ),
             )
-            .await
-            .map_err(|_| AmqpError::Timeout("basic.publish"))??;
-            pending.push((m.exchange, m.routing_key, confirm));
-        }
-        let mut returned = Vec::new();
-        for (i, (exchange, key, confirm)) in pending.into_iter().enumerate() {
-            let c = tokio::time::timeout_at(deadline_at, confirm)
-                .await
-                .map_err(|_| AmqpError::Timeout("publisher confirm"))??;
-            match c {
-                Confirmation::Ack(None) | Confirmation::NotRequested => {}
-                Confirmation::Ack(Some(_)) => returned.push(i),
-                Confirmation::Nack(_) => return Err(AmqpError::Nacked { exchange, key }),
+            .await;
+            match published {
+                Ok(Ok(confirm)) => pending.push(confirm),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    // lapin took the message (and its confirm) before the wait.
+                    unsettled.confirms.extend(pending);
+                    unsettled.last = true;
+                    return Err(AmqpError::Timeout("basic.publish"));
+                }
             }
         }
+        let mut carried = Vec::new();
+        let mut nacked = None;
+        let mut confirms = pending.into_iter().enumerate();
+        while let Some((i, mut confirm)) = confirms.next() {
+            match tokio::time::timeout_at(deadline_at, &mut confirm).await {
+                Err(_) => {
+                    unsettled.confirms.push(confirm);
+                    unsettled.confirms.extend(confirms.map(|(_, c)| c));
+                    return Err(AmqpError::Timeout("publisher confirm"));
+                }
+                // The channel is gone, and every confirm on it with it.
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(Confirmation::Ack(r))) => carried.extend(r),
+                Ok(Ok(Confirmation::Nack(r))) => {
+                    carried.extend(r);
+                    nacked.get_or_insert(i);
+                }
+                Ok(Ok(Confirmation::NotRequested)) => {}
+            }
+        }
+        drop(unsettled);
+        if let Some(i) = nacked {
+            return Err(AmqpError::Nacked {
+                exchange: msgs[i].exchange.clone(),
+                key: msgs[i].routing_key.clone(),
+            });
+        }
+        // Whichever confirm carried it, a return is one of this batch's mandatory
+        // messages: the first not yet matched with the same destination and body (two
+        // alike are interchangeable).
+        let mut returned = Vec::with_capacity(carried.len());
+        for r in carried {
+            let d = &r.delivery;
+            let found = (0..msgs.len()).find(|&i| {
+                let m = &msgs[i];
+                m.mandatory
+                    && !returned.contains(&i)
+                    && m.exchange == d.exchange.as_str()
+                    && m.routing_key == d.routing_key.as_str()
+                    && m.payload == d.data
+            });
+            match found {
+                Some(i) => returned.push(i),
+                // Not this batch's: lapin's count of returns is off, so one of ours may
+                // have gone elsewhere. Nothing is known of the batch; its sender repeats
+                // it, which every consumer takes as a no-op.
+                None => {
+                    return Err(AmqpError::StrayReturn {
+                        exchange: d.exchange.to_string(),
+                        key: d.routing_key.to_string(),
+                    })
+                }
+            }
+        }
+        returned.sort_unstable();
         Ok(returned)
     }
 }
