@@ -1,4 +1,4 @@
--- The event log: what Fleet announces, kept (retention.event_days) so that a reader
+-- The event log: what Fleet announces, kept (retention.finished_job_days) so that a reader
 -- can resume where it stopped. Written in the transaction of the change it announces
 -- (narrow rows: the details — names, exit code, duration — are joined in when read).
 -- Read in (xid, id) order and only below the oldest running transaction id, so a
@@ -45,6 +45,7 @@ CREATE TABLE webhooks (
     last_error_at     timestamptz
 );
 CREATE INDEX webhooks_job ON webhooks (job_id) WHERE job_id IS NOT NULL;
+CREATE INDEX webhooks_fleet ON webhooks (created_at) WHERE job_id IS NULL;
 
 -- The durable delivery queue: one row per (webhook, event) until delivered (then
 -- deleted) or given up (state 'dead', kept for the operator).
@@ -59,7 +60,13 @@ CREATE TABLE webhook_deliveries (
     last_error  text,
     UNIQUE (webhook_id, event_id)
 );
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_at) WHERE state = 'pending';
+-- A webhook's pending deliveries in the order they fall due (the claim walks the webhooks
+-- that have any, one index probe each, then takes each one's due ones from here).
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (webhook_id, next_at, id)
+    WHERE state = 'pending';
+-- The deliveries in flight (leased), to cap what one receiver holds at once.
+CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (webhook_id)
+    WHERE state = 'pending' AND lease_until IS NOT NULL;
 
 -- When the dispatcher announced an executor lost (no INFO within the timeout); cleared
 -- by its next INFO, which announces it joined again.

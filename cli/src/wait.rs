@@ -75,10 +75,24 @@ async fn follow(client: &Client, job_id: &Uuid) -> Result<Job, CliError> {
             Err(err) => return Err(err),
         };
         outage_since = None;
+        // A job that has ended already may have no end event to come (it ended before
+        // the event log existed, or its events were purged): its events are replayed,
+        // and once the stream falls quiet, it is taken as it stands.
+        let ended_before: Job = client.job(job_id).await?.decode("job status")?;
+        let quiet = ended_before.is_finished().then_some(Duration::from_secs(2));
         let mut response = response;
         let mut buf = String::new();
         // Until the connection drops: then resume after the last event seen.
-        while let Ok(Some(bytes)) = response.chunk().await {
+        loop {
+            let next = response.chunk();
+            let bytes = match quiet {
+                Some(q) => match timeout(q, next).await {
+                    Ok(r) => r,
+                    Err(_) => return Ok(ended_before),
+                },
+                None => next.await,
+            };
+            let Ok(Some(bytes)) = bytes else { break };
             buf.push_str(&String::from_utf8_lossy(&bytes));
             for ev in parse_events(&mut buf) {
                 last_id = ev.id.or(last_id);

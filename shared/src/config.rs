@@ -51,10 +51,11 @@ pub struct WebhooksConfig {
     pub backoff_max_secs: u64,
     /// Tries before a delivery is given up (kept as `dead`, shown by `fleetctl webhook list`).
     pub max_tries: u32,
-    /// Deliveries in flight at once, in all.
+    /// Deliveries in flight at once, in all (each is a waiting request, cheap: many, so
+    /// that receivers that do not answer cannot take every one).
     pub concurrency: u32,
-    /// Deliveries in flight at once to one webhook.
-    pub per_webhook: u32,
+    /// Deliveries in flight at once to one URL (however many webhooks point at it).
+    pub per_url: u32,
     /// How often the collector looks for new events and due retries.
     pub poll_ms: u64,
 }
@@ -66,8 +67,8 @@ impl Default for WebhooksConfig {
             backoff_initial_ms: 1_000,
             backoff_max_secs: 600,
             max_tries: 15,
-            concurrency: 64,
-            per_webhook: 8,
+            concurrency: 512,
+            per_url: 8,
             poll_ms: 200,
         }
     }
@@ -415,10 +416,10 @@ impl Config {
             ));
         }
         let w = &self.webhooks;
-        if w.timeout_secs == 0 || w.poll_ms == 0 || w.concurrency == 0 || w.per_webhook == 0 {
+        if w.timeout_secs == 0 || w.poll_ms == 0 || w.concurrency == 0 || w.per_url == 0 {
             return Err(invalid(
                 "webhooks",
-                "timeout_secs, poll_ms, concurrency and per_webhook must be positive",
+                "timeout_secs, poll_ms, concurrency and per_url must be positive",
             ));
         }
         if w.max_tries == 0 {

@@ -87,9 +87,13 @@ impl Notify {
     fn validate(&self) -> Result<ValidNotify, FieldError> {
         check_webhook_url("notify.url", &self.url)?;
         check_webhook_secret("notify.secret", &self.secret)?;
-        let kinds = crate::event::Kind::parse_list(self.events.iter().map(String::as_str))
-            .map_err(|e| bad("notify.events", e))?;
-        if let Some(k) = kinds.iter().find(|k| !k.of_job()) {
+        // A pattern (`*`) means the job's events of it; a kind named outright must be one.
+        if let Some(k) = self
+            .events
+            .iter()
+            .filter_map(|e| crate::event::Kind::parse(e.trim()))
+            .find(|k| !k.of_job())
+        {
             return Err(bad(
                 "notify.events",
                 format!(
@@ -97,6 +101,12 @@ impl Notify {
                 ),
             ));
         }
+        let kinds: Vec<crate::event::Kind> =
+            crate::event::Kind::parse_list(self.events.iter().map(String::as_str))
+                .map_err(|e| bad("notify.events", e))?
+                .into_iter()
+                .filter(|k| k.of_job())
+                .collect();
         Ok(ValidNotify {
             url: self.url.clone(),
             kinds,
@@ -659,6 +669,10 @@ mod tests {
                                          "secret": "0123456789abcdef"}))
         .expect("valid");
         let n = ok.notify.expect("notify");
+        let all = with(serde_json::json!({"url": "http://x/h", "events": ["*"],
+                                          "secret": "0123456789abcdef"}))
+        .expect("a pattern means the job's events of it");
+        assert_eq!(all.notify.expect("notify").kinds.len(), 8);
         assert_eq!(
             n.kinds.len(),
             5,

@@ -314,6 +314,30 @@ async fn executors_joining_and_leaving_are_announced_and_a_submitter_sees_only_i
         "{seen:?}"
     );
 
+    // Paging through a filter one row at a time: pages the filter empties still move
+    // on (`next`), and the walk finds both jobs' acceptance.
+    let mut accepted = Vec::new();
+    let mut after: Option<i64> = None;
+    for _ in 0..500 {
+        let path = match after {
+            Some(a) => format!("/v1/events?kind=job.accepted&limit=1&after={a}"),
+            None => "/v1/events?kind=job.accepted&limit=1".to_owned(),
+        };
+        let (status, page) = fleet.call(reqwest::Method::GET, &path, None).await?;
+        anyhow::ensure!(status == 200, "{status} {page}");
+        let evs: Vec<Event> = serde_json::from_value(page["events"].clone())?;
+        accepted.extend(evs.iter().filter_map(|e| e.job_id.map(|j| j.to_string())));
+        let next = page["next"].as_i64();
+        if next == after {
+            break;
+        }
+        after = next;
+    }
+    anyhow::ensure!(
+        accepted.contains(&mine) && accepted.contains(&theirs.to_string()),
+        "paged: {accepted:?}"
+    );
+
     // The submitter: its own job's events only, no executor's, and no other job's.
     let (status, page) = fleet
         .call_as(&submitter, reqwest::Method::GET, "/v1/events", None)

@@ -91,6 +91,16 @@ pub async fn run(pool: Pool, cfg: RetentionConfig, db: DatabaseConfig, token: Ca
                 }
             }
         }
+        match tokio::time::timeout(deadline, async {
+            let client = pool.get().await.map_err(DbError::from)?;
+            Ok::<_, Failed>(events::purge_dead_deliveries(&client).await?)
+        })
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "purging given-up webhook deliveries failed"),
+            Err(_) => tracing::warn!("purging given-up webhook deliveries timed out"),
+        }
         if purged > 0 {
             tracing::info!(
                 purged,

@@ -3,7 +3,7 @@
 //! and POST each, signed, in a task of its own. At least once: a delivery is deleted only
 //! after a 2xx answer; a failure waits its backoff and is tried again, up to
 //! `webhooks.max_tries`. A receiver that does not answer holds up only its own
-//! deliveries (at most `webhooks.per_webhook` in flight, each bounded by
+//! deliveries (at most `webhooks.per_url` in flight to one URL, each bounded by
 //! `webhooks.timeout_secs`); nothing here is on the path of results or dispatch.
 
 use std::sync::Arc;
@@ -43,12 +43,15 @@ pub async fn run(pool: Pool, cfg: WebhooksConfig, schema: String, token: Cancell
         }
     };
     let slots = Arc::new(Semaphore::new(cfg.concurrency as usize));
+    // A delivery that ended frees a slot (and maybe its receiver's turn): look again.
+    let ended = Arc::new(tokio::sync::Notify::new());
     let poll = Duration::from_millis(cfg.poll_ms);
     let deadline = Duration::from_secs(30);
     let mut backoff = Backoff::default();
     loop {
         let look = async {
-            events::fan_out(&pool, &schema).await?;
+            // Bounded, so that a backlog of events never keeps due retries waiting.
+            events::fan_out(&pool, &schema, 20).await?;
             let free = slots.available_permits() as i64;
             if free == 0 {
                 return Ok::<_, Failed>(Vec::new());
@@ -58,7 +61,7 @@ pub async fn run(pool: Pool, cfg: WebhooksConfig, schema: String, token: Cancell
             // not claimed twice.
             let lease = (cfg.timeout_secs * 2 + 5) as f64;
             let claimed =
-                webhooks::claim(&mut client, &schema, free, cfg.per_webhook.into(), lease).await?;
+                webhooks::claim(&mut client, &schema, free, cfg.per_url.into(), lease).await?;
             let ids: Vec<i64> = claimed.iter().map(|d| d.event_id).collect();
             let evs = webhooks::events_of(&client, &ids).await?;
             Ok(claimed
@@ -81,10 +84,12 @@ pub async fn run(pool: Pool, cfg: WebhooksConfig, schema: String, token: Cancell
                         break;
                     };
                     let (http, pool, cfg) = (http.clone(), pool.clone(), cfg.clone());
+                    let ended = ended.clone();
                     tokio::spawn(async move {
                         let outcome = deliver(&http, &cfg, &d, ev.as_ref()).await;
                         record(&pool, d, outcome).await;
                         drop(permit);
+                        ended.notify_one();
                     });
                 }
             }
@@ -98,6 +103,7 @@ pub async fn run(pool: Pool, cfg: WebhooksConfig, schema: String, token: Cancell
         }
         tokio::select! {
             _ = token.cancelled() => return,
+            _ = ended.notified() => {}
             _ = tokio::time::sleep(poll) => {}
         }
     }

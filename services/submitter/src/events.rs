@@ -141,8 +141,15 @@ async fn get_events(
         })?,
     };
     if !want.follow {
-        let (page, _) = events::read(&client, start, &want.filter, want.limit).await?;
-        let next = page.last().map(|e| e.id);
+        let (page, read_to) = events::read(&client, start, &want.filter, want.limit).await?;
+        // Past the last row read, even one the filter left out: the next page goes on
+        // from there (an id, as `after` takes). Nothing read: where this page started.
+        let next = (read_to != start)
+            .then_some(read_to.id)
+            .or(match want.from {
+                From::After(id) => Some(id),
+                _ => None,
+            });
         return Ok(Json(serde_json::json!({ "events": page, "next": next })).into_response());
     }
     drop(client);

@@ -215,19 +215,21 @@ async fn next_events(f: &mut Follower) -> Result<(), DbError> {
     f.changed.borrow_and_update();
     let client = f.pool.get().await?;
     let Some(attempt) = f.attempt else {
-        // Not handed out yet: look again shortly (or when output arrives).
+        // Not handed out yet. Whether the task has ended is read first: an attempt made
+        // and finished between the two reads is then found by the second.
+        let ended: bool = client
+            .query_opt(
+                "SELECT state IN ('succeeded', 'failed', 'cancelled') FROM tasks WHERE id = $1",
+                &[&f.task.uuid()],
+            )
+            .await?
+            .is_none_or(|r| r.get(0));
         f.attempt = attempt_of(&client, f.task, None).await?.map(|(a, _)| a);
+        drop(client);
         if f.attempt.is_none() {
-            // A task that ended without ever running (cancelled, or its dependency
-            // failed) has no output to wait for.
-            let ended: bool = client
-                .query_opt(
-                    "SELECT state IN ('succeeded', 'failed', 'cancelled') FROM tasks WHERE id = $1",
-                    &[&f.task.uuid()],
-                )
-                .await?
-                .is_none_or(|r| r.get(0));
             if ended {
+                // It ended without ever running (cancelled, or its dependency failed):
+                // there is no output to wait for.
                 f.done = true;
                 f.pending.push_back(
                     Event::default()
@@ -236,7 +238,7 @@ async fn next_events(f: &mut Follower) -> Result<(), DbError> {
                 );
                 return Ok(());
             }
-            drop(client);
+            // Look again shortly, or when output arrives.
             let _ = tokio::time::timeout(FOLLOW_LAST, f.changed.changed()).await;
         }
         return Ok(());

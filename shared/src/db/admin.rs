@@ -630,17 +630,13 @@ pub async fn revoke_executor(
 ) -> Result<Option<String>, DbError> {
     let row = client
         .query_opt(
-            "WITH r AS (
-                 SELECT revoked_at IS NULL AS first FROM executor_credentials
-                 WHERE executor_id = $1),
-             upd AS (
-                 UPDATE executor_credentials
-                 SET revoked_at = coalesce(revoked_at, clock_timestamp())
-                 WHERE executor_id = $1 RETURNING broker_user),
+            "WITH first AS (
+                 UPDATE executor_credentials SET revoked_at = clock_timestamp()
+                 WHERE executor_id = $1 AND revoked_at IS NULL RETURNING executor_id),
              announced AS (
                  INSERT INTO events (kind, executor_id)
-                 SELECT 'executor.revoked', $1 FROM r WHERE r.first)
-             SELECT broker_user FROM upd",
+                 SELECT 'executor.revoked', executor_id FROM first)
+             SELECT broker_user FROM executor_credentials WHERE executor_id = $1",
             &[&executor.as_str()],
         )
         .await?;

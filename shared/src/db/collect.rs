@@ -152,7 +152,7 @@ pub async fn record_results(
                           stdout, stderr, stdout_truncated, stderr_truncated, started_at,
                           finished_at)),
              known AS (
-                 SELECT x.*, t.job_id, a.started_at IS NULL AS unstarted FROM x
+                 SELECT x.*, t.job_id FROM x
                  JOIN attempts a ON a.task_id = x.task_id AND a.attempt = x.attempt
                                 AND a.executor_id = x.executor_id
                  JOIN tasks t ON t.id = x.task_id),
@@ -173,7 +173,7 @@ pub async fn record_results(
                    AND a.executor_id = k.executor_id
                    AND a.state IN ('assigned', 'running', 'reported')
                  RETURNING a.task_id, a.attempt, k.outcome, a.executor_id,
-                           k.unstarted AND k.started_at IS NOT NULL AS first_start),
+                           a.started_at = k.started_at AS first_start),
              locked AS (
                  SELECT t.id, t.job_id, t.state, t.attempts, t.max_attempts, t.each, t.quorum,
                         j.task_count, t.cancel_requested_at IS NOT NULL AS cancel_requested,
@@ -226,7 +226,10 @@ pub async fn record_results(
     let mut tasks = HashMap::new();
     let mut refused_keys = HashMap::new();
     // Attempts that ended before an INFO said they had started: their start is
-    // announced here, before their end.
+    // announced here, before their end. `first_start` is read from the row as updated
+    // (its latest version, after any wait for the dispatcher's lock): the start is
+    // the result's own only if nobody had recorded one, so the dispatcher (which
+    // announces the starts it records) and this never both announce one.
     let mut started = Vec::new();
     for r in &rows {
         let kind: &str = r.get(0);

@@ -162,7 +162,7 @@ pub async fn upsert_executors(
     let at: Vec<DateTime<Utc>> = infos.iter().map(|(_, at)| *at).collect();
     // `prev`: the rows as they were before this statement. An executor new, or back
     // after it was announced lost, is announced joined; one that began draining,
-    // drained.
+    // drained (unless an admin drained it: that drain was announced when recorded).
     let stmt = tx
         .prepare_cached(
             "WITH prev AS (
@@ -183,7 +183,9 @@ pub async fn upsert_executors(
              SELECT CASE WHEN prev.id IS NULL OR prev.lost THEN 'executor.joined'
                          ELSE 'executor.drained' END, up.id
              FROM up LEFT JOIN prev ON prev.id = up.id
-             WHERE prev.id IS NULL OR prev.lost OR (up.draining AND NOT prev.draining)
+             WHERE prev.id IS NULL OR prev.lost
+                OR (up.draining AND NOT prev.draining
+                    AND NOT EXISTS (SELECT 1 FROM executor_drains x WHERE x.executor_id = up.id))
              ORDER BY up.id",
         )
         .await?;

@@ -125,16 +125,21 @@ pub struct Delivery {
     pub event_id: i64,
 }
 
-/// Claims due deliveries: per webhook, its oldest `per_webhook` due ones, and none of a
-/// webhook that still has one in flight (so a receiver that does not answer holds up
-/// only its own deliveries, at most `per_webhook` at a time). Each is leased for
-/// `lease_secs`; one whose sender died is claimed again after that. One claimer at a
-/// time (an advisory lock), so two collectors never send the same delivery at once.
+/// Claims due deliveries, oldest due first, at most `per_url` in flight to one URL
+/// (whatever number of webhooks, jobs' own included, point at it): a receiver that does
+/// not answer holds at most that many, and every other receiver's deliveries go on. Each
+/// is leased for `lease_secs`; one whose sender died is claimed again after that. One
+/// claimer at a time (an advisory lock), so two collectors never send the same delivery
+/// at once.
+///
+/// The webhooks with pending deliveries are found by walking the pending index one
+/// webhook at a time (an index probe each), not by reading every pending delivery: a
+/// dead receiver's backlog costs one probe, not a scan of the backlog.
 pub async fn claim(
     client: &mut Client,
     schema: &str,
     limit: i64,
-    per_webhook: i64,
+    per_url: i64,
     lease_secs: f64,
 ) -> Result<Vec<Delivery>, DbError> {
     let tx = client.transaction().await?;
@@ -148,20 +153,40 @@ pub async fn claim(
     if !got {
         return Ok(Vec::new());
     }
+    // The statement's own time (stable), not the clock's (volatile): a volatile function
+    // cannot bound an index scan, and every due row would be read to compare.
     let stmt = tx
         .prepare_cached(
-            "WITH due AS (
-                 SELECT id, webhook_id,
-                        row_number() OVER (PARTITION BY webhook_id ORDER BY id) AS n
-                 FROM webhook_deliveries d
-                 WHERE state = 'pending' AND next_at <= clock_timestamp()
-                   AND (lease_until IS NULL OR lease_until < clock_timestamp())
-                   AND NOT EXISTS (
-                       SELECT 1 FROM webhook_deliveries f
-                       WHERE f.webhook_id = d.webhook_id AND f.state = 'pending'
-                         AND f.lease_until >= clock_timestamp())),
+            "WITH RECURSIVE hooks(id) AS (
+                 (SELECT webhook_id FROM webhook_deliveries WHERE state = 'pending'
+                  ORDER BY webhook_id LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT d.webhook_id FROM webhook_deliveries d
+                         WHERE d.state = 'pending' AND d.webhook_id > h.id
+                         ORDER BY d.webhook_id LIMIT 1)
+                 FROM hooks h WHERE h.id IS NOT NULL),
+             busy AS (
+                 SELECT w.url, count(*) AS n
+                 FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
+                 WHERE d.state = 'pending' AND d.lease_until IS NOT NULL
+                   AND d.lease_until >= statement_timestamp()
+                 GROUP BY w.url),
+             candidates AS (
+                 SELECT p.id, p.next_at, w.url
+                 FROM hooks h JOIN webhooks w ON w.id = h.id
+                 CROSS JOIN LATERAL (
+                     SELECT d.id, d.next_at FROM webhook_deliveries d
+                     WHERE d.webhook_id = h.id AND d.state = 'pending'
+                       AND d.next_at <= statement_timestamp()
+                       AND (d.lease_until IS NULL OR d.lease_until < statement_timestamp())
+                     ORDER BY d.next_at, d.id LIMIT $2) p),
+             ranked AS (
+                 SELECT c.id, c.next_at,
+                        row_number() OVER (PARTITION BY c.url ORDER BY c.next_at, c.id)
+                          + coalesce(b.n, 0) AS k
+                 FROM candidates c LEFT JOIN busy b ON b.url = c.url),
              picked AS (
-                 SELECT id FROM due WHERE n <= $2 ORDER BY id LIMIT $1)
+                 SELECT id FROM ranked WHERE k <= $2 ORDER BY next_at, id LIMIT $1)
              UPDATE webhook_deliveries d
              SET lease_until = clock_timestamp() + make_interval(secs => $3),
                  tries = d.tries + 1
@@ -170,9 +195,7 @@ pub async fn claim(
              RETURNING d.id, d.webhook_id, w.url, w.secret, d.tries, d.event_id",
         )
         .await?;
-    let rows = tx
-        .query(&stmt, &[&limit, &per_webhook, &lease_secs])
-        .await?;
+    let rows = tx.query(&stmt, &[&limit, &per_url, &lease_secs]).await?;
     tx.commit().await?;
     Ok(rows
         .iter()
@@ -231,17 +254,20 @@ pub enum Outcome {
 }
 
 /// Records how deliveries went: delivered ones go, failed ones wait for their next try
-/// (or are kept dead), and their webhook's last success or error is noted.
+/// (or are kept dead), and their webhook's last success or error is noted. Only the
+/// claim that sent it may: an outcome that comes after the delivery was claimed again
+/// (its lease ran out) changes nothing of the newer claim.
 pub async fn record(client: &Client, done: &[(Delivery, Outcome)]) -> Result<(), DbError> {
     for (d, outcome) in done {
         let (state, next, error) = match outcome {
             Outcome::Delivered => {
                 client
                     .execute(
-                        "WITH gone AS (DELETE FROM webhook_deliveries WHERE id = $1)
+                        "WITH gone AS (DELETE FROM webhook_deliveries
+                                       WHERE id = $1 AND tries = $3 AND state = 'pending')
                          UPDATE webhooks SET last_delivered_at = clock_timestamp()
                          WHERE id = $2",
-                        &[&d.id, &d.webhook_id],
+                        &[&d.id, &d.webhook_id, &d.tries],
                     )
                     .await?;
                 continue;
@@ -255,10 +281,10 @@ pub async fn record(client: &Client, done: &[(Delivery, Outcome)]) -> Result<(),
                      UPDATE webhook_deliveries
                      SET state = $2, next_at = coalesce($3, next_at), lease_until = NULL,
                          last_error = $4
-                     WHERE id = $1)
+                     WHERE id = $1 AND tries = $6 AND state = 'pending')
                  UPDATE webhooks SET last_error = $4, last_error_at = clock_timestamp()
                  WHERE id = $5",
-                &[&d.id, &state, &next, error, &d.webhook_id],
+                &[&d.id, &state, &next, error, &d.webhook_id, &d.tries],
             )
             .await?;
     }
