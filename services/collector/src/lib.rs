@@ -60,7 +60,6 @@ pub async fn run(
         names: Names::new(&cfg.amqp.prefix),
         schema: cfg.database.schema.clone(),
         interest: events::Interest::default(),
-        wrote_events: tokio::sync::Notify::new(),
         pool,
         cfg: cfg.clone(),
     };
@@ -87,12 +86,10 @@ struct Collector {
     schema: String,
     /// Which event kinds anyone listens to.
     interest: events::Interest,
-    /// A batch wrote events: relay now rather than at the next look.
-    wrote_events: tokio::sync::Notify,
 }
 
-/// How often the relay looks for events other services wrote (the collector's own wake
-/// it at once).
+/// How often the relay looks for new events: a pass is a transaction (and a commit when
+/// the cursor moves), so it is paced, not woken by every batch of results.
 const RELAY_EVERY: Duration = Duration::from_millis(100);
 
 /// What recording a batch came to.
@@ -138,9 +135,8 @@ impl Collector {
         Ok(())
     }
 
-    /// Publishes the event log to the broker as it grows (whoever wrote it: this
-    /// collector's batches wake it, and it looks every [`RELAY_EVERY`] for the rest),
-    /// until shutdown. A broker error ends the session; a database error is waited out.
+    /// Publishes the event log to the broker as it grows (whoever wrote it), looking
+    /// every [`RELAY_EVERY`], until shutdown. A broker error ends the session; a database error is waited out.
     async fn relay_events(
         &self,
         publisher: &Publisher,
@@ -170,7 +166,6 @@ impl Collector {
             }
             tokio::select! {
                 () = token.cancelled() => return Ok(()),
-                () = self.wrote_events.notified() => {}
                 () = tokio::time::sleep(RELAY_EVERY) => {}
             }
         }
@@ -243,12 +238,9 @@ impl Collector {
         let linger = amqp::Linger::WhenBusy(Duration::from_millis(self.cfg.collector.linger_ms));
         let mut batches = amqp::BatchConsumer::new(consumer, batch, linger);
         while let Some(deliveries) = batches.next(token).await? {
-            let (handled, events) = self.handle_batch(&deliveries, token).await;
+            let (handled, _) = self.handle_batch(&deliveries, token).await;
             if !batches.finish(&deliveries, handled, &publisher).await? {
                 break;
-            }
-            if events {
-                self.wrote_events.notify_one();
             }
         }
         Ok(())

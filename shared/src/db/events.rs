@@ -107,36 +107,20 @@ pub async fn read<C: deadpool_postgres::GenericClient + Sync>(
     filter: &Filter,
     limit: i64,
 ) -> Result<(Vec<Event>, Cursor), DbError> {
-    let sql = format!(
-        "SELECT e.id, e.xid::text, e.at, e.kind, e.job_id, j.name, e.task_id, t.name,
-                CASE WHEN e.task_id IS NOT NULL THEN t.target_group
-                     WHEN e.job_id IS NULL THEN
-                         (SELECT string_agg(g, ',') FROM executors x,
-                                 jsonb_array_elements_text(x.groups) AS g
-                          WHERE x.id = e.executor_id) END,
-                e.attempt, coalesce(e.executor_id, a.executor_id), e.state,
-                coalesce(r.outcome, a.state),
-                r.exit_code, r.signal,
-                (extract(epoch FROM r.finished_at - r.started_at) * 1000)::bigint,
-                e.retry_at,
-                ($4::bool AND ($5::uuid IS NULL OR j.owner_token IS DISTINCT FROM $5
-                               OR e.job_id IS NULL))
-                  OR ($6::uuid IS NOT NULL AND e.job_id IS DISTINCT FROM $6)
-                  OR (cardinality($7::text[]) > 0 AND e.kind <> ALL($7))
-                  OR ($8::text IS NOT NULL AND NOT {group})
-         FROM (SELECT * FROM events
-               WHERE (xid, id) > ($1::text::xid8, $2)
-                 AND xid < pg_snapshot_xmin(pg_current_snapshot())
-                 AND {job}
-               ORDER BY xid, id LIMIT $3) e
-         LEFT JOIN jobs j ON j.id = e.job_id
-         LEFT JOIN tasks t ON t.id = e.task_id
-         LEFT JOIN attempts a ON e.kind IN ('task.finished', 'task.retrying')
-                             AND a.task_id = e.task_id AND a.attempt = e.attempt
-         LEFT JOIN results r ON e.kind IN ('task.finished', 'task.retrying')
-                            AND r.task_id = e.task_id AND r.attempt = e.attempt
-         ORDER BY e.xid, e.id",
+    let left_out = format!(
+        "($4::bool AND ($5::uuid IS NULL OR j.owner_token IS DISTINCT FROM $5
+                        OR e.job_id IS NULL))
+         OR ($6::uuid IS NOT NULL AND e.job_id IS DISTINCT FROM $6)
+         OR (cardinality($7::text[]) > 0 AND e.kind <> ALL($7))
+         OR ($8::text IS NOT NULL AND NOT {group})",
         group = GROUP_MATCH.replace("$g", "$8"),
+    );
+    let source = format!(
+        "SELECT * FROM events
+         WHERE (xid, id) > ($1::text::xid8, $2)
+           AND xid < pg_snapshot_xmin(pg_current_snapshot())
+           AND {job}
+         ORDER BY xid, id LIMIT $3",
         // Its own statement for one job's events, so that even a generic plan reads them
         // along events_job rather than the whole log from the cursor on.
         job = if filter.job.is_some() {
@@ -145,6 +129,7 @@ pub async fn read<C: deadpool_postgres::GenericClient + Sync>(
             "$6::uuid IS NULL"
         },
     );
+    let sql = with_details(&source, &left_out);
     let stmt = client.prepare_cached(&sql).await?;
     let (scoped, owner) = match filter.owner {
         Some(tok) => (true, tok.map(|t| t.uuid())),
@@ -188,6 +173,80 @@ pub async fn read<C: deadpool_postgres::GenericClient + Sync>(
         }
     }
     Ok((out, next))
+}
+
+/// The statement that reads events from `source` (a subquery of `events` rows, in log
+/// order) with their details joined in; column 17 is `left_out` (the filter's verdict).
+fn with_details(source: &str, left_out: &str) -> String {
+    format!(
+        "SELECT e.id, e.xid::text, e.at, e.kind, e.job_id, j.name, e.task_id, t.name,
+                CASE WHEN e.task_id IS NOT NULL THEN t.target_group
+                     WHEN e.job_id IS NULL THEN
+                         (SELECT string_agg(g, ',') FROM executors x,
+                                 jsonb_array_elements_text(x.groups) AS g
+                          WHERE x.id = e.executor_id) END,
+                e.attempt, coalesce(e.executor_id, a.executor_id), e.state,
+                coalesce(r.outcome, a.state),
+                r.exit_code, r.signal,
+                (extract(epoch FROM r.finished_at - r.started_at) * 1000)::bigint,
+                e.retry_at,
+                {left_out}
+         FROM ({source}) e
+         LEFT JOIN jobs j ON j.id = e.job_id
+         LEFT JOIN tasks t ON t.id = e.task_id
+         LEFT JOIN attempts a ON e.kind IN ('task.finished', 'task.retrying')
+                             AND a.task_id = e.task_id AND a.attempt = e.attempt
+         LEFT JOIN results r ON e.kind IN ('task.finished', 'task.retrying')
+                            AND r.task_id = e.task_id AND r.attempt = e.attempt
+         ORDER BY e.xid, e.id"
+    )
+}
+
+/// These events (those still kept), with their details, in log order.
+pub async fn read_ids<C: deadpool_postgres::GenericClient + Sync>(
+    client: &C,
+    ids: &[i64],
+) -> Result<Vec<Event>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = with_details("SELECT * FROM events WHERE id = ANY($1)", "false");
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &[&ids]).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        match event_row(r) {
+            Ok(e) => out.push(e),
+            Err(e) => tracing::warn!(error = %e, "an event passed over"),
+        }
+    }
+    Ok(out)
+}
+
+/// The positions and kinds of up to `limit` events after `after`: what a reader of the
+/// whole log needs before it knows whether it wants their details (none, mostly).
+async fn positions<C: deadpool_postgres::GenericClient + Sync>(
+    client: &C,
+    after: Cursor,
+    limit: i64,
+) -> Result<Vec<(Cursor, Option<Kind>)>, DbError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT xid::text, id, kind FROM events
+             WHERE (xid, id) > ($1::text::xid8, $2)
+               AND xid < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY xid, id LIMIT $3",
+        )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&after.xid.to_string(), &after.id, &limit])
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let kind: String = r.get(2);
+        out.push((cursor_of(Some(r))?, Kind::parse(&kind)));
+    }
+    Ok(out)
 }
 
 fn event_row(r: &tokio_postgres::Row) -> Result<Event, DbError> {
@@ -265,27 +324,57 @@ fn cursor_of(row: Option<tokio_postgres::Row>) -> Result<Cursor, DbError> {
 /// is tried again: a queue bound meanwhile starts receiving it within this.
 pub const PROBE_EVERY: Duration = Duration::from_secs(10);
 
-/// Which event kinds anyone listens to on the broker, as it last told this process: an
-/// event published (mandatory) that no queue took marks its kind unwanted for
-/// [`PROBE_EVERY`]; then the next one is published again, as a probe. So a deployment
-/// that binds no queue to the events exchange sends no event messages at all (the log
-/// still holds them for HTTP readers and webhooks).
+/// Which event kinds anyone listens to on the broker, as it last told this process. A
+/// kind not known yet (or unwanted for [`PROBE_EVERY`] already) is probed: one event of
+/// it is published (mandatory) first; if a queue took it, the rest of its kind follow
+/// and it is wanted until a publish of it comes back; if none did, it is unwanted for
+/// [`PROBE_EVERY`]. So a deployment that binds no queue to the events exchange sends one
+/// message per kind every 10 s, and reads no event's details (the log still holds them
+/// for HTTP readers and webhooks).
 #[derive(Debug, Default)]
 pub struct Interest {
-    unwanted_until: Mutex<HashMap<Kind, Instant>>,
+    kinds: Mutex<HashMap<Kind, Wanted>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Wanted {
+    Yes,
+    No { until: Instant },
+}
+
+/// What the relay does with a kind now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// Publish every event of it.
+    All,
+    /// Publish one, and the rest only if a queue took it.
+    Probe,
+    /// Publish none.
+    None,
 }
 
 impl Interest {
-    pub fn wants(&self, kind: Kind) -> bool {
-        let Ok(map) = self.unwanted_until.lock() else {
-            return true;
+    pub fn relay(&self, kind: Kind) -> Relay {
+        let Ok(map) = self.kinds.lock() else {
+            return Relay::All;
         };
-        map.get(&kind).is_none_or(|t| Instant::now() >= *t)
+        match map.get(&kind) {
+            Some(Wanted::Yes) => Relay::All,
+            Some(Wanted::No { until }) if Instant::now() < *until => Relay::None,
+            _ => Relay::Probe,
+        }
     }
 
-    pub fn nobody_took(&self, kind: Kind) {
-        if let Ok(mut map) = self.unwanted_until.lock() {
-            map.insert(kind, Instant::now() + PROBE_EVERY);
+    pub fn took(&self, kind: Kind, taken: bool) {
+        if let Ok(mut map) = self.kinds.lock() {
+            let w = if taken {
+                Wanted::Yes
+            } else {
+                Wanted::No {
+                    until: Instant::now() + PROBE_EVERY,
+                }
+            };
+            map.insert(kind, w);
         }
     }
 }
@@ -343,8 +432,11 @@ impl<'a> Consumer<'a> {
         Ok(Some(Consumer { tx, name, at }))
     }
 
-    async fn read(&self) -> Result<(Vec<Event>, Cursor), DbError> {
-        read(&self.tx, self.at, &Filter::default(), BATCH).await
+    /// The next batch's positions and kinds, and where it ends.
+    async fn next(&self) -> Result<(Vec<(Cursor, Option<Kind>)>, Cursor), DbError> {
+        let batch = positions(&self.tx, self.at, BATCH).await?;
+        let to = batch.last().map(|(c, _)| *c).unwrap_or(self.at);
+        Ok((batch, to))
     }
 
     async fn commit(self, to: Cursor) -> Result<(), DbError> {
@@ -380,36 +472,78 @@ pub async fn relay(
         let Some(c) = Consumer::begin(&mut client, schema, "amqp").await? else {
             return Ok(read_total);
         };
-        let (events, to) = c.read().await?;
+        let (batch, to) = c.next().await?;
         if to == c.at {
             return Ok(read_total);
         }
-        read_total += events.len();
-        let wanted: Vec<&Event> = events.iter().filter(|e| interest.wants(e.kind)).collect();
-        let out: Vec<Outgoing> = wanted
-            .iter()
-            .map(|e| {
-                let props = amqp::json_properties()
-                    .with_message_id(format!("{}-event-{}", names.prefix(), e.id).into());
-                Outgoing::new(
-                    names.events_exchange(),
-                    e.kind.as_str(),
-                    serde_json::to_vec(e).unwrap_or_default(),
-                )
-                .with_properties(props)
-                .mandatory()
-            })
-            .collect();
-        if !out.is_empty() {
-            // Published before the cursor moves: a crash in between repeats, never loses.
-            for i in publisher.publish_batch(out).await? {
-                interest.nobody_took(wanted[i].kind);
+        read_total += batch.len();
+        // Details are read only for the kinds some queue takes (or may: one probe each).
+        // In log order: what comes after a probe waits for its answer, so a run of events
+        // is published up to and including each probe, then the rest.
+        let mut sent = 0;
+        let mut run: Vec<i64> = Vec::new();
+        for (n, (pos, kind)) in batch.iter().enumerate() {
+            let Some(k) = kind else { continue };
+            let probe = match interest.relay(*k) {
+                Relay::None => continue,
+                Relay::All => false,
+                Relay::Probe => true,
+            };
+            run.push(pos.id);
+            if probe || n + 1 == batch.len() {
+                let events = read_ids(&c.tx, &run).await?;
+                let returned = publish_events(publisher, names, &events).await?;
+                for (i, e) in events.iter().enumerate() {
+                    // A probe tells either way; any other only when it came back.
+                    let taken = !returned.contains(&i);
+                    if !taken || (probe && e.id == pos.id) {
+                        interest.took(e.kind, taken);
+                    }
+                }
+                sent += events.len();
+                run.clear();
             }
         }
+        if !run.is_empty() {
+            let events = read_ids(&c.tx, &run).await?;
+            for i in publish_events(publisher, names, &events).await? {
+                interest.took(events[i].kind, false);
+            }
+            sent += events.len();
+        }
+        let full = batch.len() as i64 == BATCH;
         c.commit(to).await?;
-        metrics::counter!("fleet_events_relayed_total").increment(wanted.len() as u64);
+        metrics::counter!("fleet_events_relayed_total").increment(sent as u64);
+        // A short batch was the end: no second transaction just to find nothing.
+        if !full {
+            break;
+        }
     }
     Ok(read_total)
+}
+
+/// Publishes events to `<prefix>.events` (routing key: the kind; `message_id`:
+/// `<prefix>-event-<id>`), mandatory; the positions no queue took.
+async fn publish_events(
+    publisher: &Publisher,
+    names: &Names,
+    events: &[Event],
+) -> Result<Vec<usize>, AmqpError> {
+    let out: Vec<Outgoing> = events
+        .iter()
+        .map(|e| {
+            let props = amqp::json_properties()
+                .with_message_id(format!("{}-event-{}", names.prefix(), e.id).into());
+            Outgoing::new(
+                names.events_exchange(),
+                e.kind.as_str(),
+                serde_json::to_vec(e).unwrap_or_default(),
+            )
+            .with_properties(props)
+            .mandatory()
+        })
+        .collect();
+    publisher.publish_batch(out).await
 }
 
 /// Queues a delivery for each new event and each webhook that wants it (fleet-wide
@@ -422,11 +556,23 @@ pub async fn fan_out(pool: &Pool, schema: &str, max_batches: usize) -> Result<u6
         let Some(c) = Consumer::begin(&mut client, schema, "webhooks").await? else {
             return Ok(queued);
         };
-        let (events, to) = c.read().await?;
+        let (batch, to) = c.next().await?;
         if to == c.at {
             return Ok(queued);
         }
-        let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+        // Most fleets have no webhook: then the cursor just moves on.
+        let any: bool =
+            c.tx.query_one("SELECT EXISTS (SELECT 1 FROM webhooks)", &[])
+                .await?
+                .get(0);
+        if !any {
+            c.commit(to).await?;
+            if (batch.len() as i64) < BATCH {
+                break;
+            }
+            continue;
+        }
+        let ids: Vec<i64> = batch.iter().map(|(c, _)| c.id).collect();
         // A job's own webhook by its job (webhooks_job), the fleet-wide ones (few, by
         // webhooks_fleet): never every job's webhook for every event.
         let sql = format!(
@@ -442,10 +588,12 @@ pub async fn fan_out(pool: &Pool, schema: &str, max_batches: usize) -> Result<u6
              ON CONFLICT DO NOTHING",
             group = GROUP_MATCH.replace("$g", "w.group_name"),
         );
-        // Most fleets have no webhook: then nothing is joined, and the cursor moves on.
         let stmt = c.tx.prepare_cached(&sql).await?;
         queued += c.tx.execute(&stmt, &[&ids]).await?;
         c.commit(to).await?;
+        if (batch.len() as i64) < BATCH {
+            break;
+        }
     }
     Ok(queued)
 }

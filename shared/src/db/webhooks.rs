@@ -215,33 +215,14 @@ pub async fn events_of(
     client: &Client,
     ids: &[i64],
 ) -> Result<std::collections::HashMap<i64, Event>, DbError> {
-    let mut out = std::collections::HashMap::new();
-    let mut sorted: Vec<i64> = ids.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    for id in sorted {
-        if out.contains_key(&id) {
-            continue;
-        }
-        // Read from just before the event: the log's reader gives it with its details.
-        let Some(row) = client
-            .query_opt("SELECT xid::text, id FROM events WHERE id = $1", &[&id])
-            .await?
-        else {
-            continue;
-        };
-        let xid: String = row.get(0);
-        let xid: u64 = xid
-            .parse()
-            .map_err(|_| DbError::Row(format!("events.xid {xid:?}")))?;
-        let at = super::events::Cursor { xid, id: id - 1 };
-        let filter = super::events::Filter::default();
-        let (page, _) = super::events::read(client, at, &filter, 1).await?;
-        for e in page {
-            out.insert(e.id, e);
-        }
-    }
-    Ok(out)
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(super::events::read_ids(client, &ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e))
+        .collect())
 }
 
 /// How a delivery went.
