@@ -53,12 +53,19 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub const MAX_SECRET_LEN: usize = 256;
 const MAX_URL_LEN: usize = 2048;
 
-/// A webhook URL: `http://` or `https://`, a host, no blanks or control characters.
+/// A webhook URL: `http://`, a host, no blanks or control characters. (`https://` is
+/// refused with its reason until the collector speaks TLS: issue 14.)
 pub fn check_webhook_url(field: &str, url: &str) -> Result<(), FieldError> {
+    if url.starts_with("https://") {
+        return Err(bad(
+            field,
+            "https:// is not supported yet (the collector has no TLS client in this \
+             version); use http:// to a receiver or a TLS-terminating proxy you trust",
+        ));
+    }
     let rest = url
         .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| bad(field, "must start with http:// or https://"))?;
+        .ok_or_else(|| bad(field, "must start with http://"))?;
     if url.len() > MAX_URL_LEN {
         return Err(bad(field, format!("at most {MAX_URL_LEN} bytes")));
     }
@@ -664,7 +671,7 @@ mod tests {
                 .expect("parse");
             spec.validate()
         };
-        let ok = with(serde_json::json!({"url": "https://ci.example.com/h?x=1",
+        let ok = with(serde_json::json!({"url": "http://ci.example.com/h?x=1",
                                          "events": ["task.*", "job.failed"],
                                          "secret": "0123456789abcdef"}))
         .expect("valid");
@@ -684,6 +691,11 @@ mod tests {
                 serde_json::json!({"url": "ftp://x/h", "secret": "0123456789abcdef"}),
                 "notify.url",
                 "http://",
+            ),
+            (
+                serde_json::json!({"url": "https://x/h", "secret": "0123456789abcdef"}),
+                "notify.url",
+                "not supported yet",
             ),
             (
                 serde_json::json!({"url": "http:///h", "secret": "0123456789abcdef"}),
