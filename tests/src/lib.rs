@@ -390,6 +390,48 @@ impl TestFleet {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// A queue of its own bound to the fleet's events exchange (every kind), and a
+    /// consumer of it (no ack): what another system listening to Fleet sees. Keep the
+    /// connection open as long as the consumer is read.
+    pub async fn listen_events(&self) -> Result<(lapin::Connection, lapin::Consumer)> {
+        use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let names = fleet_shared::amqp::Names::new(&self.cfg.amqp.prefix);
+        let conn = fleet_shared::amqp::connect(&self.cfg.amqp, "event-listener").await?;
+        let ch = conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        ch.queue_bind(
+            q.name().clone(),
+            names.events_exchange().as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let consumer = ch
+            .basic_consume(
+                q.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((conn, consumer))
+    }
+
     /// Waits until the API shows `id` with `draining` as given.
     pub async fn wait_draining(&self, id: &str, draining: bool) -> Result<()> {
         wait_for(

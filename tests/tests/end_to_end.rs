@@ -263,48 +263,12 @@ async fn the_same_idempotency_key_yields_one_job_over_either_path() -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_tasks_and_jobs_are_announced_on_the_events_exchange() -> Result<()> {
     use futures_util::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-
     let mut fleet = TestFleet::start("events").await?;
     fleet
         .add_executor(ExecutorSpec::new("cpu-1", &["cpu"], 2))
         .await?;
     fleet.wait_executors(&["cpu-1"]).await?;
-    let names = fleet_shared::amqp::Names::new(&fleet.name);
-    let conn = fleet_shared::amqp::connect(&fleet.cfg.amqp, "event-listener").await?;
-    let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().clone(),
-        names.events_exchange().as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let mut events = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-
+    let (conn, mut events) = fleet.listen_events().await?;
     let id = fleet
         .submit(&job_of(2, &["true"], json!({"group": "cpu"})))
         .await?;

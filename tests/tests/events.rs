@@ -112,48 +112,13 @@ fn check_sequence(what: &str, events: &[Event]) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_announces_the_documented_sequence_once_on_amqp_and_over_http() -> Result<()> {
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-
     let mut fleet = TestFleet::start("events-seq").await?;
     fleet
         .add_executor(ExecutorSpec::new("ev-1", &["ev"], 2))
         .await?;
 
     // A listener on the broker, bound before the job.
-    let conn = fleet_shared::amqp::connect(&fleet.cfg.amqp, "event-listener").await?;
-    let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let names = fleet_shared::amqp::Names::new(&fleet.cfg.amqp.prefix);
-    ch.queue_bind(
-        q.name().clone(),
-        names.events_exchange().as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let mut deliveries = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (conn, mut deliveries) = fleet.listen_events().await?;
 
     let dir = std::env::temp_dir().join(&fleet.name);
     std::fs::create_dir_all(&dir)?;
