@@ -1,7 +1,8 @@
 //! The collector: consumes results in batches, records each once, settles the tasks and
-//! jobs they decide, and relays the event log to the broker where anyone listens. A batch is acked only
-//! after its transaction committed and its events were confirmed, so a crash anywhere
-//! means redelivery, and redelivery is a no-op on (task, attempt).
+//! jobs they decide (writing their events to the event log in the same transaction), and
+//! relays the event log to the broker where anyone listens. A batch is acked only after
+//! its transaction committed, so a crash anywhere means redelivery, and redelivery is a
+//! no-op on (task, attempt).
 
 use std::time::Duration;
 
@@ -17,6 +18,15 @@ use tokio_util::sync::CancellationToken;
 
 mod retention;
 mod webhooks;
+
+/// Why one look of a background loop (retention, webhook delivery) did not finish.
+#[derive(Debug, thiserror::Error)]
+enum LoopError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("no answer within {0:?}")]
+    Deadline(Duration),
+}
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7072";
 
@@ -91,15 +101,6 @@ struct Collector {
 /// How often the relay looks for new events: a pass is a transaction (and a commit when
 /// the cursor moves), so it is paced, not woken by every batch of results.
 const RELAY_EVERY: Duration = Duration::from_millis(100);
-
-/// What recording a batch came to.
-#[derive(Default)]
-struct Recorded {
-    /// Positions of the results refused, with why.
-    refused: Vec<(usize, collect::Refused)>,
-    /// Whether events were written to the log.
-    events: bool,
-}
 
 impl Collector {
     async fn session(
@@ -238,7 +239,7 @@ impl Collector {
         let linger = amqp::Linger::WhenBusy(Duration::from_millis(self.cfg.collector.linger_ms));
         let mut batches = amqp::BatchConsumer::new(consumer, batch, linger);
         while let Some(deliveries) = batches.next(token).await? {
-            let (handled, _) = self.handle_batch(&deliveries, token).await;
+            let handled = self.handle_batch(&deliveries, token).await;
             if !batches.finish(&deliveries, handled, &publisher).await? {
                 break;
             }
@@ -246,13 +247,8 @@ impl Collector {
         Ok(())
     }
 
-    /// Records a batch; says what to publish (dead letters) before the ack, and whether
-    /// it wrote events to relay.
-    async fn handle_batch(
-        &self,
-        deliveries: &[Delivery],
-        token: &CancellationToken,
-    ) -> (Handled, bool) {
+    /// Records a batch; says what to publish (dead letters) before the ack.
+    async fn handle_batch(&self, deliveries: &[Delivery], token: &CancellationToken) -> Handled {
         let n = &self.names;
         let source = n.results_queue();
         let mut out = Vec::new();
@@ -284,7 +280,7 @@ impl Collector {
             }
         }
         if results.is_empty() {
-            return (Handled::Publish(out), false);
+            return Handled::Publish(out);
         }
         // A result for an attempt that does not exist, or from an executor that does not
         // hold it, is not stored: it is dead-lettered with the reason.
@@ -304,12 +300,10 @@ impl Collector {
         // and their attempts lost, so that their tasks do not wait for a result that will
         // never be recorded.
         let mut unusable = Vec::new();
-        let mut events = false;
         match svc::retry("recording results", token, || self.record(&results)).await {
-            None => return (Handled::Shutdown, false),
-            Some(Ok(recorded)) => {
-                events |= recorded.events;
-                for (i, why) in recorded.refused {
+            None => return Handled::Shutdown,
+            Some(Ok(refused)) => {
+                for (i, why) in refused {
                     refuse(&mut out, i, why);
                 }
             }
@@ -324,10 +318,9 @@ impl Collector {
                     })
                     .await
                     {
-                        None => return (Handled::Shutdown, false),
-                        Some(Ok(recorded)) => {
-                            events |= recorded.events;
-                            for (_, why) in recorded.refused {
+                        None => return Handled::Shutdown,
+                        Some(Ok(refused)) => {
+                            for (_, why) in refused {
                                 refuse(&mut out, i, why);
                             }
                         }
@@ -350,8 +343,8 @@ impl Collector {
             })
             .await
             {
-                None => return (Handled::Shutdown, false),
-                Some(Ok(e)) => events |= e,
+                None => return Handled::Shutdown,
+                Some(Ok(())) => {}
                 // The attempts stay open; the result timeout loses them later.
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "could not lose attempts whose results were refused")
@@ -372,11 +365,15 @@ impl Collector {
             }
         }
         metrics::counter!("fleet_collector_results_total").increment(results.len() as u64);
-        (Handled::Publish(out), events)
+        Handled::Publish(out)
     }
 
-    /// Records results in one transaction with their events.
-    async fn record(&self, results: &[TaskResult]) -> Result<Recorded, DbError> {
+    /// Records results in one transaction with their events; the positions of those
+    /// refused, with why.
+    async fn record(
+        &self,
+        results: &[TaskResult],
+    ) -> Result<Vec<(usize, collect::Refused)>, DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let recorded = collect::record_results(&tx, &self.schema, results).await?;
@@ -387,15 +384,12 @@ impl Collector {
             db::notify_wake(&tx, &self.schema, true).await?;
         }
         tx.commit().await?;
-        Ok(Recorded {
-            refused: recorded.refused,
-            events: !recorded.settled.events.is_empty(),
-        })
+        Ok(recorded.refused)
     }
 
     /// Loses attempts (their results were refused) and settles their tasks, in one
-    /// transaction with their events. Whether it wrote events.
-    async fn lose(&self, held: &[HeldBy]) -> Result<bool, DbError> {
+    /// transaction with their events.
+    async fn lose(&self, held: &[HeldBy]) -> Result<(), DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let settled = collect::lose(&tx, held).await?;
@@ -404,7 +398,7 @@ impl Collector {
             db::notify_wake(&tx, &self.schema, true).await?;
         }
         tx.commit().await?;
-        Ok(!settled.events.is_empty())
+        Ok(())
     }
 }
 

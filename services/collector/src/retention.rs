@@ -11,14 +11,7 @@ use fleet_shared::config::{DatabaseConfig, RetentionConfig};
 use fleet_shared::db::{events, retention, DbError, Pool};
 use tokio_util::sync::CancellationToken;
 
-/// Why a batch did not purge.
-#[derive(Debug, thiserror::Error)]
-enum Failed {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("no answer within {0:?}")]
-    Deadline(Duration),
-}
+use crate::LoopError;
 
 pub async fn run(pool: Pool, cfg: RetentionConfig, db: DatabaseConfig, token: CancellationToken) {
     if cfg.finished_job_days == 0 {
@@ -38,13 +31,13 @@ pub async fn run(pool: Pool, cfg: RetentionConfig, db: DatabaseConfig, token: Ca
         loop {
             let batch = async {
                 let mut client = pool.get().await.map_err(DbError::from)?;
-                Ok::<_, Failed>(
+                Ok::<_, LoopError>(
                     retention::purge_finished(&mut client, cfg.finished_job_days, limit).await?,
                 )
             };
             let done = tokio::select! {
                 _ = token.cancelled() => return,
-                r = tokio::time::timeout(deadline, batch) => r.unwrap_or(Err(Failed::Deadline(deadline))),
+                r = tokio::time::timeout(deadline, batch) => r.unwrap_or(Err(LoopError::Deadline(deadline))),
             };
             match done {
                 Ok(n) => {
@@ -72,11 +65,11 @@ pub async fn run(pool: Pool, cfg: RetentionConfig, db: DatabaseConfig, token: Ca
         loop {
             let batch = async {
                 let client = pool.get().await.map_err(DbError::from)?;
-                Ok::<_, Failed>(events::purge_older(&client, before, limit * 10).await?)
+                Ok::<_, LoopError>(events::purge_older(&client, before, limit * 10).await?)
             };
             let done = tokio::select! {
                 _ = token.cancelled() => return,
-                r = tokio::time::timeout(deadline, batch) => r.unwrap_or(Err(Failed::Deadline(deadline))),
+                r = tokio::time::timeout(deadline, batch) => r.unwrap_or(Err(LoopError::Deadline(deadline))),
             };
             match done {
                 Ok(n) if n < (limit * 10) as u64 => break,
@@ -93,7 +86,7 @@ pub async fn run(pool: Pool, cfg: RetentionConfig, db: DatabaseConfig, token: Ca
         }
         match tokio::time::timeout(deadline, async {
             let client = pool.get().await.map_err(DbError::from)?;
-            Ok::<_, Failed>(events::purge_dead_deliveries(&client).await?)
+            Ok::<_, LoopError>(events::purge_dead_deliveries(&client).await?)
         })
         .await
         {

@@ -17,14 +17,7 @@ use fleet_shared::event::{self, Event};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// Why a look failed.
-#[derive(Debug, thiserror::Error)]
-enum Failed {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("no answer within {0:?}")]
-    Deadline(Duration),
-}
+use crate::LoopError;
 
 pub async fn run(pool: Pool, cfg: WebhooksConfig, schema: String, token: CancellationToken) {
     let http = match reqwest::Client::builder()
@@ -54,7 +47,7 @@ pub async fn run(pool: Pool, cfg: WebhooksConfig, schema: String, token: Cancell
             events::fan_out(&pool, &schema, 20).await?;
             let free = slots.available_permits() as i64;
             if free == 0 {
-                return Ok::<_, Failed>(Vec::new());
+                return Ok::<_, LoopError>(Vec::new());
             }
             let mut client = pool.get().await.map_err(DbError::from)?;
             // The lease outlasts the POST's own deadline, so a delivery in flight is
@@ -74,7 +67,7 @@ pub async fn run(pool: Pool, cfg: WebhooksConfig, schema: String, token: Cancell
         };
         let looked = tokio::select! {
             _ = token.cancelled() => return,
-            r = tokio::time::timeout(deadline, look) => r.unwrap_or(Err(Failed::Deadline(deadline))),
+            r = tokio::time::timeout(deadline, look) => r.unwrap_or(Err(LoopError::Deadline(deadline))),
         };
         match looked {
             Ok(claimed) => {
