@@ -63,6 +63,9 @@ pub struct ChaosReport {
     pub duplicates: i64,
     pub last_kill_to_last_completion: Duration,
     pub elapsed: Duration,
+    /// For each unexplained rerun: the task's runs (which process) and its attempts as
+    /// PostgreSQL holds them, and the faults made, so that a failure says what happened.
+    pub details: Vec<String>,
 }
 
 impl std::fmt::Display for ChaosReport {
@@ -87,7 +90,11 @@ impl std::fmt::Display for ChaosReport {
             f,
             "total time:                {:.1}s",
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        for d in &self.details {
+            write!(f, "\n{d}")?;
+        }
+        Ok(())
     }
 }
 
@@ -133,19 +140,94 @@ fn runs(log: &std::path::Path) -> Vec<Run> {
 /// Runs beyond one per task, and how many of them no silent process explains: of a
 /// task's k runs, k - 1 must have been made by processes that were SIGKILLed or
 /// SIGSTOPped.
+#[cfg(test)]
 fn reruns(runs: &[Run], silent: &std::collections::HashSet<i32>) -> (usize, usize) {
+    let (rerun, unexplained) = unexplained_reruns(runs, silent);
+    (rerun, unexplained.iter().map(|(_, n)| n).sum())
+}
+
+/// As [`reruns`], with the tasks whose reruns are unexplained (and how many each).
+fn unexplained_reruns<'a>(
+    runs: &'a [Run],
+    silent: &std::collections::HashSet<i32>,
+) -> (usize, Vec<(&'a str, usize)>) {
     let mut by_task: HashMap<&str, Vec<i32>> = HashMap::new();
     for r in runs {
         by_task.entry(&r.task).or_default().push(r.executor_pid);
     }
     let mut rerun = 0;
-    let mut unexplained = 0;
-    for pids in by_task.values().filter(|p| p.len() > 1) {
+    let mut unexplained = Vec::new();
+    for (task, pids) in by_task.iter().filter(|(_, p)| p.len() > 1) {
         rerun += 1;
         let silenced = pids.iter().filter(|p| silent.contains(p)).count();
-        unexplained += (pids.len() - 1).saturating_sub(silenced);
+        let n = (pids.len() - 1).saturating_sub(silenced);
+        if n > 0 {
+            unexplained.push((*task, n));
+        }
     }
     (rerun, unexplained)
+}
+
+/// What a failed soak prints of a task run more than once with no silent process
+/// to explain it: its runs, its attempts, its events.
+async fn explain(
+    fleet: &TestFleet,
+    task: &str,
+    runs: &[Run],
+    pids: &HashMap<i32, String>,
+) -> Result<String> {
+    use std::fmt::Write;
+    let mut out = format!("task {task} ran on:");
+    for r in runs.iter().filter(|r| r.task == task) {
+        let who = pids.get(&r.executor_pid).map_or("?", String::as_str);
+        write!(out, " {who} (pid {})", r.executor_pid)?;
+    }
+    let client = fleet.pool.get().await?;
+    let id: uuid::Uuid = task.parse()?;
+    for row in client
+        .query(
+            "SELECT attempt, executor_id, state,
+                    to_char(assigned_at, 'HH24:MI:SS.MS'),
+                    to_char(started_at, 'HH24:MI:SS.MS'),
+                    to_char(finished_at, 'HH24:MI:SS.MS'),
+                    to_char(lease_deadline, 'HH24:MI:SS.MS')
+             FROM attempts WHERE task_id = $1 ORDER BY attempt",
+            &[&id],
+        )
+        .await?
+    {
+        let f = |i: usize| row.get::<_, Option<String>>(i).unwrap_or_default();
+        write!(
+            out,
+            "\n  attempt {} on {}: {}, assigned {}, started {}, finished {}, lease {}",
+            row.get::<_, i32>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            f(3),
+            f(4),
+            f(5),
+            f(6)
+        )?;
+    }
+    for row in client
+        .query(
+            "SELECT to_char(at, 'HH24:MI:SS.MS'), kind, attempt, executor_id, state
+             FROM events WHERE task_id = $1 ORDER BY xid, id",
+            &[&id],
+        )
+        .await?
+    {
+        write!(
+            out,
+            "\n  event {} {} attempt {:?} executor {:?} {:?}",
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, Option<i32>>(2),
+            row.get::<_, Option<String>>(3),
+            row.get::<_, Option<String>>(4),
+        )?;
+    }
+    Ok(out)
 }
 
 pub async fn run(opts: ChaosOptions) -> Result<ChaosReport> {
@@ -242,6 +324,13 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport> {
     let mut silent = std::collections::HashSet::new();
     let frozen_for = Duration::from_secs(fleet.cfg.dispatcher.lease_timeout_secs + 1);
     let give_up = Instant::now() + Duration::from_secs(600);
+    // Which process each pid was, and the faults as they were made (UTC wall clock, to
+    // read beside the attempts' times).
+    let mut pids: HashMap<i32, String> = members
+        .iter()
+        .map(|m| (m.process.pid(), m.id.clone()))
+        .collect();
+    let mut timeline = Vec::new();
     loop {
         tokio::time::sleep(opts.kill_every).await;
         let done = fleet
@@ -259,6 +348,12 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport> {
             _ => Fault::Stop,
         };
         let m = &mut members[victim];
+        timeline.push(format!(
+            "{} {fault:?} {} (pid {})",
+            chrono::Utc::now().format("%H:%M:%S%.3f"),
+            m.id,
+            m.process.pid()
+        ));
         match fault {
             Fault::Stop => {
                 silent.insert(m.process.pid());
@@ -301,6 +396,7 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport> {
                     }
                     _ => fleet.spawn_process(&coll_bin, &format!("collector-{kills}"), &[])?,
                 };
+                pids.insert(m.process.pid(), m.id.clone());
             }
         }
         *report.kills.entry((m.role, fault)).or_default() += 1;
@@ -340,7 +436,19 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport> {
         .await?;
     let runs = runs(&log);
     report.executions = runs.len();
-    (report.rerun_tasks, report.unexplained_reruns) = reruns(&runs, &silent);
+    let (rerun, unexplained) = unexplained_reruns(&runs, &silent);
+    report.rerun_tasks = rerun;
+    report.unexplained_reruns = unexplained.iter().map(|(_, n)| n).sum();
+    if !unexplained.is_empty() {
+        report
+            .details
+            .push(format!("faults:\n  {}", timeline.join("\n  ")));
+        for (task, _) in &unexplained {
+            report
+                .details
+                .push(explain(&fleet, task, &runs, &pids).await?);
+        }
+    }
     let _ = std::fs::remove_file(&log);
     report.elapsed = started.elapsed();
     for m in members {
