@@ -617,6 +617,7 @@ mod tests {
             stdin: t.stdin.clone(),
             timeout_secs: u64::MAX,
             lease_deadline: chrono::DateTime::<chrono::Utc>::MAX_UTC,
+            epoch: i64::MAX,
         };
         let strings = json_len(&t.argv)
             + json_len(&t.env)

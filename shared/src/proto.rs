@@ -243,7 +243,18 @@ pub struct Request {
     pub stdin: Option<String>,
     pub timeout_secs: u64,
     pub lease_deadline: DateTime<Utc>,
+    /// The leadership epoch of the dispatcher that sent it (0: not said). An executor
+    /// that has heard of a later epoch (a [`ControlAction::Leader`] or a later request)
+    /// gives it back unrun: it comes from a leader that was replaced, frozen between its
+    /// commit and this publish, whose attempts the new leader may have handed out again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: i64,
 }
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 impl Wire for Request {
     const TYPE: &'static str = "request";
     const V: u32 = 1;
@@ -451,6 +462,12 @@ pub enum ControlAction {
         task_id: TaskId,
         attempt: i32,
     },
+    /// Dispatcher -> every executor (`control.all`), when it starts leading and before
+    /// it may sweep: requests of earlier epochs that come after this are stale (their
+    /// sender was replaced, and its attempts may be lost and running elsewhere).
+    Leader {
+        epoch: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -598,6 +615,7 @@ mod tests {
             stdin: None,
             timeout_secs: 60,
             lease_deadline: Utc::now(),
+            epoch: 0,
         }
     }
 

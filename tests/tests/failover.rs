@@ -200,3 +200,63 @@ async fn a_long_task_runs_once_when_every_dispatcher_is_down_for_twice_the_lease
     back.kill().await?;
     fleet.shutdown().await
 }
+
+/// A leader frozen after committing a round but before its requests reached the broker
+/// publishes them when it wakes, long after its successor may have lost those attempts
+/// and handed them out again. Its requests carry its epoch, and the successor told every
+/// executor of its own before sweeping: the late requests are given back unrun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_replaced_leader_publishes_late_are_given_back_unrun() -> Result<()> {
+    let Pair {
+        fleet,
+        leader,
+        standby,
+        epoch,
+    } = two_dispatchers("latepub").await?;
+    leader.signal(Signal::SIGSTOP)?;
+    let (_, current) = wait_new_epoch(&fleet, epoch).await?;
+    // The successor runs rounds (so it has told the executors of its epoch).
+    let first = submit_many(&fleet, 1).await?;
+    all_succeed_once(&fleet, &first).await?;
+
+    // What the frozen leader would publish on waking (its request for x-1), then one of
+    // the current leader's; the executor takes them in that order.
+    let dir = std::env::temp_dir().join(format!("{}-late", fleet.name));
+    std::fs::create_dir_all(&dir)?;
+    let request = |epoch: i64, marker: &str| fleet_shared::proto::Request {
+        task_id: fleet_shared::id::TaskId::new(),
+        attempt: 1,
+        job_id: JobId::new(),
+        argv: vec!["touch".into(), dir.join(marker).display().to_string()],
+        env: Default::default(),
+        cwd: None,
+        stdin: None,
+        timeout_secs: 60,
+        lease_deadline: chrono::Utc::now(),
+        epoch,
+    };
+    let root = fleet_shared::amqp::Names::new(&fleet.cfg.amqp.prefix).root_exchange();
+    for (epoch, marker) in [(epoch, "stale"), (current, "current")] {
+        fleet
+            .publish_raw(
+                &root,
+                "request.x-1",
+                &fleet_shared::proto::encode(&request(epoch, marker)),
+            )
+            .await?;
+    }
+    wait_for(
+        "the current leader's request to run",
+        Duration::from_secs(30),
+        || async { Ok(dir.join("current").exists().then_some(())) },
+    )
+    .await?;
+    assert!(
+        !dir.join("stale").exists(),
+        "the replaced leader's request ran"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    leader.kill().await?;
+    standby.kill().await?;
+    fleet.shutdown().await
+}

@@ -114,6 +114,9 @@ pub struct Dispatcher {
     /// heard from since this dispatcher (re)started leading or came back from an outage,
     /// and an attempt whose lease ran out meanwhile may well be alive.
     sweep_after: Instant,
+    /// When the last round started: a gap longer than executors have to report (the
+    /// process was frozen, or a round stalled) holds the sweeps like a restart does.
+    last_round: Option<Instant>,
     next_sweep: Instant,
     next_grace: Instant,
     next_flush: Instant,
@@ -139,6 +142,7 @@ impl Dispatcher {
             cancel_maybe: true,
             killing: HashMap::new(),
             sweep_after: now,
+            last_round: None,
             next_sweep: now,
             next_grace: now,
             next_flush: now,
@@ -287,6 +291,19 @@ impl Dispatcher {
     /// One round: what is due, and what changed.
     pub async fn run_once(&mut self, publisher: &Publisher) -> Result<Report, Error> {
         let mut report = Report::default();
+        // Back from a freeze (SIGSTOP, a stalled VM) or a stalled round: the leases were
+        // not extended meanwhile, and requests it published late may only now have
+        // reached their executors, which have not listed them yet.
+        let started = Instant::now();
+        let hear_all = Duration::from_secs(self.cfg.dispatcher.executor_timeout_secs);
+        if self
+            .last_round
+            .replace(started)
+            .is_some_and(|last| started.duration_since(last) > hear_all)
+        {
+            tracing::info!("this dispatcher was away longer than executors have to report; hearing them again before sweeping");
+            self.hold_sweeps();
+        }
         if !self.leader.renew_if_due(&self.pool).await? {
             return Err(self.step_down());
         }
@@ -531,7 +548,7 @@ impl Dispatcher {
     async fn send(
         &mut self,
         publisher: &Publisher,
-        sent: Vec<(HeldBy, Request, Option<ReadyTask>)>,
+        mut sent: Vec<(HeldBy, Request, Option<ReadyTask>)>,
         report: &mut Report,
     ) -> Result<(), Error> {
         let attempts: Vec<HeldBy> = sent.iter().map(|(h, _, _)| h.clone()).collect();
@@ -549,6 +566,12 @@ impl Dispatcher {
                 "leadership may have lapsed during the round; its requests are not sent"
             );
             return Err(self.step_down());
+        }
+        // Past that check, a freeze can still fall before the broker has the requests;
+        // the epoch lets executors told of a successor refuse them.
+        let epoch = self.leader.current().map_or(0, |l| l.epoch);
+        for (_, req, _) in &mut sent {
+            req.epoch = epoch;
         }
         let root = self.names.root_exchange();
         // A request not taken within the lease is stale: its attempt is lost by then and
@@ -909,6 +932,25 @@ async fn lead(
     amqp::declare_logs_queue(publisher.channel(), &n).await?;
     let (consumer_ch, consumer) =
         amqp::consume(conn, &n.info_queue(), "fleet-dispatcher", 512).await?;
+    // Before any sweep can lose an attempt that a replaced leader opened: every executor
+    // is told of this epoch, so that such a leader's requests, published late (it was
+    // frozen after its commit), are given back unrun instead of running beside the
+    // attempt that replaces them. Confirmed, so it is in every executor's queue before
+    // anything it is meant to stop.
+    if let Some(lead) = d.leader.current() {
+        publisher
+            .publish(
+                Outgoing::new(
+                    n.root_exchange(),
+                    keys::CONTROL_ALL,
+                    proto::encode(&Control {
+                        action: ControlAction::Leader { epoch: lead.epoch },
+                    }),
+                )
+                .with_properties(amqp::transient_properties()),
+            )
+            .await?;
+    }
     // A new session: whatever was learnt of leases before it is stale until everyone
     // has reported again.
     d.hold_sweeps();

@@ -85,6 +85,8 @@ pub fn request(row: &ReadyRow, attempt: i32, lease_deadline: DateTime<Utc>) -> R
         stdin: row.stdin.clone(),
         timeout_secs: row.timeout_secs,
         lease_deadline,
+        // Set when it is sent, by the leader sending it.
+        epoch: 0,
     }
 }
 

@@ -11,7 +11,7 @@ pub mod register;
 pub mod run;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -288,6 +288,8 @@ struct Shared {
     logs: tokio::sync::mpsc::Sender<logs::Piece>,
     /// Kill running attempts (the drain deadline passed).
     kill: CancellationToken,
+    /// The latest dispatcher leadership epoch heard of (`control` leader, or requests).
+    leader_epoch: AtomicI64,
 }
 
 impl Shared {
@@ -409,6 +411,12 @@ impl Shared {
                     t.cancel();
                 }
             }
+            ControlAction::Leader { epoch } => {
+                let before = self.leader_epoch.fetch_max(epoch, Ordering::SeqCst);
+                if epoch > before {
+                    tracing::info!(epoch, "a dispatcher leads under a new epoch");
+                }
+            }
             ControlAction::Cancel { task_id, attempt } => {
                 match token_of(&self.cancels, (task_id, attempt)) {
                     Some(t) => {
@@ -429,6 +437,12 @@ impl Shared {
             }
         }
         self.changed.notify_one();
+    }
+
+    /// Whether a request of this leadership epoch comes from a dispatcher replaced since
+    /// (0: not said, never); a later one is remembered.
+    fn superseded(&self, epoch: i64) -> bool {
+        epoch != 0 && self.leader_epoch.fetch_max(epoch, Ordering::SeqCst) > epoch
     }
 
     /// Publishes on the current session, waiting out reconnects; gives up only when
@@ -508,6 +522,7 @@ pub async fn run(
         publisher,
         stop_starting: token.child_token(),
         kill: CancellationToken::new(),
+        leader_epoch: AtomicI64::new(0),
     });
     let tracker = TaskTracker::new();
     let heartbeat_stop = CancellationToken::new();
@@ -666,6 +681,17 @@ async fn session(
         let redelivered = delivery.redelivered;
         let hold = Hold::split(delivery, requests.len());
         for req in requests {
+            if shared.superseded(req.epoch) {
+                // Its sender was frozen past its leadership, and its successor may have
+                // handed this attempt out again: given back, it runs nowhere twice.
+                tracing::warn!(task_id = %req.task_id, attempt = req.attempt, epoch = req.epoch,
+                    "request from a dispatcher that has been replaced since; given back unrun");
+                metrics::counter!("fleet_executor_stale_requests_total").increment(1);
+                shared
+                    .give_back((req.task_id, req.attempt), &hold, false)
+                    .await;
+                continue;
+            }
             take(shared, tracker, req, hold.clone(), redelivered).await;
         }
     }
