@@ -282,14 +282,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Logging for a service binary: `RUST_LOG` or `info`.
+/// Logging for a service binary: see [`crate::logging`].
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // lapin logs an ERROR for every connection that ends, closes included; the
-        // services report their broker sessions themselves.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
+    crate::logging::init();
 }

@@ -12,6 +12,7 @@ pub mod group;
 pub mod http;
 pub mod id;
 pub mod job;
+pub mod logging;
 pub mod policy;
 pub mod proto;
 pub mod retry;

@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:0";
 /// Finished attempts remembered to recognise redeliveries.
@@ -266,6 +267,9 @@ struct Shared {
     /// A token per attempt not started yet, cancelled when the dispatcher asks for it
     /// back (`control` give_back).
     givebacks: Mutex<HashMap<AttemptKey, CancellationToken>>,
+    /// The span of each attempt held (its job, task and attempt), for lines about it
+    /// written outside its own task (a cancel, a give-back).
+    spans: Mutex<HashMap<AttemptKey, tracing::Span>>,
     /// Cancels that came before their request (control messages and requests come from
     /// different publishers, so either may arrive first); the last few hundred.
     cancelled_early: Mutex<VecDeque<AttemptKey>>,
@@ -389,6 +393,18 @@ impl Shared {
         if let Ok(mut g) = self.givebacks.lock() {
             g.remove(&key);
         }
+        if let Ok(mut s) = self.spans.lock() {
+            s.remove(&key);
+        }
+    }
+
+    /// The attempt's span, for a line about it (the current one if it is not held).
+    fn span_of(&self, key: AttemptKey) -> tracing::Span {
+        self.spans
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&key).cloned())
+            .unwrap_or_else(tracing::Span::current)
     }
 
     /// An operator's `control` message: drain, resume, or cancel one attempt.
@@ -407,6 +423,7 @@ impl Shared {
             ControlAction::GiveBack { task_id, attempt } => {
                 // Not held, or started already: nothing to give back.
                 if let Some(t) = token_of(&self.givebacks, (task_id, attempt)) {
+                    let _in = self.span_of((task_id, attempt)).entered();
                     tracing::debug!(%task_id, attempt, "giving an unstarted attempt back");
                     t.cancel();
                 }
@@ -420,6 +437,7 @@ impl Shared {
             ControlAction::Cancel { task_id, attempt } => {
                 match token_of(&self.cancels, (task_id, attempt)) {
                     Some(t) => {
+                        let _in = self.span_of((task_id, attempt)).entered();
                         tracing::info!(%task_id, attempt, "cancelling an attempt");
                         t.cancel();
                     }
@@ -491,6 +509,7 @@ pub async fn run(
         Err(register::RegisterError::Cancelled) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
+    fleet_shared::logging::set_field("executor_id", me.id.to_string());
     tracing::info!(executor_id = %me.id, capacity = me.capacity, groups = ?me.groups, "executor starting");
     let health = Health::new(false);
     let server_token = CancellationToken::new();
@@ -513,6 +532,7 @@ pub async fn run(
         drained: watch::channel(false).0,
         cancels: Mutex::default(),
         givebacks: Mutex::default(),
+        spans: Mutex::default(),
         cancelled_early: Mutex::default(),
         returned: Mutex::default(),
         finished: Mutex::default(),
@@ -732,7 +752,12 @@ async fn take(
     if let Ok(mut g) = shared.givebacks.lock() {
         g.insert(key, CancellationToken::new());
     }
-    tracker.spawn(attempt(shared.clone(), req, hold));
+    // Every line about the attempt says which.
+    let span = tracing::info_span!("attempt", job_id = %req.job_id, task_id = %req.task_id, attempt = req.attempt);
+    if let Ok(mut s) = shared.spans.lock() {
+        s.insert(key, span.clone());
+    }
+    tracker.spawn(attempt(shared.clone(), req, hold).instrument(span));
 }
 
 /// Acks this delivery alone: requests before it may still be running, each acked when its

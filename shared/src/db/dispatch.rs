@@ -881,7 +881,7 @@ pub async fn sweep_grace(
                  FROM tasks t
                  WHERE c.task_id = t.id AND c.task_id = ANY($3) AND ",
                 grace_gone!(),
-                " RETURNING c.task_id, c.executor_id"
+                " RETURNING c.task_id, c.executor_id, t.job_id"
             ),
             &[&lease_secs, &alive_secs, &ids],
         )
@@ -889,7 +889,8 @@ pub async fn sweep_grace(
     let ids: Vec<TaskId> = failed
         .iter()
         .map(|r| {
-            tracing::warn!(task_id = %r.get::<_, uuid::Uuid>(0), executor_id = %r.get::<_, String>(1),
+            tracing::warn!(job_id = %r.get::<_, uuid::Uuid>(2), task_id = %r.get::<_, uuid::Uuid>(0),
+                           executor_id = %r.get::<_, String>(1),
                            "member gone past the grace period: its copy fails");
             TaskId::from_uuid(r.get(0))
         })
@@ -908,7 +909,8 @@ async fn sweep_attempts(tx: &Transaction<'_>) -> Result<(Settled, Vec<HeldBy>), 
                 OR (state IN ('assigned', 'running')
                     AND executor_id IN (SELECT executor_id FROM executor_credentials
                                         WHERE revoked_at IS NOT NULL))
-             RETURNING task_id, attempt, executor_id",
+             RETURNING task_id, attempt, executor_id,
+                       (SELECT t.job_id FROM tasks t WHERE t.id = attempts.task_id)",
         )
         .await?;
     let rows = tx.query(&stmt, &[]).await?;
@@ -918,7 +920,11 @@ async fn sweep_attempts(tx: &Transaction<'_>) -> Result<(Settled, Vec<HeldBy>), 
         let executor: String = r.get(2);
         let task_id = TaskId::from_uuid(r.get(0));
         let attempt: i32 = r.get(1);
-        tracing::warn!(%task_id, attempt, executor_id = %executor, "lease expired: attempt lost");
+        let job_id = r
+            .try_get::<_, uuid::Uuid>(3)
+            .map(|j| j.to_string())
+            .unwrap_or_default();
+        tracing::warn!(%job_id, %task_id, attempt, executor_id = %executor, "lease expired: attempt lost");
         ended.push(Ended {
             task_id,
             attempt,
