@@ -40,10 +40,11 @@ async fn a_task_on_a_killed_executor_runs_again_elsewhere_and_is_recorded_once()
     let doomed =
         fleet.spawn_executor_process(EXECUTOR_BIN, ExecutorSpec::new("doomed", &["cpu"], 1))?;
     fleet.wait_executors(&["doomed"]).await?;
+    // On doomed it runs until the kill, however slow the machine is in between; on
+    // any other executor it finishes at once.
+    let command = r#"[ "$FLEET_EXECUTOR_ID" = doomed ] && sleep 30; echo finished"#;
     let job = fleet
-        .submit(
-            &json!({"tasks": [{"argv": ["sh", "-c", "sleep 1; echo finished"], "group": "cpu"}]}),
-        )
+        .submit(&json!({"tasks": [{"argv": ["sh", "-c", command], "group": "cpu"}]}))
         .await?;
     let view = wait_running_on(&fleet, job, "doomed").await?;
     let task = view.tasks[0].task_id;
@@ -82,8 +83,11 @@ async fn a_frozen_executors_late_result_is_kept_but_does_not_count_twice() -> Re
     let frozen =
         fleet.spawn_executor_process(EXECUTOR_BIN, ExecutorSpec::new("frozen", &["cpu"], 1))?;
     fleet.wait_executors(&["frozen"]).await?;
+    // Still running when the executor is frozen, however slow the machine is; at once
+    // on the peer.
+    let command = r#"[ "$FLEET_EXECUTOR_ID" = frozen ] && sleep 8; echo done"#;
     let job = fleet
-        .submit(&json!({"tasks": [{"argv": ["sh", "-c", "sleep 1; echo done"], "group": "cpu"}]}))
+        .submit(&json!({"tasks": [{"argv": ["sh", "-c", command], "group": "cpu"}]}))
         .await?;
     let view = wait_running_on(&fleet, job, "frozen").await?;
     let task = view.tasks[0].task_id;
