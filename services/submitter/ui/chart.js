@@ -28,6 +28,10 @@ export function lineChart(points, { label, unit = '' } = {}) {
     parts.push(el('polygon', { ...s, class: 'area',
       points: `${x(points[0].t).toFixed(1)},${base} ${xy.join(' ')} ${x(points[points.length - 1].t).toFixed(1)},${base}` }));
     parts.push(el('polyline', { ...s, class: 'line', points: xy.join(' ') }));
+    // The latest sample as a dot: with one sample the line alone would not show.
+    const last = points[points.length - 1];
+    parts.push(el('circle', { ...s, class: 'dot', cx: x(last.t).toFixed(1), cy: y(last.v).toFixed(1), r: 3 },
+      el('title', { ...s }, `${fmt(last.v)}${unit ? ` ${unit}` : ''} now`)));
   }
   return el('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none',
     role: 'img', 'aria-label': `${label}${unit ? ` (${unit})` : ''}` }, parts);
