@@ -157,11 +157,27 @@ impl Browser {
         .await
     }
 
+    /// Clicks the first element matching `css`, once there is one. Pages redraw as they
+    /// refresh: an element replaced between finding and clicking is found again.
     pub async fn click(&self, css: &str) -> Result<()> {
-        let e = self.find(css).await?;
-        self.cmd(reqwest::Method::POST, &format!("/element/{e}/click"), None)
-            .await?;
-        Ok(())
+        crate::wait_for(
+            &format!("to click {css}"),
+            Duration::from_secs(20),
+            || async {
+                let Some(e) = self.find_all(css).await?.into_iter().next() else {
+                    return Ok(None);
+                };
+                match self
+                    .cmd(reqwest::Method::POST, &format!("/element/{e}/click"), None)
+                    .await
+                {
+                    Ok(_) => Ok(Some(())),
+                    Err(err) if err.to_string().contains("stale element") => Ok(None),
+                    Err(err) => Err(err),
+                }
+            },
+        )
+        .await
     }
 
     pub async fn type_into(&self, css: &str, text: &str) -> Result<()> {

@@ -1,7 +1,8 @@
 //! The web console in a real browser (headless Chromium over WebDriver): sign in, a job
 //! shown in the list and followed live, cancelled from its page; a reader's page has no
 //! controls and its forged requests are refused; a drain from the executors page stops
-//! new work. Each page's screenshot goes to the artefacts folder the test prints.
+//! new work; hold, release and `each` members' results on the job page besides. Each
+//! page's screenshot goes to the artefacts folder the test prints.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -92,6 +93,17 @@ async fn a_job_submitted_shows_in_the_list_streams_its_output_and_is_cancelled_f
     );
     b.wait_text("#output", "line-10", PATIENCE).await?;
     shoot(&b, "03-job-running").await?;
+
+    b.click("#btn-hold").await?;
+    wait_for("the job to be held", PATIENCE, || async {
+        Ok(fleet.job(job).await?.held.then_some(()))
+    })
+    .await?;
+    b.click("#btn-release").await?;
+    wait_for("the job to be released", PATIENCE, || async {
+        Ok((!fleet.job(job).await?.held).then_some(()))
+    })
+    .await?;
 
     b.click("#btn-cancel").await?;
     let done = fleet.wait_job(job, PATIENCE).await?;
@@ -271,6 +283,26 @@ async fn a_drain_from_the_executors_page_stops_new_work_on_that_executor() -> Re
     assert_eq!(done.state, "succeeded");
     assert_eq!(done.tasks[0].executor_id.as_deref(), Some("ui-drain"));
 
+    // A task run on every member: its page shows each member's result.
+    let each = fleet
+        .submit(
+            &json!({"name": "everywhere", "tasks": [{"group": "site", "each": true,
+            "argv": ["sh", "-c", "echo hello from $FLEET_EXECUTOR_ID"]}]}),
+        )
+        .await?;
+    assert_eq!(fleet.wait_job(each, PATIENCE).await?.state, "succeeded");
+    b.goto(&format!("{}/ui/jobs/{each}", fleet.api)).await?;
+    b.wait_text("tr[data-member='ui-drain']", "succeeded", PATIENCE)
+        .await?;
+    b.click("tr[data-member='ui-drain'] summary").await?;
+    b.wait_text(
+        "tr[data-member='ui-drain']",
+        "hello from ui-drain",
+        PATIENCE,
+    )
+    .await?;
+    shoot(&b, "07-job-each").await?;
+
     b.goto(&format!("{}/ui/groups", fleet.api)).await?;
     b.wait_text("li[data-group='site.web']", "ui-drain", PATIENCE)
         .await?;
@@ -280,11 +312,11 @@ async fn a_drain_from_the_executors_page_stops_new_work_on_that_executor() -> Re
             .is_empty(),
         "site.web is drawn under site"
     );
-    shoot(&b, "07-groups").await?;
+    shoot(&b, "08-groups").await?;
     b.goto(&format!("{}/ui/fleet", fleet.api)).await?;
     b.find("section[data-group='site.web'] svg.chart polyline")
         .await?;
-    shoot(&b, "08-fleet").await?;
+    shoot(&b, "09-fleet").await?;
     b.quit().await?;
     fleet.shutdown().await
 }

@@ -160,7 +160,7 @@ function taskCard(t, results, follow) {
       t.exit_code != null ? el('span', { class: 'muted' }, `exit ${t.exit_code}`) : null,
       el('code', { class: 'muted' }, (t.spec?.argv ?? []).join(' ')),
       out),
-    t.error ? el('p', { class: 'error' }, t.error) : null,
+    t.error ? el('p', { class: t.state === 'succeeded' ? 'muted' : 'error' }, t.error) : null,
     t.hint ? el('p', { class: 'hint' }, `Waiting: ${t.hint}`) : null,
     t.retry_at ? el('p', { class: 'hint' }, `Next attempt at ${when(t.retry_at)}`) : null,
     attempts, copies, result);
