@@ -1,7 +1,7 @@
 //! The web console in a real browser (headless Chromium over WebDriver): sign in, a job
 //! shown in the list and followed live, cancelled from its page; a reader's page has no
 //! controls and its forged requests are refused; a drain from the executors page stops
-//! new work; hold, release and `each` members' results on the job page besides. Each
+//! new work; filters, sign-out, hold, release and `each` members' results besides. Each
 //! page's screenshot goes to the artefacts folder the test prints.
 
 use std::path::PathBuf;
@@ -84,6 +84,18 @@ async fn a_job_submitted_shows_in_the_list_streams_its_output_and_is_cancelled_f
     let row = format!("tr[data-job-id='{job}']");
     b.wait_text(&row, "console-counter", PATIENCE).await?;
     shoot(&b, "02-jobs").await?;
+    // Filters: a state the job is not in hides it, its name prefix shows it again.
+    b.click("#filter-state option[value='succeeded']").await?;
+    b.click("#filters button[type='submit']").await?;
+    b.wait_text("#jobs", "No jobs", PATIENCE).await?;
+    b.click("#filter-state option[value='']").await?;
+    b.type_into("#filter-name", "console-").await?;
+    b.click("#filters button[type='submit']").await?;
+    b.wait_text(&row, "console-counter", PATIENCE).await?;
+    ensure!(
+        b.url().await?.ends_with("?name_prefix=console-"),
+        "filters are kept in the address"
+    );
 
     b.click(&format!("{row} a")).await?;
     b.wait_text("#output", "line-5", PATIENCE).await?;
@@ -114,6 +126,15 @@ async fn a_job_submitted_shows_in_the_list_streams_its_output_and_is_cancelled_f
         "a finished job has no cancel button"
     );
     shoot(&b, "04-job-cancelled").await?;
+
+    b.click("#signout").await?;
+    b.find("#token").await?;
+    b.goto(&format!("{}/ui/executors", fleet.api)).await?;
+    b.find("#token").await?;
+    ensure!(
+        b.url().await?.ends_with("/ui/signin"),
+        "signed out, a page sends to the sign-in page"
+    );
     b.quit().await?;
     fleet.shutdown().await
 }
