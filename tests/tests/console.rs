@@ -1,7 +1,7 @@
 //! The web console in a real browser (headless Chromium over WebDriver): sign in, a job
 //! shown in the list and followed live, cancelled from its page; a reader's page has no
 //! controls and its forged requests are refused; a drain from the executors page stops
-//! new work; filters, sign-out, hold, release and `each` members' results besides. Each
+//! new work; filters, sign-out, hold, release, retry and `each` members' results besides. Each
 //! page's screenshot goes to the artefacts folder the test prints.
 
 use std::path::PathBuf;
@@ -126,6 +126,12 @@ async fn a_job_submitted_shows_in_the_list_streams_its_output_and_is_cancelled_f
         "a finished job has no cancel button"
     );
     shoot(&b, "04-job-cancelled").await?;
+
+    // Retry runs the cancelled task again; cancel ends it again.
+    b.click("#btn-retry").await?;
+    fleet.wait_job_state(job, "running", PATIENCE).await?;
+    b.click("#btn-cancel").await?;
+    assert_eq!(fleet.wait_job(job, PATIENCE).await?.state, "cancelled");
 
     b.click("#signout").await?;
     b.find("#token").await?;
