@@ -1,7 +1,7 @@
 //! The web console in a real browser (headless Chromium over WebDriver): sign in, a job
 //! shown in the list and followed live, cancelled from its page; a reader's page has no
 //! controls and its forged requests are refused; a drain from the executors page stops
-//! new work; filters, sign-out, hold, release, retry and `each` members' results besides. Each
+//! new work; filters, pages, sign-out, hold, release, retry and `each` members' results besides. Each
 //! page's screenshot goes to the artefacts folder the test prints.
 
 use std::path::PathBuf;
@@ -329,6 +329,14 @@ async fn a_drain_from_the_executors_page_stops_new_work_on_that_executor() -> Re
     )
     .await?;
     shoot(&b, "07-job-each").await?;
+
+    // Pages of one job: the newest first, then the one before it, and back.
+    b.goto(&format!("{}/ui?limit=1", fleet.api)).await?;
+    b.wait_text("#jobs", "everywhere", PATIENCE).await?;
+    b.click("#next").await?;
+    b.wait_text("#jobs", "after-drain", PATIENCE).await?;
+    b.click("#prev").await?;
+    b.wait_text("#jobs", "everywhere", PATIENCE).await?;
 
     b.goto(&format!("{}/ui/groups", fleet.api)).await?;
     b.wait_text("li[data-group='site.web']", "ui-drain", PATIENCE)

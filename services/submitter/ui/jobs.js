@@ -3,7 +3,8 @@
 import { api, el, start, badge, when, shortId, every } from './common.js';
 
 const STATES = ['', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
-const PAGE = 25;
+// Jobs per page: 25, or the address's `limit` (1 to 1000, as the API takes).
+const PAGE = Math.min(1000, Math.max(1, Number(new URLSearchParams(location.search).get('limit')) || 25));
 
 start(async (who, main) => {
   const q = new URLSearchParams(location.search);
@@ -33,6 +34,7 @@ start(async (who, main) => {
     if (state.value) p.set('state', state.value);
     if (group.value.trim()) p.set('group', group.value.trim());
     if (name.value.trim()) p.set('name_prefix', name.value.trim());
+    if (PAGE !== 25) p.set('limit', PAGE);
     return p;
   }
 
