@@ -22,6 +22,19 @@ pub struct Browser {
     /// `http://127.0.0.1:<port>/session/<id>`
     session: String,
     _driver: tokio::process::Child,
+    /// The driver's process group, with the browser's processes in it.
+    group: Option<u32>,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.group.and_then(|g| i32::try_from(g).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// Where the driver and the browser are: `FLEET_CHROMEDRIVER` and `FLEET_CHROMIUM`, or
@@ -46,8 +59,11 @@ impl Browser {
         let chromium = installed("FLEET_CHROMIUM", "/usr/bin/chromium")?;
         let addr = crate::free_addr()?;
         let port = addr.rsplit(':').next().unwrap_or_default().to_owned();
+        // Its own process group, which Chromium's processes join: dropping the browser
+        // ends them all, even when a failing test never quits its session.
         let child = tokio::process::Command::new(&driver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -92,6 +108,7 @@ impl Browser {
         Ok(Self {
             session: format!("{base}/session/{id}"),
             http,
+            group: child.id(),
             _driver: child,
         })
     }
@@ -237,7 +254,7 @@ impl Browser {
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Ends the session (the driver process ends when the browser is dropped).
+    /// Ends the session (the driver's processes end when the browser is dropped).
     pub async fn quit(self) -> Result<()> {
         self.cmd(reqwest::Method::DELETE, "", None).await?;
         Ok(())
