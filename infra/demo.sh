@@ -10,6 +10,8 @@
 #  4. submits a job (hashes of repo files, uname on a gpu executor, a dependent task,
 #     and one task that fails with "disk full" on stderr) with `fleetctl submit --wait`,
 #     then shows `fleetctl results` and `fleetctl executors`, and checks the outcome
+#     (the web console's address, http://127.0.0.1:7070/ui, and a token to sign in with
+#     are printed once the fleet is up)
 #  5. stops everything it started, on any exit
 #
 # Exit code 0 when the job ran as expected (fleetctl exits 3: one task fails on purpose).
@@ -18,6 +20,8 @@
 #   FLEET_DEMO_PREFIX      AMQP prefix (default: demo)
 #   FLEET_DEMO_PORT_BASE   first HTTP port; uses BASE..BASE+5 (default: 7070)
 #   FLEET_DEMO_RELEASE=1   build and run the release binaries
+#   FLEET_DEMO_STAY=1      after the check, keep the fleet running (for the web console)
+#                          until Ctrl-C
 #   FLEET_DEMO_READY_TIMEOUT (90) / FLEET_DEMO_JOB_TIMEOUT (300) / FLEET_DEMO_STOP_TIMEOUT (15) seconds
 #   RUST_LOG               service log level (default: info)
 set -euo pipefail
@@ -249,6 +253,7 @@ if ! wait_for -t "$READY_TIMEOUT" -m "fleetctl executors to list cpu-1, cpu-2, g
     die "the executors did not all register"
 fi
 say "3 executors alive"
+say "web console: $FLEET_ADDR/ui   sign in with the admin token: $FLEET_TOKEN"
 
 # --------------------------------------------------------------------------- 3. the job
 
@@ -359,4 +364,13 @@ if [[ -n "$problems" ]]; then
     die "the job did not run as expected (status and results saved in $DEMO_DIR)"
 fi
 say "job $JOB_ID: hashes match, uname ran on gpu-1, the dependent task count-lines succeeded, '$FAIL_TASK' failed with exit 3 and its message on stderr"
+say "web console: $FLEET_ADDR/ui   sign in with the admin token: $FLEET_TOKEN"
+if [[ "${FLEET_DEMO_STAY:-0}" == 1 ]]; then
+    say "FLEET_DEMO_STAY=1: the fleet keeps running; open $FLEET_ADDR/ui/jobs/$JOB_ID; Ctrl-C stops it"
+    trap 'exit 0' INT TERM
+    while true; do
+        sleep 1 &
+        wait $! || true
+    done
+fi
 exit 0

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod sse;
+pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::future::Future;

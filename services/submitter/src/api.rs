@@ -159,6 +159,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::admin::routes())
         .merge(crate::control::routes())
         .merge(crate::identity::routes())
+        .merge(crate::session::routes())
+        .merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| {
             until_migrated(health.clone(), req, next)
@@ -199,6 +201,10 @@ pub enum ApiError {
     NotYours(Role),
     #[error("{0}")]
     Conflict(String),
+    /// A change authenticated by the console's cookie without proof that the console
+    /// sent it (see crate::session).
+    #[error("{0}")]
+    CrossSite(&'static str),
     /// What was asked for existed once and is no longer kept.
     #[error("{0}")]
     Gone(String),
@@ -267,6 +273,7 @@ impl IntoResponse for ApiError {
                 None,
             ),
             Self::Conflict(why) => error_response(StatusCode::CONFLICT, "conflict", why, None),
+            Self::CrossSite(why) => error_response(StatusCode::FORBIDDEN, "forbidden", why, None),
             Self::Gone(why) => error_response(StatusCode::GONE, "gone", why, None),
             Self::Unavailable(what) => {
                 let mut r = error_response(

@@ -125,7 +125,19 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let who = s.auth().principal(s.pool(), header).await?;
+        // Without the header, the console's session cookie stands in for it (see
+        // crate::session); with it, the cookie is ignored.
+        let cookie = match header {
+            None => crate::session::token_of(&parts.method, &parts.headers)?,
+            Some(_) => None,
+        };
+        let who = match cookie {
+            Some(token) => {
+                let header = format!("Bearer {token}");
+                s.auth().principal(s.pool(), Some(&header)).await?
+            }
+            None => s.auth().principal(s.pool(), header).await?,
+        };
         Ok(Caller { who })
     }
 }

@@ -15,7 +15,9 @@ mod jobs;
 mod logs;
 mod purge;
 mod scheduler;
+mod session;
 mod stats;
+mod ui;
 
 use fleet_shared::config::Config;
 use fleet_shared::db::DbError;
