@@ -38,6 +38,34 @@ pub struct Config {
     pub auth: AuthConfig,
     pub retention: RetentionConfig,
     pub webhooks: WebhooksConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Fleet's own gauges, which the collector publishes (docs/design.md, "Metrics").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// How often the collector reads the fleet's figures (the `GET /v1/stats` query)
+    /// into its `fleet_*` gauges.
+    pub interval_secs: u64,
+    /// `fleet_desired_executors`: how many executors would finish a group's ready and
+    /// running work within this long.
+    pub drain_target_secs: u64,
+    /// The run times that make a group's recent mean: those recorded within this long.
+    pub run_time_window_secs: u64,
+    /// The slots assumed of an executor for a group that has none alive.
+    pub default_executor_capacity: u32,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 5,
+            drain_target_secs: 300,
+            run_time_window_secs: 600,
+            default_executor_capacity: 1,
+        }
+    }
 }
 
 /// How the collector delivers webhooks (docs/events.md, "Webhooks").
@@ -425,6 +453,18 @@ impl Config {
         if w.max_tries == 0 {
             return Err(invalid("webhooks.max_tries", "must be 1 or more"));
         }
+        let m = &self.metrics;
+        if m.interval_secs == 0
+            || m.drain_target_secs == 0
+            || m.run_time_window_secs == 0
+            || m.default_executor_capacity == 0
+        {
+            return Err(invalid(
+                "metrics",
+                "interval_secs, drain_target_secs, run_time_window_secs and \
+                 default_executor_capacity must be positive",
+            ));
+        }
         if self.retention.interval_secs == 0 {
             return Err(invalid("retention.interval_secs", "must be positive"));
         }
@@ -594,6 +634,9 @@ mod tests {
         let err = Config::load(None, env(&[("FLEET_RETENTION__BATCH_SIZE", "0")]))
             .expect_err("an empty batch");
         assert!(err.to_string().contains("retention.batch_size"), "{err}");
+        let err = Config::load(None, env(&[("FLEET_METRICS__DRAIN_TARGET_SECS", "0")]))
+            .expect_err("no time to drain in");
+        assert!(err.to_string().contains("metrics"), "{err}");
         let err = Config::load(None, env(&[("FLEET_HTTP__ADDR", "nowhere")])).expect_err("addr");
         assert!(err.to_string().contains("http.addr"), "{err}");
         let err = Config::load(None, env(&[("FLEET_EXECUTOR__JOIN_TOKEN", "fjt_x")]))

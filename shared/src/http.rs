@@ -1,5 +1,6 @@
 //! What every service serves besides its own work: `/healthz` (alive), `/readyz` (broker
-//! and database reachable), `/metrics` (Prometheus text); and the shutdown plumbing.
+//! and database reachable), `/metrics` (Prometheus text: the service's metrics and its
+//! process's); and the shutdown plumbing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -182,7 +183,16 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Histograms with buckets (the exporter's default is a summary, which cannot be
+            // aggregated across processes nor give a p99 over a range).
+            // (It fails only for empty buckets, which these are not.)
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    crate::metrics::SECONDS_BUCKETS,
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed; then ours just stays empty.
             let _ = metrics::set_global_recorder(recorder);
@@ -197,7 +207,11 @@ pub fn health_routes(health: Health) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(health)
-        .route("/metrics", get(move || async move { metrics.render() }))
+        // The recorder's metrics, then the process's own (read at each scrape).
+        .route(
+            "/metrics",
+            get(move || async move { metrics.render() + &crate::metrics::process_text() }),
+        )
 }
 
 async fn readyz(State(h): State<Health>) -> Response {

@@ -13,6 +13,7 @@ pub mod http;
 pub mod id;
 pub mod job;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod retry;
