@@ -16,6 +16,7 @@ use lapin::Connection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod gauges;
 mod retention;
 mod webhooks;
 
@@ -66,7 +67,15 @@ pub async fn run(
         cfg.database.schema.clone(),
         token.clone(),
     ));
+    let runs = gauges::Runs::new(cfg.metrics.run_time_window_secs);
+    let publishing = tokio::spawn(gauges::run(
+        pool.clone(),
+        cfg.clone(),
+        runs.clone(),
+        token.clone(),
+    ));
     let collector = Collector {
+        runs,
         names: Names::new(&cfg.amqp.prefix),
         schema: cfg.database.schema.clone(),
         interest: events::Interest::default(),
@@ -85,12 +94,15 @@ pub async fn run(
     // It ends with the token; a batch in flight has its deadline too.
     let _ = tokio::time::timeout(Duration::from_secs(5), purging).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), delivering).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), publishing).await;
     let _ = server.await;
     Ok(())
 }
 
 struct Collector {
     cfg: Config,
+    /// Run times lately recorded, for the gauges' desired executors.
+    runs: gauges::Runs,
     pool: Pool,
     names: Names,
     schema: String,
@@ -384,6 +396,9 @@ impl Collector {
             db::notify_wake(&tx, &self.schema, true).await?;
         }
         tx.commit().await?;
+        fleet_shared::metrics::observe_attempts(&recorded.times);
+        fleet_shared::metrics::count_settled(&recorded.settled);
+        self.runs.add(&recorded.times);
         Ok(recorded.refused)
     }
 
@@ -398,6 +413,7 @@ impl Collector {
             db::notify_wake(&tx, &self.schema, true).await?;
         }
         tx.commit().await?;
+        fleet_shared::metrics::count_settled(&settled);
         Ok(())
     }
 }

@@ -141,6 +141,7 @@ async fn deliver(
     metrics::counter!("fleet_webhook_deliveries_total", "outcome" => "failed").increment(1);
     let tries = u32::try_from(d.tries).unwrap_or(u32::MAX);
     if tries >= cfg.max_tries {
+        metrics::counter!("fleet_webhook_given_up_total").increment(1);
         tracing::warn!(webhook = %d.webhook_id, event_id = d.event_id, tries, error = %error,
             "webhook delivery given up");
         return Outcome::Dead(format!("{error} (given up after {tries} tries)"));

@@ -634,6 +634,7 @@ impl Dispatcher {
             let cancelled = dispatch::end_cancelled(&tx, &back).await?;
             events::insert(&tx, &cancelled.events).await?;
             tx.commit().await.map_err(DbError::from)?;
+            fleet_shared::metrics::count_settled(&cancelled);
             report.assigned -= back.len().min(report.assigned);
             self.ready_maybe = true;
         }
@@ -695,6 +696,7 @@ impl Dispatcher {
         lost.extend(cancelled);
         events::insert(&tx, &lost.events).await?;
         tx.commit().await.map_err(DbError::from)?;
+        fleet_shared::metrics::count_settled(&lost);
         drop(client);
         // Kept until written: the INFO that carried them is acked with this round, and
         // a round that failed before the commit takes them back at the next one.
@@ -758,6 +760,7 @@ impl Dispatcher {
         // Executors not heard from within the timeout are announced lost, once.
         dispatch::lose_executors(&tx, self.cfg.dispatcher.executor_timeout_secs as f64).await?;
         tx.commit().await.map_err(DbError::from)?;
+        fleet_shared::metrics::count_settled(&settled);
         self.fleet.ended(&lost);
         let now = Instant::now();
         if now >= self.next_grace {
@@ -802,6 +805,7 @@ impl Dispatcher {
                 let settled = db::collect::settle_each(&tx, &ids).await?;
                 events::insert(&tx, &settled.events).await?;
                 tx.commit().await.map_err(DbError::from)?;
+                fleet_shared::metrics::count_settled(&settled);
                 tracing::debug!(tasks = ids.len(), "each tasks fanned out");
             }
         }

@@ -22,5 +22,6 @@ pub(crate) async fn grace(
     let graced = dispatch::sweep_grace(&tx, &gone, lease, alive).await?;
     db::events::insert(&tx, &graced.events).await?;
     tx.commit().await.map_err(DbError::from)?;
+    fleet_shared::metrics::count_settled(&graced);
     Ok(graced)
 }

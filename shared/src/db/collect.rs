@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::{DbError, Transaction};
 use crate::event::{Kind, NewEvent};
 use crate::id::{JobId, TaskId};
+use crate::metrics::AttemptTimes;
 use crate::proto::{Outcome, TaskResult};
 use crate::state::{
     copy_after, job_state, outcome_under_cancel, quorum_decision, quorum_needed,
@@ -87,6 +88,9 @@ pub struct Recorded {
     pub settled: Settled,
     /// Positions (in the batch given) of the results refused, with why.
     pub refused: Vec<(usize, Refused)>,
+    /// The times of the attempts these results closed (each once: a redelivered result
+    /// closes nothing), for the histograms.
+    pub times: Vec<AttemptTimes>,
 }
 
 /// Stores a batch of results (each once: a redelivered result is a no-op), closes the
@@ -173,31 +177,36 @@ pub async fn record_results(
                    AND a.executor_id = k.executor_id
                    AND a.state IN ('assigned', 'running', 'reported')
                  RETURNING a.task_id, a.attempt, k.outcome, a.executor_id,
-                           a.started_at = k.started_at AS first_start),
+                           a.started_at = k.started_at AS first_start,
+                           k.started_at AS run_start, k.finished_at AS run_end),
              locked AS (
                  SELECT t.id, t.job_id, t.state, t.attempts, t.max_attempts, t.each, t.quorum,
                         j.task_count, t.cancel_requested_at IS NOT NULL AS cancel_requested,
-                        t.attempt_base, t.retry
+                        t.attempt_base, t.retry, t.target_group,
+                        coalesce(t.ready_at, t.created_at) AS ready_at, t.created_at
                  FROM tasks t JOIN jobs j ON j.id = t.job_id
                  WHERE t.id IN (SELECT task_id FROM closed)
                  ORDER BY t.id FOR UPDATE OF t),
              notified AS (SELECT pg_notify($14, ''))
              SELECT 'closed', c.task_id, c.attempt, c.outcome, l.job_id, l.state, l.attempts,
                     l.max_attempts, l.each, l.quorum, l.task_count, l.cancel_requested,
-                    l.attempt_base, l.retry, c.executor_id, c.first_start
+                    l.attempt_base, l.retry, c.executor_id, c.first_start, l.target_group,
+                    extract(epoch FROM c.run_start - l.ready_at)::float8,
+                    extract(epoch FROM c.run_end - c.run_start)::float8,
+                    extract(epoch FROM clock_timestamp() - l.created_at)::float8
              FROM closed c JOIN locked l ON l.id = c.task_id
              UNION ALL
              SELECT CASE WHEN EXISTS (SELECT 1 FROM attempts a
                                       WHERE a.task_id = x.task_id AND a.attempt = x.attempt)
                          THEN 'not_holder' ELSE 'unknown_attempt' END,
                     x.task_id, x.attempt, x.executor_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                    NULL, NULL, NULL, NULL, NULL
+                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
              FROM x WHERE NOT EXISTS (SELECT 1 FROM known k
                                       WHERE k.task_id = x.task_id AND k.attempt = x.attempt
                                         AND k.executor_id = x.executor_id)
              UNION ALL
              SELECT 'notified', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                    NULL, NULL, NULL, NULL
+                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
              FROM notified",
         )
         .await?;
@@ -231,6 +240,7 @@ pub async fn record_results(
     // the result's own only if nobody had recorded one, so the dispatcher (which
     // announces the starts it records) and this never both announce one.
     let mut started = Vec::new();
+    let mut times = Vec::new();
     for r in &rows {
         let kind: &str = r.get(0);
         match kind {
@@ -252,6 +262,13 @@ pub async fn record_results(
                     ev.executor_id = r.get(14);
                     started.push(ev);
                 }
+                times.push(AttemptTimes {
+                    group: r.get(16),
+                    outcome,
+                    queue_wait_secs: r.get(17),
+                    run_secs: r.get(18),
+                    submit_to_recorded_secs: r.get::<_, Option<f64>>(19).unwrap_or(0.0),
+                });
                 tasks.insert(task_id.uuid(), locked);
             }
             why => {
@@ -278,7 +295,11 @@ pub async fn record_results(
         .collect();
     let mut settled = settle_locked(tx, &ended, &tasks).await?;
     settled.events.splice(0..0, started);
-    Ok(Recorded { settled, refused })
+    Ok(Recorded {
+        settled,
+        refused,
+        times,
+    })
 }
 
 /// The channel a commit that records results notifies: `<schema>_fleet_results`.

@@ -219,6 +219,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("../../../migrations/0012_retry.sql")),
     (13, include_str!("../../../migrations/0013_logs.sql")),
     (14, include_str!("../../../migrations/0014_events.sql")),
+    (15, include_str!("../../../migrations/0015_ready_at.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an
