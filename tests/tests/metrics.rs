@@ -274,3 +274,68 @@ async fn every_service_exports_its_metrics_and_the_gauges_match_the_fleet() -> R
     }
     fleet.shutdown().await
 }
+
+/// Queue wait starts when a task last became ready: `tasks.ready_at`, set on insert and
+/// by the trigger on every move to `ready` and on the release of a hold, whatever
+/// statement makes it; other updates leave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_at_follows_every_move_to_ready() -> Result<()> {
+    let fleet = TestFleet::start("readyat").await?;
+    let job = fleet
+        .submit(&json!({"tasks": [
+            {"name": "a", "argv": ["true"], "group": "nobody"},
+            {"name": "b", "argv": ["true"], "group": "nobody", "depends_on": ["a"]}]}))
+        .await?;
+    let client = fleet.pool.get().await?;
+    let ready_at = |name: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT ready_at, created_at FROM tasks WHERE job_id = $1 AND name = $2",
+                    &[&job.uuid(), &name],
+                )
+                .await?;
+            let (r, c): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+                (row.get(0), row.get(1));
+            Ok::<_, anyhow::Error>((r, c))
+        }
+    };
+    let (a0, created) = ready_at("a").await?;
+    assert!(a0 >= created, "set on insert");
+    // A priority change is no move: unchanged.
+    let (s, body) = fleet
+        .call(
+            Method::PATCH,
+            &format!("/v1/jobs/{job}"),
+            Some(json!({"priority": 5})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(ready_at("a").await?.0, a0);
+    // Held, then released: queueing starts again at the release.
+    for held in [true, false] {
+        let (s, body) = fleet
+            .call(
+                Method::PATCH,
+                &format!("/v1/jobs/{job}"),
+                Some(json!({"held": held})),
+            )
+            .await?;
+        assert_eq!(s, 200, "{body}");
+    }
+    let a1 = ready_at("a").await?.0;
+    assert!(a1 > a0, "released at {a1}, first ready at {a0}");
+    // The waiting task, made ready by whatever statement: then.
+    let (b0, _) = ready_at("b").await?;
+    client
+        .execute(
+            "UPDATE tasks SET state = 'ready' WHERE job_id = $1 AND name = 'b'",
+            &[&job.uuid()],
+        )
+        .await?;
+    let b1 = ready_at("b").await?.0;
+    assert!(b1 > b0 && b1 > a1, "b ready at {b1}");
+    drop(client);
+    fleet.shutdown().await
+}
