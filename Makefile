@@ -72,8 +72,10 @@ status: ## Report whether RabbitMQ and PostgreSQL are ready
 stop-services: ## Stop RabbitMQ and PostgreSQL (to test start-up from stopped services)
 	infra/stop-services.sh all
 
-compose-check: ## Validate docker-compose.yml (docker-compose config -q)
+compose-check: ## Validate docker-compose.yml, with and without the monitoring profile
 	FLEET_ADMIN_TOKEN=$${FLEET_ADMIN_TOKEN:-compose-check-placeholder} docker-compose config -q
+	FLEET_ADMIN_TOKEN=$${FLEET_ADMIN_TOKEN:-compose-check-placeholder} docker-compose --profile monitoring config -q
+	python3 -m json.tool infra/grafana/fleet-dashboard.json > /dev/null
 
 ci: ## What CI runs: .ci/run (install what is missing, services, lint, test)
 	.ci/run
