@@ -449,6 +449,54 @@ mod tests {
     }
 
     #[test]
+    fn gauges_per_group_with_desired_executors() {
+        use crate::db::stats::{ExecutorStats, SlotStats, TaskStats};
+        let group = |name: &str, ready, running, alive, total, free| GroupStats {
+            group: name.into(),
+            tasks: TaskStats {
+                ready,
+                held: 1,
+                waiting: 0,
+                running,
+                oldest_ready_secs: (ready > 0).then_some(12.5),
+            },
+            executors: ExecutorStats { alive, draining: 0 },
+            slots: SlotStats { total, free },
+            ..GroupStats::default()
+        };
+        let view = StatsView {
+            at: chrono::Utc::now(),
+            groups: vec![
+                group("default", 10, 4, 2, 8, 4),
+                group("idle", 0, 0, 0, 0, 0),
+            ],
+        };
+        let mut runs = RunTimes::new(600);
+        runs.add(100, g("cpu"), 60.0);
+        let cfg = crate::config::MetricsConfig::default();
+        let gauges = fleet_gauges(&view, &runs, 100, &cfg);
+        let of = |name: &str, metric: &str| {
+            gauges
+                .iter()
+                .find(|g| g.group == name)
+                .and_then(|g| g.values.iter().find(|v| v.0 == metric))
+                .map(|v| v.1)
+        };
+        // 14 tasks of 60 s in 300 s: 3 slots, but 4 run; 4 slots an executor: 1.
+        assert_eq!(of("default", "fleet_desired_executors"), Some(1.0));
+        assert_eq!(of("default", "fleet_run_seconds_mean"), Some(60.0));
+        assert_eq!(of("default", "fleet_tasks_held"), Some(1.0));
+        assert_eq!(of("default", "fleet_oldest_ready_seconds"), Some(12.5));
+        assert_eq!(of("idle", "fleet_desired_executors"), Some(0.0));
+        assert_eq!(of("idle", "fleet_oldest_ready_seconds"), Some(0.0));
+        // Every gauge, each once.
+        for g in &gauges {
+            let names: Vec<&str> = g.values.iter().map(|v| v.0).collect();
+            assert_eq!(names, FLEET_GAUGES);
+        }
+    }
+
+    #[test]
     fn process_figures_are_read() {
         let text = process_text();
         if std::path::Path::new("/proc/self/stat").exists() {

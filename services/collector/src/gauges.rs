@@ -1,5 +1,6 @@
 //! The fleet-wide gauges: every `metrics.interval_secs`, the figures of `GET /v1/stats`
-//! (one read-only snapshot, the same statements) become the `fleet_*{group}` gauges, with
+//! (one read-only snapshot, the same statements, less the count of jobs finished, which
+//! the gauges do not show) become the `fleet_*{group}` gauges, with
 //! each group's desired executors. Only the collector publishes them (there is one), so
 //! that no sum over services counts them twice. A look that fails or takes longer than
 //! the interval leaves the previous values; the loop ends with the shutdown token.
@@ -57,7 +58,7 @@ pub async fn run(pool: Pool, cfg: Config, runs: Runs, token: CancellationToken) 
     loop {
         let look = async {
             let mut client = pool.get().await.map_err(DbError::from)?;
-            stats::stats(&mut client, silent_after).await
+            stats::current(&mut client, silent_after).await
         };
         match tokio::time::timeout(every.max(Duration::from_secs(1)), look).await {
             Ok(Ok(view)) => {
