@@ -210,7 +210,21 @@ pub fn health_routes(health: Health) -> Router {
         // The recorder's metrics, then the process's own (read at each scrape).
         .route(
             "/metrics",
-            get(move || async move { metrics.render() + &crate::metrics::process_text() }),
+            get(move || async move {
+                let mut text = metrics.render();
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(&crate::metrics::process_text());
+                // The text format's own content type, which Prometheus 3 requires.
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }),
         )
 }
 

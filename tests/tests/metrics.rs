@@ -247,6 +247,15 @@ async fn every_service_exports_its_metrics_and_the_gauges_match_the_fleet() -> R
         assert!(rss > 1e6, "{}: resident memory {rss}", p.id);
         let gauges = s.keys().any(|(n, _)| n == "fleet_tasks_ready");
         assert_eq!(gauges, p.id == "collector", "{}: fleet gauges", p.id);
+        // The text format's content type (Prometheus 3 refuses a scrape without one).
+        let resp = reqwest::get(format!("http://{}/metrics", p.addr)).await?;
+        let kind = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+        assert_eq!(
+            kind.as_ref().and_then(|k| k.to_str().ok()),
+            Some("text/plain; version=0.0.4; charset=utf-8"),
+            "{}",
+            p.id
+        );
     }
     // And its own counters.
     assert_eq!(dispatcher.leads().await, Some(true));
