@@ -249,6 +249,7 @@ pub async fn cancel(
         notify_wake(&tx, schema, true).await?;
     }
     tx.commit().await?;
+    crate::metrics::count_settled(&done.settled);
     Ok(Some(CancelReport {
         cancelled_now: done.settled.finished.len(),
         killing: done.killing.len(),
