@@ -2,10 +2,11 @@
 //! fleet built in the test"). Every service runs as a process of its own, so that each
 //! `/metrics` is that service's alone (in-process services would share one recorder).
 //! The fleet: two executors in two subgroups of `m`, work running and ready in them,
-//! ready work and a held job in `lab` (nobody serves it), and one quick task finished in
-//! `m.b` (a recent run time there). The collector's gauges must show every group's
-//! ready, held, running tasks, alive executors, slots and desired executors; every
-//! service its process figures; the collector the histograms of the finished task.
+//! ready work and a held job in `lab` (nobody serves it), one quick task finished in
+//! `m.b` (a recent run time there) and one failed there after a retry. The collector's
+//! gauges must show every group's ready, held, running tasks, alive executors, slots and
+//! desired executors; every service its process figures; the collector the histograms
+//! and counters of the finished tasks and a dead letter.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -115,6 +116,18 @@ async fn every_service_exports_its_metrics_and_the_gauges_match_the_fleet() -> R
         .submit(&json!({"tasks": [{"argv": ["true"], "group": "m.b"}]}))
         .await?;
     assert_eq!(fleet.wait_job(quick, DEADLINE).await?.state, "succeeded");
+    // A task failing twice in m.b, retried once; and a result no one could read.
+    let failing = fleet
+        .submit(
+            &json!({"tasks": [{"argv": ["false"], "group": "m.b", "retry": {
+            "on": ["failed"], "max_attempts": 2, "backoff": {"initial_secs": 3}}}]}),
+        )
+        .await?;
+    assert_eq!(fleet.wait_job(failing, DEADLINE).await?.state, "failed");
+    let names = fleet_shared::amqp::Names::new(&fleet.cfg.amqp.prefix);
+    fleet
+        .publish_raw(&names.root_exchange(), "result.exec-b", b"not json")
+        .await?;
 
     // m.a: 4 tasks for 2 slots (2 run, 2 ready); m.b: 1 runs, 2 slots free.
     let tasks = |n: usize, group: &str| {
@@ -191,20 +204,67 @@ async fn every_service_exports_its_metrics_and_the_gauges_match_the_fleet() -> R
         value(&samples, "fleet_run_seconds_mean", &[("group", "m.a")]),
         Some(0.0)
     );
-    // The quick task: once in each histogram and in the outcomes; the settled counters.
+    // Three attempts ended in m.b (the quick one, the failing one's two): in each
+    // histogram and in the outcomes; the settled counters.
     for h in [
         "fleet_task_queue_wait_seconds_count",
         "fleet_task_run_seconds_count",
         "fleet_task_submit_to_recorded_seconds_count",
     ] {
-        assert_eq!(value(&samples, h, &[("group", "m.b")]), Some(1.0), "{h}");
+        assert_eq!(value(&samples, h, &[("group", "m.b")]), Some(3.0), "{h}");
     }
     let le_inf = value(
         &samples,
         "fleet_task_run_seconds_bucket",
         &[("group", "m.b"), ("le", "+Inf")],
     );
-    assert_eq!(le_inf, Some(1.0), "histograms have buckets");
+    assert_eq!(le_inf, Some(3.0), "histograms have buckets");
+    // The retry waited its backoff (3 s) in `retrying`, not in the queue: every wait
+    // is well under it.
+    let quick_waits = value(
+        &samples,
+        "fleet_task_queue_wait_seconds_bucket",
+        &[("group", "m.b"), ("le", "2.5")],
+    );
+    assert_eq!(quick_waits, Some(3.0), "queue waits under 2.5 s");
+    assert_eq!(
+        value(
+            &samples,
+            "fleet_attempt_outcomes_total",
+            &[("group", "m.b"), ("outcome", "failed")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "fleet_task_retries_total",
+            &[("outcome", "failed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "fleet_tasks_finished_total",
+            &[("state", "failed")]
+        ),
+        Some(1.0)
+    );
+    // The unreadable result, dead-lettered by the collector (on its own time).
+    wait_for("the dead letter to be counted", DEADLINE, || async {
+        let malformed: f64 = scrape(&collector)
+            .await?
+            .iter()
+            .filter(|((n, l), _)| {
+                n == "fleet_dead_letters_total"
+                    && l.get("reason").map(String::as_str) == Some("malformed")
+            })
+            .map(|(_, v)| v)
+            .sum();
+        Ok((malformed == 1.0).then_some(()))
+    })
+    .await?;
     assert_eq!(
         value(
             &samples,
@@ -260,14 +320,17 @@ async fn every_service_exports_its_metrics_and_the_gauges_match_the_fleet() -> R
     // And its own counters.
     assert_eq!(dispatcher.leads().await, Some(true));
     let b_metrics = scrape(&b).await?;
-    assert_eq!(
-        value(
-            &b_metrics,
-            "fleet_executor_attempts_total",
-            &[("outcome", "succeeded")]
-        ),
-        Some(1.0)
-    );
+    for (outcome, n) in [("succeeded", 1.0), ("failed", 2.0)] {
+        assert_eq!(
+            value(
+                &b_metrics,
+                "fleet_executor_attempts_total",
+                &[("outcome", outcome)]
+            ),
+            Some(n),
+            "{outcome}"
+        );
+    }
     let submitted = scrape(&submitter).await?;
     assert_eq!(
         value(
@@ -275,7 +338,7 @@ async fn every_service_exports_its_metrics_and_the_gauges_match_the_fleet() -> R
             "fleet_submitter_jobs_total",
             &[("via", "http"), ("created", "true")]
         ),
-        Some(5.0)
+        Some(6.0)
     );
 
     for p in [a, b, collector, dispatcher, submitter] {
