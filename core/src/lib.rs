@@ -3,6 +3,7 @@
 //! it, so a client and the server cannot disagree on a shape. Nothing here speaks to a
 //! network or a database: its dependencies are serde, chrono, uuid and the hashes.
 
+pub mod api;
 pub mod auth;
 pub mod error;
 pub mod event;

@@ -7,11 +7,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use fleet_shared::auth::{Permission, Role};
+use fleet_core::api::admin::{NewGroupBody, NewTokenBody, TokensView};
+use fleet_shared::auth::Permission;
 use fleet_shared::db::{admin, DbError};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::ExecutorId;
-use serde::Deserialize;
 
 use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
@@ -47,13 +47,6 @@ fn executor_id(id: &str) -> Result<ExecutorId, ApiError> {
     ExecutorId::parse(id).map_err(|e| invalid("executor_id", e.to_string()))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTokenBody {
-    name: String,
-    role: Role,
-}
-
 async fn create_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -75,7 +68,7 @@ async fn list_tokens(State(s): State<AppState>, caller: Caller) -> Result<Respon
     caller.need(Permission::Admin)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
     let tokens = admin::list_tokens(&client).await?;
-    Ok(Json(serde_json::json!({ "tokens": tokens })).into_response())
+    Ok(Json(TokensView { tokens }).into_response())
 }
 
 async fn revoke_token(
@@ -91,14 +84,6 @@ async fn revoke_token(
     }
     s.auth().forget();
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewGroupBody {
-    name: String,
-    #[serde(default)]
-    description: Option<String>,
 }
 
 async fn create_group(

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use fleet_core::api::jobs::{BatchBody, BatchSubmitted, Submitted};
 use fleet_shared::auth::{JobAccess, Permission, Role};
 use fleet_shared::config::Config;
 use fleet_shared::db::Pool;
@@ -381,7 +382,10 @@ async fn submit_job(
     };
     Ok((
         status,
-        Json(serde_json::json!({"job_id": t.job_id, "created": t.created})),
+        Json(Submitted {
+            created: t.created,
+            job_id: t.job_id,
+        }),
     )
         .into_response())
 }
@@ -401,20 +405,6 @@ pub const MAX_BATCH: usize = 10_000;
 
 /// `POST /v1/jobs/batch`: many jobs, each with its own idempotency key, written in one
 /// transaction. All or nothing: one invalid job refuses the request (400, naming it).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    jobs: Vec<BatchItem>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchItem {
-    job: JobSpec,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-}
-
 async fn submit_batch(
     State(s): State<AppState>,
     caller: Caller,
@@ -451,11 +441,14 @@ async fn submit_batch(
         .increment(created as u64);
     metrics::counter!("fleet_submitter_jobs_total", "via" => "http", "created" => "false")
         .increment((tickets.len() - created) as u64);
-    let jobs: Vec<serde_json::Value> = tickets
+    let jobs = tickets
         .iter()
-        .map(|t| serde_json::json!({"job_id": t.job_id, "created": t.created}))
+        .map(|t| Submitted {
+            created: t.created,
+            job_id: t.job_id,
+        })
         .collect();
-    Ok((StatusCode::OK, Json(serde_json::json!({ "jobs": jobs }))).into_response())
+    Ok((StatusCode::OK, Json(BatchSubmitted { jobs })).into_response())
 }
 
 async fn get_job(

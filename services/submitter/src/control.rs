@@ -9,13 +9,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use fleet_core::api::executors::CancelAttemptBody;
 use fleet_shared::amqp::{self, keys, AmqpError, Outgoing};
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{control, DbError};
 use fleet_shared::group::GroupName;
-use fleet_shared::id::{ExecutorId, TaskId};
+use fleet_shared::id::ExecutorId;
 use fleet_shared::proto::{self, Control, ControlAction};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::{invalid, ApiError, AppState};
@@ -145,13 +145,6 @@ async fn resume_group(
     send(&s, &group(&name)?, ControlAction::Resume).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelBody {
-    task_id: TaskId,
-    attempt: i32,
-}
-
 async fn cancel_attempt(
     State(s): State<AppState>,
     caller: Caller,
@@ -159,7 +152,7 @@ async fn cancel_attempt(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.need(Permission::Admin)?;
-    let b: CancelBody = crate::admin::parse_body(&body)?;
+    let b: CancelAttemptBody = crate::admin::parse_body(&body)?;
     send(
         &s,
         &executor(&id)?,

@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
+use fleet_core::api::jobs::JobPatch;
 use fleet_shared::auth::{self, JobAccess, Permission};
 use fleet_shared::db::control::{self, JobChange};
 use fleet_shared::db::read::{self, JobFilter, OwnerFilter};
@@ -167,16 +168,6 @@ async fn cancel(
         answer["task_id"] = serde_json::json!(t);
     }
     Ok((StatusCode::ACCEPTED, Json(answer)))
-}
-
-/// `PATCH /v1/jobs/{id}`: what may change of a job once submitted.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobPatch {
-    /// For the tasks not yet handed out.
-    priority: Option<i32>,
-    /// Hold (never dispatch its tasks not yet handed out) or release.
-    held: Option<bool>,
 }
 
 async fn change_job(
