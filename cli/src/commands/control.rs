@@ -1,5 +1,6 @@
 //! `fleetctl priority|hold|release` (a job) and `fleetctl scheduler` (dispatching).
 
+use fleet_core::api::jobs::JobPatch;
 use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -12,11 +13,11 @@ use crate::output;
 pub async fn patch_job(
     client: &Client,
     job_id: &Uuid,
-    patch: Value,
+    patch: JobPatch,
     format: Output,
 ) -> Result<u8, CliError> {
     let answer = client
-        .call(Method::PATCH, &format!("/v1/jobs/{job_id}"), Some(&patch))
+        .send_body(Method::PATCH, &format!("/v1/jobs/{job_id}"), &patch)
         .await?;
     match format {
         Output::Json => output::emit_json(&answer)?,

@@ -1,7 +1,8 @@
 //! `fleetctl stats`: per group, the work waiting and running, executors, slots and the
 //! jobs finished lately.
 
-use crate::api::Stats;
+use fleet_core::api::stats::StatsView;
+
 use crate::cli::Output;
 use crate::client::Client;
 use crate::error::CliError;
@@ -12,7 +13,7 @@ pub async fn run(client: &Client, format: Output) -> Result<u8, CliError> {
     match format {
         Output::Json => output::emit_json(&answer)?,
         Output::Text => {
-            let stats: Stats = answer.decode("stats")?;
+            let stats: StatsView = answer.decode("stats")?;
             output::emit(&output::render_stats(&stats))?;
         }
     }

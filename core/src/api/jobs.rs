@@ -97,6 +97,11 @@ pub struct TaskSpecView {
 }
 
 impl JobView {
+    /// Succeeded, failed or cancelled: it changes no more (unless run again).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+
     /// Blanks every env value, keeping the names.
     pub fn hide_env_values(&mut self) {
         for t in &mut self.tasks {
