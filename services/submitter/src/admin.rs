@@ -13,8 +13,9 @@ use fleet_shared::db::{admin, DbError};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::ExecutorId;
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, no_nul, parse_body, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -28,19 +29,8 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Parses a JSON body, naming the field that is wrong on failure.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    crate::api::parse_json(body).map_err(ApiError::Invalid)
-}
-
 fn group_name(name: &str) -> Result<GroupName, ApiError> {
     GroupName::parse(name).map_err(|e| invalid("group", e.to_string()))
-}
-
-/// PostgreSQL text cannot hold a NUL byte: refused here, naming the field, rather than
-/// a 500 from the database.
-pub fn no_nul(field: &str, s: &str) -> Result<(), ApiError> {
-    fleet_shared::job::no_nul(field, s).map_err(ApiError::Invalid)
 }
 
 fn executor_id(id: &str) -> Result<ExecutorId, ApiError> {

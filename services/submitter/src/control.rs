@@ -18,8 +18,9 @@ use fleet_shared::id::ExecutorId;
 use fleet_shared::proto::{self, Control, ControlAction};
 use serde_json::json;
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -152,7 +153,7 @@ async fn cancel_attempt(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.need(Permission::Admin)?;
-    let b: CancelAttemptBody = crate::admin::parse_body(&body)?;
+    let b: CancelAttemptBody = crate::error::parse_body(&body)?;
     send(
         &s,
         &executor(&id)?,

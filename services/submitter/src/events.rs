@@ -21,9 +21,9 @@ use fleet_shared::db::{webhooks, DbError, Pool};
 use fleet_shared::event::Kind;
 use fleet_shared::group::GroupName;
 
-use crate::admin::parse_body;
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, parse_body, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -16,10 +16,10 @@ use fleet_shared::db::{admin, DbError};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::ExecutorId;
 
-use crate::admin::parse_body;
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
 use crate::broker_admin::BrokerAdminError;
+use crate::error::{invalid, parse_body, ApiError};
+use crate::state::AppState;
 
 /// The longest a join token may live: 30 days.
 const MAX_TTL_SECS: u64 = 30 * 24 * 3600;

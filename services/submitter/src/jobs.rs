@@ -1,12 +1,13 @@
-//! Finding jobs: `GET /v1/jobs` with filters and keyset pages. Who sees what is the rule
-//! in `fleet_shared::auth` (a submitter token lists its own jobs only).
+//! Jobs once submitted: finding them (`GET /v1/jobs`, filters and keyset pages), reading
+//! one and its results, changing, cancelling and running them again. Who sees what is
+//! the rule in `fleet_shared::auth` (a submitter token lists its own jobs only).
 
 use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleet_core::api::jobs::JobPatch;
 use fleet_shared::auth::{self, JobAccess, Permission};
@@ -18,14 +19,15 @@ use fleet_shared::group::GroupName;
 use fleet_shared::id::{JobId, TokenId};
 use fleet_shared::state::JobState;
 
-use crate::admin::no_nul;
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{bad_id, invalid, no_nul, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{id}", patch(change_job))
+        .route("/v1/jobs/{id}", get(get_job).patch(change_job))
+        .route("/v1/jobs/{id}/results", get(get_results))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/retry", post(rerun_job))
         .route("/v1/jobs/{id}/tasks/{task}/retry", post(rerun_task))
@@ -82,7 +84,7 @@ pub async fn job_for(
     access: JobAccess,
 ) -> Result<(fleet_shared::db::Client, JobId), ApiError> {
     caller.need(Permission::Read)?;
-    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
+    let id: JobId = id.parse().map_err(bad_id)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
     let owner = read::job_owner(&client, id)
         .await?
@@ -177,7 +179,7 @@ async fn change_job(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.need(Permission::Read)?;
-    let patch: JobPatch = crate::admin::parse_body(&body)?;
+    let patch: JobPatch = crate::error::parse_body(&body)?;
     if patch.priority.is_none() && patch.held.is_none() {
         return Err(invalid("body", "give priority, held or both"));
     }
@@ -329,6 +331,43 @@ pub fn parse_filter(
             .ok_or_else(|| invalid("limit", format!("must be 1 to {MAX_LIMIT}")))?;
     }
     Ok(f)
+}
+
+async fn get_job(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<read::JobView>, ApiError> {
+    caller.need(Permission::Read)?;
+    let id: JobId = id.parse().map_err(bad_id)?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let mut job = read::job(&client, id, s.silent_after_secs())
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    let owner = job.submitted_by.token_id;
+    caller.may(owner, JobAccess::Read)?;
+    if caller.may(owner, JobAccess::ReadSecrets).is_err() {
+        job.hide_env_values();
+    }
+    Ok(Json(job))
+}
+
+async fn get_results(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<read::ResultsView>, ApiError> {
+    caller.need(Permission::Read)?;
+    let id: JobId = id.parse().map_err(bad_id)?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let owner = read::job_owner(&client, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    caller.may(owner, JobAccess::Read)?;
+    read::results(&client, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("job"))
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@ use fleet_shared::auth::JobAccess;
 use fleet_shared::db::{control, logs, Client, DbError, Pool};
 use fleet_shared::id::TaskId;
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/jobs/{id}/tasks/{task}/logs", get(task_logs))

@@ -12,8 +12,9 @@ use fleet_shared::group::GroupName;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -34,7 +35,7 @@ fn target(body: &[u8]) -> Result<GroupName, ApiError> {
     let t: Target = if body.iter().all(u8::is_ascii_whitespace) {
         Target::default()
     } else {
-        crate::admin::parse_body(body)?
+        crate::error::parse_body(body)?
     };
     match t.group {
         None => Ok(GroupName::default_group()),
