@@ -146,18 +146,10 @@ impl Client {
             .await
     }
 
-    /// Any call of the API: `body` as JSON if given. An empty success (204) reads as `{}`.
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Answer, CliError> {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(b) = body {
-            request = request.json(b);
-        }
-        self.send(request).await
+    /// Any call of the API without a body (with one: [`Client::send_body`]). An empty
+    /// success (204) reads as `{}`.
+    pub async fn call(&self, method: reqwest::Method, path: &str) -> Result<Answer, CliError> {
+        self.send(self.http.request(method, self.url(path))).await
     }
 
     fn url(&self, path: &str) -> String {

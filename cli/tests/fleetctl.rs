@@ -243,6 +243,20 @@ async fn every_text_view_reads_what_the_server_answers() -> Result<()> {
     let hooks = ok(&fleet, &["webhook", "list"]).await?;
     anyhow::ensure!(hooks.contains("job.*") || hooks.contains("job."), "{hooks}");
 
+    let paused = ok(&fleet, &["scheduler", "pause", "views"]).await?;
+    anyhow::ensure!(paused.contains("paused for views"), "{paused}");
+    let status = ok(&fleet, &["scheduler", "status"]).await?;
+    anyhow::ensure!(
+        status.contains("views") && status.contains("GROUP"),
+        "{status}"
+    );
+    let resumed = ok(&fleet, &["scheduler", "resume", "views"]).await?;
+    anyhow::ensure!(resumed.contains("resumed for views"), "{resumed}");
+    let cancelled = ok(&fleet, &["cancel", &held]).await?;
+    anyhow::ensure!(cancelled.contains("2 tasks cancelled"), "{cancelled}");
+    let rerun = ok(&fleet, &["retry", &held]).await?;
+    anyhow::ensure!(rerun.contains("2 tasks run again"), "{rerun}");
+
     // The server's error body, read as the server writes it.
     let refused = fleetctl(&fleet, &["priority", &held, "5000"]).await?;
     anyhow::ensure!(

@@ -37,7 +37,7 @@ fn done(answer: &Answer, format: Output, text: String) -> Result<u8, CliError> {
 pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result<u8, CliError> {
     match cmd {
         GroupCommand::List => {
-            let answer = client.call(Method::GET, "/v1/groups", None).await?;
+            let answer = client.call(Method::GET, "/v1/groups").await?;
             let v: GroupsView = answer.decode("group list")?;
             done(&answer, format, render_groups(&v.groups))
         }
@@ -51,7 +51,7 @@ pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result
         }
         GroupCommand::Delete { name } => {
             let path = format!("/v1/groups/{}", segment("group", &name)?);
-            let answer = client.call(Method::DELETE, &path, None).await?;
+            let answer = client.call(Method::DELETE, &path).await?;
             done(&answer, format, format!("deleted group {name}\n"))
         }
         GroupCommand::Add { group, executor } => {
@@ -60,12 +60,12 @@ pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result
                 segment("group", &group)?,
                 segment("executor", &executor)?
             );
-            let answer = client.call(Method::PUT, &path, None).await?;
+            let answer = client.call(Method::PUT, &path).await?;
             done(&answer, format, format!("{executor} is in {group}\n"))
         }
         GroupCommand::Drain { name } => {
             let path = format!("/v1/groups/{}/drain", segment("group", &name)?);
-            let answer = client.call(Method::POST, &path, None).await?;
+            let answer = client.call(Method::POST, &path).await?;
             done(
                 &answer,
                 format,
@@ -74,7 +74,7 @@ pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result
         }
         GroupCommand::Resume { name } => {
             let path = format!("/v1/groups/{}/resume", segment("group", &name)?);
-            let answer = client.call(Method::POST, &path, None).await?;
+            let answer = client.call(Method::POST, &path).await?;
             done(
                 &answer,
                 format,
@@ -87,7 +87,7 @@ pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result
                 segment("group", &group)?,
                 segment("executor", &executor)?
             );
-            let answer = client.call(Method::DELETE, &path, None).await?;
+            let answer = client.call(Method::DELETE, &path).await?;
             done(
                 &answer,
                 format,
@@ -116,7 +116,7 @@ pub async fn token(client: &Client, cmd: TokenCommand, format: Output) -> Result
             done(&answer, format, text)
         }
         TokenCommand::List => {
-            let answer = client.call(Method::GET, "/v1/tokens", None).await?;
+            let answer = client.call(Method::GET, "/v1/tokens").await?;
             let v: TokensView = answer.decode("token list")?;
             let rows: Vec<Vec<String>> = v
                 .tokens
@@ -140,7 +140,7 @@ pub async fn token(client: &Client, cmd: TokenCommand, format: Output) -> Result
         }
         TokenCommand::Revoke { token_id } => {
             let path = format!("/v1/tokens/{token_id}");
-            let answer = client.call(Method::DELETE, &path, None).await?;
+            let answer = client.call(Method::DELETE, &path).await?;
             done(&answer, format, format!("revoked token {token_id}\n"))
         }
     }
@@ -151,10 +151,10 @@ pub async fn executor(
     cmd: ExecutorCommand,
     format: Output,
 ) -> Result<u8, CliError> {
-    let (path, body, text) = match cmd {
+    let (path, text) = match cmd {
         ExecutorCommand::Show { id } => {
             let path = format!("/v1/executors/{}", segment("executor", &id)?);
-            let answer = client.call(Method::GET, &path, None).await?;
+            let answer = client.call(Method::GET, &path).await?;
             let d: ExecutorDetail = answer.decode("executor")?;
             return done(
                 &answer,
@@ -164,7 +164,7 @@ pub async fn executor(
         }
         ExecutorCommand::Forget { id } => {
             let path = format!("/v1/executors/{}", segment("executor", &id)?);
-            let answer = client.call(Method::DELETE, &path, None).await?;
+            let answer = client.call(Method::DELETE, &path).await?;
             return done(
                 &answer,
                 format,
@@ -194,21 +194,18 @@ pub async fn executor(
         }
         ExecutorCommand::Revoke { id } => (
             format!("/v1/executors/{}/revoke", segment("executor", &id)?),
-            None,
             format!("revoked {id}: disconnected; its attempts run again elsewhere\n"),
         ),
         ExecutorCommand::Drain { id } => (
             format!("/v1/executors/{}/drain", segment("executor", &id)?),
-            None,
             format!("drain sent to {id}: it finishes what it runs and takes nothing new\n"),
         ),
         ExecutorCommand::Resume { id } => (
             format!("/v1/executors/{}/resume", segment("executor", &id)?),
-            None,
             format!("resume sent to {id}\n"),
         ),
     };
-    let answer = client.call(Method::POST, &path, body.as_ref()).await?;
+    let answer = client.call(Method::POST, &path).await?;
     done(&answer, format, text)
 }
 
@@ -284,13 +281,13 @@ pub async fn webhook(client: &Client, cmd: WebhookCommand, format: Output) -> Re
             done(&answer, format, text)
         }
         WebhookCommand::List => {
-            let answer = client.call(Method::GET, "/v1/webhooks", None).await?;
+            let answer = client.call(Method::GET, "/v1/webhooks").await?;
             let v: WebhooksView = answer.decode("webhook list")?;
             done(&answer, format, render_webhooks(&v.webhooks))
         }
         WebhookCommand::Delete { webhook_id } => {
             let answer = client
-                .call(Method::DELETE, &format!("/v1/webhooks/{webhook_id}"), None)
+                .call(Method::DELETE, &format!("/v1/webhooks/{webhook_id}"))
                 .await?;
             done(&answer, format, format!("webhook {webhook_id} deleted\n"))
         }

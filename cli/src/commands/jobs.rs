@@ -66,7 +66,7 @@ pub async fn show(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, 
 
 pub async fn delete(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, CliError> {
     let answer = client
-        .call(reqwest::Method::DELETE, &format!("/v1/jobs/{job_id}"), None)
+        .call(reqwest::Method::DELETE, &format!("/v1/jobs/{job_id}"))
         .await?;
     match format {
         Output::Json => output::emit_json(&answer)?,

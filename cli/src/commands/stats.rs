@@ -9,7 +9,7 @@ use crate::error::CliError;
 use crate::output;
 
 pub async fn run(client: &Client, format: Output) -> Result<u8, CliError> {
-    let answer = client.call(reqwest::Method::GET, "/v1/stats", None).await?;
+    let answer = client.call(reqwest::Method::GET, "/v1/stats").await?;
     match format {
         Output::Json => output::emit_json(&answer)?,
         Output::Text => {

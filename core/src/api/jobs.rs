@@ -40,6 +40,39 @@ pub struct BatchSubmitted {
     pub jobs: Vec<Submitted>,
 }
 
+/// The answer to `POST /v1/jobs/{id}/cancel` (or one task's: `.../tasks/{task}/cancel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// Tasks that ended `cancelled` at once (dependents included).
+    pub cancelled_now: u64,
+    pub job_id: JobId,
+    /// Attempts running or queued on executors, being killed.
+    pub killing: u64,
+    /// The task named, when one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<TaskId>,
+}
+
+/// The answer to `POST /v1/jobs/{id}/retry` (or one task's): the tasks run again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rerun {
+    pub job_id: JobId,
+    pub rerun: Vec<TaskId>,
+}
+
+/// The answer to `PATCH /v1/jobs/{id}`: what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobChanged {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<bool>,
+    pub job_id: JobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// With `priority`: the tasks not yet handed out that took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_changed: Option<u64>,
+}
+
 /// `PATCH /v1/jobs/{id}`: what may change of a job once submitted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,6 +9,8 @@ pub mod error;
 pub mod events;
 pub mod executors;
 pub mod jobs;
+pub mod logs;
+pub mod scheduler;
 pub mod stats;
 pub mod webhooks;
 

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fleet_core::api::jobs::JobPatch;
+use fleet_core::api::jobs::{Cancelled, JobChanged, JobPatch, Rerun};
 use fleet_shared::auth::{self, JobAccess, Permission};
 use fleet_shared::db::control::{self, JobChange};
 use fleet_shared::db::read::{self, JobFilter, OwnerFilter};
@@ -38,7 +38,7 @@ async fn cancel_job(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     cancel(&s, &caller, &id, None).await
 }
 
@@ -46,7 +46,7 @@ async fn cancel_task(
     State(s): State<AppState>,
     caller: Caller,
     Path((id, task)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     cancel(&s, &caller, &id, Some(&task)).await
 }
 
@@ -54,7 +54,7 @@ async fn rerun_job(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Rerun>), ApiError> {
     rerun(&s, &caller, &id, None).await
 }
 
@@ -62,7 +62,7 @@ async fn rerun_task(
     State(s): State<AppState>,
     caller: Caller,
     Path((id, task)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Rerun>), ApiError> {
     rerun(&s, &caller, &id, Some(&task)).await
 }
 
@@ -113,7 +113,7 @@ async fn rerun(
     caller: &Caller,
     id: &str,
     task: Option<&str>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Rerun>), ApiError> {
     let (mut client, id) = controlled(s, caller, id).await?;
     let task_id = task_in(&client, id, task).await?;
     match control::rerun(&mut client, s.schema(), id, task_id).await? {
@@ -121,7 +121,10 @@ async fn rerun(
             tracing::info!(job_id = %id, tasks = tasks.len(), by = %caller.who.name, "rerun");
             Ok((
                 StatusCode::ACCEPTED,
-                Json(serde_json::json!({"job_id": id, "rerun": tasks})),
+                Json(Rerun {
+                    job_id: id,
+                    rerun: tasks,
+                }),
             ))
         }
         control::Rerun::NoSuchJob => Err(ApiError::NotFound("job")),
@@ -143,7 +146,7 @@ async fn cancel(
     caller: &Caller,
     id: &str,
     task: Option<&str>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     let (mut client, id) = controlled(s, caller, id).await?;
     let task_id = task_in(&client, id, task).await?;
     // A cancel racing a result of the same task can deadlock with it in rare
@@ -161,14 +164,12 @@ async fn cancel(
     drop(client);
     tracing::info!(job_id = %id, task_id = ?task_id, by = %caller.who.name,
         cancelled_now = report.cancelled_now, killing = report.killing, "cancel");
-    let mut answer = serde_json::json!({
-        "job_id": id,
-        "cancelled_now": report.cancelled_now,
-        "killing": report.killing,
-    });
-    if let Some(t) = task_id {
-        answer["task_id"] = serde_json::json!(t);
-    }
+    let answer = Cancelled {
+        cancelled_now: report.cancelled_now as u64,
+        job_id: id,
+        killing: report.killing as u64,
+        task_id,
+    };
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
@@ -177,7 +178,7 @@ async fn change_job(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobChanged>, ApiError> {
     caller.need(Permission::Read)?;
     let patch: JobPatch = crate::error::parse_body(&body)?;
     if patch.priority.is_none() && patch.held.is_none() {
@@ -196,7 +197,12 @@ async fn change_job(
         }
     }
     let (mut client, id) = controlled(&s, &caller, &id).await?;
-    let mut answer = serde_json::json!({ "job_id": id });
+    let mut answer = JobChanged {
+        held: None,
+        job_id: id,
+        priority: None,
+        tasks_changed: None,
+    };
     let check = |c: JobChange| match c {
         JobChange::Applied(n) => Ok(n),
         JobChange::NoSuchJob => Err(ApiError::NotFound("job")),
@@ -206,12 +212,12 @@ async fn change_job(
     };
     if let Some(held) = patch.held {
         check(control::set_held(&mut client, s.schema(), id, held).await?)?;
-        answer["held"] = held.into();
+        answer.held = Some(held);
     }
     if let Some(p) = patch.priority {
         let n = check(control::set_priority(&mut client, s.schema(), id, p).await?)?;
-        answer["priority"] = p.into();
-        answer["tasks_changed"] = n.into();
+        answer.priority = Some(p);
+        answer.tasks_changed = Some(n);
     }
     Ok(Json(answer))
 }
