@@ -120,6 +120,19 @@ pub struct Registered {
     pub groups: Vec<GroupName>,
 }
 
+/// The answer to a control message sent (`POST /v1/executors/{id}/drain|resume|cancel`,
+/// `POST /v1/groups/{name}/drain|resume`): to one executor or to a group's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlSent {
+    /// `drain`, `resume` or `cancel`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor_id: Option<ExecutorId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupName>,
+    pub sent: bool,
+}
+
 /// The answer to `POST /v1/executors/{id}/revoke`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revoked {
