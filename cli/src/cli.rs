@@ -547,6 +547,15 @@ pub enum RoleArg {
 }
 
 impl RoleArg {
+    pub fn role(self) -> fleet_core::auth::Role {
+        use fleet_core::auth::Role;
+        match self {
+            Self::Reader => Role::Reader,
+            Self::Submitter => Role::Submitter,
+            Self::Admin => Role::Admin,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Reader => "reader",
@@ -619,7 +628,7 @@ pub struct TaskOptions {
 
     /// Higher runs first, -1000..=1000 (server default: 0)
     #[arg(long, allow_negative_numbers = true)]
-    pub priority: Option<i64>,
+    pub priority: Option<i32>,
 
     /// How many times the task may be tried, 1..=20 (server default: 3)
     #[arg(long, value_name = "N")]

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
+use fleet_core::api::ErrorResponse;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::RequestBuilder;
 use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::api::ErrorBody;
 use crate::error::CliError;
 
 /// How much of a non-JSON error body is worth showing: enough to recognise a proxy's
@@ -122,7 +123,7 @@ impl Client {
         // Read the error as send() would.
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
-        if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&body) {
+        if let Ok(ErrorResponse { error }) = serde_json::from_slice::<ErrorResponse>(&body) {
             return Err(CliError::Api {
                 message: error.message,
                 field: error.field,
@@ -134,18 +135,21 @@ impl Client {
         })
     }
 
-    /// Any call of the API: `body` as JSON if given. An empty success (204) reads as `{}`.
-    pub async fn call(
+    /// A call of the API with one of its request bodies (`fleet_core::api`).
+    pub async fn send_body<B: Serialize + ?Sized>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: &B,
     ) -> Result<Answer, CliError> {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(b) = body {
-            request = request.json(b);
-        }
-        self.send(request).await
+        self.send(self.http.request(method, self.url(path)).json(body))
+            .await
+    }
+
+    /// Any call of the API without a body (with one: [`Client::send_body`]). An empty
+    /// success (204) reads as `{}`.
+    pub async fn call(&self, method: reqwest::Method, path: &str) -> Result<Answer, CliError> {
+        self.send(self.http.request(method, self.url(path))).await
     }
 
     fn url(&self, path: &str) -> String {
@@ -180,7 +184,7 @@ impl Client {
                 ))),
             };
         }
-        if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&body) {
+        if let Ok(ErrorResponse { error }) = serde_json::from_slice::<ErrorResponse>(&body) {
             let message = match status.as_u16() {
                 401 => format!(
                     "{}\nhint: set FLEET_TOKEN (or --token) to a token from your Fleet administrator",

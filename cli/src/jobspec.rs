@@ -1,8 +1,9 @@
-//! Turning `submit` flags into the JSON job POST /v1/jobs takes.
+//! Turning `submit` flags into the job POST /v1/jobs takes (the server's own `JobSpec`).
 
 use std::collections::BTreeMap;
 
-use crate::api::{JobSpec, TaskSpec};
+use fleet_core::job::{JobSpec, TaskSpec};
+
 use crate::cli::TaskOptions;
 
 /// Parses a `K=V` flag value. Splits at the first `=` so values may hold `=` themselves
@@ -38,7 +39,9 @@ pub fn build_job(opts: &TaskOptions, argv: &[String], stdin: Option<String>) -> 
             max_attempts: opts.max_attempts,
             each: opts.each,
             quorum: opts.quorum,
+            ..TaskSpec::default()
         }],
+        ..JobSpec::default()
     }
 }
 

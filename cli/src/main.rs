@@ -1,6 +1,5 @@
 //! `fleetctl`: the command-line client of the Fleet job system (entry point only).
 
-mod api;
 mod cli;
 mod client;
 mod commands;

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::api::{Ending, Executors, Job, Results, TaskResult};
+use fleet_core::api::executors::{ExecutorDetail, ExecutorsView};
+use fleet_core::api::jobs::{AttemptView, JobView, JobsPage, ResultView, ResultsView};
+use fleet_core::api::stats::{Outcomes, StatsView};
+
 use crate::client::Answer;
 use crate::duration;
 use crate::error::CliError;
@@ -98,14 +101,17 @@ fn newline(out: &mut String, depth: usize) {
     }
 }
 
-pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
+pub fn render_job(job: &JobView, now: DateTime<Utc>) -> String {
     let c = &job.counts;
     let mut out = format!("job:      {}\n", job.job_id);
     if let Some(name) = job.name.as_deref().filter(|n| !n.is_empty()) {
         out.push_str(&format!("name:     {name}\n"));
     }
     out.push_str(&format!("state:    {}\n", job.state));
-    out.push_str(&format!("created:  {}\n", with_age(job.created_at, now)));
+    out.push_str(&format!(
+        "created:  {}\n",
+        with_age(Some(job.created_at), now)
+    ));
     out.push_str(&format!("finished: {}\n", with_age(job.finished_at, now)));
     out.push_str(&format!(
         "tasks:    {} total, {} done: {} succeeded, {} failed, {} cancelled\n",
@@ -123,7 +129,7 @@ pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
                 t.state.clone(),
                 t.attempts.to_string(),
                 t.executor_id.clone().unwrap_or_else(|| "-".into()),
-                or_dash(ending_parts(&t.end).join("; ")),
+                or_dash(ending_parts(t.exit_code, t.signal, t.error.as_deref()).join("; ")),
             ]
         })
         .collect();
@@ -150,7 +156,10 @@ pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
         .filter(|t| t.each)
         .map(|t| {
             let ok = t.copies.iter().filter(|c| c.state == "succeeded").count();
-            let needed = t.quorum.map_or(t.copies.len(), |q| q as usize);
+            let needed = t
+                .quorum
+                .and_then(|q| usize::try_from(q).ok())
+                .unwrap_or(t.copies.len());
             let members: Vec<String> = t
                 .copies
                 .iter()
@@ -184,7 +193,7 @@ pub fn render_job(job: &Job, now: DateTime<Utc>) -> String {
 }
 
 /// `#1 cpu-1 lost (late result kept, not counted) -> #2 cpu-2 succeeded`
-pub fn render_history(history: &[crate::api::AttemptStatus]) -> String {
+pub fn render_history(history: &[AttemptView]) -> String {
     history
         .iter()
         .map(|a| {
@@ -199,7 +208,7 @@ pub fn render_history(history: &[crate::api::AttemptStatus]) -> String {
         .join(" -> ")
 }
 
-pub fn render_results(results: &Results) -> String {
+pub fn render_results(results: &ResultsView) -> String {
     if results.results.is_empty() {
         return format!("job {}: no task results yet\n", results.job_id);
     }
@@ -210,15 +219,19 @@ pub fn render_results(results: &Results) -> String {
 }
 
 /// The results grouped by the executor that produced them, executors in name order.
-pub fn render_results_by_executor(results: &Results) -> String {
+pub fn render_results_by_executor(results: &ResultsView) -> String {
     if results.results.is_empty() {
         return format!("job {}: no task results yet\n", results.job_id);
     }
-    let mut by: BTreeMap<&str, Vec<&TaskResult>> = BTreeMap::new();
+    let mut by: BTreeMap<&str, Vec<&ResultView>> = BTreeMap::new();
     for r in &results.results {
-        by.entry(r.executor_id.as_deref().unwrap_or("-"))
-            .or_default()
-            .push(r);
+        by.entry(
+            Some(r.executor_id.as_str())
+                .filter(|e| !e.is_empty())
+                .unwrap_or("-"),
+        )
+        .or_default()
+        .push(r);
     }
     let mut out = String::new();
     for (executor, mut rs) in by {
@@ -235,8 +248,8 @@ pub fn render_results_by_executor(results: &Results) -> String {
     out
 }
 
-fn render_result(r: &TaskResult) -> String {
-    let parts = ending_parts(&r.end);
+fn render_result(r: &ResultView) -> String {
+    let parts = ending_parts(r.exit_code, r.signal, r.error.as_deref());
     let outcome = if parts.is_empty() {
         r.outcome.clone()
     } else {
@@ -252,7 +265,7 @@ fn render_result(r: &TaskResult) -> String {
     let mut out = format!("task {} {}: {outcome}\n", r.index, r.name);
     out.push_str(&format!(
         "  executor: {} (attempt {})\n",
-        r.executor_id.as_deref().unwrap_or("-"),
+        or_dash(r.executor_id.clone()),
         r.attempt
     ));
     out.push_str(&format!("  started:  {}\n", timestamp(r.started_at)));
@@ -279,7 +292,7 @@ fn stream(label: &str, text: &str, truncated: bool) -> String {
     out
 }
 
-pub fn render_executors(list: &Executors, now: DateTime<Utc>) -> String {
+pub fn render_executors(list: &ExecutorsView, now: DateTime<Utc>) -> String {
     if list.executors.is_empty() {
         return "no executors\n".into();
     }
@@ -298,7 +311,7 @@ pub fn render_executors(list: &Executors, now: DateTime<Utc>) -> String {
                 e.queued.to_string(),
                 yes_no(e.draining),
                 yes_no(e.alive),
-                e.last_info_at.map_or_else(|| "-".into(), |t| age(t, now)),
+                age(e.last_info_at, now),
             ]
         })
         .collect();
@@ -319,12 +332,10 @@ pub fn render_executors(list: &Executors, now: DateTime<Utc>) -> String {
 }
 
 /// `fleetctl executor show`: one executor, what it holds and how it stands.
-pub fn render_executor(d: &crate::api::ExecutorDetail, now: DateTime<Utc>) -> String {
+pub fn render_executor(d: &ExecutorDetail, now: DateTime<Utc>) -> String {
     let e = &d.executor;
     let mut out = format!("executor:   {}\n", e.executor_id);
-    let heard = e
-        .last_info_at
-        .map_or_else(|| "never".into(), |t| with_age(Some(t), now));
+    let heard = with_age(Some(e.last_info_at), now);
     out.push_str(&format!(
         "alive:      {} (last heard {heard})\n",
         yes_no(e.alive)
@@ -348,7 +359,7 @@ pub fn render_executor(d: &crate::api::ExecutorDetail, now: DateTime<Utc>) -> St
         Some(dr) => format!(
             "yes (drained by {} at {}; fleetctl executor resume {})",
             dr.drained_by,
-            timestamp(dr.drained_at),
+            timestamp(Some(dr.drained_at)),
             e.executor_id
         ),
         None => yes_no(e.draining),
@@ -359,7 +370,7 @@ pub fn render_executor(d: &crate::api::ExecutorDetail, now: DateTime<Utc>) -> St
         Some(r) => {
             let mut line = format!(
                 "yes, at {}, groups {}",
-                timestamp(r.registered_at),
+                timestamp(Some(r.registered_at)),
                 or_dash(r.groups.join(", "))
             );
             if let Some(t) = r.revoked_at {
@@ -369,7 +380,10 @@ pub fn render_executor(d: &crate::api::ExecutorDetail, now: DateTime<Utc>) -> St
         }
     };
     out.push_str(&format!("registered: {registered}\n"));
-    out.push_str(&format!("first seen: {}\n", with_age(d.first_seen_at, now)));
+    out.push_str(&format!(
+        "first seen: {}\n",
+        with_age(Some(d.first_seen_at), now)
+    ));
     if d.attempts.is_empty() {
         out.push_str("\nholds no attempt\n");
     } else {
@@ -378,11 +392,11 @@ pub fn render_executor(d: &crate::api::ExecutorDetail, now: DateTime<Utc>) -> St
             .iter()
             .map(|a| {
                 vec![
-                    a.job_id.clone(),
-                    a.task_id.clone(),
+                    a.job_id.to_string(),
+                    a.task_id.to_string(),
                     a.attempt.to_string(),
                     a.state.clone(),
-                    a.assigned_at.map_or_else(|| "-".into(), |t| age(t, now)),
+                    age(a.assigned_at, now),
                 ]
             })
             .collect();
@@ -397,9 +411,8 @@ pub fn render_executor(d: &crate::api::ExecutorDetail, now: DateTime<Utc>) -> St
 
 /// `fleetctl stats`: one line per group, subgroups indented under their parent (whose
 /// figures include theirs).
-pub fn render_stats(stats: &crate::api::Stats) -> String {
-    let outcomes =
-        |o: &crate::api::Outcomes| format!("{}/{}/{}", o.succeeded, o.failed, o.cancelled);
+pub fn render_stats(stats: &StatsView) -> String {
+    let outcomes = |o: &Outcomes| format!("{}/{}/{}", o.succeeded, o.failed, o.cancelled);
     let rows: Vec<Vec<String>> = stats
         .groups
         .iter()
@@ -456,15 +469,15 @@ pub fn render_stats(stats: &crate::api::Stats) -> String {
 }
 
 /// What is known of how something ended: "exit 2", "signal 9", the error text.
-fn ending_parts(end: &Ending) -> Vec<String> {
+fn ending_parts(exit_code: Option<i32>, signal: Option<i32>, error: Option<&str>) -> Vec<String> {
     let mut parts = Vec::new();
-    if let Some(code) = end.exit_code {
+    if let Some(code) = exit_code {
         parts.push(format!("exit {code}"));
     }
-    if let Some(signal) = &end.signal {
+    if let Some(signal) = signal {
         parts.push(format!("signal {signal}"));
     }
-    if let Some(error) = end.error.as_deref().filter(|e| !e.is_empty()) {
+    if let Some(error) = error.filter(|e| !e.is_empty()) {
         parts.push(error.to_string());
     }
     parts
@@ -496,6 +509,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A time as the API writes it (RFC 3339, as many fractional digits as it has, `Z`).
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 fn timestamp(t: Option<DateTime<Utc>>) -> String {
@@ -531,7 +549,7 @@ fn yes_no(flag: bool) -> String {
 }
 
 /// `fleetctl jobs`: one line per job, newest first.
-pub fn render_jobs(page: &crate::api::JobsPage, now: DateTime<Utc>) -> String {
+pub fn render_jobs(page: &JobsPage, now: DateTime<Utc>) -> String {
     if page.jobs.is_empty() {
         return "no jobs\n".into();
     }
@@ -539,7 +557,7 @@ pub fn render_jobs(page: &crate::api::JobsPage, now: DateTime<Utc>) -> String {
         .jobs
         .iter()
         .map(|j| {
-            let done: u64 = ["succeeded", "failed", "cancelled"]
+            let done: i64 = ["succeeded", "failed", "cancelled"]
                 .iter()
                 .filter_map(|s| j.tasks.get(*s))
                 .sum();
@@ -554,12 +572,12 @@ pub fn render_jobs(page: &crate::api::JobsPage, now: DateTime<Utc>) -> String {
                 tasks.push_str(&format!(" ({})", rest.join(", ")));
             }
             vec![
-                j.job_id.clone(),
+                j.job_id.to_string(),
                 or_dash(j.name.clone().unwrap_or_default()),
                 j.state.clone(),
                 tasks,
                 or_dash(j.submitted_by.name.clone()),
-                j.created_at.map_or_else(|| "-".into(), |t| age(t, now)),
+                age(j.created_at, now),
             ]
         })
         .collect();
@@ -570,14 +588,16 @@ pub fn render_jobs(page: &crate::api::JobsPage, now: DateTime<Utc>) -> String {
 }
 
 /// `fleetctl job show`: the status view, then what each task was submitted as.
-pub fn render_job_spec(job: &Job, now: DateTime<Utc>) -> String {
+pub fn render_job_spec(job: &JobView, now: DateTime<Utc>) -> String {
     let mut out = render_job(job, now);
     let mut tasks: Vec<_> = job.tasks.iter().collect();
     tasks.sort_by_key(|t| t.index);
     let specs: Vec<String> = tasks
         .iter()
-        .filter_map(|t| t.spec.as_ref().map(|s| (t, s)))
-        .map(|(t, s)| {
+        // A spec without argv is none at all (a server that did not send it).
+        .filter(|t| !t.spec.argv.is_empty())
+        .map(|t| {
+            let s = &t.spec;
             let mut lines = vec![format!(
                 "  {} {}: {}",
                 t.index,
@@ -642,7 +662,6 @@ fn shell_words(argv: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Signal;
 
     #[test]
     fn pretty_json_keeps_key_order_and_matches_serde_layout() -> Result<(), serde_json::Error> {
@@ -673,13 +692,12 @@ mod tests {
 
     #[test]
     fn ending_lists_what_is_known() {
-        let end = Ending {
-            exit_code: None,
-            signal: Some(Signal::Number(9)),
-            error: Some("timed out after 60s".into()),
-        };
-        assert_eq!(ending_parts(&end), ["signal 9", "timed out after 60s"]);
-        assert!(ending_parts(&Ending::default()).is_empty());
+        assert_eq!(
+            ending_parts(None, Some(9), Some("timed out after 60s")),
+            ["signal 9", "timed out after 60s"]
+        );
+        assert_eq!(ending_parts(Some(2), None, Some("")), ["exit 2"]);
+        assert!(ending_parts(None, None, None).is_empty());
     }
 
     #[test]
@@ -693,7 +711,7 @@ mod tests {
 
     #[test]
     fn stats_indent_subgroups_and_show_every_figure() -> Result<(), serde_json::Error> {
-        let stats: crate::api::Stats = serde_json::from_str(
+        let stats: StatsView = serde_json::from_str(
             r#"{"at":"2026-01-01T00:00:00Z","groups":[
                 {"group":"default","tasks":{"ready":2,"held":1,"waiting":0,"running":3,
                                             "oldest_ready_secs":75.5},
@@ -739,14 +757,15 @@ mod tests {
 
     #[test]
     fn an_executor_is_shown_with_what_it_holds() -> Result<(), serde_json::Error> {
-        let d: crate::api::ExecutorDetail = serde_json::from_str(
+        let d: ExecutorDetail = serde_json::from_str(
             r#"{"executor_id":"web-1","groups":["site.web"],"labels":{"os":"linux"},
                 "capacity":2,"running":1,"queued":0,"draining":true,
                 "last_info_at":"2026-01-01T00:00:00Z","alive":false,
                 "first_seen_at":"2025-12-31T00:00:00Z","assigned_groups":["extra"],
                 "registration":null,
                 "drain":{"drained_at":"2026-01-01T00:00:00Z","drained_by":"ops"},
-                "attempts":[{"task_id":"t1","job_id":"j1","attempt":2,"state":"running",
+                "attempts":[{"task_id":"0190c5a4-7b1e-7000-8000-0000000000f1",
+                             "job_id":"0190c5a4-7b1e-7000-8000-0000000000a1","attempt":2,"state":"running",
                              "assigned_at":"2026-01-01T00:00:00Z","started_at":null}]}"#,
         )?;
         let now = "2026-01-01T00:01:00Z"
@@ -761,7 +780,9 @@ mod tests {
             "capacity:   2 (1 running, 0 queued)\n",
             "draining:   yes (drained by ops at 2026-01-01T00:00:00Z; fleetctl executor resume web-1)\n",
             "registered: no (",
-            "holds 1 attempt(s):\nJOB  TASK  ATTEMPT  STATE    ASSIGNED\nj1   t1    2        running",
+            "holds 1 attempt(s):\nJOB ",
+            "\n0190c5a4-7b1e-7000-8000-0000000000a1  0190c5a4-7b1e-7000-8000-0000000000f1  \
+             2        running  ",
         ] {
             assert!(text.contains(line), "{line:?} not in:\n{text}");
         }
@@ -770,12 +791,17 @@ mod tests {
 
     #[test]
     fn a_waiting_task_shows_its_hint() -> Result<(), serde_json::Error> {
-        let job: Job = serde_json::from_str(
-            r#"{"job_id":"j","state":"pending",
+        let job: JobView = serde_json::from_str(
+            r#"{"job_id":"0190c5a4-7b1e-7000-8000-0000000000a1","name":null,"state":"pending",
+                "created_at":"2026-01-01T00:00:00Z","finished_at":null,
                 "counts":{"total":2,"done":0,"succeeded":0,"failed":0,"cancelled":0},
-                "tasks":[{"index":0,"name":"a","state":"ready","attempts":0,
+                "tasks":[{"task_id":"0190c5a4-7b1e-7000-8000-0000000000f1","index":0,"name":"a",
+                          "state":"ready","attempts":0,"executor_id":null,"exit_code":null,
+                          "signal":null,"error":null,
                           "hint":"no executor is eligible: none alive in group lab (or its subgroups)"},
-                         {"index":1,"name":"b","state":"waiting","attempts":0,"hint":null}]}"#,
+                         {"task_id":"0190c5a4-7b1e-7000-8000-0000000000f2","index":1,"name":"b",
+                          "state":"waiting","attempts":0,"executor_id":null,"exit_code":null,
+                          "signal":null,"error":null,"hint":null}]}"#,
         )?;
         let text = render_job(&job, Utc::now());
         assert!(
@@ -790,19 +816,18 @@ mod tests {
 
     #[test]
     fn an_attempt_history_names_each_executor_and_the_late_result() {
+        let attempt = |attempt, executor: &str, state: &str, late_result| AttemptView {
+            attempt,
+            executor_id: executor.into(),
+            state: state.into(),
+            assigned_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            late_result,
+        };
         let h = vec![
-            crate::api::AttemptStatus {
-                attempt: 1,
-                executor_id: "a".into(),
-                state: "lost".into(),
-                late_result: true,
-            },
-            crate::api::AttemptStatus {
-                attempt: 2,
-                executor_id: "b".into(),
-                state: "succeeded".into(),
-                late_result: false,
-            },
+            attempt(1, "a", "lost", true),
+            attempt(2, "b", "succeeded", false),
         ];
         assert_eq!(
             render_history(&h),

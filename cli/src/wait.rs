@@ -5,10 +5,12 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
+use fleet_core::api::events::Event;
+use fleet_core::api::jobs::JobView;
+use fleet_core::event::Kind;
 use tokio::time::{timeout, Instant};
 use uuid::Uuid;
 
-use crate::api::{EventLine, Job};
 use crate::client::Client;
 use crate::error::{CliError, EXIT_FAILURE};
 use crate::sse::parse_events;
@@ -21,9 +23,9 @@ const OUTAGE_GRACE: Duration = Duration::from_secs(60);
 pub const EXIT_WAIT_TIMEOUT: u8 = 124;
 
 pub enum WaitEnd {
-    Finished(Job),
+    Finished(JobView),
     /// `--wait-timeout` ran out; the last state seen, if any, for the message.
-    GaveUp(Option<Job>),
+    GaveUp(Option<JobView>),
 }
 
 /// Follows the job until an event says it ended and its state agrees (a job run again
@@ -40,7 +42,7 @@ pub async fn wait_for_job(
             Ok(done) => done.map(WaitEnd::Finished),
             Err(_) => {
                 let last = match client.job(job_id).await {
-                    Ok(answer) => answer.decode::<Job>("job status").ok(),
+                    Ok(answer) => answer.decode::<JobView>("job status").ok(),
                     Err(_) => None,
                 };
                 Ok(WaitEnd::GaveUp(last))
@@ -49,7 +51,7 @@ pub async fn wait_for_job(
     }
 }
 
-async fn follow(client: &Client, job_id: &Uuid) -> Result<Job, CliError> {
+async fn follow(client: &Client, job_id: &Uuid) -> Result<JobView, CliError> {
     let query = [("job", job_id.to_string()), ("follow", "true".to_owned())];
     let mut last_id: Option<String> = None;
     let mut outage_since: Option<Instant> = None;
@@ -78,7 +80,7 @@ async fn follow(client: &Client, job_id: &Uuid) -> Result<Job, CliError> {
         // A job that has ended already may have no end event to come (it ended before
         // the event log existed, or its events were purged): its events are replayed,
         // and once the stream falls quiet, it is taken as it stands.
-        let ended_before: Job = client.job(job_id).await?.decode("job status")?;
+        let ended_before: JobView = client.job(job_id).await?.decode("job status")?;
         let quiet = ended_before.is_finished().then_some(Duration::from_secs(2));
         let mut response = response;
         let mut buf = String::new();
@@ -96,14 +98,15 @@ async fn follow(client: &Client, job_id: &Uuid) -> Result<Job, CliError> {
             buf.push_str(&String::from_utf8_lossy(&bytes));
             for ev in parse_events(&mut buf) {
                 last_id = ev.id.or(last_id);
-                let Ok(e) = serde_json::from_str::<EventLine>(&ev.data) else {
+                // A kind this fleetctl does not know (a newer server) is not for it.
+                let Ok(e) = serde_json::from_str::<Event>(&ev.data) else {
                     continue;
                 };
-                if let Some(line) = e.describe() {
+                if let Some(line) = describe(&e) {
                     note(&line);
                 }
-                if e.ends_job() {
-                    let job: Job = client.job(job_id).await?.decode("job status")?;
+                if ends_job(e.kind) {
+                    let job: JobView = client.job(job_id).await?.decode("job status")?;
                     if job.is_finished() {
                         return Ok(job);
                     }
@@ -111,6 +114,60 @@ async fn follow(client: &Client, job_id: &Uuid) -> Result<Job, CliError> {
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The job ended (a job run again afterwards goes on: the caller checks its state).
+fn ends_job(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::JobSucceeded | Kind::JobFailed | Kind::JobCancelled
+    )
+}
+
+/// A line for a task's outcome or the job's end, as it happens; None for the rest.
+fn describe(e: &Event) -> Option<String> {
+    let task = e.task.as_deref().unwrap_or("?");
+    let how = || {
+        let mut parts = Vec::new();
+        if let Some(o) = &e.outcome {
+            parts.push(o.replace('_', " "));
+        }
+        if let Some(c) = e.exit_code {
+            parts.push(format!("exit {c}"));
+        }
+        if let Some(s) = e.signal {
+            parts.push(format!("signal {s}"));
+        }
+        if let Some(x) = &e.executor {
+            parts.push(format!("on {x}"));
+        }
+        if let Some(ms) = e.duration_ms {
+            parts.push(format!("{:.1} s", ms as f64 / 1000.0));
+        }
+        parts.join(", ")
+    };
+    match e.kind {
+        Kind::TaskFinished => Some(format!(
+            "task {task}: {} ({})",
+            e.state.as_deref().unwrap_or("finished"),
+            how()
+        )),
+        Kind::TaskRetrying => Some(format!(
+            "task {task}: attempt {} {}; retrying{}",
+            e.attempt.unwrap_or(0),
+            how(),
+            e.retry_at
+                .map(|t| format!(" at {}", t.format("%H:%M:%S")))
+                .unwrap_or_default()
+        )),
+        Kind::JobSucceeded | Kind::JobFailed | Kind::JobCancelled => Some(format!(
+            "job {}",
+            e.state
+                .as_deref()
+                .unwrap_or_else(|| e.kind.as_str().trim_start_matches("job."))
+        )),
+        _ => None,
     }
 }
 
@@ -122,7 +179,7 @@ fn note(line: &str) {
 /// The job's exit status for the shell: 0 if it succeeded; otherwise the exit code of the
 /// first failed task by index when that fits an exit status (1..=255), else 1. Using the
 /// task's own code lets `fleetctl submit --wait -- cmd` stand in for running `cmd`.
-pub fn exit_status(job: &Job) -> u8 {
+pub fn exit_status(job: &JobView) -> u8 {
     if job.state == "succeeded" {
         return 0;
     }
@@ -130,7 +187,7 @@ pub fn exit_status(job: &Job) -> u8 {
         .iter()
         .filter(|t| t.state == "failed")
         .min_by_key(|t| t.index)
-        .and_then(|t| t.end.exit_code)
+        .and_then(|t| t.exit_code)
         .and_then(|code| u8::try_from(code).ok())
         .filter(|&code| code != 0)
         .unwrap_or(EXIT_FAILURE)
@@ -139,38 +196,61 @@ pub fn exit_status(job: &Job) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Counts, Ending, TaskStatus};
+    use chrono::Utc;
+    use fleet_core::api::jobs::{CountsView, TaskSpecView, TaskView};
+    use fleet_core::id::{JobId, TaskId};
 
-    fn task(index: u64, state: &str, exit_code: Option<i64>) -> TaskStatus {
-        TaskStatus {
+    fn task(index: i32, state: &str, exit_code: Option<i32>) -> TaskView {
+        TaskView {
+            task_id: TaskId::new(),
             index,
             name: format!("task-{index}"),
             state: state.into(),
             attempts: 1,
             executor_id: None,
+            exit_code,
+            signal: None,
+            error: None,
             history: Vec::new(),
             each: false,
             quorum: None,
             copies: Vec::new(),
-            spec: None,
+            spec: TaskSpecView::default(),
+            retry_at: None,
             hint: None,
-            end: Ending {
-                exit_code,
-                ..Ending::default()
-            },
         }
     }
 
-    fn job(state: &str, tasks: Vec<TaskStatus>) -> Job {
-        Job {
-            job_id: "j".into(),
+    fn job(state: &str, tasks: Vec<TaskView>) -> JobView {
+        JobView {
+            job_id: JobId::new(),
             name: None,
             state: state.into(),
-            created_at: None,
+            created_at: Utc::now(),
             finished_at: None,
-            counts: Counts::default(),
+            submitted_by: Default::default(),
+            held: false,
+            counts: CountsView::default(),
             tasks,
         }
+    }
+
+    #[test]
+    fn a_finished_task_and_the_end_of_the_job_are_described() -> Result<(), serde_json::Error> {
+        let finished: Event = serde_json::from_str(
+            r#"{"id":3,"kind":"task.finished","at":"2026-01-01T00:00:00Z","task":"build",
+                "state":"failed","outcome":"timed_out","executor":"cpu-1","duration_ms":1500}"#,
+        )?;
+        assert_eq!(
+            describe(&finished).as_deref(),
+            Some("task build: failed (timed out, on cpu-1, 1.5 s)")
+        );
+        assert!(!ends_job(finished.kind));
+        let ended: Event =
+            serde_json::from_str(r#"{"id":4,"kind":"job.cancelled","at":"2026-01-01T00:00:01Z"}"#)?;
+        assert_eq!(describe(&ended).as_deref(), Some("job cancelled"));
+        assert!(ends_job(ended.kind));
+        Ok(())
     }
 
     #[test]

@@ -126,3 +126,144 @@ async fn logs_follow_and_wait_exit_with_the_status_of_what_they_followed() -> Re
     );
     fleet.shutdown().await
 }
+
+/// Runs fleetctl and insists it succeeded; gives its stdout.
+async fn ok(fleet: &TestFleet, args: &[&str]) -> Result<String> {
+    let out = fleetctl(fleet, args).await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "fleetctl {args:?}: {:?}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    Ok(text(&out.stdout))
+}
+
+/// Every text view reads the server's own answer types (fleet-core), and every body
+/// fleetctl sends is one the server takes: one command of each kind, against a real fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_text_view_reads_what_the_server_answers() -> Result<()> {
+    let mut fleet = TestFleet::start("cli-views").await?;
+    fleet
+        .add_executor(ExecutorSpec::new("views-1", &["views"], 2))
+        .await?;
+
+    let done = ok(
+        &fleet,
+        &[
+            "submit",
+            "--group",
+            "views",
+            "--name",
+            "hello",
+            "--priority",
+            "-5",
+            "--env",
+            "A=1",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo hi",
+        ],
+    )
+    .await?;
+    anyhow::ensure!(done.contains("hi"), "submit --wait printed {done:?}");
+    let held = fleet
+        .submit(
+            &json!({"tasks": [{"name": "later", "group": "nowhere", "argv": ["true"]},
+                                  {"name": "after", "group": "nowhere", "argv": ["true"],
+                                   "depends_on": ["later"]}]}),
+        )
+        .await?
+        .to_string();
+
+    let shown = ok(&fleet, &["job", "show", &held]).await?;
+    for want in [
+        "state:    pending",
+        "as submitted:",
+        "after: later",
+        "group nowhere",
+    ] {
+        anyhow::ensure!(shown.contains(want), "job show: no {want:?} in\n{shown}");
+    }
+    ok(&fleet, &["status", &held]).await?;
+    let patched = ok(&fleet, &["priority", &held, "100"]).await?;
+    anyhow::ensure!(patched.contains("priority 100"), "{patched}");
+    anyhow::ensure!(ok(&fleet, &["hold", &held]).await?.contains("held"));
+    anyhow::ensure!(ok(&fleet, &["release", &held]).await?.contains("released"));
+    let jobs = ok(&fleet, &["jobs"]).await?;
+    anyhow::ensure!(jobs.contains("hello") && jobs.contains(&held), "{jobs}");
+    let executors = ok(&fleet, &["executors"]).await?;
+    anyhow::ensure!(executors.contains("views-1"), "{executors}");
+    let executor = ok(&fleet, &["executor", "show", "views-1"]).await?;
+    anyhow::ensure!(executor.contains("groups:     views"), "{executor}");
+    let stats = ok(&fleet, &["stats"]).await?;
+    anyhow::ensure!(stats.contains("views"), "{stats}");
+
+    ok(&fleet, &["group", "create", "views"]).await?;
+    ok(
+        &fleet,
+        &[
+            "group",
+            "create",
+            "views.sub",
+            "--description",
+            "a subgroup",
+        ],
+    )
+    .await?;
+    let groups = ok(&fleet, &["group", "list"]).await?;
+    anyhow::ensure!(
+        groups.contains("  views.sub") && groups.contains("a subgroup"),
+        "{groups}"
+    );
+    let token = ok(
+        &fleet,
+        &["token", "create", "cli-reader", "--role", "reader"],
+    )
+    .await?;
+    anyhow::ensure!(token.contains("role reader"), "{token}");
+    let tokens = ok(&fleet, &["token", "list"]).await?;
+    anyhow::ensure!(tokens.contains("cli-reader"), "{tokens}");
+    let join = ok(&fleet, &["executor", "join-token", "--group", "views"]).await?;
+    anyhow::ensure!(join.contains("fjt_"), "{join}");
+    let hook = ok(
+        &fleet,
+        &[
+            "webhook",
+            "add",
+            "http://127.0.0.1:9/hook",
+            "--events",
+            "job.*",
+        ],
+    )
+    .await?;
+    anyhow::ensure!(hook.contains("-> http://127.0.0.1:9/hook"), "{hook}");
+    let hooks = ok(&fleet, &["webhook", "list"]).await?;
+    anyhow::ensure!(hooks.contains("job.*") || hooks.contains("job."), "{hooks}");
+
+    let paused = ok(&fleet, &["scheduler", "pause", "views"]).await?;
+    anyhow::ensure!(paused.contains("paused for views"), "{paused}");
+    let status = ok(&fleet, &["scheduler", "status"]).await?;
+    anyhow::ensure!(
+        status.contains("views") && status.contains("GROUP"),
+        "{status}"
+    );
+    let resumed = ok(&fleet, &["scheduler", "resume", "views"]).await?;
+    anyhow::ensure!(resumed.contains("resumed for views"), "{resumed}");
+    let cancelled = ok(&fleet, &["cancel", &held]).await?;
+    anyhow::ensure!(cancelled.contains("2 tasks cancelled"), "{cancelled}");
+    let rerun = ok(&fleet, &["retry", &held]).await?;
+    anyhow::ensure!(rerun.contains("2 tasks run again"), "{rerun}");
+
+    // The server's error body, read as the server writes it.
+    let refused = fleetctl(&fleet, &["priority", &held, "5000"]).await?;
+    anyhow::ensure!(
+        !refused.status.success() && text(&refused.stderr).contains("priority"),
+        "{:?} {}",
+        refused.status,
+        text(&refused.stderr)
+    );
+    fleet.shutdown().await
+}

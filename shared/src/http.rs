@@ -12,11 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
+use fleet_core::api::ErrorResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-use crate::error::ErrorBody;
 
 /// What a service knows of its broker connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,12 +240,7 @@ pub fn error_response(
     message: impl Into<String>,
     field: Option<String>,
 ) -> Response {
-    let body = ErrorBody {
-        code: code.into(),
-        message: message.into(),
-        field,
-    };
-    (status, Json(serde_json::json!({ "error": body }))).into_response()
+    (status, Json(ErrorResponse::new(code, message, field))).into_response()
 }
 
 /// An unknown route: the API's JSON error, not axum's empty 404.

@@ -1,21 +1,14 @@
-//! The Fleet contract shared by every service: ids, messages, task states, the balancing
-//! policy and job validation (pure, tested without services), then the adapters that
-//! speak to PostgreSQL, RabbitMQ and HTTP.
+//! The adapters every service shares: PostgreSQL (`db`), RabbitMQ (`amqp`), HTTP helpers,
+//! configuration and the service skeleton. The pure contract (ids, messages, task states,
+//! the balancing policy, job validation) lives in `fleet-core`; it is re-exported here
+//! under its old paths so `fleet_shared::id::...` and `crate::proto::...` keep working.
+
+pub use fleet_core::{auth, error, event, group, id, job, policy, proto, retry, state};
 
 pub mod amqp;
-pub mod auth;
 pub mod config;
 pub mod db;
-pub mod error;
-pub mod event;
-pub mod group;
 pub mod http;
-pub mod id;
-pub mod job;
 pub mod logging;
 pub mod metrics;
-pub mod policy;
-pub mod proto;
-pub mod retry;
-pub mod state;
 pub mod svc;

@@ -1,7 +1,11 @@
 //! `fleetctl group ...` and `fleetctl token ...`: administration through the API.
 
+use fleet_core::api::admin::{
+    GroupView, GroupsView, NewGroupBody, NewToken, NewTokenBody, TokensView,
+};
+use fleet_core::api::executors::{ExecutorDetail, NewJoinToken, NewJoinTokenBody};
+use fleet_core::api::webhooks::{NewWebhookBody, WebhookView, WebhooksView};
 use reqwest::Method;
-use serde_json::{json, Value};
 
 use crate::cli::{ExecutorCommand, GroupCommand, Output, TokenCommand, WebhookCommand};
 use crate::client::{Answer, Client};
@@ -33,18 +37,21 @@ fn done(answer: &Answer, format: Output, text: String) -> Result<u8, CliError> {
 pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result<u8, CliError> {
     match cmd {
         GroupCommand::List => {
-            let answer = client.call(Method::GET, "/v1/groups", None).await?;
-            let v: Value = answer.decode("group list")?;
-            done(&answer, format, render_groups(&v))
+            let answer = client.call(Method::GET, "/v1/groups").await?;
+            let v: GroupsView = answer.decode("group list")?;
+            done(&answer, format, render_groups(&v.groups))
         }
         GroupCommand::Create { name, description } => {
-            let body = json!({"name": name, "description": description});
-            let answer = client.call(Method::POST, "/v1/groups", Some(&body)).await?;
+            let body = NewGroupBody {
+                name: name.clone(),
+                description,
+            };
+            let answer = client.send_body(Method::POST, "/v1/groups", &body).await?;
             done(&answer, format, format!("created group {name}\n"))
         }
         GroupCommand::Delete { name } => {
             let path = format!("/v1/groups/{}", segment("group", &name)?);
-            let answer = client.call(Method::DELETE, &path, None).await?;
+            let answer = client.call(Method::DELETE, &path).await?;
             done(&answer, format, format!("deleted group {name}\n"))
         }
         GroupCommand::Add { group, executor } => {
@@ -53,12 +60,12 @@ pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result
                 segment("group", &group)?,
                 segment("executor", &executor)?
             );
-            let answer = client.call(Method::PUT, &path, None).await?;
+            let answer = client.call(Method::PUT, &path).await?;
             done(&answer, format, format!("{executor} is in {group}\n"))
         }
         GroupCommand::Drain { name } => {
             let path = format!("/v1/groups/{}/drain", segment("group", &name)?);
-            let answer = client.call(Method::POST, &path, None).await?;
+            let answer = client.call(Method::POST, &path).await?;
             done(
                 &answer,
                 format,
@@ -67,7 +74,7 @@ pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result
         }
         GroupCommand::Resume { name } => {
             let path = format!("/v1/groups/{}/resume", segment("group", &name)?);
-            let answer = client.call(Method::POST, &path, None).await?;
+            let answer = client.call(Method::POST, &path).await?;
             done(
                 &answer,
                 format,
@@ -80,7 +87,7 @@ pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result
                 segment("group", &group)?,
                 segment("executor", &executor)?
             );
-            let answer = client.call(Method::DELETE, &path, None).await?;
+            let answer = client.call(Method::DELETE, &path).await?;
             done(
                 &answer,
                 format,
@@ -93,34 +100,34 @@ pub async fn group(client: &Client, cmd: GroupCommand, format: Output) -> Result
 pub async fn token(client: &Client, cmd: TokenCommand, format: Output) -> Result<u8, CliError> {
     match cmd {
         TokenCommand::Create { name, role } => {
-            let body = json!({"name": name, "role": role.as_str()});
-            let answer = client.call(Method::POST, "/v1/tokens", Some(&body)).await?;
-            let v: Value = answer.decode("new token")?;
+            let body = NewTokenBody {
+                name: name.clone(),
+                role: role.role(),
+            };
+            let answer = client.send_body(Method::POST, "/v1/tokens", &body).await?;
+            let v: NewToken = answer.decode("new token")?;
             let text = format!(
                 "token {} ({}, role {}):\n{}\nShown once: keep it now (e.g. as FLEET_TOKEN).\n",
-                v["token_id"].as_str().unwrap_or("?"),
+                v.view.token_id,
                 name,
                 role.as_str(),
-                v["token"].as_str().unwrap_or("?")
+                v.token
             );
             done(&answer, format, text)
         }
         TokenCommand::List => {
-            let answer = client.call(Method::GET, "/v1/tokens", None).await?;
-            let v: Value = answer.decode("token list")?;
-            let rows: Vec<Vec<String>> = v["tokens"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
+            let answer = client.call(Method::GET, "/v1/tokens").await?;
+            let v: TokensView = answer.decode("token list")?;
+            let rows: Vec<Vec<String>> = v
+                .tokens
                 .iter()
                 .map(|t| {
-                    let s = |k: &str| t[k].as_str().unwrap_or("-").to_owned();
                     vec![
-                        s("token_id"),
-                        s("name"),
-                        s("role"),
-                        s("created_at"),
-                        s("revoked_at"),
+                        t.token_id.to_string(),
+                        t.name.clone(),
+                        t.role.as_str().to_owned(),
+                        output::rfc3339(t.created_at),
+                        t.revoked_at.map_or_else(|| "-".into(), output::rfc3339),
                     ]
                 })
                 .collect();
@@ -133,7 +140,7 @@ pub async fn token(client: &Client, cmd: TokenCommand, format: Output) -> Result
         }
         TokenCommand::Revoke { token_id } => {
             let path = format!("/v1/tokens/{token_id}");
-            let answer = client.call(Method::DELETE, &path, None).await?;
+            let answer = client.call(Method::DELETE, &path).await?;
             done(&answer, format, format!("revoked token {token_id}\n"))
         }
     }
@@ -144,11 +151,11 @@ pub async fn executor(
     cmd: ExecutorCommand,
     format: Output,
 ) -> Result<u8, CliError> {
-    let (path, body, text) = match cmd {
+    let (path, text) = match cmd {
         ExecutorCommand::Show { id } => {
             let path = format!("/v1/executors/{}", segment("executor", &id)?);
-            let answer = client.call(Method::GET, &path, None).await?;
-            let d: crate::api::ExecutorDetail = answer.decode("executor")?;
+            let answer = client.call(Method::GET, &path).await?;
+            let d: ExecutorDetail = answer.decode("executor")?;
             return done(
                 &answer,
                 format,
@@ -157,7 +164,7 @@ pub async fn executor(
         }
         ExecutorCommand::Forget { id } => {
             let path = format!("/v1/executors/{}", segment("executor", &id)?);
-            let answer = client.call(Method::DELETE, &path, None).await?;
+            let answer = client.call(Method::DELETE, &path).await?;
             return done(
                 &answer,
                 format,
@@ -168,49 +175,46 @@ pub async fn executor(
             );
         }
         ExecutorCommand::JoinToken { groups, ttl_secs } => {
-            let body = json!({"groups": groups, "ttl_secs": ttl_secs});
+            let body = NewJoinTokenBody {
+                groups,
+                ttl_secs: Some(ttl_secs),
+            };
             let answer = client
-                .call(Method::POST, "/v1/join-tokens", Some(&body))
+                .send_body(Method::POST, "/v1/join-tokens", &body)
                 .await?;
-            let v: Value = answer.decode("join token")?;
+            let v: NewJoinToken = answer.decode("join token")?;
             let text = format!(
                 "{}\nOne executor may register with it once, until {}. Start it with\n  \
                  FLEET_EXECUTOR__JOIN_TOKEN=<token> FLEET_EXECUTOR__REGISTER_URL=<this API> \
                  FLEET_EXECUTOR__CREDENTIALS_FILE=<path> fleet-executor\n",
-                v["token"].as_str().unwrap_or("?"),
-                v["expires_at"].as_str().unwrap_or("?"),
+                v.token,
+                output::rfc3339(v.expires_at),
             );
             return done(&answer, format, text);
         }
         ExecutorCommand::Revoke { id } => (
             format!("/v1/executors/{}/revoke", segment("executor", &id)?),
-            None,
             format!("revoked {id}: disconnected; its attempts run again elsewhere\n"),
         ),
         ExecutorCommand::Drain { id } => (
             format!("/v1/executors/{}/drain", segment("executor", &id)?),
-            None,
             format!("drain sent to {id}: it finishes what it runs and takes nothing new\n"),
         ),
         ExecutorCommand::Resume { id } => (
             format!("/v1/executors/{}/resume", segment("executor", &id)?),
-            None,
             format!("resume sent to {id}\n"),
         ),
     };
-    let answer = client.call(Method::POST, &path, body.as_ref()).await?;
+    let answer = client.call(Method::POST, &path).await?;
     done(&answer, format, text)
 }
 
 /// One line per group, nested groups indented under their parent.
-fn render_groups(v: &Value) -> String {
-    let mut groups: Vec<&Value> = v["groups"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
+fn render_groups(groups: &[GroupView]) -> String {
+    let mut groups: Vec<&GroupView> = groups.iter().collect();
     // Parents before children, siblings by name: `default`, `site`, `site.db`, `site-x`.
     groups.sort_by_key(|g| {
-        let name = g["name"].as_str().unwrap_or("");
+        let name = g.name.as_str();
         (
             name != "default",
             name.split('.').map(str::to_owned).collect::<Vec<_>>(),
@@ -219,23 +223,18 @@ fn render_groups(v: &Value) -> String {
     let rows: Vec<Vec<String>> = groups
         .into_iter()
         .map(|g| {
-            let name = g["name"].as_str().unwrap_or("?");
+            let name = g.name.as_str();
             let depth = if name == "default" {
                 0
             } else {
                 name.matches('.').count() + 1
             };
-            let members: Vec<String> = g["members"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
+            let members: Vec<String> = g
+                .members
                 .iter()
-                .map(|m| {
-                    let id = m["executor_id"].as_str().unwrap_or("?");
-                    match m["source"].as_str() {
-                        Some("assigned") => format!("{id}*"),
-                        _ => id.to_owned(),
-                    }
+                .map(|m| match m.source.as_str() {
+                    "assigned" => format!("{}*", m.executor_id),
+                    _ => m.executor_id.clone(),
                 })
                 .collect();
             vec![
@@ -245,7 +244,7 @@ fn render_groups(v: &Value) -> String {
                 } else {
                     members.join(", ")
                 },
-                g["description"].as_str().unwrap_or("").to_owned(),
+                g.description.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -262,34 +261,33 @@ pub async fn webhook(client: &Client, cmd: WebhookCommand, format: Output) -> Re
             group,
             secret,
         } => {
-            let mut body = json!({"url": url, "events": events});
-            if let Some(g) = group {
-                body["group"] = json!(g);
-            }
-            if let Some(s) = secret {
-                body["secret"] = json!(s);
-            }
+            let body = NewWebhookBody {
+                url,
+                events,
+                group,
+                secret,
+            };
             let answer = client
-                .call(Method::POST, "/v1/webhooks", Some(&body))
+                .send_body(Method::POST, "/v1/webhooks", &body)
                 .await?;
-            let v: Value = answer.decode("new webhook")?;
+            let v: WebhookView = answer.decode("new webhook")?;
             let text = format!(
                 "webhook {} -> {}\nsecret: {}\nShown once: the receiver checks each body's \
                  Fleet-Signature with it (docs/events.md).\n",
-                v["id"].as_str().unwrap_or("?"),
-                v["url"].as_str().unwrap_or("?"),
-                v["secret"].as_str().unwrap_or("?"),
+                v.id,
+                v.url,
+                v.secret.as_deref().unwrap_or("?"),
             );
             done(&answer, format, text)
         }
         WebhookCommand::List => {
-            let answer = client.call(Method::GET, "/v1/webhooks", None).await?;
-            let v: Value = answer.decode("webhook list")?;
-            done(&answer, format, render_webhooks(&v))
+            let answer = client.call(Method::GET, "/v1/webhooks").await?;
+            let v: WebhooksView = answer.decode("webhook list")?;
+            done(&answer, format, render_webhooks(&v.webhooks))
         }
         WebhookCommand::Delete { webhook_id } => {
             let answer = client
-                .call(Method::DELETE, &format!("/v1/webhooks/{webhook_id}"), None)
+                .call(Method::DELETE, &format!("/v1/webhooks/{webhook_id}"))
                 .await?;
             done(&answer, format, format!("webhook {webhook_id} deleted\n"))
         }
@@ -297,45 +295,36 @@ pub async fn webhook(client: &Client, cmd: WebhookCommand, format: Output) -> Re
 }
 
 /// The webhook table: where each goes, for what, and how its deliveries stand.
-fn render_webhooks(v: &Value) -> String {
-    let hooks = v["webhooks"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+fn render_webhooks(hooks: &[WebhookView]) -> String {
     if hooks.is_empty() {
         return "no webhooks\n".to_owned();
     }
     let rows: Vec<Vec<String>> = hooks
         .iter()
         .map(|h| {
-            let s = |k: &str| h[k].as_str().unwrap_or("-").to_owned();
-            let events = h["events"]
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_else(|| "all".into());
-            let scope = match (h["job_id"].as_str(), h["group"].as_str()) {
+            let events = if h.events.is_empty() {
+                "all".to_owned()
+            } else {
+                h.events.join(",")
+            };
+            let scope = match (h.job_id, h.group.as_deref()) {
                 (Some(job), _) => format!("job {job}"),
                 (None, Some(g)) => format!("group {g}"),
                 (None, None) => "fleet".into(),
             };
-            let error = match (h["last_error_at"].as_str(), h["last_error"].as_str()) {
-                (Some(at), Some(e)) => format!("{at}: {e}"),
+            let error = match (h.last_error_at, h.last_error.as_deref()) {
+                (Some(at), Some(e)) => format!("{}: {e}", output::rfc3339(at)),
                 _ => "-".into(),
             };
             vec![
-                s("id"),
-                s("url"),
+                h.id.to_string(),
+                h.url.clone(),
                 scope,
                 events,
-                h["pending"].as_i64().unwrap_or(0).to_string(),
-                h["dead"].as_i64().unwrap_or(0).to_string(),
-                s("last_delivered_at"),
+                h.pending.to_string(),
+                h.dead.to_string(),
+                h.last_delivered_at
+                    .map_or_else(|| "-".into(), output::rfc3339),
                 error,
             ]
         })

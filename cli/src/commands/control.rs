@@ -1,7 +1,8 @@
 //! `fleetctl priority|hold|release` (a job) and `fleetctl scheduler` (dispatching).
 
+use fleet_core::api::jobs::{Cancelled, JobChanged, JobPatch, Rerun};
+use fleet_core::api::scheduler::{PauseChanged, PauseTarget, SchedulerStatus};
 use reqwest::Method;
-use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::cli::{Output, SchedulerCommand};
@@ -12,24 +13,24 @@ use crate::output;
 pub async fn patch_job(
     client: &Client,
     job_id: &Uuid,
-    patch: Value,
+    patch: JobPatch,
     format: Output,
 ) -> Result<u8, CliError> {
     let answer = client
-        .call(Method::PATCH, &format!("/v1/jobs/{job_id}"), Some(&patch))
+        .send_body(Method::PATCH, &format!("/v1/jobs/{job_id}"), &patch)
         .await?;
     match format {
         Output::Json => output::emit_json(&answer)?,
         Output::Text => {
-            let a: Value = answer.decode("answer")?;
+            let a: JobChanged = answer.decode("answer")?;
             let mut line = format!("job {job_id}:");
-            if let Some(h) = a["held"].as_bool() {
+            if let Some(h) = a.held {
                 line.push_str(if h { " held" } else { " released" });
             }
-            if let Some(p) = a["priority"].as_i64() {
+            if let Some(p) = a.priority {
                 line.push_str(&format!(
                     " priority {p} ({} tasks not yet handed out changed)",
-                    a["tasks_changed"].as_u64().unwrap_or(0)
+                    a.tasks_changed.unwrap_or(0)
                 ));
             }
             output::emit(&format!("{line}\n"))?;
@@ -48,13 +49,12 @@ pub async fn cancel(
         None => format!("/v1/jobs/{job_id}/cancel"),
         Some(t) => format!("/v1/jobs/{job_id}/tasks/{}/cancel", url_segment(t)),
     };
-    let answer = client.call(Method::POST, &path, None).await?;
+    let answer = client.call(Method::POST, &path).await?;
     match format {
         Output::Json => output::emit_json(&answer)?,
         Output::Text => {
-            let a: Value = answer.decode("answer")?;
-            let now = a["cancelled_now"].as_u64().unwrap_or(0);
-            let killing = a["killing"].as_u64().unwrap_or(0);
+            let a: Cancelled = answer.decode("answer")?;
+            let (now, killing) = (a.cancelled_now, a.killing);
             let what = match task {
                 None => format!("job {job_id}"),
                 Some(t) => format!("task {t} of job {job_id}"),
@@ -79,12 +79,12 @@ pub async fn rerun(
     format: Output,
 ) -> Result<u8, CliError> {
     let path = job_action(job_id, task, "retry");
-    let answer = client.call(Method::POST, &path, None).await?;
+    let answer = client.call(Method::POST, &path).await?;
     match format {
         Output::Json => output::emit_json(&answer)?,
         Output::Text => {
-            let a: Value = answer.decode("answer")?;
-            let n = a["rerun"].as_array().map_or(0, Vec::len);
+            let a: Rerun = answer.decode("answer")?;
+            let n = a.rerun.len();
             output::emit(&format!(
                 "job {job_id}: {n} tasks run again (follow with `fleetctl status {job_id}`)\n"
             ))?;
@@ -122,47 +122,36 @@ pub async fn scheduler(
     let (answer, what) = match cmd {
         SchedulerCommand::Pause { group } => (
             client
-                .call(
-                    Method::POST,
-                    "/v1/scheduler/pause",
-                    Some(&json!({ "group": group })),
-                )
+                .send_body(Method::POST, "/v1/scheduler/pause", &PauseTarget { group })
                 .await?,
             "pause",
         ),
         SchedulerCommand::Resume { group } => (
             client
-                .call(
-                    Method::POST,
-                    "/v1/scheduler/resume",
-                    Some(&json!({ "group": group })),
-                )
+                .send_body(Method::POST, "/v1/scheduler/resume", &PauseTarget { group })
                 .await?,
             "resume",
         ),
-        SchedulerCommand::Status => (
-            client.call(Method::GET, "/v1/scheduler", None).await?,
-            "status",
-        ),
+        SchedulerCommand::Status => (client.call(Method::GET, "/v1/scheduler").await?, "status"),
     };
     if format == Output::Json {
         output::emit_json(&answer)?;
         return Ok(0);
     }
-    let a: Value = answer.decode("scheduler answer")?;
     let text = match what {
         "status" => {
-            let pauses = a["pauses"].as_array().cloned().unwrap_or_default();
-            if pauses.is_empty() {
+            let a: SchedulerStatus = answer.decode("scheduler answer")?;
+            if a.pauses.is_empty() {
                 "dispatching: running everywhere\n".to_owned()
             } else {
-                let rows: Vec<Vec<String>> = pauses
+                let rows: Vec<Vec<String>> = a
+                    .pauses
                     .iter()
                     .map(|p| {
                         vec![
-                            p["group"].as_str().unwrap_or("-").to_owned(),
-                            p["paused_at"].as_str().unwrap_or("-").to_owned(),
-                            p["paused_by"].as_str().unwrap_or("-").to_owned(),
+                            p.group.clone(),
+                            output::rfc3339(p.paused_at),
+                            p.paused_by.clone(),
                         ]
                     })
                     .collect();
@@ -173,8 +162,8 @@ pub async fn scheduler(
             }
         }
         _ => {
-            let g = a["group"].as_str().unwrap_or("default");
-            let was = a["was_paused"].as_bool().unwrap_or(false);
+            let a: PauseChanged = answer.decode("scheduler answer")?;
+            let (g, was) = (a.group.as_str(), a.was_paused);
             match (what, was) {
                 ("pause", false) => format!("dispatching paused for {g} and its subgroups\n"),
                 ("pause", true) => format!("dispatching was already paused for {g}\n"),

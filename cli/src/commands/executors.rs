@@ -1,8 +1,8 @@
 //! `fleetctl executors`: the executors the dispatcher knows about, as a table.
 
 use chrono::Utc;
+use fleet_core::api::executors::ExecutorsView;
 
-use crate::api::Executors;
 use crate::cli::Output;
 use crate::client::Client;
 use crate::error::CliError;
@@ -13,7 +13,7 @@ pub async fn run(client: &Client, format: Output) -> Result<u8, CliError> {
     match format {
         Output::Json => output::emit_json(&answer)?,
         Output::Text => {
-            let list: Executors = answer.decode("executor list")?;
+            let list: ExecutorsView = answer.decode("executor list")?;
             output::emit(&output::render_executors(&list, Utc::now()))?;
         }
     }

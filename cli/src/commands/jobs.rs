@@ -1,9 +1,9 @@
 //! `fleetctl jobs` (find jobs) and `fleetctl job show` (one job, as submitted).
 
 use chrono::Utc;
+use fleet_core::api::jobs::{JobView, JobsPage};
 use uuid::Uuid;
 
-use crate::api::{Job, JobsPage};
 use crate::cli::{JobsArgs, Output};
 use crate::client::Client;
 use crate::error::CliError;
@@ -57,7 +57,7 @@ pub async fn show(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, 
     match format {
         Output::Json => output::emit_json(&answer)?,
         Output::Text => {
-            let job: Job = answer.decode("job")?;
+            let job: JobView = answer.decode("job")?;
             output::emit(&output::render_job_spec(&job, Utc::now()))?;
         }
     }
@@ -66,7 +66,7 @@ pub async fn show(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, 
 
 pub async fn delete(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, CliError> {
     let answer = client
-        .call(reqwest::Method::DELETE, &format!("/v1/jobs/{job_id}"), None)
+        .call(reqwest::Method::DELETE, &format!("/v1/jobs/{job_id}"))
         .await?;
     match format {
         Output::Json => output::emit_json(&answer)?,

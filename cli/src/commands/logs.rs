@@ -4,9 +4,9 @@
 use std::io::Write;
 use std::time::Duration;
 
+use fleet_core::api::jobs::JobView;
 use serde_json::Value;
 
-use crate::api::Job;
 use crate::cli::{LogsArgs, Output};
 use crate::client::Client;
 use crate::error::CliError;
@@ -140,7 +140,7 @@ async fn follow(client: &Client, args: &LogsArgs, format: Output) -> Result<u8, 
 /// (1..=255), else 1. A task tried again is followed no further: its status is read
 /// as it stands.
 async fn task_status(client: &Client, args: &LogsArgs) -> Result<u8, CliError> {
-    let job: Job = client.job(&args.job_id).await?.decode("job")?;
+    let job: JobView = client.job(&args.job_id).await?.decode("job")?;
     let want = args.task.as_deref().unwrap_or("0");
     let task = job
         .tasks
@@ -150,7 +150,6 @@ async fn task_status(client: &Client, args: &LogsArgs) -> Result<u8, CliError> {
     Ok(match task {
         Some(t) if t.state == "succeeded" => 0,
         Some(t) => t
-            .end
             .exit_code
             .and_then(|c| u8::try_from(c).ok())
             .filter(|c| *c > 0)

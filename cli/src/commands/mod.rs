@@ -10,6 +10,8 @@ mod stats;
 mod status;
 mod submit;
 
+use fleet_core::api::jobs::JobPatch;
+
 use crate::cli::{Cli, Command};
 use crate::client::Client;
 use crate::error::CliError;
@@ -36,7 +38,10 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             control::patch_job(
                 &client,
                 &job_id,
-                serde_json::json!({ "priority": priority }),
+                JobPatch {
+                    priority: Some(priority),
+                    held: None,
+                },
                 cli.output,
             )
             .await
@@ -45,7 +50,10 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             control::patch_job(
                 &client,
                 &arg.job_id,
-                serde_json::json!({"held": true}),
+                JobPatch {
+                    priority: None,
+                    held: Some(true),
+                },
                 cli.output,
             )
             .await
@@ -54,7 +62,10 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             control::patch_job(
                 &client,
                 &arg.job_id,
-                serde_json::json!({"held": false}),
+                JobPatch {
+                    priority: None,
+                    held: Some(false),
+                },
                 cli.output,
             )
             .await

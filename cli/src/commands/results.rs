@@ -1,8 +1,8 @@
 //! `fleetctl results`: each task's outcome and captured output.
 
+use fleet_core::api::jobs::ResultsView;
 use uuid::Uuid;
 
-use crate::api::Results;
 use crate::cli::Output;
 use crate::client::{Answer, Client};
 use crate::error::CliError;
@@ -16,7 +16,7 @@ pub async fn run(
 ) -> Result<u8, CliError> {
     let answer = client.results(job_id).await?;
     if by_executor && format == Output::Text {
-        let results: Results = answer.decode("job results")?;
+        let results: ResultsView = answer.decode("job results")?;
         output::emit(&output::render_results_by_executor(&results))?;
     } else {
         print(&answer, format)?;
@@ -29,7 +29,7 @@ pub fn print(answer: &Answer, format: Output) -> Result<(), CliError> {
     match format {
         Output::Json => output::emit_json(answer),
         Output::Text => {
-            let results: Results = answer.decode("job results")?;
+            let results: ResultsView = answer.decode("job results")?;
             output::emit(&output::render_results(&results))
         }
     }

@@ -1,18 +1,19 @@
 //! `fleetctl stats`: per group, the work waiting and running, executors, slots and the
 //! jobs finished lately.
 
-use crate::api::Stats;
+use fleet_core::api::stats::StatsView;
+
 use crate::cli::Output;
 use crate::client::Client;
 use crate::error::CliError;
 use crate::output;
 
 pub async fn run(client: &Client, format: Output) -> Result<u8, CliError> {
-    let answer = client.call(reqwest::Method::GET, "/v1/stats", None).await?;
+    let answer = client.call(reqwest::Method::GET, "/v1/stats").await?;
     match format {
         Output::Json => output::emit_json(&answer)?,
         Output::Text => {
-            let stats: Stats = answer.decode("stats")?;
+            let stats: StatsView = answer.decode("stats")?;
             output::emit(&output::render_stats(&stats))?;
         }
     }

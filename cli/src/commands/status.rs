@@ -1,9 +1,9 @@
 //! `fleetctl status`: a job's state, counts and task table.
 
 use chrono::Utc;
+use fleet_core::api::jobs::JobView;
 use uuid::Uuid;
 
-use crate::api::Job;
 use crate::cli::Output;
 use crate::client::Client;
 use crate::error::CliError;
@@ -14,7 +14,7 @@ pub async fn run(client: &Client, job_id: &Uuid, format: Output) -> Result<u8, C
     match format {
         Output::Json => output::emit_json(&answer)?,
         Output::Text => {
-            let job: Job = answer.decode("job status")?;
+            let job: JobView = answer.decode("job status")?;
             output::emit(&output::render_job(&job, Utc::now()))?;
         }
     }

@@ -3,11 +3,11 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
+use fleet_core::api::jobs::Submitted;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::api::Submitted;
 use crate::cli::{Output, SubmitArgs};
 use crate::client::Client;
 use crate::duration;
@@ -61,13 +61,7 @@ pub async fn run(client: &Client, args: SubmitArgs, format: Output) -> Result<u8
         return Ok(0);
     }
 
-    let job_id = Uuid::parse_str(&submitted.job_id).map_err(|err| {
-        anyhow!(
-            "the server gave a job id that is not a UUID ({}): {err}",
-            submitted.job_id
-        )
-    })?;
-    wait(client, &job_id, args.wait_timeout, format).await
+    wait(client, &submitted.job_id.uuid(), args.wait_timeout, format).await
 }
 
 /// Follows a job to its end (see `wait::wait_for_job`), prints its results and returns

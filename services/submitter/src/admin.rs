@@ -7,14 +7,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use fleet_shared::auth::{Permission, Role};
+use fleet_core::api::admin::{NewGroupBody, NewTokenBody, TokensView};
+use fleet_shared::auth::Permission;
 use fleet_shared::db::{admin, DbError};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::ExecutorId;
-use serde::Deserialize;
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, no_nul, parse_body, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -28,30 +29,12 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Parses a JSON body, naming the field that is wrong on failure.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    crate::api::parse_json(body).map_err(ApiError::Invalid)
-}
-
 fn group_name(name: &str) -> Result<GroupName, ApiError> {
     GroupName::parse(name).map_err(|e| invalid("group", e.to_string()))
 }
 
-/// PostgreSQL text cannot hold a NUL byte: refused here, naming the field, rather than
-/// a 500 from the database.
-pub fn no_nul(field: &str, s: &str) -> Result<(), ApiError> {
-    fleet_shared::job::no_nul(field, s).map_err(ApiError::Invalid)
-}
-
 fn executor_id(id: &str) -> Result<ExecutorId, ApiError> {
     ExecutorId::parse(id).map_err(|e| invalid("executor_id", e.to_string()))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTokenBody {
-    name: String,
-    role: Role,
 }
 
 async fn create_token(
@@ -75,7 +58,7 @@ async fn list_tokens(State(s): State<AppState>, caller: Caller) -> Result<Respon
     caller.need(Permission::Admin)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
     let tokens = admin::list_tokens(&client).await?;
-    Ok(Json(serde_json::json!({ "tokens": tokens })).into_response())
+    Ok(Json(TokensView { tokens }).into_response())
 }
 
 async fn revoke_token(
@@ -91,14 +74,6 @@ async fn revoke_token(
     }
     s.auth().forget();
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewGroupBody {
-    name: String,
-    #[serde(default)]
-    description: Option<String>,
 }
 
 async fn create_group(

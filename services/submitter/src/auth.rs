@@ -5,13 +5,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use fleet_shared::auth::{self, JobAccess, Permission, Principal, Role};
 use fleet_shared::db::{admin, DbError, Pool};
 use fleet_shared::id::TokenId;
 
-use crate::api::{ApiError, AppState};
+use crate::error::ApiError;
 
 /// How long a token's role (or its absence) is remembered: a revoked token stops working
 /// within this time.
@@ -88,7 +86,8 @@ impl Authenticator {
     }
 }
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request (extracted in `state`, from the
+/// [`Authenticator`] the app state holds).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub who: Principal,
@@ -114,30 +113,5 @@ impl Caller {
         } else {
             Err(ApiError::NotFound("job"))
         }
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        // Without the header, the console's session cookie stands in for it (see
-        // crate::session); with it, the cookie is ignored.
-        let cookie = match header {
-            None => crate::session::token_of(&parts.method, &parts.headers)?,
-            Some(_) => None,
-        };
-        let who = match cookie {
-            Some(token) => {
-                let header = format!("Bearer {token}");
-                s.auth().principal(s.pool(), Some(&header)).await?
-            }
-            None => s.auth().principal(s.pool(), header).await?,
-        };
-        Ok(Caller { who })
     }
 }

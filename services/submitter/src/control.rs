@@ -9,17 +9,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use fleet_core::api::executors::{CancelAttemptBody, ControlSent};
 use fleet_shared::amqp::{self, keys, AmqpError, Outgoing};
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{control, DbError};
 use fleet_shared::group::GroupName;
-use fleet_shared::id::{ExecutorId, TaskId};
+use fleet_shared::id::ExecutorId;
 use fleet_shared::proto::{self, Control, ControlAction};
-use serde::Deserialize;
-use serde_json::json;
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -39,23 +39,25 @@ enum Target {
 async fn send(s: &AppState, target: &Target, action: ControlAction) -> Result<Response, ApiError> {
     let publisher = s.publisher()?;
     let n = s.names();
-    let (exchange, key, what) = match target {
-        Target::Executor(id) => (
-            n.root_exchange(),
-            keys::control(id),
-            json!({"executor_id": id}),
-        ),
+    let mut answer = ControlSent {
+        action: action.name().to_owned(),
+        executor_id: None,
+        group: None,
+        sent: true,
+    };
+    let (exchange, key) = match target {
+        Target::Executor(id) => {
+            answer.executor_id = Some(id.clone());
+            (n.root_exchange(), keys::control(id))
+        }
         Target::Group(g) => {
             // Publishing to an exchange that does not exist would close the channel;
             // declaring it (and its lineage) is idempotent.
             amqp::declare_group(publisher.channel(), n, g)
                 .await
                 .map_err(broker)?;
-            (
-                n.group_exchange(g),
-                keys::CONTROL_ALL.to_owned(),
-                json!({"group": g}),
-            )
+            answer.group = Some(g.clone());
+            (n.group_exchange(g), keys::CONTROL_ALL.to_owned())
         }
     };
     let body = proto::encode(&Control {
@@ -74,12 +76,6 @@ async fn send(s: &AppState, target: &Target, action: ControlAction) -> Result<Re
         }
         Err(e) => return Err(broker(e)),
     }
-    let mut answer = what;
-    answer["action"] = serde_json::to_value(&action)
-        .ok()
-        .and_then(|v| v.get("action").cloned())
-        .unwrap_or_default();
-    answer["sent"] = true.into();
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
@@ -145,13 +141,6 @@ async fn resume_group(
     send(&s, &group(&name)?, ControlAction::Resume).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelBody {
-    task_id: TaskId,
-    attempt: i32,
-}
-
 async fn cancel_attempt(
     State(s): State<AppState>,
     caller: Caller,
@@ -159,7 +148,7 @@ async fn cancel_attempt(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.need(Permission::Admin)?;
-    let b: CancelBody = crate::admin::parse_body(&body)?;
+    let b: CancelAttemptBody = crate::error::parse_body(&body)?;
     send(
         &s,
         &executor(&id)?,

@@ -13,16 +13,17 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
+use fleet_core::api::events::EventsPage;
+use fleet_core::api::webhooks::{NewWebhookBody, WebhooksView};
 use fleet_shared::auth::{JobAccess, Permission};
 use fleet_shared::db::events::{self, Cursor, Filter};
 use fleet_shared::db::{webhooks, DbError, Pool};
 use fleet_shared::event::Kind;
 use fleet_shared::group::GroupName;
-use serde::Deserialize;
 
-use crate::admin::parse_body;
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, parse_body, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -150,7 +151,7 @@ async fn get_events(
                 From::After(id) => Some(id),
                 _ => None,
             });
-        return Ok(Json(serde_json::json!({ "events": page, "next": next })).into_response());
+        return Ok(Json(EventsPage { events: page, next }).into_response());
     }
     drop(client);
     let stream = follow(s.pool().clone(), start, want);
@@ -220,19 +221,6 @@ fn follow(
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewWebhookBody {
-    url: String,
-    #[serde(default)]
-    events: Vec<String>,
-    #[serde(default)]
-    group: Option<String>,
-    /// Made up when not given (and shown once, in the answer).
-    #[serde(default)]
-    secret: Option<String>,
-}
-
 async fn create_webhook(
     State(s): State<AppState>,
     caller: Caller,
@@ -275,7 +263,7 @@ async fn list_webhooks(State(s): State<AppState>, caller: Caller) -> Result<Resp
     caller.need(Permission::Admin)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
     let list = webhooks::list(&client).await?;
-    Ok(Json(serde_json::json!({ "webhooks": list })).into_response())
+    Ok(Json(WebhooksView { webhooks: list }).into_response())
 }
 
 async fn delete_webhook(

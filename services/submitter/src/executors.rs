@@ -1,6 +1,6 @@
-//! One executor: `GET /v1/executors/{id}` (any role) shows it with the attempts it holds
-//! and how it stands (registration, drain); `DELETE /v1/executors/{id}` (admin) forgets
-//! one that is gone. The dispatcher writes `executors` from INFO: one that comes back
+//! Executors: `GET /v1/executors` lists them and `GET /v1/executors/{id}` shows one
+//! with the attempts it holds and how it stands (registration, drain), for any role;
+//! `DELETE /v1/executors/{id}` (admin) forgets one that is gone. The dispatcher writes `executors` from INFO: one that comes back
 //! after being forgotten is listed again, as new.
 
 use axum::extract::{Path, State};
@@ -11,11 +11,14 @@ use fleet_shared::auth::Permission;
 use fleet_shared::db::{admin, read, DbError};
 use fleet_shared::id::ExecutorId;
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/executors/{id}", get(show).delete(forget))
+    Router::new()
+        .route("/v1/executors", get(list))
+        .route("/v1/executors/{id}", get(show).delete(forget))
 }
 
 fn executor_id(id: &str) -> Result<ExecutorId, ApiError> {
@@ -47,4 +50,13 @@ async fn forget(
     admin::forget_executor(&mut client, &id, s.silent_after_secs()).await?;
     tracing::info!(executor = %id, by = %caller.who.name, "executor forgotten");
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<read::ExecutorsView>, ApiError> {
+    caller.need(Permission::Read)?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    Ok(Json(read::executors(&client, s.silent_after_secs()).await?))
 }

@@ -9,18 +9,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use fleet_core::api::executors::{NewJoinTokenBody, Registered, RegistrationBody, Revoked};
 use fleet_shared::amqp;
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{admin, DbError};
 use fleet_shared::group::GroupName;
 use fleet_shared::id::ExecutorId;
-use serde::Deserialize;
-use serde_json::json;
 
-use crate::admin::parse_body;
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
 use crate::broker_admin::BrokerAdminError;
+use crate::error::{invalid, parse_body, ApiError};
+use crate::state::AppState;
 
 /// The longest a join token may live: 30 days.
 const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -49,23 +48,13 @@ fn broker(e: BrokerAdminError) -> ApiError {
     ApiError::Unavailable("the broker's management API")
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewJoinToken {
-    /// Groups the executor may declare (empty: any).
-    #[serde(default)]
-    groups: Vec<String>,
-    #[serde(default)]
-    ttl_secs: Option<u64>,
-}
-
 async fn create_join_token(
     State(s): State<AppState>,
     caller: Caller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.need(Permission::Admin)?;
-    let b: NewJoinToken = parse_body(&body)?;
+    let b: NewJoinTokenBody = parse_body(&body)?;
     let groups = groups("groups", &b.groups)?;
     let ttl = b.ttl_secs.unwrap_or(3600);
     if !(1..=MAX_TTL_SECS).contains(&ttl) {
@@ -76,19 +65,9 @@ async fn create_join_token(
     Ok((StatusCode::CREATED, Json(made)).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Registration {
-    join_token: String,
-    executor_id: String,
-    /// Groups it declares (default: `default`).
-    #[serde(default)]
-    groups: Vec<String>,
-}
-
 /// Authenticated by the join token in the body, not by a bearer token.
 async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let b: Registration = parse_body(&body)?;
+    let b: RegistrationBody = parse_body(&body)?;
     let id =
         ExecutorId::parse(&b.executor_id).map_err(|e| invalid("executor_id", e.to_string()))?;
     let mut wanted = groups("groups", &b.groups)?;
@@ -150,13 +129,13 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
     tracing::info!(executor_id = %id, broker_user = %user, "executor registered");
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "executor_id": id,
-            "broker_user": user,
-            "broker_password": password,
-            "groups": wanted,
-            "amqp_prefix": n.prefix(),
-        })),
+        Json(Registered {
+            amqp_prefix: n.prefix().to_owned(),
+            broker_password: password,
+            broker_user: user,
+            executor_id: id,
+            groups: wanted,
+        }),
     )
         .into_response())
 }
@@ -178,7 +157,10 @@ async fn revoke(
     tracing::info!(executor_id = %id, "executor revoked");
     Ok((
         StatusCode::OK,
-        Json(json!({"executor_id": id, "revoked": true})),
+        Json(Revoked {
+            executor_id: id,
+            revoked: true,
+        }),
     )
         .into_response())
 }

@@ -1,13 +1,15 @@
-//! Finding jobs: `GET /v1/jobs` with filters and keyset pages. Who sees what is the rule
-//! in `fleet_shared::auth` (a submitter token lists its own jobs only).
+//! Jobs once submitted: finding them (`GET /v1/jobs`, filters and keyset pages), reading
+//! one and its results, changing, cancelling and running them again. Who sees what is
+//! the rule in `fleet_shared::auth` (a submitter token lists its own jobs only).
 
 use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use fleet_core::api::jobs::{Cancelled, JobChanged, JobPatch, Rerun};
 use fleet_shared::auth::{self, JobAccess, Permission};
 use fleet_shared::db::control::{self, JobChange};
 use fleet_shared::db::read::{self, JobFilter, OwnerFilter};
@@ -17,14 +19,15 @@ use fleet_shared::group::GroupName;
 use fleet_shared::id::{JobId, TokenId};
 use fleet_shared::state::JobState;
 
-use crate::admin::no_nul;
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{bad_id, invalid, no_nul, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{id}", patch(change_job))
+        .route("/v1/jobs/{id}", get(get_job).patch(change_job))
+        .route("/v1/jobs/{id}/results", get(get_results))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/retry", post(rerun_job))
         .route("/v1/jobs/{id}/tasks/{task}/retry", post(rerun_task))
@@ -35,7 +38,7 @@ async fn cancel_job(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     cancel(&s, &caller, &id, None).await
 }
 
@@ -43,7 +46,7 @@ async fn cancel_task(
     State(s): State<AppState>,
     caller: Caller,
     Path((id, task)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     cancel(&s, &caller, &id, Some(&task)).await
 }
 
@@ -51,7 +54,7 @@ async fn rerun_job(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Rerun>), ApiError> {
     rerun(&s, &caller, &id, None).await
 }
 
@@ -59,7 +62,7 @@ async fn rerun_task(
     State(s): State<AppState>,
     caller: Caller,
     Path((id, task)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Rerun>), ApiError> {
     rerun(&s, &caller, &id, Some(&task)).await
 }
 
@@ -81,7 +84,7 @@ pub async fn job_for(
     access: JobAccess,
 ) -> Result<(fleet_shared::db::Client, JobId), ApiError> {
     caller.need(Permission::Read)?;
-    let id: JobId = id.parse().map_err(crate::api::bad_id)?;
+    let id: JobId = id.parse().map_err(bad_id)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
     let owner = read::job_owner(&client, id)
         .await?
@@ -110,7 +113,7 @@ async fn rerun(
     caller: &Caller,
     id: &str,
     task: Option<&str>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Rerun>), ApiError> {
     let (mut client, id) = controlled(s, caller, id).await?;
     let task_id = task_in(&client, id, task).await?;
     match control::rerun(&mut client, s.schema(), id, task_id).await? {
@@ -118,7 +121,10 @@ async fn rerun(
             tracing::info!(job_id = %id, tasks = tasks.len(), by = %caller.who.name, "rerun");
             Ok((
                 StatusCode::ACCEPTED,
-                Json(serde_json::json!({"job_id": id, "rerun": tasks})),
+                Json(Rerun {
+                    job_id: id,
+                    rerun: tasks,
+                }),
             ))
         }
         control::Rerun::NoSuchJob => Err(ApiError::NotFound("job")),
@@ -140,7 +146,7 @@ async fn cancel(
     caller: &Caller,
     id: &str,
     task: Option<&str>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     let (mut client, id) = controlled(s, caller, id).await?;
     let task_id = task_in(&client, id, task).await?;
     // A cancel racing a result of the same task can deadlock with it in rare
@@ -158,25 +164,13 @@ async fn cancel(
     drop(client);
     tracing::info!(job_id = %id, task_id = ?task_id, by = %caller.who.name,
         cancelled_now = report.cancelled_now, killing = report.killing, "cancel");
-    let mut answer = serde_json::json!({
-        "job_id": id,
-        "cancelled_now": report.cancelled_now,
-        "killing": report.killing,
-    });
-    if let Some(t) = task_id {
-        answer["task_id"] = serde_json::json!(t);
-    }
+    let answer = Cancelled {
+        cancelled_now: report.cancelled_now as u64,
+        job_id: id,
+        killing: report.killing as u64,
+        task_id,
+    };
     Ok((StatusCode::ACCEPTED, Json(answer)))
-}
-
-/// `PATCH /v1/jobs/{id}`: what may change of a job once submitted.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobPatch {
-    /// For the tasks not yet handed out.
-    priority: Option<i32>,
-    /// Hold (never dispatch its tasks not yet handed out) or release.
-    held: Option<bool>,
 }
 
 async fn change_job(
@@ -184,9 +178,9 @@ async fn change_job(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobChanged>, ApiError> {
     caller.need(Permission::Read)?;
-    let patch: JobPatch = crate::admin::parse_body(&body)?;
+    let patch: JobPatch = crate::error::parse_body(&body)?;
     if patch.priority.is_none() && patch.held.is_none() {
         return Err(invalid("body", "give priority, held or both"));
     }
@@ -203,7 +197,12 @@ async fn change_job(
         }
     }
     let (mut client, id) = controlled(&s, &caller, &id).await?;
-    let mut answer = serde_json::json!({ "job_id": id });
+    let mut answer = JobChanged {
+        held: None,
+        job_id: id,
+        priority: None,
+        tasks_changed: None,
+    };
     let check = |c: JobChange| match c {
         JobChange::Applied(n) => Ok(n),
         JobChange::NoSuchJob => Err(ApiError::NotFound("job")),
@@ -213,12 +212,12 @@ async fn change_job(
     };
     if let Some(held) = patch.held {
         check(control::set_held(&mut client, s.schema(), id, held).await?)?;
-        answer["held"] = held.into();
+        answer.held = Some(held);
     }
     if let Some(p) = patch.priority {
         let n = check(control::set_priority(&mut client, s.schema(), id, p).await?)?;
-        answer["priority"] = p.into();
-        answer["tasks_changed"] = n.into();
+        answer.priority = Some(p);
+        answer.tasks_changed = Some(n);
     }
     Ok(Json(answer))
 }
@@ -338,6 +337,43 @@ pub fn parse_filter(
             .ok_or_else(|| invalid("limit", format!("must be 1 to {MAX_LIMIT}")))?;
     }
     Ok(f)
+}
+
+async fn get_job(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<read::JobView>, ApiError> {
+    caller.need(Permission::Read)?;
+    let id: JobId = id.parse().map_err(bad_id)?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let mut job = read::job(&client, id, s.silent_after_secs())
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    let owner = job.submitted_by.token_id;
+    caller.may(owner, JobAccess::Read)?;
+    if caller.may(owner, JobAccess::ReadSecrets).is_err() {
+        job.hide_env_values();
+    }
+    Ok(Json(job))
+}
+
+async fn get_results(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<read::ResultsView>, ApiError> {
+    caller.need(Permission::Read)?;
+    let id: JobId = id.parse().map_err(bad_id)?;
+    let client = s.pool().get().await.map_err(DbError::from)?;
+    let owner = read::job_owner(&client, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    caller.may(owner, JobAccess::Read)?;
+    read::results(&client, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("job"))
 }
 
 #[cfg(test)]

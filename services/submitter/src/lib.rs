@@ -2,10 +2,10 @@
 //! the read API. It owns the jobs and tasks it inserts.
 
 mod admin;
-mod api;
 mod auth;
 mod broker_admin;
 mod control;
+mod error;
 mod events;
 mod executors;
 mod identity;
@@ -14,9 +14,12 @@ mod intake;
 mod jobs;
 mod logs;
 mod purge;
+mod routes;
 mod scheduler;
 mod session;
+mod state;
 mod stats;
+mod submit;
 mod ui;
 
 use fleet_shared::config::Config;
@@ -85,8 +88,8 @@ pub async fn run(
             .await
         }
     });
-    let state = api::AppState::new(&cfg, pool, health.clone(), publisher, logs_changed);
-    let router = api::router(state).merge(http::health_routes(health));
+    let state = state::AppState::new(&cfg, pool, health.clone(), publisher, logs_changed);
+    let router = routes::router(state).merge(http::health_routes(health));
     let served = http::serve(listener, router, token.clone()).await;
     token.cancel();
     let _ = logs_listener.await;

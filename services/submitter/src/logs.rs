@@ -11,12 +11,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use fleet_core::api::logs::LogsPage;
 use fleet_shared::auth::JobAccess;
 use fleet_shared::db::{control, logs, Client, DbError, Pool};
 use fleet_shared::id::TaskId;
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/jobs/{id}/tasks/{task}/logs", get(task_logs))
@@ -134,14 +136,14 @@ async fn task_logs(
         let chunks =
             logs::read(&client, task, attempt, want.stream, want.after, want.limit).await?;
         let next = chunks.last().map(|c| c.n).or(want.after);
-        return Ok(Json(serde_json::json!({
-            "job_id": job,
-            "task_id": task,
-            "attempt": attempt,
-            "ended": ended,
-            "chunks": chunks,
-            "next": next,
-        }))
+        return Ok(Json(LogsPage {
+            attempt,
+            chunks,
+            ended,
+            job_id: job,
+            next,
+            task_id: task,
+        })
         .into_response());
     }
     drop(client);

@@ -7,8 +7,9 @@ use axum::routing::delete;
 use axum::Router;
 use fleet_shared::db::retention::{self, Deleted};
 
-use crate::api::{ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/jobs/{id}", delete(delete_job))

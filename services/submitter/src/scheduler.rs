@@ -6,14 +6,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use fleet_core::api::scheduler::{PauseChanged, PauseTarget, SchedulerStatus};
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{control, DbError};
 use fleet_shared::group::GroupName;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, ApiError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -22,19 +22,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/scheduler/resume", post(resume))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Target {
-    /// A group (with its subgroups); absent: the whole fleet (`default`).
-    #[serde(default)]
-    group: Option<String>,
-}
-
 fn target(body: &[u8]) -> Result<GroupName, ApiError> {
-    let t: Target = if body.iter().all(u8::is_ascii_whitespace) {
-        Target::default()
+    let t: PauseTarget = if body.iter().all(u8::is_ascii_whitespace) {
+        PauseTarget::default()
     } else {
-        crate::admin::parse_body(body)?
+        crate::error::parse_body(body)?
     };
     match t.group {
         None => Ok(GroupName::default_group()),
@@ -42,42 +34,52 @@ fn target(body: &[u8]) -> Result<GroupName, ApiError> {
     }
 }
 
-async fn status(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn status(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SchedulerStatus>, ApiError> {
     caller.need(Permission::Read)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
     let pauses = control::pauses(&client).await?;
     let fleet = pauses
         .iter()
         .any(|p| p.group == GroupName::default_group().as_str());
-    Ok(Json(json!({ "fleet_paused": fleet, "pauses": pauses })))
+    Ok(Json(SchedulerStatus {
+        fleet_paused: fleet,
+        pauses,
+    }))
 }
 
 async fn pause(
     State(s): State<AppState>,
     caller: Caller,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PauseChanged>, ApiError> {
     caller.need(Permission::Admin)?;
     let group = target(&body)?;
     let mut client = s.pool().get().await.map_err(DbError::from)?;
     let new = control::pause(&mut client, s.schema(), &group, &caller.who.name).await?;
     tracing::info!(group = %group, by = %caller.who.name, new, "dispatching paused");
-    Ok(Json(
-        json!({"group": group, "paused": true, "was_paused": !new}),
-    ))
+    Ok(Json(PauseChanged {
+        group: group.to_string(),
+        paused: true,
+        was_paused: !new,
+    }))
 }
 
 async fn resume(
     State(s): State<AppState>,
     caller: Caller,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PauseChanged>, ApiError> {
     caller.need(Permission::Admin)?;
     let group = target(&body)?;
     let mut client = s.pool().get().await.map_err(DbError::from)?;
     let was = control::resume(&mut client, s.schema(), &group).await?;
     tracing::info!(group = %group, by = %caller.who.name, was, "dispatching resumed");
-    Ok(Json(
-        json!({"group": group, "paused": false, "was_paused": was}),
-    ))
+    Ok(Json(PauseChanged {
+        group: group.to_string(),
+        paused: false,
+        was_paused: was,
+    }))
 }

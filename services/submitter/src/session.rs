@@ -19,8 +19,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::api::{invalid, ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::{invalid, ApiError};
+use crate::state::AppState;
 
 pub const COOKIE: &str = "fleet_session";
 pub const CSRF_HEADER: &str = "x-fleet-csrf";
@@ -141,7 +142,7 @@ async fn sign_in(
     let parsed: Result<SignIn, ApiError> = if form {
         serde_urlencoded::from_bytes(&body).map_err(|_| invalid("token", "is required"))
     } else {
-        crate::api::parse_json(&body).map_err(ApiError::Invalid)
+        crate::error::parse_json(&body).map_err(ApiError::Invalid)
     };
     let token = parsed?.token.trim().to_owned();
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {

@@ -7,8 +7,9 @@ use axum::{Json, Router};
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{stats, DbError};
 
-use crate::api::{ApiError, AppState};
 use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/stats", get(get_stats))

@@ -1,7 +1,7 @@
 //! Statements the submitter owns besides jobs: API tokens, groups and memberships.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+pub use fleet_core::api::admin::{GroupView, GroupsView, MemberView, NewToken, TokenView};
+pub use fleet_core::api::executors::NewJoinToken;
 
 use super::{Client, DbError};
 use crate::auth::{self, Role};
@@ -24,23 +24,6 @@ impl From<tokio_postgres::Error> for AdminError {
     fn from(e: tokio_postgres::Error) -> Self {
         Self::Db(DbError::from(e))
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenView {
-    pub token_id: uuid::Uuid,
-    pub name: String,
-    pub role: Role,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// A token just made: the only time its secret is shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NewToken {
-    #[serde(flatten)]
-    pub view: TokenView,
-    pub token: String,
 }
 
 pub async fn create_token(client: &Client, name: &str, role: Role) -> Result<NewToken, DbError> {
@@ -116,33 +99,6 @@ pub async fn token_principal(
             role: Role::parse(r.get::<_, &str>(2))?,
         })
     }))
-}
-
-/// One member of a group: put there by an administrator, or declared by the executor
-/// itself (its configuration, as its INFO reports).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MemberView {
-    pub executor_id: String,
-    /// `assigned` or `declared`.
-    pub source: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupView {
-    pub name: String,
-    /// `None` only for `default`.
-    pub parent: Option<String>,
-    pub description: Option<String>,
-    pub created_at: Option<DateTime<Utc>>,
-    /// Direct subgroups.
-    pub subgroups: Vec<String>,
-    /// Direct members (not those of subgroups).
-    pub members: Vec<MemberView>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupsView {
-    pub groups: Vec<GroupView>,
 }
 
 /// Creates a group. Its parent (the name minus the last dotted segment) must exist,
@@ -480,15 +436,6 @@ pub async fn assigned_groups(
         }
     }
     Ok(out)
-}
-
-/// A join token just made: shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NewJoinToken {
-    pub token_id: uuid::Uuid,
-    pub token: String,
-    pub groups: Vec<GroupName>,
-    pub expires_at: DateTime<Utc>,
 }
 
 pub async fn create_join_token(

@@ -98,13 +98,7 @@ async fn lock_job(
         .map(|r| r.get(0)))
 }
 
-/// A pause of dispatching.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Pause {
-    pub group: String,
-    pub paused_at: chrono::DateTime<chrono::Utc>,
-    pub paused_by: String,
-}
+pub use fleet_core::api::scheduler::Pause;
 
 /// Pauses dispatching for `group` and its subgroups (`default`: the whole fleet).
 /// Idempotent: pausing again keeps the first pause's time and author. Wakes the

@@ -1,9 +1,6 @@
 //! Live output: the collector stores the chunks executors send; the submitter reads
 //! them back, in the order they were written.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-
 use super::{Client, DbError};
 use crate::id::TaskId;
 use crate::proto::LogChunk;
@@ -67,17 +64,7 @@ pub async fn store(client: &Client, schema: &str, chunks: &[LogChunk]) -> Result
         .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
 }
 
-/// One stored chunk, as the API gives it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chunk {
-    pub n: i64,
-    pub stream: String,
-    pub offset: i64,
-    pub data: String,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub truncated: bool,
-    pub recorded_at: DateTime<Utc>,
-}
+pub use fleet_core::api::logs::Chunk;
 
 /// The chunks of an attempt after `after` (its `n`; `None`: from the start), of one
 /// stream or both, in the order they were written, at most `limit`.

@@ -4,137 +4,17 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+
+pub use fleet_core::api::executors::{
+    DrainView, ExecutorDetail, ExecutorView, ExecutorsView, HeldAttemptView, RegistrationView,
+};
+pub use fleet_core::api::jobs::{
+    AttemptView, CopyView, CountsView, JobSummary, JobView, JobsPage, ResultView, ResultsView,
+    SubmittedBy, TaskSpecView, TaskView,
+};
 
 use super::{Client, DbError};
 use crate::id::{JobId, TaskId, TokenId};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobView {
-    pub job_id: JobId,
-    pub name: Option<String>,
-    pub state: String,
-    pub created_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Who submitted it.
-    #[serde(default)]
-    pub submitted_by: SubmittedBy,
-    /// Held: its tasks not yet handed out wait until it is released.
-    #[serde(default)]
-    pub held: bool,
-    pub counts: CountsView,
-    pub tasks: Vec<TaskView>,
-}
-
-/// The token that submitted a job: its id (`None` for the configured admin token and the
-/// AMQP intake) and its name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubmittedBy {
-    pub token_id: Option<TokenId>,
-    pub name: String,
-}
-
-/// What a task was submitted as. `env` values are `None` for a caller that may see only
-/// the names (neither the job's owner nor an admin).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TaskSpecView {
-    pub argv: Vec<String>,
-    pub env: BTreeMap<String, Option<String>>,
-    pub cwd: Option<String>,
-    pub group: String,
-    pub labels: BTreeMap<String, String>,
-    pub priority: i32,
-    pub timeout_secs: i64,
-    /// Names of the tasks of the same job it waits for.
-    pub depends_on: Vec<String>,
-    pub max_attempts: i32,
-    /// Its retry policy, if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<crate::retry::RetryPolicy>,
-}
-
-impl JobView {
-    /// Blanks every env value, keeping the names.
-    pub fn hide_env_values(&mut self) {
-        for t in &mut self.tasks {
-            for v in t.spec.env.values_mut() {
-                *v = None;
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CountsView {
-    pub total: u64,
-    pub done: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskView {
-    pub task_id: TaskId,
-    pub index: i32,
-    pub name: String,
-    /// The task state, or `unknown` while it is held by an executor that stopped
-    /// reporting (its fate is settled when the lease runs out).
-    pub state: String,
-    pub attempts: i32,
-    pub executor_id: Option<String>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub error: Option<String>,
-    /// Every attempt, oldest first: where it ran and how it ended.
-    #[serde(default)]
-    pub history: Vec<AttemptView>,
-    /// Runs once on every member of its group.
-    #[serde(default)]
-    pub each: bool,
-    /// With `each`: the successes needed (`None`: every member).
-    #[serde(default)]
-    pub quorum: Option<i32>,
-    /// With `each`: one entry per member, in executor order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub copies: Vec<CopyView>,
-    /// What it was submitted as.
-    #[serde(default)]
-    pub spec: TaskSpecView,
-    /// While `retrying`: when the next attempt may start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_at: Option<DateTime<Utc>>,
-    /// Why a ready task is not handed out (no eligible executor, its job held, its group
-    /// paused); `None` when there is nothing to say.
-    #[serde(default)]
-    pub hint: Option<String>,
-}
-
-/// One member's copy of an `each` task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CopyView {
-    pub executor_id: String,
-    /// `pending`, `assigned`, `succeeded`, `failed` or `cancelled`.
-    pub state: String,
-    /// Attempts this member used.
-    pub attempts: i32,
-    pub error: Option<String>,
-}
-
-/// One attempt of a task, for operators to see what happened.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AttemptView {
-    pub attempt: i32,
-    pub executor_id: String,
-    /// `assigned`, `running`, or how it ended (`succeeded`, `failed`, `timed_out`,
-    /// `spawn_failed`, `cancelled`, `lost`).
-    pub state: String,
-    pub assigned_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// A lost attempt whose executor reported a result after all: kept, not counted.
-    pub late_result: bool,
-}
 
 const LOST_ERROR: &str = "attempt lost: its executor stopped reporting before the lease ran out";
 
@@ -478,32 +358,6 @@ pub async fn job_owner(client: &Client, id: JobId) -> Result<Option<Option<Token
         .map(|r| r.get::<_, Option<uuid::Uuid>>(0).map(TokenId::from_uuid)))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ResultView {
-    pub task_id: TaskId,
-    pub index: i32,
-    pub name: String,
-    pub attempt: i32,
-    pub executor_id: String,
-    pub outcome: String,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub error: Option<String>,
-    pub stdout: String,
-    pub stderr: String,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub recorded_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ResultsView {
-    pub job_id: JobId,
-    pub results: Vec<ResultView>,
-}
-
 /// The deciding result of each finished task of a job, and for an `each` task the result
 /// of every member that finished (ordered by task, then executor); `None` if the job
 /// does not exist.
@@ -573,24 +427,6 @@ pub async fn results(client: &Client, id: JobId) -> Result<Option<ResultsView>, 
     }))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecutorView {
-    pub executor_id: String,
-    pub groups: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    pub capacity: i32,
-    pub running: i32,
-    pub queued: i32,
-    pub draining: bool,
-    pub last_info_at: DateTime<Utc>,
-    pub alive: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecutorsView {
-    pub executors: Vec<ExecutorView>,
-}
-
 /// The columns [`executor_row`] reads, from `executors e`.
 const EXECUTOR_COLUMNS: &str = "e.id, e.groups, e.labels, e.capacity, e.running, e.queued,
     e.draining OR EXISTS (SELECT 1 FROM executor_drains d WHERE d.executor_id = e.id),
@@ -622,49 +458,6 @@ pub async fn executors(client: &Client, silent_after_secs: f64) -> Result<Execut
         .map(executor_row)
         .collect::<Result<_, DbError>>()?;
     Ok(ExecutorsView { executors })
-}
-
-/// One executor: what `GET /v1/executors` lists, and what it holds and how it stands.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecutorDetail {
-    #[serde(flatten)]
-    pub executor: ExecutorView,
-    /// When the dispatcher first heard of it (since it was last forgotten).
-    pub first_seen_at: DateTime<Utc>,
-    /// Groups an administrator put it in, besides those it declares (`groups`).
-    pub assigned_groups: Vec<String>,
-    /// Its registration with a join token; `None` if it never registered.
-    pub registration: Option<RegistrationView>,
-    /// An administrator's drain, kept until resumed; `None` if not drained so.
-    pub drain: Option<DrainView>,
-    /// The attempts it holds now (assigned, running, or reported finished and not yet
-    /// recorded), oldest first.
-    pub attempts: Vec<HeldAttemptView>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RegistrationView {
-    pub registered_at: DateTime<Utc>,
-    /// The groups it registered with: what it may claim.
-    pub groups: Vec<String>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DrainView {
-    pub drained_at: DateTime<Utc>,
-    pub drained_by: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HeldAttemptView {
-    pub task_id: TaskId,
-    pub job_id: JobId,
-    pub attempt: i32,
-    /// `assigned`, `running` or `reported`.
-    pub state: String,
-    pub assigned_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// One executor, or `None` if the dispatcher never heard of it (or it was forgotten).
@@ -769,30 +562,6 @@ pub struct JobFilter {
     /// The page after this job (the previous page's `next_cursor`).
     pub after: Option<JobId>,
     pub limit: i64,
-}
-
-/// One job in a listing, with how many of its tasks are in each state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobSummary {
-    pub job_id: JobId,
-    pub name: Option<String>,
-    pub state: String,
-    pub created_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub submitted_by: SubmittedBy,
-    pub held: bool,
-    pub task_count: i32,
-    /// Tasks per state (`waiting`, `ready`, `assigned`, `running`, `succeeded`, ...);
-    /// states with no task are absent.
-    pub tasks: BTreeMap<String, i64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobsPage {
-    /// Newest first.
-    pub jobs: Vec<JobSummary>,
-    /// Pass as `cursor` for the next page; `None` on the last page.
-    pub next_cursor: Option<String>,
 }
 
 /// Escapes `%`, `_` and `\` for a LIKE pattern.

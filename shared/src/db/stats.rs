@@ -7,7 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+
+pub use fleet_core::api::stats::{
+    ExecutorStats, FinishedStats, GroupStats, Outcomes, SlotStats, StatsView, TaskStats,
+};
 
 use super::{Client, DbError};
 use crate::group::GroupName;
@@ -49,74 +52,6 @@ pub struct FinishedFigures {
     pub outcome: JobState,
     pub last_minute: u64,
     pub last_hour: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StatsView {
-    /// The database's clock when the figures were read (one snapshot).
-    pub at: DateTime<Utc>,
-    /// `default` first, then each group before its subgroups.
-    pub groups: Vec<GroupStats>,
-}
-
-/// One group's figures, its subgroups' included.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct GroupStats {
-    pub group: String,
-    pub tasks: TaskStats,
-    pub executors: ExecutorStats,
-    pub slots: SlotStats,
-    pub finished: FinishedStats,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct TaskStats {
-    pub ready: u64,
-    pub held: u64,
-    pub waiting: u64,
-    pub running: u64,
-    /// Seconds since the oldest ready (not held) task was submitted; `None` when none is
-    /// ready.
-    pub oldest_ready_secs: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ExecutorStats {
-    pub alive: u64,
-    /// Of those alive, how many take no new work.
-    pub draining: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SlotStats {
-    /// The capacity of the alive executors.
-    pub total: u64,
-    /// Capacity less running, of the alive executors that are not draining.
-    pub free: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FinishedStats {
-    pub last_minute: Outcomes,
-    pub last_hour: Outcomes,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Outcomes {
-    pub succeeded: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-}
-
-impl Outcomes {
-    fn add(&mut self, outcome: JobState, n: u64) {
-        match outcome {
-            JobState::Succeeded => self.succeeded += n,
-            JobState::Failed => self.failed += n,
-            JobState::Cancelled => self.cancelled += n,
-            JobState::Pending | JobState::Running => {}
-        }
-    }
 }
 
 /// Each group's figures, its subgroups' included, for the groups worth listing: those

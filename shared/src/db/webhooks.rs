@@ -4,7 +4,8 @@
 //! delivery loop claims due ones, POSTs them and records how it went.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+
+pub use fleet_core::api::webhooks::WebhookView;
 
 use super::{Client, DbError};
 use crate::event::{Event, Kind};
@@ -15,32 +16,6 @@ pub struct NewWebhook {
     pub group: Option<String>,
     pub secret: String,
     pub created_by: String,
-}
-
-/// A webhook as the API shows it (never its secret, except once when created).
-#[derive(Debug, Clone, Serialize)]
-pub struct WebhookView {
-    pub id: uuid::Uuid,
-    pub url: String,
-    /// Empty: every kind.
-    pub events: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// Set for a job's own webhook (`notify`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<uuid::Uuid>,
-    pub created_by: String,
-    pub created_at: DateTime<Utc>,
-    /// Deliveries queued and not yet made.
-    pub pending: i64,
-    /// Deliveries given up after every try.
-    pub dead: i64,
-    pub last_delivered_at: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<DateTime<Utc>>,
-    /// Only in the answer to its creation.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
 }
 
 pub async fn create(client: &Client, w: &NewWebhook) -> Result<WebhookView, DbError> {

@@ -470,6 +470,19 @@ pub enum ControlAction {
     },
 }
 
+impl ControlAction {
+    /// Its `action` tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Cancel { .. } => "cancel",
+            Self::Drain => "drain",
+            Self::Resume => "resume",
+            Self::GiveBack { .. } => "give_back",
+            Self::Leader { .. } => "leader",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Control {
     #[serde(flatten)]
@@ -513,6 +526,27 @@ impl Wire for SubmitReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_control_action_is_named_by_its_tag() -> Result<(), serde_json::Error> {
+        let id = TaskId::new();
+        for action in [
+            ControlAction::Cancel {
+                task_id: id,
+                attempt: 1,
+            },
+            ControlAction::Drain,
+            ControlAction::Resume,
+            ControlAction::GiveBack {
+                task_id: id,
+                attempt: 1,
+            },
+            ControlAction::Leader { epoch: 3 },
+        ] {
+            assert_eq!(serde_json::to_value(&action)?["action"], action.name());
+        }
+        Ok(())
+    }
 
     fn info() -> Info {
         Info {
