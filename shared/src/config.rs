@@ -55,6 +55,11 @@ pub struct MetricsConfig {
     pub run_time_window_secs: u64,
     /// The slots assumed of an executor for a group that has none alive.
     pub default_executor_capacity: u32,
+    /// How often the collector stores the figures as a sample of the fleet's history
+    /// (`GET /v1/stats/history`, the console's charts).
+    pub history_secs: u64,
+    /// How long samples are kept.
+    pub history_hours: u64,
 }
 
 impl Default for MetricsConfig {
@@ -64,6 +69,8 @@ impl Default for MetricsConfig {
             drain_target_secs: 300,
             run_time_window_secs: 600,
             default_executor_capacity: 1,
+            history_secs: 60,
+            history_hours: 24,
         }
     }
 }
@@ -458,11 +465,13 @@ impl Config {
             || m.drain_target_secs == 0
             || m.run_time_window_secs == 0
             || m.default_executor_capacity == 0
+            || m.history_secs == 0
+            || m.history_hours == 0
         {
             return Err(invalid(
                 "metrics",
-                "interval_secs, drain_target_secs, run_time_window_secs and \
-                 default_executor_capacity must be positive",
+                "interval_secs, drain_target_secs, run_time_window_secs, \
+                 default_executor_capacity, history_secs and history_hours must be positive",
             ));
         }
         if self.retention.interval_secs == 0 {

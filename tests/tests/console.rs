@@ -265,7 +265,12 @@ async fn a_reader_sees_no_controls_and_its_forged_control_requests_are_refused()
 async fn a_drain_from_the_executors_page_stops_new_work_on_that_executor() -> Result<()> {
     // The browser first: without one the test fails at once, saying how to install it.
     let b = Browser::start().await?;
-    let mut fleet = TestFleet::start("console-drain").await?;
+    // A sample of the fleet's figures every second, for the fleet page's charts.
+    let mut fleet = TestFleet::start_with("console-drain", |c| {
+        c.metrics.interval_secs = 1;
+        c.metrics.history_secs = 1;
+    })
+    .await?;
     fleet
         .add_executor(ExecutorSpec::new("ui-drain", &["site.web"], 2).label("zone=a"))
         .await?;
@@ -348,9 +353,22 @@ async fn a_drain_from_the_executors_page_stops_new_work_on_that_executor() -> Re
         "site.web is drawn under site"
     );
     shoot(&b, "08-groups").await?;
+    // The charts start from the samples the collector stored before the page opened:
+    // more points than the page's own snapshot at once.
     b.goto(&format!("{}/ui/fleet", fleet.api)).await?;
-    b.find("section[data-group='site.web'] svg.chart polyline")
+    let chart = "section[data-group='site.web'] svg.chart";
+    b.find(&format!("{chart} polyline")).await?;
+    let drawn = b
+        .run_async(
+            "const [css, done] = arguments; const e = document.querySelector(css); \
+             done(e ? Number(e.getAttribute('data-points')) : 0);",
+            vec![json!(chart)],
+        )
         .await?;
+    ensure!(
+        drawn.as_u64().unwrap_or(0) >= 3,
+        "the chart draws the stored history, not only the page's own sample: {drawn}"
+    );
     shoot(&b, "09-fleet").await?;
     b.quit().await?;
     fleet.shutdown().await

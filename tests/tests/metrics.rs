@@ -411,3 +411,83 @@ async fn ready_at_follows_every_move_to_ready() -> Result<()> {
     drop(client);
     fleet.shutdown().await
 }
+
+/// The console's charts read the fleet's history from the server: the collector samples
+/// each group's figures every `metrics.history_secs`, so a backlog and its draining are
+/// there for whoever opens the page later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_keeps_each_groups_queue_depth_and_throughput_over_time() -> Result<()> {
+    use fleet_shared::db::stats::{HistoryPoint, StatsHistory};
+    let mut fleet = TestFleet::start_with("history", |c| {
+        c.metrics.interval_secs = 1;
+        c.metrics.history_secs = 1;
+    })
+    .await?;
+    // Four jobs nobody serves yet: a backlog of four in `hist`.
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        jobs.push(
+            fleet
+                .submit(&json!({"name": format!("h{i}"), "tasks": [{"group": "hist", "argv": ["true"]}]}))
+                .await?,
+        );
+    }
+    let points = |h: &StatsHistory, group: &str| -> Vec<HistoryPoint> {
+        h.groups
+            .iter()
+            .find(|g| g.group == group)
+            .map(|g| g.points.clone())
+            .unwrap_or_default()
+    };
+    wait_for("a sample with the backlog of four", DEADLINE, || async {
+        let h: StatsHistory = fleet.get_json("/v1/stats/history?minutes=5").await?;
+        Ok(points(&h, "hist")
+            .iter()
+            .any(|p| p.ready == 4)
+            .then_some(()))
+    })
+    .await?;
+    fleet
+        .add_executor(ExecutorSpec::new("hist-1", &["hist"], 2))
+        .await?;
+    for job in jobs {
+        assert_eq!(fleet.wait_job(job, DEADLINE).await?.state, "succeeded");
+    }
+    let h = wait_for("a sample with the backlog drained", DEADLINE, || async {
+        let h: StatsHistory = fleet.get_json("/v1/stats/history?minutes=5").await?;
+        let drained = points(&h, "hist")
+            .iter()
+            .any(|p| p.ready == 0 && p.jobs_finished_last_minute == 4 && p.executors_alive == 1);
+        Ok(drained.then_some(h))
+    })
+    .await?;
+    assert_eq!(h.step_secs, 1);
+    assert_eq!(h.groups[0].group, "default", "default first: {h:?}");
+    // The enclosing group counts its subgroups' jobs.
+    assert!(
+        points(&h, "default")
+            .iter()
+            .any(|p| p.jobs_finished_last_minute >= 4),
+        "{h:?}"
+    );
+    // One point per step, in order: no sample taken twice.
+    for g in &h.groups {
+        assert!(
+            g.points.windows(2).all(|w| w[0].at < w[1].at),
+            "{}: {:?}",
+            g.group,
+            g.points
+        );
+        assert!(g.points.iter().all(|p| p.at >= h.since), "{h:?}");
+    }
+    // Bad spans are refused, naming the parameter.
+    for bad in ["minutes=0", "minutes=1441", "minutes=soon", "hours=1"] {
+        let (status, body) = fleet
+            .call(Method::GET, &format!("/v1/stats/history?{bad}"), None)
+            .await?;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let field = body["error"]["field"].as_str().unwrap_or_default();
+        assert!(field == "minutes" || field == "hours", "{bad}: {body}");
+    }
+    fleet.shutdown().await
+}

@@ -74,3 +74,61 @@ impl Outcomes {
         }
     }
 }
+
+/// `GET /v1/stats/history`: each group's figures over a past span, as the collector
+/// sampled them every `step_secs` (one point per sample; a gap where no collector ran).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsHistory {
+    /// The sampling step (`metrics.history_secs` of the collector that serves it).
+    pub step_secs: u64,
+    /// The start of the span asked for (the database's clock).
+    pub since: DateTime<Utc>,
+    /// The groups sampled in the span, `default` first, then each before its subgroups.
+    pub groups: Vec<GroupHistory>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupHistory {
+    pub group: String,
+    /// Oldest first.
+    pub points: Vec<HistoryPoint>,
+}
+
+/// One sample of one group (its subgroups included), as `GET /v1/stats` gave it then.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistoryPoint {
+    pub at: DateTime<Utc>,
+    pub ready: u64,
+    pub held: u64,
+    pub waiting: u64,
+    pub running: u64,
+    pub executors_alive: u64,
+    pub slots_total: u64,
+    pub slots_free: u64,
+    /// Jobs that finished in the minute before `at`: the throughput, per minute.
+    pub jobs_finished_last_minute: u64,
+}
+
+/// The query of `GET /v1/stats/history`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// How far back, in minutes: 1 to 1,440 (a day), default 60.
+    pub minutes: Option<u32>,
+}
+
+impl HistoryQuery {
+    pub const DEFAULT_MINUTES: u32 = 60;
+    pub const MAX_MINUTES: u32 = 1440;
+
+    /// The span in minutes, or why it is refused.
+    pub fn minutes(&self) -> Result<u32, String> {
+        match self.minutes.unwrap_or(Self::DEFAULT_MINUTES) {
+            m @ 1..=Self::MAX_MINUTES => Ok(m),
+            m => Err(format!(
+                "minutes must be 1 to {} (got {m})",
+                Self::MAX_MINUTES
+            )),
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! The fleet-wide gauges: every `metrics.interval_secs`, the figures of `GET /v1/stats`
 //! (one read-only snapshot, the same statements, less the count of jobs finished, which
 //! the gauges do not show) become the `fleet_*{group}` gauges, with
-//! each group's desired executors. Only the collector publishes them (there is one), so
+//! each group's desired executors. Every `metrics.history_secs` the look also counts the
+//! last minute's finished jobs and stores the figures as a sample of the fleet's history
+//! (`GET /v1/stats/history`). Only the collector publishes them (there is one), so
 //! that no sum over services counts them twice. A look that fails or takes longer than
 //! the interval leaves the previous values; the loop ends with the shutdown token.
 
@@ -55,13 +57,31 @@ pub async fn run(pool: Pool, cfg: Config, runs: Runs, token: CancellationToken) 
     let mut published = BTreeSet::new();
     // A failure is logged once until a look succeeds again.
     let mut failing = false;
+    let history_every = Duration::from_secs(cfg.metrics.history_secs);
+    // The first look takes a sample; then one every `history_secs`.
+    let mut sampled: Option<Instant> = None;
     loop {
+        let due = sampled.is_none_or(|t| t.elapsed() >= history_every);
         let look = async {
             let mut client = pool.get().await.map_err(DbError::from)?;
-            stats::current(&mut client, silent_after).await
+            if due {
+                let view = stats::sample(
+                    &mut client,
+                    silent_after,
+                    cfg.metrics.history_secs,
+                    cfg.metrics.history_hours,
+                )
+                .await?;
+                Ok::<_, DbError>((view, true))
+            } else {
+                Ok((stats::current(&mut client, silent_after).await?, false))
+            }
         };
         match tokio::time::timeout(every.max(Duration::from_secs(1)), look).await {
-            Ok(Ok(view)) => {
+            Ok(Ok((view, took_sample))) => {
+                if took_sample {
+                    sampled = Some(Instant::now());
+                }
                 let now = runs.now();
                 let gauges = match runs.times.lock() {
                     Ok(mut r) => {
@@ -85,7 +105,7 @@ pub async fn run(pool: Pool, cfg: Config, runs: Runs, token: CancellationToken) 
         }
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(every.min(history_every)) => {}
         }
     }
 }

@@ -23,6 +23,8 @@ struct Inner {
     max_body: usize,
     /// An executor silent this long shows as not alive, its tasks as `unknown`.
     silent_after_secs: f64,
+    /// The collector's sampling step (`metrics.history_secs`).
+    history_secs: u64,
     /// The broker connection's state, kept by the intake.
     health: Health,
     accept_without_broker: bool,
@@ -60,6 +62,7 @@ impl AppState {
             auth: Authenticator::new(&cfg.auth),
             max_body: cfg.submitter.max_body_bytes,
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
+            history_secs: cfg.metrics.history_secs,
             health,
             accept_without_broker: cfg.submitter.accept_without_broker,
             first_connect: cfg.amqp.connect_timeout(),
@@ -111,6 +114,11 @@ impl AppState {
 
     pub fn silent_after_secs(&self) -> f64 {
         self.0.silent_after_secs
+    }
+
+    /// How often the collector samples the fleet's figures.
+    pub fn history_secs(&self) -> u64 {
+        self.0.history_secs
     }
 
     /// The broker session, or a 503 while there is none.

@@ -34,7 +34,7 @@ export function lineChart(points, { label, unit = '' } = {}) {
       el('title', { ...s }, `${fmt(last.v)}${unit ? ` ${unit}` : ''} now`)));
   }
   return el('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none',
-    role: 'img', 'aria-label': `${label}${unit ? ` (${unit})` : ''}` }, parts);
+    role: 'img', 'data-points': points.length, 'aria-label': `${label}${unit ? ` (${unit})` : ''}` }, parts);
 }
 
 function fmt(v) {

@@ -1,44 +1,36 @@
 // The fleet at a glance: per group, the queue depth and the throughput over the last
-// hour. GET /v1/stats is a snapshot, so this page samples it every few seconds and keeps
-// the samples in the browser (localStorage, an hour's worth): the charts fill in while
-// a console is open, and survive a reload, but show nothing from before it was first
-// opened. The hour's total of finished jobs comes from the API and is always complete.
+// hour. The collector samples the figures of GET /v1/stats every `metrics.history_secs`
+// (60 s by default) and keeps them (GET /v1/stats/history), so the charts show the whole
+// hour as soon as the page opens; the current snapshot, read every few seconds, is the
+// last point.
 import { api, el, start, every } from './common.js';
 import { lineChart } from './chart.js';
 
-const KEY = 'fleet.console.samples';
-const HOUR = 3600 * 1000;
-const SAMPLE_MS = 5000;
+const REFRESH_MS = 5000;
 
 start(async (who, main) => {
   const grid = el('div', { class: 'grid', id: 'fleet-groups' });
-  main.replaceChildren(el('h1', {}, 'Fleet'),
-    el('p', { class: 'muted' }, `Sampled every ${SAMPLE_MS / 1000} s while this page is open; the last hour's samples are kept in this browser.`),
-    grid);
-  every(SAMPLE_MS, async () => {
-    const stats = await api('/v1/stats');
-    const samples = remember(stats);
-    grid.replaceChildren(...stats.groups.map((g) => card(g, samples)));
+  const note = el('p', { class: 'muted' }, 'The last hour, as the collector sampled it.');
+  main.replaceChildren(el('h1', {}, 'Fleet'), note, grid);
+  every(REFRESH_MS, async () => {
+    const [stats, history] = await Promise.all([api('/v1/stats'), api('/v1/stats/history?minutes=60')]);
+    note.textContent = `The last hour, sampled by the collector every ${history.step_secs} s; the last point is now.`;
+    const past = new Map(history.groups.map((g) => [g.group, g.points]));
+    grid.replaceChildren(...stats.groups.map((g) => card(g, points(past.get(g.group) ?? [], g, stats.at))));
   });
 });
 
-function remember(stats) {
-  let samples = [];
-  try { samples = JSON.parse(localStorage.getItem(KEY) ?? '[]'); } catch { samples = []; }
-  const t = Date.parse(stats.at) || Date.now();
-  const groups = {};
-  for (const g of stats.groups) {
-    const m = g.finished.last_minute;
-    groups[g.group] = { ready: g.tasks.ready, done: m.succeeded + m.failed + m.cancelled };
-  }
-  samples.push({ t, groups });
-  samples = samples.filter((s) => s.t > Date.now() - HOUR);
-  try { localStorage.setItem(KEY, JSON.stringify(samples)); } catch { /* full: keep in memory */ }
-  return samples;
+// The samples of one group, then the snapshot read now.
+function points(samples, g, at) {
+  const m = g.finished.last_minute;
+  return [
+    ...samples.map((p) => ({ t: Date.parse(p.at), ready: p.ready, done: p.jobs_finished_last_minute })),
+    { t: Date.parse(at) || Date.now(), ready: g.tasks.ready, done: m.succeeded + m.failed + m.cancelled },
+  ];
 }
 
 function card(g, samples) {
-  const series = (f) => samples.filter((s) => s.groups[g.group]).map((s) => ({ t: s.t, v: f(s.groups[g.group]) }));
+  const series = (f) => samples.map((s) => ({ t: s.t, v: f(s) }));
   const h = g.finished.last_hour;
   const fig = (v, label) => el('div', {}, el('b', {}, v ?? '—'), el('span', {}, label));
   return el('section', { class: 'card', 'data-group': g.group },

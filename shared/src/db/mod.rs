@@ -220,6 +220,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (13, include_str!("../../../migrations/0013_logs.sql")),
     (14, include_str!("../../../migrations/0014_events.sql")),
     (15, include_str!("../../../migrations/0015_ready_at.sql")),
+    (
+        16,
+        include_str!("../../../migrations/0016_fleet_samples.sql"),
+    ),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

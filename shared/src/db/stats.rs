@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 pub use fleet_core::api::stats::{
-    ExecutorStats, FinishedStats, GroupStats, Outcomes, SlotStats, StatsView, TaskStats,
+    ExecutorStats, FinishedStats, GroupHistory, GroupStats, HistoryPoint, Outcomes, SlotStats,
+    StatsHistory, StatsView, TaskStats,
 };
 
 use super::{Client, DbError};
@@ -115,13 +116,16 @@ pub fn rollup(
             s
         })
         .collect();
-    out.sort_by_key(|s| {
-        (
-            s.group != crate::group::DEFAULT_GROUP,
-            s.group.split('.').map(str::to_owned).collect::<Vec<_>>(),
-        )
-    });
+    out.sort_by_key(|s| listing_order(&s.group));
     out
+}
+
+/// `default` first, then by name segments (a group before its subgroups).
+fn listing_order(group: &str) -> (bool, Vec<String>) {
+    (
+        group != crate::group::DEFAULT_GROUP,
+        group.split('.').map(str::to_owned).collect(),
+    )
 }
 
 /// The figures, read in one read-only snapshot. `silent_after_secs`: an executor not
@@ -130,19 +134,28 @@ pub fn rollup(
 /// attempts and pending copies, the finished jobs through `jobs_finished` (the last
 /// hour's only), each one's groups by its key.
 pub async fn stats(client: &mut Client, silent_after_secs: f64) -> Result<StatsView, DbError> {
-    read(client, silent_after_secs, true).await
+    read(client, silent_after_secs, Finished::LastHour).await
 }
 
 /// [`stats`] without the jobs finished (left at zero): what the collector's gauges read
 /// every few seconds, which counting a busy hour's finished jobs would make costly.
 pub async fn current(client: &mut Client, silent_after_secs: f64) -> Result<StatsView, DbError> {
-    read(client, silent_after_secs, false).await
+    read(client, silent_after_secs, Finished::None).await
+}
+
+/// Which finished jobs a read counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finished {
+    None,
+    /// The last minute's only (`last_hour` then counts those too): what a sample keeps.
+    LastMinute,
+    LastHour,
 }
 
 async fn read(
     client: &mut Client,
     silent_after_secs: f64,
-    with_finished: bool,
+    finished: Finished,
 ) -> Result<StatsView, DbError> {
     let tx = client
         .build_transaction()
@@ -183,9 +196,11 @@ async fn read(
         ),
         tx.query("SELECT name FROM groups", &[]),
         async {
-            if !with_finished {
-                return Ok(Vec::new());
-            }
+            let window: f64 = match finished {
+                Finished::None => return Ok(Vec::new()),
+                Finished::LastMinute => 60.0,
+                Finished::LastHour => 3600.0,
+            };
             tx.query(
                 "SELECT s.groups, s.state,
                     count(*) FILTER (WHERE s.finished_at >= now() - interval '1 minute'),
@@ -193,9 +208,9 @@ async fn read(
              FROM (SELECT j.state, j.finished_at,
                           ARRAY(SELECT DISTINCT t.target_group FROM tasks t
                                 WHERE t.job_id = j.id ORDER BY 1) AS groups
-                   FROM jobs j WHERE j.finished_at >= now() - interval '1 hour') s
+                   FROM jobs j WHERE j.finished_at >= now() - make_interval(secs => $1)) s
              GROUP BY s.groups, s.state",
-                &[],
+                &[&window],
             )
             .await
         },
@@ -258,6 +273,120 @@ async fn read(
     Ok(StatsView {
         at: now,
         groups: rollup(now, &created, &tasks, &executors, &finished),
+    })
+}
+
+/// The start of the step of `step_secs` that holds `at` (steps counted from the Unix
+/// epoch): every collector files a sample taken within one step under the same time.
+pub fn sample_time(at: DateTime<Utc>, step_secs: u64) -> DateTime<Utc> {
+    let step = i64::try_from(step_secs.max(1)).unwrap_or(i64::MAX);
+    let t = at.timestamp().div_euclid(step) * step;
+    DateTime::from_timestamp(t, 0).unwrap_or(at)
+}
+
+/// Takes a sample for the console's charts: the figures of [`stats`] (the finished jobs
+/// of the last minute only) stored per group under [`sample_time`], unless a sample of
+/// that step is stored already; and deletes the samples older than `keep_hours`. Returns
+/// the view read, for the gauges.
+pub async fn sample(
+    client: &mut Client,
+    silent_after_secs: f64,
+    step_secs: u64,
+    keep_hours: u64,
+) -> Result<StatsView, DbError> {
+    let view = read(client, silent_after_secs, Finished::LastMinute).await?;
+    let at = sample_time(view.at, step_secs);
+    let n = |f: fn(&GroupStats) -> u64| -> Vec<i64> {
+        view.groups
+            .iter()
+            .map(|g| i64::try_from(f(g)).unwrap_or(i64::MAX))
+            .collect()
+    };
+    let groups: Vec<&str> = view.groups.iter().map(|g| g.group.as_str()).collect();
+    let (ready, held, waiting, running) = (
+        n(|g| g.tasks.ready),
+        n(|g| g.tasks.held),
+        n(|g| g.tasks.waiting),
+        n(|g| g.tasks.running),
+    );
+    let (alive, total, free) = (
+        n(|g| g.executors.alive),
+        n(|g| g.slots.total),
+        n(|g| g.slots.free),
+    );
+    let finished = n(|g| {
+        let m = &g.finished.last_minute;
+        m.succeeded + m.failed + m.cancelled
+    });
+    let keep = keep_hours.saturating_mul(3600) as f64;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO fleet_samples (at, group_name, ready, held, waiting, running,
+                                    executors_alive, slots_total, slots_free,
+                                    jobs_finished_last_minute)
+         SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+                                  $7::int8[], $8::int8[], $9::int8[], $10::int8[])
+         ON CONFLICT (at, group_name) DO NOTHING",
+        &[
+            &at, &groups, &ready, &held, &waiting, &running, &alive, &total, &free, &finished,
+        ],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM fleet_samples WHERE at < $1::timestamptz - make_interval(secs => $2)",
+        &[&view.at, &keep],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(view)
+}
+
+/// The samples of the last `minutes`, per group (`default` first, a group before its
+/// subgroups), oldest first. Reads the primary key's range.
+pub async fn history(
+    client: &mut Client,
+    minutes: u32,
+    step_secs: u64,
+) -> Result<StatsHistory, DbError> {
+    let since: DateTime<Utc> = client
+        .query_one(
+            "SELECT now() - make_interval(mins => $1)",
+            &[&i32::try_from(minutes).unwrap_or(i32::MAX)],
+        )
+        .await?
+        .get(0);
+    let rows = client
+        .query(
+            "SELECT at, group_name, ready, held, waiting, running, executors_alive,
+                    slots_total, slots_free, jobs_finished_last_minute
+             FROM fleet_samples WHERE at >= $1 ORDER BY at",
+            &[&since],
+        )
+        .await?;
+    let mut groups: BTreeMap<String, Vec<HistoryPoint>> = BTreeMap::new();
+    for r in &rows {
+        let n = |i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+        groups.entry(r.get(1)).or_default().push(HistoryPoint {
+            at: r.get(0),
+            ready: n(2),
+            held: n(3),
+            waiting: n(4),
+            running: n(5),
+            executors_alive: n(6),
+            slots_total: n(7),
+            slots_free: n(8),
+            jobs_finished_last_minute: n(9),
+        });
+    }
+    let mut groups: Vec<GroupHistory> = groups
+        .into_iter()
+        .map(|(group, points)| GroupHistory { group, points })
+        .collect();
+    groups.sort_by_key(|g| listing_order(&g.group));
+    Ok(StatsHistory {
+        step_secs,
+        since,
+        groups,
     })
 }
 
@@ -429,5 +558,15 @@ mod tests {
                 ..GroupStats::default()
             }]
         );
+    }
+
+    #[test]
+    fn samples_within_one_step_share_its_start() {
+        let at = |s: i64| DateTime::from_timestamp(s, 0).expect("valid");
+        assert_eq!(sample_time(at(1_000_059), 60), at(1_000_020));
+        assert_eq!(sample_time(at(1_000_020), 60), at(1_000_020));
+        assert_eq!(sample_time(at(1_000_080), 60), at(1_000_080));
+        assert_eq!(sample_time(at(7), 1), at(7));
+        assert_eq!(sample_time(at(7), 0), at(7));
     }
 }
