@@ -21,6 +21,10 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 /// ignored unknown field included, can be nested deeper.
 pub const MAX_NESTING: usize = 128;
 
+/// The AMQP header of a [`Submit`] that carries the API token it is submitted with, as
+/// HTTP's `Authorization`: `Bearer <token>` (a long string). Dead letters never keep it.
+pub const SUBMIT_TOKEN_HEADER: &str = "authorization";
+
 /// A message type on the wire.
 pub trait Wire: Serialize + DeserializeOwned {
     const TYPE: &'static str;
@@ -494,8 +498,9 @@ impl Wire for Control {
 }
 
 /// Other systems -> submitter: a job, answered on `reply_to` with a [`SubmitReply`].
-/// The AMQP `message_id` is the idempotency key. Unknown fields are refused, as by
-/// `POST /v1/jobs`.
+/// The AMQP `message_id` is the idempotency key, and the header
+/// [`SUBMIT_TOKEN_HEADER`] carries the submitter's API token. Unknown fields are
+/// refused, as by `POST /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Submit {

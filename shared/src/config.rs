@@ -234,6 +234,21 @@ pub struct SubmitterConfig {
     /// that the fleet cannot run work now. On, jobs are recorded (they need only
     /// PostgreSQL) and run once the broker is back.
     pub accept_without_broker: bool,
+    /// Who may submit over AMQP. `token` (the default): a submit message carries an API
+    /// token in its `authorization` header (`Bearer <token>`), checked with the same
+    /// roles as HTTP, and the job is that token's. `broker`: whoever the broker lets
+    /// publish to the submit exchange may submit, as `amqp-intake` (for deployments
+    /// that rely on broker permissions alone).
+    pub amqp_auth: AmqpAuth,
+}
+
+/// See [`SubmitterConfig::amqp_auth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmqpAuth {
+    #[default]
+    Token,
+    Broker,
 }
 
 impl Default for SubmitterConfig {
@@ -242,6 +257,7 @@ impl Default for SubmitterConfig {
             max_body_bytes: 16 * 1024 * 1024,
             batch_size: 64,
             accept_without_broker: false,
+            amqp_auth: AmqpAuth::Token,
         }
     }
 }

@@ -658,6 +658,30 @@ impl TestFleet {
     /// Publishes raw bytes to `<prefix>.submit` as another system would, and waits for
     /// the reply on a private queue.
     pub async fn submit_amqp(&self, body: &[u8], message_id: Option<&str>) -> Result<Value> {
+        let admin = self.cfg.auth.admin_token.clone();
+        self.submit_amqp_as(admin.as_deref(), body, message_id)
+            .await
+    }
+
+    /// The `authorization` header of a submit message carrying `token`.
+    pub fn submit_headers(token: Option<&str>) -> lapin::types::FieldTable {
+        let mut headers = lapin::types::FieldTable::default();
+        if let Some(t) = token {
+            headers.insert(
+                fleet_shared::proto::SUBMIT_TOKEN_HEADER.into(),
+                lapin::types::AMQPValue::LongString(format!("Bearer {t}").into()),
+            );
+        }
+        headers
+    }
+
+    /// [`Self::submit_amqp`] with another API token (`None`: none at all).
+    pub async fn submit_amqp_as(
+        &self,
+        api_token: Option<&str>,
+        body: &[u8],
+        message_id: Option<&str>,
+    ) -> Result<Value> {
         use futures_util::StreamExt;
         use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
         use lapin::types::FieldTable;
@@ -689,7 +713,8 @@ impl TestFleet {
         let correlation = uuid::Uuid::new_v4().to_string();
         let mut props = fleet_shared::amqp::json_properties()
             .with_reply_to(reply.name().clone())
-            .with_correlation_id(correlation.as_str().into());
+            .with_correlation_id(correlation.as_str().into())
+            .with_headers(Self::submit_headers(api_token));
         if let Some(m) = message_id {
             props = props.with_message_id(m.into());
         }
@@ -762,6 +787,8 @@ pub struct DeadLetter {
     /// `x-fleet-source`: the queue it was refused on.
     pub source: String,
     pub detail: String,
+    /// The names of every header it carries.
+    pub headers: Vec<String>,
     pub body: Vec<u8>,
 }
 
@@ -796,6 +823,7 @@ impl TestFleet {
                 reason: header("x-fleet-reason"),
                 source: header("x-fleet-source"),
                 detail: header("x-fleet-detail"),
+                headers: headers.inner().keys().map(|k| k.to_string()).collect(),
                 body: m.delivery.data.clone(),
             });
         }

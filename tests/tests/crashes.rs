@@ -97,8 +97,11 @@ async fn publish_submits(fleet: &TestFleet, tag: &str, n: usize) -> Result<()> {
                       "job": {"tasks": [{"argv": ["true"], "group": "cpu"}]}})
     .to_string();
     for i in 0..n {
-        let props =
-            fleet_shared::amqp::json_properties().with_message_id(format!("{tag}-{i}").into());
+        let props = fleet_shared::amqp::json_properties()
+            .with_message_id(format!("{tag}-{i}").into())
+            .with_headers(TestFleet::submit_headers(
+                fleet.cfg.auth.admin_token.as_deref(),
+            ));
         ch.basic_publish(
             names.submit_exchange().as_str().into(),
             "jobs".into(),

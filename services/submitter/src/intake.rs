@@ -1,10 +1,16 @@
 //! AMQP intake: `submit` messages from other systems, recorded in batches and answered
 //! on their `reply_to`. Acked only after the jobs are committed and the replies confirmed.
+//! Each message carries an API token (`submitter.amqp_auth = token`, the default) in its
+//! `authorization` header, checked as HTTP's: a system that may publish to the broker
+//! still cannot submit without a token, nor as someone else.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_shared::amqp::{self, Delivery, Handled, Names, Outgoing, Publisher};
-use fleet_shared::config::Config;
+use fleet_shared::auth::{Permission, Principal};
+use fleet_shared::config::{AmqpAuth, Config};
 use fleet_shared::db::Pool;
 use fleet_shared::db::{submit, DbError};
 use fleet_shared::error::ErrorBody;
@@ -16,16 +22,25 @@ use lapin::Connection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
+use crate::error::ApiError;
+
 pub async fn run(
     cfg: Config,
     pool: Pool,
     health: Health,
+    auth: Arc<Authenticator>,
     publisher: watch::Sender<Option<Publisher>>,
     token: CancellationToken,
 ) {
     let mut sup = svc::Supervisor::new(&cfg.amqp, "fleet-submitter", &health);
+    let intake = Intake {
+        cfg: &cfg,
+        pool: &pool,
+        auth: &auth,
+    };
     while let Some(conn) = sup.connect(&token).await {
-        let result = session(&cfg, &pool, &health, &publisher, &conn, &token).await;
+        let result = session(&intake, &health, &publisher, &conn, &token).await;
         publisher.send_replace(None);
         if let Some(conn) = sup.ended(conn, result, &token).await {
             amqp::close(&conn, "shutdown").await;
@@ -34,14 +49,21 @@ pub async fn run(
     }
 }
 
+/// What handling a batch needs.
+struct Intake<'a> {
+    cfg: &'a Config,
+    pool: &'a Pool,
+    auth: &'a Authenticator,
+}
+
 async fn session(
-    cfg: &Config,
-    pool: &Pool,
+    intake: &Intake<'_>,
     health: &Health,
     shared_publisher: &watch::Sender<Option<Publisher>>,
     conn: &Connection,
     token: &CancellationToken,
 ) -> Result<(), amqp::AmqpError> {
+    let cfg = intake.cfg;
     let n = Names::new(&cfg.amqp.prefix);
     let publisher = Publisher::new(conn, &cfg.amqp).await?;
     amqp::declare_core(conn, &n).await?;
@@ -70,7 +92,7 @@ async fn session(
     );
     while let Some(deliveries) = batches.next(token).await? {
         // A shutdown while the database is down leaves the batch unacked: redelivered later.
-        let handled = handle_batch(cfg, pool, &n, &deliveries, token).await;
+        let handled = handle_batch(intake, &n, &deliveries, token).await;
         if !batches.finish(&deliveries, handled, &publisher).await? {
             break;
         }
@@ -113,17 +135,44 @@ fn idempotency_key(message_id: Option<&str>) -> Result<Option<String>, String> {
 
 /// Records a batch; says what to publish (replies, dead letters) before the ack.
 async fn handle_batch(
-    cfg: &Config,
-    pool: &Pool,
+    intake: &Intake<'_>,
     n: &Names,
     deliveries: &[Delivery],
     token: &CancellationToken,
 ) -> Handled {
+    let (cfg, pool) = (intake.cfg, intake.pool);
     let source = n.submit_queue();
     let mut out = Vec::new();
     let mut jobs = Vec::new();
     let mut accepted_from = Vec::new();
+    // Each distinct token of the batch is looked up once.
+    let mut known: HashMap<String, Result<Principal, Refusal>> = HashMap::new();
     for d in deliveries {
+        let owner = match intake.cfg.submitter.amqp_auth {
+            AmqpAuth::Broker => Principal::amqp_intake(),
+            AmqpAuth::Token => {
+                let header = amqp::header_text(d, proto::SUBMIT_TOKEN_HEADER);
+                let key = header.clone().unwrap_or_default();
+                let found = match known.get(&key) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let Some(f) = submitter_of(intake, header.as_deref(), token).await else {
+                            return Handled::Shutdown;
+                        };
+                        known.insert(key, f.clone());
+                        f
+                    }
+                };
+                match found {
+                    Ok(who) => who,
+                    Err(r) => {
+                        out.push(amqp::dead_letter(n, d, &source, r.code, &r.message));
+                        out.extend(reply_to(d, &rejection(r.code, r.message, None)));
+                        continue;
+                    }
+                }
+            }
+        };
         let parsed = proto::decode::<Submit>(&d.data).map_err(|e| {
             let field = match &e {
                 proto::DecodeError::Invalid { field, .. } => Some(field.clone()),
@@ -147,7 +196,7 @@ async fn handle_batch(
                     id: JobId::new(),
                     idempotency_key: key,
                     job,
-                    owner: fleet_shared::auth::Principal::amqp_intake(),
+                    owner,
                 });
                 accepted_from.push(d);
             }
@@ -218,6 +267,75 @@ async fn handle_batch(
         }
     }
     Handled::Publish(out)
+}
+
+/// Why a submission's token was refused: the reply's error code and message.
+#[derive(Debug, Clone)]
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+/// The lookup of a token failed for a passing reason (the database).
+#[derive(Debug)]
+struct LookupFailed(String);
+
+impl std::fmt::Display for LookupFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fleet_shared::error::Transience for LookupFailed {
+    fn is_transient(&self) -> bool {
+        true
+    }
+}
+
+/// Who submits with the `authorization` header `header`: its token's holder when that
+/// may submit, else why not. Retries while the database cannot answer; `None` on
+/// shutdown.
+async fn submitter_of(
+    intake: &Intake<'_>,
+    header: Option<&str>,
+    token: &CancellationToken,
+) -> Option<Result<Principal, Refusal>> {
+    let Some(header) = header else {
+        return Some(Err(Refusal {
+            code: "unauthenticated",
+            message: format!(
+                "no API token: a submit message carries the header `{}: Bearer <token>`",
+                proto::SUBMIT_TOKEN_HEADER
+            ),
+        }));
+    };
+    let looked = svc::retry("checking a submission's token", token, || async {
+        match intake.auth.principal(intake.pool, Some(header)).await {
+            Ok(who) => Ok(Ok(who)),
+            Err(ApiError::Unauthenticated) => Ok(Err(Refusal {
+                code: "unauthenticated",
+                message: format!(
+                    "the API token in `{}` is unknown or revoked (the value is `Bearer <token>`)",
+                    proto::SUBMIT_TOKEN_HEADER
+                ),
+            })),
+            Err(e) => Err(LookupFailed(format!("{e:?}"))),
+        }
+    })
+    .await?;
+    let Ok(decided) = looked else {
+        return None;
+    };
+    Some(decided.and_then(|who| {
+        if who.role.allows(Permission::Submit) {
+            Ok(who)
+        } else {
+            Err(Refusal {
+                code: "forbidden",
+                message: format!("a {} token may not submit jobs", who.role.as_str()),
+            })
+        }
+    }))
 }
 
 async fn insert(

@@ -51,19 +51,22 @@ pub async fn run(
     let (pool, health) = svc::db_and_health(&cfg)?;
     // The intake's broker session, shared with the API for control messages.
     let (publisher, _) = tokio::sync::watch::channel(None);
+    // One token cache for the API and the AMQP intake: a revocation clears both.
+    let auth = std::sync::Arc::new(auth::Authenticator::new(&cfg.auth));
     let intake = tokio::spawn({
-        let (cfg, pool, health, publisher, token) = (
+        let (cfg, pool, health, publisher, token, auth) = (
             cfg.clone(),
             pool.clone(),
             health.clone(),
             publisher.clone(),
             token.clone(),
+            auth.clone(),
         );
         async move {
             let migrated = svc::migrate(&cfg, &pool, &health, &token).await;
             match migrated {
                 Ok(true) => {
-                    intake::run(cfg, pool, health, publisher, token).await;
+                    intake::run(cfg, pool, health, auth, publisher, token).await;
                     Ok(())
                 }
                 Ok(false) => Ok(()),
@@ -88,7 +91,7 @@ pub async fn run(
             .await
         }
     });
-    let state = state::AppState::new(&cfg, pool, health.clone(), publisher, logs_changed);
+    let state = state::AppState::new(&cfg, pool, health.clone(), auth, publisher, logs_changed);
     let router = routes::router(state).merge(http::health_routes(health));
     let served = http::serve(listener, router, token.clone()).await;
     token.cancel();

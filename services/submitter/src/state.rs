@@ -19,7 +19,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     pool: Pool,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     max_body: usize,
     /// An executor silent this long shows as not alive, its tasks as `unknown`.
     silent_after_secs: f64,
@@ -47,6 +47,7 @@ impl AppState {
         cfg: &Config,
         pool: Pool,
         health: Health,
+        auth: Arc<Authenticator>,
         publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
         logs_changed: tokio::sync::watch::Sender<u64>,
     ) -> Self {
@@ -59,7 +60,7 @@ impl AppState {
             ),
             pool,
             schema: cfg.database.schema.clone(),
-            auth: Authenticator::new(&cfg.auth),
+            auth,
             max_body: cfg.submitter.max_body_bytes,
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
             history_secs: cfg.metrics.history_secs,

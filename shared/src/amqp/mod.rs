@@ -952,6 +952,15 @@ pub fn dead_letter(n: &Names, d: &Delivery, source: &str, reason: &str, detail: 
 
 /// A dead letter for part of a delivery (one result of a `results` list, say): `body`
 /// instead of the delivery's, with the delivery's properties and the same headers.
+/// A header of a delivery as text, if it is a string.
+pub fn header_text(d: &Delivery, name: &str) -> Option<String> {
+    match d.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+        _ => None,
+    }
+}
+
 pub fn dead_letter_body(
     n: &Names,
     d: &Delivery,
@@ -961,6 +970,19 @@ pub fn dead_letter_body(
     body: Vec<u8>,
 ) -> Outgoing {
     let mut headers = d.properties.headers().clone().unwrap_or_default();
+    // A token is not kept where whoever reads the dead letters would find it.
+    if headers
+        .inner()
+        .contains_key(crate::proto::SUBMIT_TOKEN_HEADER)
+    {
+        let kept: std::collections::BTreeMap<_, _> = headers
+            .inner()
+            .iter()
+            .filter(|(k, _)| k.as_str() != crate::proto::SUBMIT_TOKEN_HEADER)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        headers = FieldTable::from(kept);
+    }
     headers.insert(
         "x-fleet-reason".into(),
         AMQPValue::LongString(reason.into()),
