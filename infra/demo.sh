@@ -229,6 +229,11 @@ if [[ -z "${FLEET_AUTH__ADMIN_TOKEN:-}" ]]; then
 fi
 export FLEET_AUTH__ADMIN_TOKEN
 export FLEET_TOKEN="$FLEET_AUTH__ADMIN_TOKEN"
+# The key that seals secret env values (the submitter seals, the dispatcher opens).
+if [[ -z "${FLEET_SECRETS__KEY:-}" ]]; then
+    FLEET_SECRETS__KEY="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+fi
+export FLEET_SECRETS__KEY
 say "AMQP prefix '$PREFIX', database fleet (schema public), API $FLEET_ADDR"
 
 start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE"

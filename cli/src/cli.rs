@@ -614,9 +614,17 @@ pub struct TaskOptions {
     #[arg(long = "label", value_name = "K=V", value_parser = jobspec::parse_key_value)]
     pub labels: Vec<(String, String)>,
 
-    /// Environment variable for the command (repeatable)
+    /// Environment variable for the command (repeatable). Names that look secret
+    /// (*PASSWORD*, *TOKEN*, *_KEY, ... per the server's secrets.env_patterns) are kept
+    /// as secrets
     #[arg(long = "env", value_name = "K=V", value_parser = jobspec::parse_key_value)]
     pub env: Vec<(String, String)>,
+
+    /// Secret environment variable (repeatable): stored encrypted, never shown or
+    /// logged. `K` alone takes the value of K in this shell's environment, so that it
+    /// appears in no command line
+    #[arg(long = "secret-env", value_name = "K[=V]", value_parser = jobspec::parse_secret)]
+    pub secret_env: Vec<(String, Option<String>)>,
 
     /// Working directory on the executor
     #[arg(long, value_name = "DIR")]

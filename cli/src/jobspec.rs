@@ -18,9 +18,41 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// Parses a `--secret-env` value: `K=V`, or `K` alone (its value is then read from the
+/// caller's environment, by [`resolve_secrets`]).
+pub fn parse_secret(text: &str) -> Result<(String, Option<String>), String> {
+    match text.split_once('=') {
+        Some(_) => parse_key_value(text).map(|(k, v)| (k, Some(v))),
+        None if text.is_empty() => Err("empty name".into()),
+        None => Ok((text.to_string(), None)),
+    }
+}
+
+/// The values of `--secret-env` flags: given, or looked up with `lookup` (the
+/// environment) for a name given alone; an unset one is an error naming it.
+pub fn resolve_secrets(
+    flags: &[(String, Option<String>)],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    flags
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => Ok((k.clone(), v.clone())),
+            None => lookup(k)
+                .map(|v| (k.clone(), v))
+                .ok_or_else(|| format!("--secret-env {k}: {k} is not set in this environment")),
+        })
+        .collect()
+}
+
 /// Builds a one-task job from a command line. `stdin` is the already-read contents of
 /// `--stdin-file`, kept out of here so this stays free of I/O.
-pub fn build_job(opts: &TaskOptions, argv: &[String], stdin: Option<String>) -> JobSpec {
+pub fn build_job(
+    opts: &TaskOptions,
+    argv: &[String],
+    stdin: Option<String>,
+    secret_env: BTreeMap<String, String>,
+) -> JobSpec {
     JobSpec {
         name: opts.name.clone(),
         tasks: vec![TaskSpec {
@@ -30,6 +62,7 @@ pub fn build_job(opts: &TaskOptions, argv: &[String], stdin: Option<String>) -> 
             argv: argv.to_vec(),
             // Repeated keys: the last one wins, as with shells and `docker run -e`.
             env: to_map(&opts.env),
+            env_secret: secret_env,
             cwd: opts.cwd.clone(),
             stdin,
             timeout_secs: opts.timeout_secs,
@@ -69,7 +102,12 @@ mod tests {
 
     #[test]
     fn minimal_command_gives_only_argv() -> Result<(), serde_json::Error> {
-        let job = build_job(&TaskOptions::default(), &["true".to_string()], None);
+        let job = build_job(
+            &TaskOptions::default(),
+            &["true".to_string()],
+            None,
+            BTreeMap::new(),
+        );
         assert_eq!(
             serde_json::to_value(&job)?,
             json!({"tasks": [{"argv": ["true"]}]})
@@ -84,6 +122,7 @@ mod tests {
             group: Some("cpu".into()),
             labels: vec![kv("arch", "x86_64")],
             env: vec![kv("A", "1"), kv("B", "2"), kv("A", "3")],
+            secret_env: Vec::new(),
             cwd: Some("/src".into()),
             timeout_secs: Some(600),
             priority: Some(-5),
@@ -93,7 +132,7 @@ mod tests {
             quorum: Some(3),
         };
         let argv = ["make".to_string(), "-j4".to_string()];
-        let job = build_job(&opts, &argv, Some("input".into()));
+        let job = build_job(&opts, &argv, Some("input".into()), BTreeMap::new());
         assert_eq!(
             serde_json::to_value(&job)?,
             json!({
@@ -115,5 +154,23 @@ mod tests {
             })
         );
         Ok(())
+    }
+
+    #[test]
+    fn a_secret_flag_takes_its_value_or_the_environments() {
+        assert_eq!(parse_secret("A=b=c"), Ok(("A".into(), Some("b=c".into()))));
+        assert_eq!(parse_secret("A"), Ok(("A".into(), None)));
+        assert!(parse_secret("").is_err());
+        assert!(parse_secret("=x").is_err());
+        let env = |k: &str| (k == "FROM_ENV").then(|| "shh".to_string());
+        let flags = vec![
+            ("GIVEN".into(), Some("v".into())),
+            ("FROM_ENV".into(), None),
+        ];
+        let got = resolve_secrets(&flags, env).expect("resolved");
+        assert_eq!(got.get("FROM_ENV").map(String::as_str), Some("shh"));
+        assert_eq!(got.get("GIVEN").map(String::as_str), Some("v"));
+        let unset = resolve_secrets(&[("NOPE".into(), None)], env).expect_err("unset");
+        assert!(unset.contains("NOPE"), "{unset}");
     }
 }

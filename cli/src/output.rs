@@ -629,6 +629,9 @@ pub fn render_job_spec(job: &JobView, now: DateTime<Utc>) -> String {
                     .collect();
                 lines.push(format!("      env: {}", e.join(" ")));
             }
+            if !s.env_secret.is_empty() {
+                lines.push(format!("      secret env: {}", s.env_secret.join(" ")));
+            }
             if !s.depends_on.is_empty() {
                 lines.push(format!("      after: {}", s.depends_on.join(", ")));
             }

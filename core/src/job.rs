@@ -130,6 +130,11 @@ pub struct TaskSpec {
     pub argv: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secret: stored encrypted, given to the
+    /// command like `env`, never shown by the API nor logged. A variable of `env` whose
+    /// name matches `secrets.env_patterns` is treated the same.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_secret: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +190,8 @@ pub struct ValidTask {
     pub name: String,
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The secret variables, in clear: in memory only, sealed before they are stored.
+    pub env_secret: BTreeMap<String, String>,
     pub cwd: Option<String>,
     pub stdin: Option<String>,
     pub timeout: Duration,
@@ -245,6 +252,7 @@ fn request_fits(t: &TaskSpec) -> Result<(), (&'static str, usize)> {
     let parts = [
         ("argv", json_len(&t.argv)),
         ("env", json_len(&t.env)),
+        ("env_secret", json_len(&t.env_secret)),
         ("cwd", t.cwd.as_ref().map_or(0, json_len)),
         ("stdin", t.stdin.as_ref().map_or(0, json_len)),
     ];
@@ -329,12 +337,20 @@ impl TaskSpec {
         for (j, arg) in self.argv.iter().enumerate() {
             no_nul(&f(&format!("argv[{j}]")), arg)?;
         }
-        for (k, v) in &self.env {
-            if k.is_empty() || k.contains('=') {
-                return Err(bad(f("env"), format!("bad variable name {k:?}")));
+        for (field, vars) in [("env", &self.env), ("env_secret", &self.env_secret)] {
+            for (k, v) in vars {
+                if k.is_empty() || k.contains('=') {
+                    return Err(bad(f(field), format!("bad variable name {k:?}")));
+                }
+                no_nul(&f(field), k)?;
+                no_nul(&f(field), v)?;
             }
-            no_nul(&f("env"), k)?;
-            no_nul(&f("env"), v)?;
+        }
+        if let Some(k) = self.env_secret.keys().find(|k| self.env.contains_key(*k)) {
+            return Err(bad(
+                f("env_secret"),
+                format!("{k:?} is in env too: give it once"),
+            ));
         }
         if let Some(cwd) = &self.cwd {
             if cwd.is_empty() {
@@ -439,6 +455,7 @@ impl TaskSpec {
             name: name.to_owned(),
             argv: self.argv.clone(),
             env: self.env.clone(),
+            env_secret: self.env_secret.clone(),
             cwd: self.cwd.clone(),
             stdin: self.stdin.clone(),
             timeout: Duration::from_secs(timeout_secs),
@@ -452,6 +469,57 @@ impl TaskSpec {
             retry,
         })
     }
+}
+
+impl ValidJob {
+    /// Moves each `env` variable whose name `is_secret` says is secret into `env_secret`.
+    pub fn mark_secrets(&mut self, is_secret: impl Fn(&str) -> bool) {
+        for t in &mut self.tasks {
+            let names: Vec<String> = t.env.keys().filter(|k| is_secret(k)).cloned().collect();
+            for k in names {
+                if let Some(v) = t.env.remove(&k) {
+                    t.env_secret.insert(k, v);
+                }
+            }
+        }
+    }
+
+    /// The field of the first task with a secret variable, if any.
+    pub fn first_secret(&self) -> Option<String> {
+        self.tasks
+            .iter()
+            .position(|t| !t.env_secret.is_empty())
+            .map(|i| format!("tasks[{i}].env_secret"))
+    }
+}
+
+/// Whether a variable's name matches one of `patterns`: `*` stands for any run of
+/// characters, and case does not count (`*PASSWORD*` matches `db_password`).
+pub fn name_matches(name: &str, patterns: &[String]) -> bool {
+    patterns.iter().any(|p| glob(p.as_bytes(), name.as_bytes()))
+}
+
+/// Wildcard matching with `*` only, case-insensitive, in O(pattern x name): on a
+/// mismatch, go back to the last `*` and let it take one more character.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi].eq_ignore_ascii_case(&s[si]) {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
 }
 
 /// Kahn's algorithm: a cycle would leave its tasks waiting forever.
@@ -730,5 +798,49 @@ mod tests {
             assert_eq!(err.field, field, "{notify}");
             assert!(err.message.contains(says), "{notify}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn secret_names_match_their_patterns_whatever_the_case() {
+        let p: Vec<String> = ["*PASSWORD*", "*_KEY", "TOKEN"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for yes in [
+            "PASSWORD",
+            "db_password",
+            "MY_PASSWORD_2",
+            "AWS_SECRET_KEY",
+            "token",
+        ] {
+            assert!(name_matches(yes, &p), "{yes}");
+        }
+        for no in ["PASS", "KEYS", "MY_KEY_ID", "TOKENS", "", "HOME"] {
+            assert!(!name_matches(no, &p), "{no}");
+        }
+        assert!(name_matches("", &["*".to_string()]));
+        assert!(name_matches("abcabd", &["a*bd".to_string()]));
+        assert!(!name_matches("abcabe", &["a*bd".to_string()]));
+    }
+
+    #[test]
+    fn secret_variables_are_kept_apart_and_given_once() {
+        let mut t = task(&["true"]);
+        t.env = BTreeMap::from([
+            ("DB_PASSWORD".into(), "x".into()),
+            ("HOME".into(), "/".into()),
+        ]);
+        t.env_secret = BTreeMap::from([("API".into(), "y".into())]);
+        let mut valid = job(vec![t.clone()]).validate().expect("valid");
+        assert_eq!(valid.first_secret().as_deref(), Some("tasks[0].env_secret"));
+        valid.mark_secrets(|k| name_matches(k, &["*PASSWORD*".to_string()]));
+        let v = &valid.tasks[0];
+        assert_eq!(v.env.keys().collect::<Vec<_>>(), ["HOME"]);
+        assert_eq!(
+            v.env_secret.keys().collect::<Vec<_>>(),
+            ["API", "DB_PASSWORD"]
+        );
+        t.env_secret.insert("HOME".into(), "z".into());
+        assert_eq!(field_of(job(vec![t])), "tasks[0].env_secret");
     }
 }

@@ -39,6 +39,49 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub webhooks: WebhooksConfig,
     pub metrics: MetricsConfig,
+    pub secrets: SecretsConfig,
+}
+
+/// Secret environment values (docs/design.md, "Secrets").
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// The key that seals secret env values at rest: 64 hex digits (`openssl rand -hex
+    /// 32`), the same on the submitter (which seals) and the dispatcher (which opens).
+    /// Without one, a job with a secret value is refused.
+    pub key: Option<String>,
+    /// Names of `env` variables whose values are treated as secret (`*` for any run of
+    /// characters, case ignored), as if given in `env_secret`.
+    pub env_patterns: Vec<String>,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            env_patterns: [
+                "*PASSWORD*",
+                "*PASSWD*",
+                "*SECRET*",
+                "*TOKEN*",
+                "*CREDENTIAL*",
+                "*_KEY",
+                "*PRIVATE_KEY*",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsConfig")
+            .field("key", &self.key.as_ref().map(|_| "<set>"))
+            .field("env_patterns", &self.env_patterns)
+            .finish()
+    }
 }
 
 /// Fleet's own gauges, which the collector publishes (docs/design.md, "Metrics").
@@ -398,6 +441,7 @@ impl Config {
             .list_separator(",")
             .with_list_parse_key("executor.groups")
             .with_list_parse_key("executor.labels")
+            .with_list_parse_key("secrets.env_patterns")
             .source(Some(vars));
         let cfg: Config = builder.add_source(env_source).build()?.try_deserialize()?;
         cfg.validate()?;
@@ -490,6 +534,8 @@ impl Config {
                  default_executor_capacity, history_secs and history_hours must be positive",
             ));
         }
+        crate::secrets::from_config(&self.secrets)
+            .map_err(|e| invalid("secrets.key", e.to_string()))?;
         if self.retention.interval_secs == 0 {
             return Err(invalid("retention.interval_secs", "must be positive"));
         }

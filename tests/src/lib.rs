@@ -76,6 +76,12 @@ pub fn test_config(name: &str) -> Config {
     cfg.executor.info_interval_ms = 200;
     cfg.executor.drain_timeout_secs = 5;
     cfg.auth.admin_token = Some(format!("admin-token-of-{name}"));
+    // Each fleet its own key for secret env values.
+    cfg.secrets.key = Some(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ));
     cfg
 }
 
@@ -1082,6 +1088,12 @@ impl TestFleet {
             .env(
                 "FLEET_AUTH__ADMIN_TOKEN",
                 c.auth.admin_token.clone().unwrap_or_default(),
+            )
+            .envs(
+                c.secrets
+                    .key
+                    .iter()
+                    .map(|k| ("FLEET_SECRETS__KEY", k.as_str())),
             )
             // FLEET_TEST_LOG sets the services' log filter (RUST_LOG's syntax).
             .env(

@@ -106,7 +106,7 @@ async fn pages_visit_each_job_once_filters_narrow_and_a_submitter_sees_its_own()
             4 => "lab",
             _ => "idle",
         };
-        let mut task = json!({"argv": ["true"], "group": group, "env": {"SECRET": "s3"}});
+        let mut task = json!({"argv": ["true"], "group": group, "env": {"COLOUR": "blue"}});
         if i % 3 == 0 {
             task["labels"] = json!({"gpu": "yes"});
         }
@@ -302,7 +302,7 @@ async fn pages_visit_each_job_once_filters_narrow_and_a_submitter_sees_its_own()
     assert_eq!(spec["argv"], json!(["true"]), "{own}");
     assert_eq!(
         spec["env"],
-        json!({"SECRET": "s3"}),
+        json!({"COLOUR": "blue"}),
         "the owner sees env values"
     );
     assert_eq!(spec["group"], "lab.x");
@@ -315,7 +315,7 @@ async fn pages_visit_each_job_once_filters_narrow_and_a_submitter_sees_its_own()
     assert_eq!(s, 200);
     assert_eq!(
         seen_by_reader["tasks"][0]["spec"]["env"],
-        json!({"SECRET": null}),
+        json!({"COLOUR": null}),
         "a reader sees env names only"
     );
     let as_reader = list_all(&fleet, &reader, "", 1000).await?;

@@ -128,7 +128,7 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
                         {"name": "b", "argv": ["true"], "depends_on": ["a"]}]))?,
         owner: fleet_shared::auth::Principal::bootstrap_admin(),
     });
-    submit::insert_jobs(&client, schema, &jobs).await?;
+    submit::insert_jobs(&client, schema, &jobs, None).await?;
     submit::insert_jobs(
         &client,
         schema,
@@ -141,6 +141,7 @@ async fn cycle(pool: &db::Pool, schema: &str, round: usize) -> Result<()> {
                 owner: fleet_shared::auth::Principal::bootstrap_admin(),
             })
             .collect::<Vec<_>>(),
+        None,
     )
     .await?;
 
@@ -398,7 +399,7 @@ async fn hot_statements_never_scan_a_table_that_grows_with_history() -> Result<(
                     .collect::<Result<_>>()?;
                 let pooled = pool.get().await?;
                 for chunk in jobs.chunks(1000) {
-                    submit::insert_jobs(&pooled, &cfg.database.schema, chunk).await?;
+                    submit::insert_jobs(&pooled, &cfg.database.schema, chunk, None).await?;
                 }
                 client.batch_execute("ANALYZE").await?;
             }

@@ -120,3 +120,179 @@ async fn with_broker_auth_a_publisher_submits_without_a_token_as_the_intake() ->
     assert_eq!(view["submitted_by"]["name"], "amqp-intake", "{view}");
     fleet.shutdown().await
 }
+
+/// The hex of a string's bytes, as `od -An -tx1` prints them (spaces and newlines taken
+/// out): what the task prints to show it got a value, without printing the value.
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_env_value_is_never_shown_logged_or_stored_in_clear() -> Result<()> {
+    use fleet_tests::{ExecutorSpec, InProcess};
+    // Every service a process of its own, logging at debug, to read what each wrote.
+    let none = InProcess {
+        submitter: false,
+        dispatcher: false,
+        collector: false,
+    };
+    let mut fleet = TestFleet::start_opts("secrets", none, |_| {}).await?;
+    let debug = "debug,lapin=off,tokio_postgres=info,hyper=info,reqwest=info".to_owned();
+    let addr = fleet_tests::free_addr()?;
+    let mut procs = vec![fleet.spawn_process(
+        env!("CARGO_BIN_EXE_fleet-test-submitter"),
+        "submitter",
+        &[
+            ("FLEET_HTTP__ADDR", addr.clone()),
+            ("RUST_LOG", debug.clone()),
+        ],
+    )?];
+    fleet.api = format!("http://{addr}");
+    fleet.wait_api_ready().await?;
+    for (bin, id) in [
+        (env!("CARGO_BIN_EXE_fleet-test-dispatcher"), "dispatcher"),
+        (env!("CARGO_BIN_EXE_fleet-test-collector"), "collector"),
+    ] {
+        procs.push(fleet.spawn_process(bin, id, &[("RUST_LOG", debug.clone())])?);
+    }
+    procs.push(fleet.spawn_executor_process_with(
+        env!("CARGO_BIN_EXE_fleet-test-executor"),
+        ExecutorSpec::new("sec-1", &["cpu"], 1),
+        &[("RUST_LOG", debug.clone())],
+    )?);
+    fleet.wait_executors(&["sec-1"]).await?;
+
+    // One value given as secret, one secret by its name (DB_PASSWORD), one plain.
+    let given = format!("given-{}", uuid::Uuid::new_v4().simple());
+    let named = format!("named-{}", uuid::Uuid::new_v4().simple());
+    let script = r#"printf %s "$API_CRED" | od -An -tx1 | tr -d ' \n'; printf :
+                    printf %s "$DB_PASSWORD" | od -An -tx1 | tr -d ' \n'; printf ":%s" "$PLAIN""#;
+    let job = fleet
+        .submit(&json!({"name": "with-secrets", "tasks": [{
+            "name": "uses", "group": "cpu", "argv": ["sh", "-c", script],
+            "env": {"DB_PASSWORD": named, "PLAIN": "visible"},
+            "env_secret": {"API_CRED": given}}]}))
+        .await?;
+    assert_eq!(
+        fleet.wait_job(job, Duration::from_secs(60)).await?.state,
+        "succeeded"
+    );
+    let results = fleet.results(job).await?;
+    let stdout = results.results[0].stdout.clone();
+    assert_eq!(
+        stdout,
+        format!("{}:{}:visible", hex(&given), hex(&named)),
+        "the command got both secret values"
+    );
+
+    // No API answer holds them, even to an admin; the names are listed.
+    let mut answers = Vec::new();
+    for path in [
+        format!("/v1/jobs/{job}"),
+        "/v1/jobs".to_owned(),
+        format!("/v1/jobs/{job}/results"),
+        format!("/v1/events?job={job}"),
+        format!("/v1/jobs/{job}/tasks/uses/logs"),
+    ] {
+        let (status, body) = fleet.call(Method::GET, &path, None).await?;
+        assert_eq!(status, 200, "{path}: {body}");
+        answers.push((path, body));
+    }
+    let view = &answers[0].1;
+    let spec = &view["tasks"][0]["spec"];
+    assert_eq!(spec["env"], json!({"PLAIN": "visible"}), "{view}");
+    assert_eq!(
+        spec["env_secret"],
+        json!(["API_CRED", "DB_PASSWORD"]),
+        "{view}"
+    );
+    for (path, body) in &answers {
+        let text = body.to_string();
+        assert!(
+            !text.contains(&given) && !text.contains(&named),
+            "{path}: {text}"
+        );
+    }
+
+    // No column of any table holds them in clear.
+    let client = fleet.pool.get().await?;
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = $1 AND table_type = 'BASE TABLE'",
+            &[&fleet.cfg.database.schema],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.iter().any(|t| t == "tasks"), "{tables:?}");
+    for t in &tables {
+        let n: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM \"{t}\" x WHERE x::text LIKE '%' || $1 || '%'
+                     OR x::text LIKE '%' || $2 || '%'"
+                ),
+                &[&given, &named],
+            )
+            .await?
+            .get(0);
+        assert_eq!(n, 0, "table {t} holds a secret in clear");
+    }
+    let sealed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM tasks WHERE env_secret IS NOT NULL AND NOT env ? 'DB_PASSWORD'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(sealed, 1, "stored sealed, apart from env");
+
+    // No log line of any service holds them.
+    for p in &procs {
+        let log = p.log_text();
+        assert!(!log.is_empty(), "{}: no log", p.id);
+        assert!(
+            !log.contains(&given) && !log.contains(&named),
+            "{} logged a secret:\n{log}",
+            p.id
+        );
+    }
+    for p in procs {
+        p.kill().await?;
+    }
+    drop(client);
+    fleet.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_a_secret_value_is_refused_naming_the_field() -> Result<()> {
+    let fleet = TestFleet::start_with("nokey", |c| c.secrets.key = None).await?;
+    for (task, field) in [
+        (
+            json!({"argv": ["true"], "env_secret": {"API": "x"}}),
+            "tasks[0].env_secret",
+        ),
+        (
+            json!({"argv": ["true"], "env": {"GITHUB_TOKEN": "x"}}),
+            "tasks[0].env_secret",
+        ),
+    ] {
+        let (status, body) = fleet.post_job(&json!({"tasks": [task]}), None).await?;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("secrets.key"), "{body}");
+    }
+    // Plain values need no key.
+    let (status, body) = fleet
+        .post_job(
+            &json!({"tasks": [{"argv": ["true"], "env": {"HOME": "/"}}]}),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(fleet.count("SELECT count(*) FROM jobs").await?, 1);
+    fleet.shutdown().await
+}

@@ -36,8 +36,8 @@ async fn a_batch_written_again_is_stored_once_and_answered_as_created() -> Resul
         new_job(Some("k-2"))?,
         new_job(Some("k-2"))?,
     ];
-    let first = submit::insert_jobs(&client, schema, &jobs).await?;
-    let again = submit::insert_jobs(&client, schema, &jobs).await?;
+    let first = submit::insert_jobs(&client, schema, &jobs, None).await?;
+    let again = submit::insert_jobs(&client, schema, &jobs, None).await?;
     assert_eq!(first, again, "the same answer the second time");
     for (i, t) in first.iter().take(4).enumerate() {
         assert!(t.created, "job {i} created");

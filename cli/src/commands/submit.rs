@@ -26,7 +26,10 @@ pub async fn run(client: &Client, args: SubmitArgs, format: Output) -> Result<u8
                 Some(path) => Some(read_stdin_file(path)?),
                 None => None,
             };
-            let job = build_job(&args.task, &args.command, stdin);
+            let secrets =
+                crate::jobspec::resolve_secrets(&args.task.secret_env, |k| std::env::var(k).ok())
+                    .map_err(|e| CliError::Other(anyhow::anyhow!(e)))?;
+            let job = build_job(&args.task, &args.command, stdin, secrets);
             serde_json::to_value(&job).context("could not encode the job as JSON")?
         }
     };

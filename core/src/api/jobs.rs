@@ -116,6 +116,9 @@ pub struct SubmittedBy {
 pub struct TaskSpecView {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, Option<String>>,
+    /// The names of its secret variables: their values are never shown, to anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_secret: Vec<String>,
     pub cwd: Option<String>,
     pub group: String,
     pub labels: BTreeMap<String, String>,

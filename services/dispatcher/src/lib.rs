@@ -122,6 +122,10 @@ pub struct Dispatcher {
     next_flush: Instant,
     next_registry: Instant,
     next_retry: Instant,
+    /// Opens tasks' secret env values (`secrets.key`).
+    secrets: Option<fleet_shared::secrets::SecretBox>,
+    /// When a task whose secrets do not open was last logged (once a minute at most).
+    secrets_warned: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -148,10 +152,37 @@ impl Dispatcher {
             next_flush: now,
             next_registry: now,
             next_retry: now,
+            secrets: fleet_shared::secrets::from_config(&cfg.secrets)
+                .ok()
+                .flatten(),
+            secrets_warned: None,
             cfg,
             pool,
             names,
         }
+    }
+
+    /// Opens each row's secret env values; a row whose secrets do not open is left out
+    /// (its task stays ready, and the error is logged once a minute at most).
+    fn open_secrets<'r>(
+        &mut self,
+        rows: impl Iterator<Item = &'r mut dispatch::ReadyRow>,
+    ) -> Vec<fleet_shared::id::TaskId> {
+        let mut failed = Vec::new();
+        for row in rows {
+            if let Err(e) = plan::open_secrets(row, self.secrets.as_ref()) {
+                failed.push(row.id);
+                if self
+                    .secrets_warned
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    self.secrets_warned = Some(Instant::now());
+                    tracing::error!(task_id = %row.id, job_id = %row.job_id, error = %e,
+                        "a task's secret env values do not open: it waits until they do");
+                }
+            }
+        }
+        failed
     }
 
     fn lease(&self) -> Duration {
@@ -473,12 +504,15 @@ impl Dispatcher {
             let first = cursor.is_none();
             let servable = policy::servable_groups(views, window);
             let groups: Vec<&str> = servable.iter().map(GroupName::as_str).collect();
-            let page = dispatch::ready_page(&client, &groups, cursor, limit).await?;
+            let mut page = dispatch::ready_page(&client, &groups, cursor, limit).await?;
             let Some(last) = page.last() else {
                 exhausted = true;
                 break;
             };
             cursor = Some((last.priority, last.seq));
+            let read = page.len();
+            let failed = self.open_secrets(page.iter_mut());
+            page.retain(|r| !failed.contains(&r.id));
             if first {
                 backlog = plan::backlog(page.len(), limit);
             }
@@ -493,7 +527,7 @@ impl Dispatcher {
             );
             unplaced |= placed.len() < page.len();
             planned.extend(placed);
-            if (page.len() as i64) < limit {
+            if (read as i64) < limit {
                 exhausted = true;
                 break;
             }
@@ -816,7 +850,15 @@ impl Dispatcher {
             return Ok(());
         }
         let ids: Vec<_> = pinned.iter().map(|(t, _)| *t).collect();
-        let rows = dispatch::task_rows(&client, &ids).await?;
+        let mut rows = dispatch::task_rows(&client, &ids).await?;
+        let failed = self.open_secrets(rows.values_mut());
+        let pinned: Vec<_> = pinned
+            .into_iter()
+            .filter(|(t, _)| !failed.contains(t))
+            .collect();
+        if pinned.is_empty() {
+            return Ok(());
+        }
         let Some(epoch) = self.leader.current().map(|l| l.epoch) else {
             return Err(Error::LostLeadership);
         };

@@ -73,6 +73,33 @@ pub fn plan(
         .collect()
 }
 
+/// Opens a row's sealed secret env values into its `env` (the request carries them
+/// like the others); without a key, or with another one, says why not.
+pub fn open_secrets(
+    row: &mut ReadyRow,
+    sealer: Option<&fleet_shared::secrets::SecretBox>,
+) -> Result<(), fleet_shared::secrets::SecretError> {
+    let Some(sealed) = row.env_secret.take() else {
+        return Ok(());
+    };
+    let Some(b) = sealer else {
+        row.env_secret = Some(sealed);
+        return Err(fleet_shared::secrets::SecretError::BadKey(
+            "not set on this dispatcher, and a task has secret env values".into(),
+        ));
+    };
+    match b.open(row.id.uuid(), &sealed) {
+        Ok(secret) => {
+            row.env.extend(secret);
+            Ok(())
+        }
+        Err(e) => {
+            row.env_secret = Some(sealed);
+            Err(e)
+        }
+    }
+}
+
 /// The request for one attempt of a task.
 pub fn request(row: &ReadyRow, attempt: i32, lease_deadline: DateTime<Utc>) -> Request {
     Request {
@@ -153,6 +180,7 @@ pub(crate) mod tests {
             labels: BTreeMap::new(),
             each: false,
             attempts,
+            env_secret: None,
         }
     }
 
@@ -283,5 +311,29 @@ pub(crate) mod tests {
         let mut draining = executor("b", "cpu", 4, 0);
         draining.draining = true;
         assert!(plan_at(&ready, &mut [draining], 0, Utc::now()).is_empty());
+    }
+
+    #[test]
+    fn secrets_open_into_the_request_env_only_with_the_key() {
+        let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        let b = fleet_shared::secrets::SecretBox::from_hex(key).expect("key");
+        let mut r = row(0, 1, 0, "default");
+        r.env.insert("HOME".into(), "/".into());
+        let secret = BTreeMap::from([("API_TOKEN".to_string(), "s3cret".to_string())]);
+        r.env_secret = Some(b.seal(r.id.uuid(), &secret));
+        let mut without = r.clone();
+        assert!(open_secrets(&mut without, None).is_err());
+        assert!(without.env_secret.is_some(), "kept sealed");
+        let mut moved = r.clone();
+        moved.id = TaskId::new();
+        assert!(
+            open_secrets(&mut moved, Some(&b)).is_err(),
+            "bound to its task"
+        );
+        open_secrets(&mut r, Some(&b)).expect("opens");
+        let req = request(&r, 1, Utc::now());
+        assert_eq!(req.env.get("API_TOKEN").map(String::as_str), Some("s3cret"));
+        assert_eq!(req.env.get("HOME").map(String::as_str), Some("/"));
+        assert_eq!(r.env_secret, None);
     }
 }

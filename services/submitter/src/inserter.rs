@@ -33,6 +33,8 @@ struct Pending {
 pub struct Inserter {
     pool: Pool,
     schema: String,
+    /// Seals secret env values (`secrets.key`).
+    sealer: Option<fleet_shared::secrets::SecretBox>,
     queue: Arc<Mutex<Vec<Pending>>>,
     next_id: Arc<AtomicU64>,
     writers: Arc<Semaphore>,
@@ -41,10 +43,16 @@ pub struct Inserter {
 
 impl Inserter {
     /// `wait`: how long a request may wait for a writer and its connection.
-    pub fn new(pool: Pool, schema: String, wait: Duration) -> Self {
+    pub fn new(
+        pool: Pool,
+        schema: String,
+        sealer: Option<fleet_shared::secrets::SecretBox>,
+        wait: Duration,
+    ) -> Self {
         Self {
             pool,
             schema,
+            sealer,
             queue: Arc::default(),
             next_id: Arc::default(),
             writers: Arc::new(Semaphore::new(WRITERS)),
@@ -110,7 +118,7 @@ impl Inserter {
                 if group.is_empty() {
                     break;
                 }
-                write(&client, &this.schema, group).await;
+                write(&client, &this.schema, this.sealer.as_ref(), group).await;
                 if !this.lock().iter().any(|p| p.id == id) {
                     break;
                 }
@@ -144,12 +152,17 @@ fn stopped() -> DbError {
 
 /// Writes a group in one statement; if that fails, each request alone, so that each gets
 /// its own answer and one bad request cannot fail the others.
-async fn write(client: &Client, schema: &str, group: Vec<Pending>) {
+async fn write(
+    client: &Client,
+    schema: &str,
+    sealer: Option<&fleet_shared::secrets::SecretBox>,
+    group: Vec<Pending>,
+) {
     if group.len() == 1 {
         for p in group {
             let _ = p
                 .reply
-                .send(submit::insert_jobs(client, schema, &p.jobs).await);
+                .send(submit::insert_jobs(client, schema, &p.jobs, sealer).await);
         }
         return;
     }
@@ -161,7 +174,7 @@ async fn write(client: &Client, schema: &str, group: Vec<Pending>) {
         all.extend(p.jobs);
         replies.push(p.reply);
     }
-    match submit::insert_jobs(client, schema, &all).await {
+    match submit::insert_jobs(client, schema, &all, sealer).await {
         Ok(tickets) => {
             let mut rest = tickets.into_iter();
             for (n, reply) in sizes.into_iter().zip(replies) {
@@ -173,7 +186,7 @@ async fn write(client: &Client, schema: &str, group: Vec<Pending>) {
             let mut all = all.into_iter();
             for (n, reply) in sizes.into_iter().zip(replies) {
                 let jobs: Vec<NewJob> = all.by_ref().take(n).collect();
-                let _ = reply.send(submit::insert_jobs(client, schema, &jobs).await);
+                let _ = reply.send(submit::insert_jobs(client, schema, &jobs, sealer).await);
             }
         }
     }

@@ -38,6 +38,7 @@ pub async fn run(
         cfg: &cfg,
         pool: &pool,
         auth: &auth,
+        secrets: fleet_shared::secrets::Policy::from_config(&cfg.secrets),
     };
     while let Some(conn) = sup.connect(&token).await {
         let result = session(&intake, &health, &publisher, &conn, &token).await;
@@ -54,6 +55,7 @@ struct Intake<'a> {
     cfg: &'a Config,
     pool: &'a Pool,
     auth: &'a Authenticator,
+    secrets: fleet_shared::secrets::Policy,
 }
 
 async fn session(
@@ -181,10 +183,11 @@ async fn handle_batch(
             (e.reason(), e.to_string(), field)
         });
         let valid = parsed.and_then(|s| {
-            let job = s
-                .job
-                .validate()
-                .map_err(|f| ("invalid", f.to_string(), Some(format!("job.{}", f.field))))?;
+            let refused = |f: fleet_shared::job::FieldError| {
+                ("invalid", f.to_string(), Some(format!("job.{}", f.field)))
+            };
+            let mut job = s.job.validate().map_err(refused)?;
+            intake.secrets.prepare(&mut job).map_err(refused)?;
             let message_id = d.properties.message_id().as_ref().map(|m| m.as_str());
             let key = idempotency_key(message_id)
                 .map_err(|why| ("invalid", why, Some("message_id".to_owned())))?;
@@ -208,9 +211,10 @@ async fn handle_batch(
     }
     if !jobs.is_empty() {
         let schema = &cfg.database.schema;
+        let sealer = intake.secrets.sealer.as_ref();
         let mut tickets = Vec::with_capacity(jobs.len());
         match svc::retry("recording submitted jobs", token, || {
-            insert(pool, schema, &jobs)
+            insert(pool, schema, sealer, &jobs)
         })
         .await
         {
@@ -223,7 +227,7 @@ async fn handle_batch(
                 for (job, d) in jobs.iter().zip(&accepted_from) {
                     let one = std::slice::from_ref(job);
                     match svc::retry("recording a submitted job", token, || {
-                        insert(pool, schema, one)
+                        insert(pool, schema, sealer, one)
                     })
                     .await
                     {
@@ -341,10 +345,11 @@ async fn submitter_of(
 async fn insert(
     pool: &Pool,
     schema: &str,
+    sealer: Option<&fleet_shared::secrets::SecretBox>,
     jobs: &[submit::NewJob],
 ) -> Result<Vec<submit::Ticket>, DbError> {
     let client = pool.get().await?;
-    submit::insert_jobs(&client, schema, jobs).await
+    submit::insert_jobs(&client, schema, jobs, sealer).await
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ struct Inner {
     broker_admin: Option<BrokerAdmin>,
     /// Writes submissions, grouping those that arrive together into one commit.
     inserter: Inserter,
+    /// Which env values are secret, and the key that seals them.
+    secrets: fleet_shared::secrets::Policy,
     /// The database schema (for the dispatcher's wake-up channel).
     schema: String,
     /// Bumped when the collector stores live output.
@@ -51,13 +53,16 @@ impl AppState {
         publisher: tokio::sync::watch::Sender<Option<fleet_shared::amqp::Publisher>>,
         logs_changed: tokio::sync::watch::Sender<u64>,
     ) -> Self {
+        let secrets = fleet_shared::secrets::Policy::from_config(&cfg.secrets);
         Self(Arc::new(Inner {
             logs_changed,
             inserter: Inserter::new(
                 pool.clone(),
                 cfg.database.schema.clone(),
+                secrets.sealer.clone(),
                 std::time::Duration::from_millis(cfg.database.pool_wait_ms),
             ),
+            secrets,
             pool,
             schema: cfg.database.schema.clone(),
             auth,
@@ -84,6 +89,11 @@ impl AppState {
     /// Writes submissions, grouping those that arrive together into one commit.
     pub fn inserter(&self) -> &Inserter {
         &self.0.inserter
+    }
+
+    /// Which env values are secret, and the key that seals them.
+    pub fn secrets(&self) -> &fleet_shared::secrets::Policy {
+        &self.0.secrets
     }
 
     /// Whether a job is accepted while the broker cannot take work.

@@ -36,7 +36,8 @@ async fn submit_job(
 ) -> Result<Response, ApiError> {
     caller.need(Permission::Submit)?;
     let spec = parse_job(&body).map_err(ApiError::Invalid)?;
-    let job = spec.validate().map_err(ApiError::Invalid)?;
+    let mut job = spec.validate().map_err(ApiError::Invalid)?;
+    s.secrets().prepare(&mut job).map_err(ApiError::Invalid)?;
     // A valid job the fleet cannot start now is refused, not parked: the client is told
     // at once and retries (unless the operator chose to accept without a broker).
     if !s.accept_without_broker() {
@@ -101,10 +102,11 @@ async fn submit_batch(
     }
     let mut new = Vec::with_capacity(batch.jobs.len());
     for (i, item) in batch.jobs.into_iter().enumerate() {
-        let job = item
-            .job
-            .validate()
-            .map_err(|f| invalid(&format!("jobs[{i}].job.{}", f.field), f.message))?;
+        let in_batch = |f: fleet_shared::job::FieldError| {
+            invalid(&format!("jobs[{i}].job.{}", f.field), f.message)
+        };
+        let mut job = item.job.validate().map_err(in_batch)?;
+        s.secrets().prepare(&mut job).map_err(in_batch)?;
         let key = item
             .idempotency_key
             .map(|k| idempotency_key(&format!("jobs[{i}].idempotency_key"), &k))

@@ -27,7 +27,7 @@ pub(crate) const OPEN: [&str; 2] = ["assigned", "running"];
 macro_rules! task_select {
     () => {
         "SELECT id, job_id, argv, env, cwd, stdin, timeout_secs, priority, seq,
-                target_group, labels, each, attempts
+                target_group, labels, each, attempts, env_secret
          FROM tasks t "
     };
 }
@@ -373,6 +373,9 @@ pub struct ReadyRow {
     pub each: bool,
     /// Attempts handed out so far: the next one is this plus one.
     pub attempts: i32,
+    /// The secret env values, sealed (`secrets::SecretBox::seal`), until the dispatcher
+    /// opens them into `env` for the request.
+    pub env_secret: Option<Vec<u8>>,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(col: &str, v: serde_json::Value) -> Result<T, DbError> {
@@ -452,6 +455,7 @@ fn task_row(r: &tokio_postgres::Row) -> Result<ReadyRow, DbError> {
         labels: parse("labels", r.get(10))?,
         each: r.get(11),
         attempts: r.get(12),
+        env_secret: r.get(13),
     })
 }
 

@@ -224,6 +224,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         16,
         include_str!("../../../migrations/0016_fleet_samples.sql"),
     ),
+    (17, include_str!("../../../migrations/0017_env_secret.sql")),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

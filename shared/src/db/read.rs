@@ -52,7 +52,7 @@ pub async fn job(
                            OR e.last_info_at < clock_timestamp() - make_interval(secs => $2)),
                     t.each, t.quorum,
                     t.argv, t.env, t.cwd, t.target_group, t.labels, t.priority, t.timeout_secs,
-                    t.depends_on, t.max_attempts, t.retry_at, t.retry
+                    t.depends_on, t.max_attempts, t.retry_at, t.retry, t.env_secret_names
              FROM tasks t
              LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempts
              LEFT JOIN results r ON r.task_id = t.id AND r.attempt = t.final_attempt
@@ -122,6 +122,11 @@ pub async fn job(
             let spec = TaskSpecView {
                 argv: json_col("argv", r.get(12))?,
                 env: env.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+                env_secret: r
+                    .get::<_, Option<serde_json::Value>>(23)
+                    .map(|v| json_col("env_secret_names", v))
+                    .transpose()?
+                    .unwrap_or_default(),
                 cwd: r.get(14),
                 group: r.get(15),
                 labels: json_col("labels", r.get(16))?,

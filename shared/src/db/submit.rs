@@ -28,10 +28,14 @@ pub struct Ticket {
 /// Safe to call again with the same jobs (same ids) after an error whose outcome is
 /// unknown (the insert committed, then the connection dropped before the read): a job
 /// already stored under its own id is not inserted twice, and its ticket says created.
+///
+/// Secret env values are sealed with `sealer` (`secrets.key`); a job that has some when
+/// there is no key is refused (the API refuses it before, naming the field).
 pub async fn insert_jobs(
     client: &Client,
     schema: &str,
     jobs: &[NewJob],
+    sealer: Option<&crate::secrets::SecretBox>,
 ) -> Result<Vec<Ticket>, DbError> {
     if jobs.is_empty() {
         return Ok(Vec::new());
@@ -70,7 +74,7 @@ pub async fn insert_jobs(
     let mut t = TaskColumns::default();
     for j in jobs {
         for (idx, task) in j.job.tasks.iter().enumerate() {
-            t.push(j.id, idx, task)?;
+            t.push(j.id, idx, task, sealer)?;
         }
     }
     let stmt = client
@@ -84,15 +88,17 @@ pub async fn insert_jobs(
              t AS (
                  INSERT INTO tasks (id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs,
                                     priority, target_group, labels, depends_on, max_attempts,
-                                    each, quorum, state, retry)
+                                    each, quorum, state, retry, env_secret,
+                                    env_secret_names)
                  SELECT x.* FROM unnest($5::uuid[], $6::uuid[], $7::int[], $8::text[],
                                         $9::jsonb[], $10::jsonb[], $11::text[], $12::text[],
                                         $13::bigint[], $14::int[], $15::text[], $16::jsonb[],
                                         $17::jsonb[], $18::int[], $19::bool[], $20::int[],
-                                        $21::text[], $26::jsonb[])
+                                        $21::text[], $26::jsonb[], $32::bytea[],
+                                        $33::jsonb[])
                      AS x(id, job_id, idx, name, argv, env, cwd, stdin, timeout_secs, priority,
                           target_group, labels, depends_on, max_attempts, each, quorum, state,
-                          retry)
+                          retry, env_secret, env_secret_names)
                  WHERE x.job_id IN (SELECT id FROM j)),
              accepted AS (
                  INSERT INTO events (kind, job_id) SELECT 'job.accepted', id FROM j ORDER BY id),
@@ -149,6 +155,8 @@ pub async fn insert_jobs(
                 &hook_secrets,
                 &hook_kinds,
                 &hook_by,
+                &t.env_secret,
+                &t.env_secret_names,
             ],
         )
         .await?
@@ -224,15 +232,41 @@ struct TaskColumns {
     quorum: Vec<Option<i32>>,
     state: Vec<&'static str>,
     retry: Vec<Option<serde_json::Value>>,
+    env_secret: Vec<Option<Vec<u8>>>,
+    env_secret_names: Vec<Option<serde_json::Value>>,
 }
 
 impl TaskColumns {
-    fn push(&mut self, job: JobId, idx: usize, t: &crate::job::ValidTask) -> Result<(), DbError> {
+    fn push(
+        &mut self,
+        job: JobId,
+        idx: usize,
+        t: &crate::job::ValidTask,
+        sealer: Option<&crate::secrets::SecretBox>,
+    ) -> Result<(), DbError> {
         let json = |v: serde_json::Result<serde_json::Value>| {
             v.map_err(|e| DbError::Row(format!("encoding a task: {e}")))
         };
         let int = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-        self.id.push(TaskId::new().uuid());
+        let id = TaskId::new().uuid();
+        self.env_secret_names.push(if t.env_secret.is_empty() {
+            None
+        } else {
+            Some(json(serde_json::to_value(
+                t.env_secret.keys().collect::<Vec<_>>(),
+            ))?)
+        });
+        self.env_secret
+            .push(match (t.env_secret.is_empty(), sealer) {
+                (true, _) => None,
+                (false, Some(b)) => Some(b.seal(id, &t.env_secret)),
+                (false, None) => {
+                    return Err(DbError::Row(
+                        "a secret env value, and no secrets.key to seal it with".into(),
+                    ))
+                }
+            });
+        self.id.push(id);
         self.job_id.push(job.uuid());
         self.idx.push(int(idx));
         self.name.push(t.name.clone());
