@@ -236,17 +236,43 @@ fi
 export FLEET_SECRETS__KEY
 say "AMQP prefix '$PREFIX', database fleet (schema public), API $FLEET_ADDR"
 
-start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE"
+# Executors register (the default: the dispatcher gives work only to registered
+# executors, each with a broker user of its own): with the bootstrap secret, which the
+# submitter knows and which mints executor credentials only. Their credentials are kept
+# in DEMO_DIR.
+FLEET_DEMO_BOOTSTRAP="boot-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+
+start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE" \
+    FLEET_AUTH__EXECUTOR_BOOTSTRAP_SECRET="$FLEET_DEMO_BOOTSTRAP"
 start_proc dispatcher fleet-dispatcher "127.0.0.1:$((PORT_BASE + 1))"
 start_proc collector fleet-collector "127.0.0.1:$((PORT_BASE + 2))"
-start_proc cpu-1 fleet-executor "127.0.0.1:$((PORT_BASE + 3))" \
-    FLEET_EXECUTOR__ID=cpu-1 FLEET_EXECUTOR__GROUPS=cpu FLEET_EXECUTOR__CAPACITY=2
-start_proc cpu-2 fleet-executor "127.0.0.1:$((PORT_BASE + 4))" \
-    FLEET_EXECUTOR__ID=cpu-2 FLEET_EXECUTOR__GROUPS=cpu FLEET_EXECUTOR__CAPACITY=2
-start_proc gpu-1 fleet-executor "127.0.0.1:$((PORT_BASE + 5))" \
-    FLEET_EXECUTOR__ID=gpu-1 FLEET_EXECUTOR__GROUPS=lab.gpu FLEET_EXECUTOR__LABELS=gpu=yes FLEET_EXECUTOR__CAPACITY=1
+for i in 0 1 2; do
+    wait_ready "$i"
+done
 
-for i in "${!PIDS[@]}"; do
+# A demo run before this one registered the same executor ids: revoke them (deleting
+# their broker users), so that they can register again.
+for id in cpu-1 cpu-2 gpu-1; do
+    "$FLEETCTL" executor revoke "$id" >/dev/null 2>&1 || true
+done
+
+executor_env() {
+    printf '%s\n' "FLEET_EXECUTOR__ID=$1" \
+        "FLEET_EXECUTOR__BOOTSTRAP_SECRET=$FLEET_DEMO_BOOTSTRAP" \
+        "FLEET_EXECUTOR__REGISTER_URL=$FLEET_ADDR" \
+        "FLEET_EXECUTOR__CREDENTIALS_FILE=$DEMO_DIR/$1.credentials.json"
+}
+mapfile -t cpu1 < <(executor_env cpu-1)
+mapfile -t cpu2 < <(executor_env cpu-2)
+mapfile -t gpu1 < <(executor_env gpu-1)
+start_proc cpu-1 fleet-executor "127.0.0.1:$((PORT_BASE + 3))" \
+    "${cpu1[@]}" FLEET_EXECUTOR__GROUPS=cpu FLEET_EXECUTOR__CAPACITY=2
+start_proc cpu-2 fleet-executor "127.0.0.1:$((PORT_BASE + 4))" \
+    "${cpu2[@]}" FLEET_EXECUTOR__GROUPS=cpu FLEET_EXECUTOR__CAPACITY=2
+start_proc gpu-1 fleet-executor "127.0.0.1:$((PORT_BASE + 5))" \
+    "${gpu1[@]}" FLEET_EXECUTOR__GROUPS=lab.gpu FLEET_EXECUTOR__LABELS=gpu=yes FLEET_EXECUTOR__CAPACITY=1
+
+for i in 3 4 5; do
     wait_ready "$i"
 done
 

@@ -199,6 +199,11 @@ pub struct AuthConfig {
     pub admin_token: Option<String>,
     /// Serve the API to anyone, as an administrator. Only for a trusted network.
     pub disabled: bool,
+    /// A shared secret (at least 16 characters) with which any executor may register
+    /// itself (`executor.bootstrap_secret`), as with a join token that works for any
+    /// number of new executor ids and any groups: for executors started in numbers
+    /// (`docker-compose up --scale executor=N`). It mints executor credentials only.
+    pub executor_bootstrap_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -324,9 +329,11 @@ pub struct DispatcherConfig {
     /// How long a dispatcher's leadership lasts unless renewed (every round); a standby
     /// takes over this long after the leader dies or freezes.
     pub leader_ttl_secs: u64,
-    /// Give work only to executors that registered with a join token (off: executors
-    /// connecting with the shared broker user are trusted too).
-    pub require_registration: bool,
+    /// UNSAFE, for development and tests only: give work to executors that did not
+    /// register too (any user of the broker that can publish an INFO then receives
+    /// requests, their env included). Off by default: only executors that registered
+    /// (join token or bootstrap secret), each with a broker user of its own, get work.
+    pub unsafe_open_executors: bool,
     /// An attempt its executor reported finished (its result published) whose result
     /// is not recorded within this long is lost after all: the result was refused or
     /// lost on the way. Long, because a slow or stopped collector is no reason to run a
@@ -343,7 +350,7 @@ impl Default for DispatcherConfig {
             lease_timeout_secs: 15,
             executor_timeout_secs: 5,
             leader_ttl_secs: 5,
-            require_registration: false,
+            unsafe_open_executors: false,
             result_timeout_secs: 600,
         }
     }
@@ -371,6 +378,9 @@ pub struct ExecutorConfig {
     /// registers with it at `register_url` and gets a broker user of its own. Without one
     /// (and without a saved credential) it connects with `amqp.url` as given.
     pub join_token: Option<String>,
+    /// The submitter's `auth.executor_bootstrap_secret`: registers with it instead of a
+    /// join token.
+    pub bootstrap_secret: Option<String>,
     /// The submitter's API, where an executor registers.
     pub register_url: String,
     /// Where the credential from registration is kept (and read back on restarts).
@@ -389,6 +399,7 @@ impl Default for ExecutorConfig {
             max_live_output_bytes: 8 * 1024 * 1024,
             drain_timeout_secs: 30,
             join_token: None,
+            bootstrap_secret: None,
             register_url: "http://127.0.0.1:7070".into(),
             credentials_file: None,
         }
@@ -550,11 +561,30 @@ impl Config {
         }
         self.executor_groups()?;
         self.executor_labels()?;
-        if self.executor.join_token.is_some() && self.executor.credentials_file.is_none() {
+        let registers =
+            self.executor.join_token.is_some() || self.executor.bootstrap_secret.is_some();
+        if registers && self.executor.credentials_file.is_none() {
             return Err(invalid(
                 "executor.credentials_file",
-                "is needed with executor.join_token: a join token works once, and the \
-                 credential it buys must be kept for restarts",
+                "is needed with executor.join_token or executor.bootstrap_secret: an id \
+                 registers once, and the credential it gets must be kept for restarts",
+            ));
+        }
+        if self.executor.join_token.is_some() && self.executor.bootstrap_secret.is_some() {
+            return Err(invalid(
+                "executor.bootstrap_secret",
+                "give executor.join_token or executor.bootstrap_secret, not both",
+            ));
+        }
+        if self
+            .auth
+            .executor_bootstrap_secret
+            .as_ref()
+            .is_some_and(|s| s.trim().chars().count() < 16)
+        {
+            return Err(invalid(
+                "auth.executor_bootstrap_secret",
+                "must be at least 16 characters",
             ));
         }
         Ok(())
@@ -616,8 +646,15 @@ impl Config {
         if c.auth.admin_token.is_some() {
             c.auth.admin_token = Some("***".into());
         }
-        if c.executor.join_token.is_some() {
-            c.executor.join_token = Some("***".into());
+        for secret in [
+            &mut c.executor.join_token,
+            &mut c.executor.bootstrap_secret,
+            &mut c.auth.executor_bootstrap_secret,
+            &mut c.secrets.key,
+        ] {
+            if secret.is_some() {
+                *secret = Some("***".into());
+            }
         }
         serde_json::to_value(&c).unwrap_or_default()
     }

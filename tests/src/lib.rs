@@ -76,6 +76,9 @@ pub fn test_config(name: &str) -> Config {
     cfg.executor.info_interval_ms = 200;
     cfg.executor.drain_timeout_secs = 5;
     cfg.auth.admin_token = Some(format!("admin-token-of-{name}"));
+    // Test executors connect as the shared broker user, unregistered: the unsafe open
+    // mode (tests of registration turn it off, as it is by default).
+    cfg.dispatcher.unsafe_open_executors = true;
     // Each fleet its own key for secret env values.
     cfg.secrets.key = Some(format!(
         "{}{}",
@@ -1094,6 +1097,10 @@ impl TestFleet {
                     .key
                     .iter()
                     .map(|k| ("FLEET_SECRETS__KEY", k.as_str())),
+            )
+            .env(
+                "FLEET_DISPATCHER__UNSAFE_OPEN_EXECUTORS",
+                d.unsafe_open_executors.to_string(),
             )
             // FLEET_TEST_LOG sets the services' log filter (RUST_LOG's syntax).
             .env(

@@ -367,34 +367,57 @@ async fn only_a_registered_executor_takes_work_and_the_broker_enforces_its_ident
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_registration_required_only_registered_executors_take_work() -> Result<()> {
-    let mut fleet =
-        TestFleet::start_with("regonly", |c| c.dispatcher.require_registration = true).await?;
+async fn by_default_only_registered_executors_take_work() -> Result<()> {
+    // The default: registration required (the tests' open mode turned off).
+    let bootstrap = "bootstrap-secret-of-the-regonly-test";
+    let mut fleet = TestFleet::start_with("regonly", |c| {
+        c.dispatcher.unsafe_open_executors = false;
+        c.auth.executor_bootstrap_secret = Some(bootstrap.into());
+    })
+    .await?;
     let (s, made) = fleet
         .call(Method::POST, "/v1/join-tokens", Some(json!({})))
         .await?;
     assert_eq!(s, 201, "{made}");
-    let creds = std::env::temp_dir().join(format!("{}-member.json", fleet.name));
+    let (name, api) = (fleet.name.clone(), fleet.api.clone());
+    let creds = |who: &str| std::env::temp_dir().join(format!("{name}-{who}.json"));
+    let registering = |proof: (&'static str, String), who: &str| {
+        vec![
+            proof,
+            ("FLEET_EXECUTOR__REGISTER_URL", api.clone()),
+            (
+                "FLEET_EXECUTOR__CREDENTIALS_FILE",
+                creds(who).display().to_string(),
+            ),
+        ]
+    };
+    // One with a join token, one with the bootstrap secret (as compose starts them).
     let _member = fleet.spawn_executor_process_with(
         EXECUTOR_BIN,
         ExecutorSpec::new("member", &["pool"], 2),
-        &[
+        &registering(
             (
                 "FLEET_EXECUTOR__JOIN_TOKEN",
                 made["token"].as_str().unwrap_or_default().to_owned(),
             ),
-            ("FLEET_EXECUTOR__REGISTER_URL", fleet.api.clone()),
-            (
-                "FLEET_EXECUTOR__CREDENTIALS_FILE",
-                creds.display().to_string(),
-            ),
-        ],
+            "member",
+        ),
     )?;
-    // On the shared broker user, without a join token: alive, but not let in.
+    let _booted = fleet.spawn_executor_process_with(
+        EXECUTOR_BIN,
+        ExecutorSpec::new("booted", &["pool"], 2),
+        &registering(
+            ("FLEET_EXECUTOR__BOOTSTRAP_SECRET", bootstrap.to_owned()),
+            "booted",
+        ),
+    )?;
+    // On the shared broker user, unregistered: alive, but not let in.
     fleet
-        .add_executor(ExecutorSpec::new("stranger", &["pool"], 2))
+        .add_executor(ExecutorSpec::new("stranger", &["pool", "lonely"], 2))
         .await?;
-    fleet.wait_executors(&["member", "stranger"]).await?;
+    fleet
+        .wait_executors(&["member", "booted", "stranger"])
+        .await?;
     let job = fleet
         .submit(&job_of(20, &["true"], json!({"group": "pool"})))
         .await?;
@@ -410,11 +433,40 @@ async fn with_registration_required_only_registered_executors_take_work() -> Res
         .map(|r| r.executor_id)
         .collect();
     assert_eq!(ran.len(), 20);
-    assert!(ran.iter().all(|e| e == "member"), "{ran:?}");
-    let (s, _) = fleet
-        .call(Method::POST, "/v1/executors/member/revoke", None)
+    assert!(
+        ran.iter().all(|e| e == "member" || e == "booted"),
+        "{ran:?}"
+    );
+    // Work only the stranger could take waits, and says why.
+    let lonely = fleet
+        .submit(&job_of(1, &["true"], json!({"group": "lonely"})))
         .await?;
-    assert_eq!(s, 200);
-    let _ = std::fs::remove_file(&creds);
+    let hint = wait_for(
+        "the hint of the waiting task",
+        Duration::from_secs(30),
+        || async {
+            let t = fleet.job(lonely).await?.tasks.remove(0);
+            anyhow::ensure!(t.executor_id.is_none(), "the stranger got work: {t:?}");
+            Ok(t.hint)
+        },
+    )
+    .await?;
+    assert!(hint.contains("registered (stranger)"), "{hint}");
+    // A wrong bootstrap secret registers nothing.
+    let (s, body) = fleet
+        .call(
+            Method::POST,
+            "/v1/executors/register",
+            Some(json!({"bootstrap_secret": "not-the-secret-at-all", "executor_id": "x-1"})),
+        )
+        .await?;
+    assert_eq!(s, 401, "{body}");
+    for who in ["member", "booted"] {
+        let (s, _) = fleet
+            .call(Method::POST, &format!("/v1/executors/{who}/revoke"), None)
+            .await?;
+        assert_eq!(s, 200);
+        let _ = std::fs::remove_file(creds(who));
+    }
     fleet.shutdown().await
 }

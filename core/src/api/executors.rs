@@ -99,11 +99,15 @@ pub struct NewJoinToken {
     pub expires_at: DateTime<Utc>,
 }
 
-/// `POST /v1/executors/register`: authenticated by the join token in the body.
+/// `POST /v1/executors/register`: authenticated by the join token in the body, or by
+/// the fleet's executor bootstrap secret (one of the two).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationBody {
-    pub join_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_secret: Option<String>,
     pub executor_id: String,
     /// Groups it declares (default: `default`).
     #[serde(default)]

@@ -373,7 +373,7 @@ impl Dispatcher {
                 &self.registry.registered,
                 &self.registry.assigned,
                 &self.registry.drained,
-                self.cfg.dispatcher.require_registration,
+                !self.cfg.dispatcher.unsafe_open_executors,
                 self.cfg.dispatcher.window,
             );
             if self.each_maybe {

@@ -1,6 +1,7 @@
-//! Registration: with a one-time join token the executor asks the submitter for a broker
-//! user of its own, keeps it in `executor.credentials_file`, and connects as that user
-//! from then on (a join token works once; the saved credential serves restarts).
+//! Registration: with a one-time join token, or the fleet's executor bootstrap secret,
+//! the executor asks the submitter for a broker user of its own, keeps it in
+//! `executor.credentials_file`, and connects as that user from then on (an id registers
+//! once; the saved credential serves restarts).
 
 use std::path::Path;
 use std::time::Duration;
@@ -53,10 +54,12 @@ pub async fn credential(
         tracing::info!(path, "using the saved broker credential");
         return Ok(Some(c));
     }
-    let Some(join) = cfg.executor.join_token.as_deref() else {
-        return Ok(None);
+    let proof = match (&cfg.executor.join_token, &cfg.executor.bootstrap_secret) {
+        (Some(join), _) => serde_json::json!({"join_token": join}),
+        (None, Some(secret)) => serde_json::json!({"bootstrap_secret": secret}),
+        (None, None) => return Ok(None),
     };
-    let c = register(cfg, id, groups, join, token).await?;
+    let c = register(cfg, id, groups, proof, token).await?;
     if let Some(path) = file {
         save(path, &c)?;
     }
@@ -86,13 +89,14 @@ fn save(path: &str, c: &Credential) -> Result<(), RegisterError> {
         .map_err(|e| file_error(path, e))
 }
 
-/// Registers, retrying with backoff while the submitter is unreachable or unavailable;
-/// a refusal (bad or used token, a group the token does not allow) is final.
+/// Registers with `proof` (`{"join_token"}` or `{"bootstrap_secret"}`), retrying with
+/// backoff while the submitter is unreachable or unavailable; a refusal (bad or used
+/// token, a group the token does not allow) is final.
 async fn register(
     cfg: &Config,
     id: &ExecutorId,
     groups: &[GroupName],
-    join: &str,
+    mut proof: serde_json::Value,
     token: &CancellationToken,
 ) -> Result<Credential, RegisterError> {
     let url = format!(
@@ -106,7 +110,9 @@ async fn register(
             status: 0,
             body: e.to_string(),
         })?;
-    let body = serde_json::json!({"join_token": join, "executor_id": id, "groups": groups});
+    proof["executor_id"] = serde_json::json!(id);
+    proof["groups"] = serde_json::json!(groups);
+    let body = proof;
     let mut backoff = fleet_shared::amqp::Backoff::default();
     loop {
         match http.post(&url).json(&body).send().await {

@@ -72,7 +72,8 @@ impl IntoResponse for ApiError {
             Self::BadJoinToken => error_response(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "the join token is unknown, already used or expired",
+                "the join token is unknown, already used or expired (or the bootstrap \
+                 secret is not this fleet's)",
                 Some("join_token".into()),
             ),
             Self::Forbidden(role, p) => error_response(

@@ -82,8 +82,21 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
     // then the broker; a broker failure gives the token back.
     let mut client = s.pool().get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
-    let Some((token_id, allowed)) = admin::use_join_token(&tx, &b.join_token, &id).await? else {
-        return Err(ApiError::BadJoinToken);
+    // A join token is spent (and may limit the groups); the bootstrap secret is not, and
+    // allows any groups.
+    let (token_id, allowed) = match (&b.join_token, &b.bootstrap_secret) {
+        (Some(join), None) => admin::use_join_token(&tx, join, &id)
+            .await?
+            .map(|(t, allowed)| (Some(t), allowed))
+            .ok_or(ApiError::BadJoinToken)?,
+        (None, Some(secret)) if s.bootstrap_secret_is(secret) => (None, Vec::new()),
+        (None, Some(_)) => return Err(ApiError::BadJoinToken),
+        _ => {
+            return Err(invalid(
+                "join_token",
+                "give a join_token or the bootstrap_secret (one of them)",
+            ))
+        }
     };
     if let Some(g) = wanted
         .iter()

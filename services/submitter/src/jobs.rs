@@ -347,7 +347,7 @@ async fn get_job(
     caller.need(Permission::Read)?;
     let id: JobId = id.parse().map_err(bad_id)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
-    let mut job = read::job(&client, id, s.silent_after_secs())
+    let mut job = read::job(&client, id, s.silent_after_secs(), s.open_executors())
         .await?
         .ok_or(ApiError::NotFound("job"))?;
     let owner = job.submitted_by.token_id;

@@ -25,6 +25,10 @@ struct Inner {
     silent_after_secs: f64,
     /// The collector's sampling step (`metrics.history_secs`).
     history_secs: u64,
+    /// The dispatcher gives work to unregistered executors too (unsafe).
+    open_executors: bool,
+    /// SHA-256 of `auth.executor_bootstrap_secret`.
+    bootstrap_secret: Option<Vec<u8>>,
     /// The broker connection's state, kept by the intake.
     health: Health,
     accept_without_broker: bool,
@@ -69,6 +73,12 @@ impl AppState {
             max_body: cfg.submitter.max_body_bytes,
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
             history_secs: cfg.metrics.history_secs,
+            open_executors: cfg.dispatcher.unsafe_open_executors,
+            bootstrap_secret: cfg
+                .auth
+                .executor_bootstrap_secret
+                .as_deref()
+                .map(|s| fleet_shared::auth::token_hash(s.trim())),
             health,
             accept_without_broker: cfg.submitter.accept_without_broker,
             first_connect: cfg.amqp.connect_timeout(),
@@ -125,6 +135,18 @@ impl AppState {
 
     pub fn silent_after_secs(&self) -> f64 {
         self.0.silent_after_secs
+    }
+
+    /// Whether `secret` is the fleet's executor bootstrap secret (none configured: no).
+    /// Hashes are compared, so the time taken says nothing of the secret.
+    pub fn bootstrap_secret_is(&self, secret: &str) -> bool {
+        self.0.bootstrap_secret.as_deref()
+            == Some(fleet_shared::auth::token_hash(secret.trim()).as_slice())
+    }
+
+    /// Whether unregistered executors get work (`dispatcher.unsafe_open_executors`).
+    pub fn open_executors(&self) -> bool {
+        self.0.open_executors
     }
 
     /// How often the collector samples the fleet's figures.

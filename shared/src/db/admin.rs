@@ -493,15 +493,17 @@ pub async fn use_join_token(
 /// credential recorded for it revoked, since nobody received its password.
 pub async fn undo_registration(
     client: &Client,
-    token_id: uuid::Uuid,
+    token_id: Option<uuid::Uuid>,
     executor: &ExecutorId,
 ) -> Result<(), DbError> {
-    client
-        .execute(
-            "UPDATE join_tokens SET used_at = NULL, used_by = NULL WHERE id = $1",
-            &[&token_id],
-        )
-        .await?;
+    if let Some(token_id) = token_id {
+        client
+            .execute(
+                "UPDATE join_tokens SET used_at = NULL, used_by = NULL WHERE id = $1",
+                &[&token_id],
+            )
+            .await?;
+    }
     client
         .execute(
             "UPDATE executor_credentials SET revoked_at = clock_timestamp() WHERE executor_id = $1",

@@ -20,10 +20,14 @@ const LOST_ERROR: &str = "attempt lost: its executor stopped reporting before th
 
 /// `silent_after_secs`: an executor not heard from for this long makes the tasks it
 /// holds show as `unknown`.
+///
+/// `open_executors`: the dispatcher gives work to unregistered executors too
+/// (`dispatcher.unsafe_open_executors`), which a waiting task's hint must know.
 pub async fn job(
     client: &Client,
     id: JobId,
     silent_after_secs: f64,
+    open_executors: bool,
 ) -> Result<Option<JobView>, DbError> {
     let Some(j) = client
         .query_opt(
@@ -108,7 +112,7 @@ pub async fn job(
     let held: bool = j.get(6);
     // What a ready task waits for is read only when one does.
     let waits = if rows.iter().any(|r| r.get::<_, &str>(3) == "ready") {
-        Some(WaitContext::read(client, silent_after_secs).await?)
+        Some(WaitContext::read(client, silent_after_secs, open_executors).await?)
     } else {
         None
     };
@@ -244,6 +248,8 @@ pub struct Candidate {
     pub labels: BTreeMap<String, String>,
     /// It says so, or an administrator drained it.
     pub draining: bool,
+    /// It holds a live credential (registered, not revoked).
+    pub registered: bool,
 }
 
 /// What decides whether a ready task can be handed out, besides the dispatcher's own
@@ -253,11 +259,17 @@ pub struct WaitContext {
     pub alive: Vec<Candidate>,
     /// Paused groups (`default`: the whole fleet).
     pub pauses: Vec<crate::group::GroupName>,
+    /// Unregistered executors get work too (`dispatcher.unsafe_open_executors`).
+    pub open: bool,
 }
 
 impl WaitContext {
     /// Alive: heard within `silent_after_secs`.
-    pub async fn read(client: &Client, silent_after_secs: f64) -> Result<Self, DbError> {
+    pub async fn read(
+        client: &Client,
+        silent_after_secs: f64,
+        open: bool,
+    ) -> Result<Self, DbError> {
         use crate::group::GroupName;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&silent_after_secs];
         let (executors, pauses) = tokio::try_join!(
@@ -266,7 +278,9 @@ impl WaitContext {
                         e.draining OR EXISTS (SELECT 1 FROM executor_drains d
                                               WHERE d.executor_id = e.id),
                         ARRAY(SELECT m.group_name FROM group_members m
-                              WHERE m.executor_id = e.id)
+                              WHERE m.executor_id = e.id),
+                        EXISTS (SELECT 1 FROM executor_credentials c
+                                WHERE c.executor_id = e.id AND c.revoked_at IS NULL)
                  FROM executors e
                  WHERE e.last_info_at >= clock_timestamp() - make_interval(secs => $1)
                  ORDER BY e.id",
@@ -287,6 +301,7 @@ impl WaitContext {
                         .collect(),
                     labels: json_col("labels", r.get(2))?,
                     draining: r.get(3),
+                    registered: r.get(5),
                 })
             })
             .collect::<Result<_, DbError>>()?;
@@ -294,7 +309,11 @@ impl WaitContext {
             .iter()
             .filter_map(|r| GroupName::parse(r.get(0)).ok())
             .collect();
-        Ok(Self { alive, pauses })
+        Ok(Self {
+            alive,
+            pauses,
+            open,
+        })
     }
 
     /// Why a ready task of `job` for `group` with `labels` is not handed out, if there
@@ -339,8 +358,23 @@ impl WaitContext {
                 none.push_str(&format!(" with labels {}", l.join(", ")));
             }
             why.push(none);
-        } else if eligible.iter().all(|e| e.draining) {
+        } else if !self.open && eligible.iter().all(|e| !e.registered) {
             let ids: Vec<&str> = eligible.iter().map(|e| e.id.as_str()).collect();
+            why.push(format!(
+                "no eligible executor is registered ({}): work goes only to executors that \
+                 registered with a join token or the bootstrap secret",
+                ids.join(", ")
+            ));
+        } else if eligible
+            .iter()
+            .filter(|e| self.open || e.registered)
+            .all(|e| e.draining)
+        {
+            let ids: Vec<&str> = eligible
+                .iter()
+                .filter(|e| self.open || e.registered)
+                .map(|e| e.id.as_str())
+                .collect();
             why.push(format!(
                 "every eligible executor is draining ({})",
                 ids.join(", ")
@@ -769,15 +803,25 @@ mod tests {
                     groups: vec![g("site.web")],
                     labels: labels(&[("os", "linux")]),
                     draining: false,
+                    registered: true,
                 },
                 Candidate {
                     id: "gpu-1".into(),
                     groups: vec![g("lab.gpu")],
                     labels: labels(&[("gpu", "a100")]),
                     draining: true,
+                    registered: true,
+                },
+                Candidate {
+                    id: "rogue-1".into(),
+                    groups: vec![g("lab.cpu")],
+                    labels: labels(&[]),
+                    draining: false,
+                    registered: false,
                 },
             ],
             pauses: vec![g("site")],
+            open: false,
         };
         let none = labels(&[]);
         // Served: by a member of a subgroup, or of the group itself.
@@ -811,6 +855,18 @@ mod tests {
             ctx.hint(job, "lab", &none, false).as_deref(),
             Some("every eligible executor is draining (gpu-1)")
         );
+        assert_eq!(
+            ctx.hint(job, "lab.cpu", &none, false).as_deref(),
+            Some(
+                "no eligible executor is registered (rogue-1): work goes only to executors \
+                 that registered with a join token or the bootstrap secret"
+            )
+        );
+        let open = WaitContext {
+            open: true,
+            ..ctx.clone()
+        };
+        assert_eq!(open.hint(job, "lab.cpu", &none, false), None);
         let fleet = WaitContext {
             pauses: vec![g("default")],
             ..ctx
