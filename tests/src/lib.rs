@@ -371,6 +371,25 @@ impl TestFleet {
         Ok((status, resp.json().await?))
     }
 
+    /// Makes an API token of `role` named `name` (as the admin); returns (its id, the
+    /// token).
+    pub async fn token(&self, name: &str, role: &str) -> Result<(String, String)> {
+        let (s, b) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/tokens",
+                Some(serde_json::json!({"name": name, "role": role})),
+            )
+            .await?;
+        if s != 201 {
+            bail!("making a token: {s} {b}");
+        }
+        Ok((
+            b["token_id"].as_str().context("token_id")?.to_owned(),
+            b["token"].as_str().context("token")?.to_owned(),
+        ))
+    }
+
     /// Any API call as the fleet's admin; returns the status and the JSON body (Null when
     /// there is none).
     pub async fn call(

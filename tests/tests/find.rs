@@ -9,24 +9,6 @@ use fleet_tests::{client_with_token, ExecutorSpec, TestFleet};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// Makes an API token of `role` named `name`; returns (its id, the token).
-async fn token(fleet: &TestFleet, name: &str, role: &str) -> Result<(String, String)> {
-    let (s, b) = fleet
-        .call(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": name, "role": role})),
-        )
-        .await?;
-    if s != 201 {
-        bail!("token: {s} {b}");
-    }
-    Ok((
-        b["token_id"].as_str().context("token_id")?.to_owned(),
-        b["token"].as_str().context("token")?.to_owned(),
-    ))
-}
-
 /// Submits `jobs` in one batch as `http`; returns their ids in order.
 async fn batch(fleet: &TestFleet, http: &reqwest::Client, jobs: Vec<Value>) -> Result<Vec<String>> {
     let items: Vec<Value> = jobs.into_iter().map(|j| json!({ "job": j })).collect();
@@ -89,9 +71,9 @@ fn set(ids: &[String]) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_visit_each_job_once_filters_narrow_and_a_submitter_sees_its_own() -> Result<()> {
     let mut fleet = TestFleet::start("find").await?;
-    let (a_id, a_token) = token(&fleet, "team-a", "submitter").await?;
-    let (b_id, b_token) = token(&fleet, "team-b", "submitter").await?;
-    let (_, r_token) = token(&fleet, "auditor", "reader").await?;
+    let (a_id, a_token) = fleet.token("team-a", "submitter").await?;
+    let (b_id, b_token) = fleet.token("team-b", "submitter").await?;
+    let (_, r_token) = fleet.token("auditor", "reader").await?;
     let (a, b, reader) = (
         client_with_token(Some(&a_token))?,
         client_with_token(Some(&b_token))?,

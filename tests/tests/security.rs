@@ -12,19 +12,6 @@ use fleet_tests::{client_with_token, job_of, TestFleet};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn token(fleet: &TestFleet, name: &str, role: &str) -> Result<(String, String)> {
-    let (status, body) = fleet
-        .call(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": name, "role": role})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{body}");
-    let field = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
-    Ok((field("token"), field("token_id")))
-}
-
 fn refused_for(reply: &Value, code: &str, words: &str) {
     assert_eq!(reply["accepted"], false, "{reply}");
     assert_eq!(reply["error"]["code"], code, "{reply}");
@@ -44,7 +31,7 @@ async fn an_amqp_submission_needs_a_token_that_may_submit_and_is_owned_by_it() -
         .submit_amqp_as(Some("flt_not-a-token"), &body, Some("m-unknown"))
         .await?;
     refused_for(&unknown, "unauthenticated", "unknown or revoked");
-    let (reader, _) = token(&fleet, "watcher", "reader").await?;
+    let (_, reader) = fleet.token("watcher", "reader").await?;
     let read_only = fleet
         .submit_amqp_as(Some(&reader), &body, Some("m-reader"))
         .await?;
@@ -67,7 +54,7 @@ async fn an_amqp_submission_needs_a_token_that_may_submit_and_is_owned_by_it() -
     }
 
     // A submitter's token: accepted, and the job is that token's.
-    let (ci, ci_id) = token(&fleet, "ci", "submitter").await?;
+    let (ci_id, ci) = fleet.token("ci", "submitter").await?;
     let ok = fleet.submit_amqp_as(Some(&ci), &body, Some("m-ci")).await?;
     assert_eq!(ok["accepted"], true, "{ok}");
     let job = ok["job_id"].as_str().unwrap_or_default().to_owned();
@@ -78,7 +65,7 @@ async fn an_amqp_submission_needs_a_token_that_may_submit_and_is_owned_by_it() -
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["submitted_by"]["name"], "ci", "{view}");
     assert_eq!(view["submitted_by"]["token_id"], ci_id.as_str(), "{view}");
-    let (other, _) = token(&fleet, "other", "submitter").await?;
+    let (_, other) = fleet.token("other", "submitter").await?;
     let (status, _) = fleet
         .call_as(
             &client_with_token(Some(&other))?,
