@@ -237,13 +237,9 @@ export FLEET_SECRETS__KEY
 say "AMQP prefix '$PREFIX', database fleet (schema public), API $FLEET_ADDR"
 
 # Executors register (the default: the dispatcher gives work only to registered
-# executors, each with a broker user of its own): with the bootstrap secret, which the
-# submitter knows and which mints executor credentials only. Their credentials are kept
-# in DEMO_DIR.
-FLEET_DEMO_BOOTSTRAP="boot-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-
-start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE" \
-    FLEET_AUTH__EXECUTOR_BOOTSTRAP_SECRET="$FLEET_DEMO_BOOTSTRAP"
+# executors, each with a broker user of its own), each with a one-time join token made
+# here with the admin token; their credentials are kept in DEMO_DIR.
+start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE"
 start_proc dispatcher fleet-dispatcher "127.0.0.1:$((PORT_BASE + 1))"
 start_proc collector fleet-collector "127.0.0.1:$((PORT_BASE + 2))"
 for i in 0 1 2; do
@@ -256,15 +252,19 @@ for id in cpu-1 cpu-2 gpu-1; do
     "$FLEETCTL" executor revoke "$id" >/dev/null 2>&1 || true
 done
 
+# executor_env ID GROUP : the variables that register executor ID with a new join token.
 executor_env() {
+    local join
+    join="$("$FLEETCTL" executor join-token --group "$2" -o json | jq -r .token)" \
+        || die "fleetctl executor join-token failed"
     printf '%s\n' "FLEET_EXECUTOR__ID=$1" \
-        "FLEET_EXECUTOR__BOOTSTRAP_SECRET=$FLEET_DEMO_BOOTSTRAP" \
+        "FLEET_EXECUTOR__JOIN_TOKEN=$join" \
         "FLEET_EXECUTOR__REGISTER_URL=$FLEET_ADDR" \
         "FLEET_EXECUTOR__CREDENTIALS_FILE=$DEMO_DIR/$1.credentials.json"
 }
-mapfile -t cpu1 < <(executor_env cpu-1)
-mapfile -t cpu2 < <(executor_env cpu-2)
-mapfile -t gpu1 < <(executor_env gpu-1)
+mapfile -t cpu1 < <(executor_env cpu-1 cpu)
+mapfile -t cpu2 < <(executor_env cpu-2 cpu)
+mapfile -t gpu1 < <(executor_env gpu-1 lab.gpu)
 start_proc cpu-1 fleet-executor "127.0.0.1:$((PORT_BASE + 3))" \
     "${cpu1[@]}" FLEET_EXECUTOR__GROUPS=cpu FLEET_EXECUTOR__CAPACITY=2
 start_proc cpu-2 fleet-executor "127.0.0.1:$((PORT_BASE + 4))" \

@@ -334,6 +334,9 @@ pub struct DispatcherConfig {
     /// requests, their env included). Off by default: only executors that registered
     /// (join token or bootstrap secret), each with a broker user of its own, get work.
     pub unsafe_open_executors: bool,
+    /// Gone: `unsafe_open_executors` (inverted) took its place. Read only to say so.
+    #[serde(default, skip_serializing)]
+    pub require_registration: Option<bool>,
     /// An attempt its executor reported finished (its result published) whose result
     /// is not recorded within this long is lost after all: the result was refused or
     /// lost on the way. Long, because a slow or stopped collector is no reason to run a
@@ -351,6 +354,7 @@ impl Default for DispatcherConfig {
             executor_timeout_secs: 5,
             leader_ttl_secs: 5,
             unsafe_open_executors: false,
+            require_registration: None,
             result_timeout_secs: 600,
         }
     }
@@ -561,6 +565,21 @@ impl Config {
         }
         self.executor_groups()?;
         self.executor_labels()?;
+        if let Some(required) = self.dispatcher.require_registration {
+            return Err(invalid(
+                "dispatcher.require_registration",
+                format!(
+                    "is gone: only registered executors get work by default now; \
+                     dispatcher.unsafe_open_executors = true (development only) gives work \
+                     to unregistered ones too{}",
+                    if required {
+                        " (remove the setting: true is the default)"
+                    } else {
+                        " (what require_registration = false did)"
+                    }
+                ),
+            ));
+        }
         let registers =
             self.executor.join_token.is_some() || self.executor.bootstrap_secret.is_some();
         if registers && self.executor.credentials_file.is_none() {

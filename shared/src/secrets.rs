@@ -130,13 +130,66 @@ impl Policy {
         match (job.first_secret(), &self.sealer) {
             (Some(field), None) => Err(crate::job::FieldError {
                 field,
-                message: "secret values need a key to be stored encrypted, and this fleet has                           none: set secrets.key (FLEET_SECRETS__KEY, 64 hex digits from                           `openssl rand -hex 32`) on the submitter and the dispatcher"
+                message: "secret values need a key to be stored encrypted, and this fleet has \
+                          none: set secrets.key (FLEET_SECRETS__KEY, 64 hex digits from \
+                          `openssl rand -hex 32`) on the submitter and the dispatcher"
                     .into(),
             }),
             _ => Ok(()),
         }
     }
 }
+
+/// `body` with secret env values replaced by `"<redacted>"`, for a copy kept where others
+/// read (a dead letter): every value of an `env_secret` object, and the values of `env`
+/// objects whose names `is_secret` says are secret, at any depth (a job's tasks, a
+/// `requests` list). A body that is not JSON is returned as it is.
+pub fn redact_json(body: &[u8], is_secret: impl Fn(&str) -> bool + Copy) -> Vec<u8> {
+    fn walk(v: &mut serde_json::Value, is_secret: impl Fn(&str) -> bool + Copy) -> bool {
+        let mut changed = false;
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    match (k.as_str(), child) {
+                        ("env_secret", serde_json::Value::Object(vars)) => {
+                            for value in vars.values_mut() {
+                                *value = serde_json::Value::from(REDACTED);
+                                changed = true;
+                            }
+                        }
+                        ("env", serde_json::Value::Object(vars)) => {
+                            for (name, value) in vars.iter_mut() {
+                                if is_secret(name) {
+                                    *value = serde_json::Value::from(REDACTED);
+                                    changed = true;
+                                }
+                            }
+                        }
+                        (_, child) => changed |= walk(child, is_secret),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    changed |= walk(item, is_secret);
+                }
+            }
+            _ => {}
+        }
+        changed
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return body.to_vec();
+    };
+    if walk(&mut v, is_secret) {
+        serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
+    } else {
+        body.to_vec()
+    }
+}
+
+/// What stands for a secret value in a redacted copy.
+pub const REDACTED: &str = "<redacted>";
 
 #[cfg(test)]
 mod tests {
@@ -181,5 +234,22 @@ mod tests {
             format!("{:?}", SecretBox::from_hex(KEY)),
             "Ok(SecretBox(..))"
         );
+    }
+
+    #[test]
+    fn a_redacted_copy_keeps_everything_but_the_secret_values() {
+        let body = br#"{"type":"submit","job":{"tasks":[{"argv":["x"],
+            "env":{"DB_PASSWORD":"p1","HOME":"/"},"env_secret":{"K":"p2"}}]}}"#;
+        let is_secret = |k: &str| k.contains("PASSWORD");
+        let out = String::from_utf8(redact_json(body, is_secret)).expect("utf-8");
+        assert!(!out.contains("p1") && !out.contains("p2"), "{out}");
+        assert!(
+            out.contains(r#""HOME":"/""#) && out.contains(r#""argv":["x"]"#),
+            "{out}"
+        );
+        let requests = br#"{"requests":[{"env":{"A":"s1"}}]}"#;
+        let out = String::from_utf8(redact_json(requests, |_| true)).expect("utf-8");
+        assert!(!out.contains("s1"), "{out}");
+        assert_eq!(redact_json(b"not json", |_| true), b"not json");
     }
 }

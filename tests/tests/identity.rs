@@ -468,5 +468,15 @@ async fn by_default_only_registered_executors_take_work() -> Result<()> {
         assert_eq!(s, 200);
         let _ = std::fs::remove_file(creds(who));
     }
+    // A revoked executor does not come back with the bootstrap secret: that takes a join
+    // token, from an administrator.
+    let (s, body) = fleet
+        .call(
+            Method::POST,
+            "/v1/executors/register",
+            Some(json!({"bootstrap_secret": bootstrap, "executor_id": "booted"})),
+        )
+        .await?;
+    assert_eq!(s, 409, "{body}");
     fleet.shutdown().await
 }

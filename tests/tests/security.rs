@@ -283,3 +283,86 @@ async fn without_a_key_a_secret_value_is_refused_naming_the_field() -> Result<()
     assert_eq!(fleet.count("SELECT count(*) FROM jobs").await?, 1);
     fleet.shutdown().await
 }
+
+/// Dead letters are read by whoever inspects the broker, and kept 14 days: a refused
+/// submission is kept without its secret values, and a request that expired in an
+/// executor's queue (its env holds secret values, opened for the executor) is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_queue_keeps_no_secret_value() -> Result<()> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let fleet = TestFleet::start("deadsecret").await?;
+    let given = format!("given-{}", uuid::Uuid::new_v4().simple());
+    let named = format!("named-{}", uuid::Uuid::new_v4().simple());
+    // Refused (no token), with a secret given and one by name.
+    let body = serde_json::to_vec(&json!({"type": "submit", "v": 1, "job": {"tasks": [{
+        "argv": ["true"], "env": {"DB_PASSWORD": named, "HOME": "/"},
+        "env_secret": {"API": given}}]}}))?;
+    let refused = fleet.submit_amqp_as(None, &body, Some("d-1")).await?;
+    assert_eq!(refused["accepted"], false, "{refused}");
+
+    // A request for an executor that never takes it, expiring at once in its queue.
+    let n = fleet_shared::amqp::Names::new(&fleet.cfg.amqp.prefix);
+    let ghost = fleet_shared::id::ExecutorId::parse("ghost-1")?;
+    let conn = fleet_shared::amqp::connect(&fleet.cfg.amqp, "fleet-test-ghost").await?;
+    let ch = conn.create_channel().await?;
+    fleet_shared::amqp::declare_executor_queue(
+        &ch,
+        &n,
+        &ghost,
+        &[fleet_shared::group::GroupName::default_group()],
+    )
+    .await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let request = json!({"type": "request", "v": 1, "env": {"API": given}});
+    ch.basic_publish(
+        n.root_exchange().as_str().into(),
+        fleet_shared::amqp::keys::request(&ghost).as_str().into(),
+        BasicPublishOptions::default(),
+        request.to_string().as_bytes(),
+        fleet_shared::amqp::json_properties().with_expiration("1".into()),
+    )
+    .await?
+    .await?;
+    let queue = n.executor_queue(&ghost);
+    fleet_tests::wait_for("the request to expire", Duration::from_secs(30), || async {
+        let left = fleet.queue_info(&queue).await?["messages"].as_u64();
+        Ok((left == Some(0)).then_some(()))
+    })
+    .await?;
+
+    let dead = fleet.dead_letters(1, Duration::from_secs(30)).await?;
+    let mut all = dead;
+    // Whatever else arrives within a moment (an expired request would).
+    all.extend(fleet.dead_letters(5, Duration::from_secs(2)).await?);
+    assert!(
+        all.iter().any(|d| d.reason == "unauthenticated"),
+        "the refused submission is kept: {:?}",
+        all.iter().map(|d| &d.reason).collect::<Vec<_>>()
+    );
+    for d in &all {
+        let text = String::from_utf8_lossy(&d.body);
+        assert!(
+            !text.contains(&given) && !text.contains(&named),
+            "a dead letter ({}) holds a secret: {text}",
+            d.reason
+        );
+        assert!(
+            !text.contains("\"request\""),
+            "an expired request is kept: {text}"
+        );
+    }
+    let refused_body = all
+        .iter()
+        .find(|d| d.reason == "unauthenticated")
+        .map(|d| String::from_utf8_lossy(&d.body).into_owned())
+        .unwrap_or_default();
+    assert!(
+        refused_body.contains(fleet_shared::secrets::REDACTED) && refused_body.contains("HOME"),
+        "kept, redacted: {refused_body}"
+    );
+    let _ = ch
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    fleet.shutdown().await
+}

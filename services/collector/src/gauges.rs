@@ -58,10 +58,12 @@ pub async fn run(pool: Pool, cfg: Config, runs: Runs, token: CancellationToken) 
     // A failure is logged once until a look succeeds again.
     let mut failing = false;
     let history_every = Duration::from_secs(cfg.metrics.history_secs);
-    // The first look takes a sample; then one every `history_secs`.
-    let mut sampled: Option<Instant> = None;
+    // A look takes a sample when it is in a step (of `history_secs`, from the epoch) not
+    // sampled yet: one sample per step, none skipped whatever the two intervals are.
+    let mut sampled_step = None;
     loop {
-        let due = sampled.is_none_or(|t| t.elapsed() >= history_every);
+        let step = stats::sample_time(chrono::Utc::now(), cfg.metrics.history_secs);
+        let due = sampled_step != Some(step);
         let look = async {
             let mut client = pool.get().await.map_err(DbError::from)?;
             if due {
@@ -80,7 +82,7 @@ pub async fn run(pool: Pool, cfg: Config, runs: Runs, token: CancellationToken) 
         match tokio::time::timeout(every.max(Duration::from_secs(1)), look).await {
             Ok(Ok((view, took_sample))) => {
                 if took_sample {
-                    sampled = Some(Instant::now());
+                    sampled_step = Some(step);
                 }
                 let now = runs.now();
                 let gauges = match runs.times.lock() {

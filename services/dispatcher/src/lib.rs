@@ -514,7 +514,7 @@ impl Dispatcher {
             let failed = self.open_secrets(page.iter_mut());
             page.retain(|r| !failed.contains(&r.id));
             if first {
-                backlog = plan::backlog(page.len(), limit);
+                backlog = plan::backlog(read, limit);
             }
             let placed = plan::plan(
                 &page,

@@ -685,13 +685,17 @@ async fn session(
                 continue;
             }
             Err(e) => {
+                // A request's env may hold secret values (opened by the dispatcher): the
+                // dead letter keeps none of its env values.
+                let body = fleet_shared::secrets::redact_json(&delivery.data, |_| true);
                 publisher
-                    .publish(amqp::dead_letter(
+                    .publish(amqp::dead_letter_body(
                         n,
                         &delivery,
                         &queue,
                         e.reason(),
                         &e.to_string(),
+                        body,
                     ))
                     .await?;
                 ack_one(&delivery).await?;

@@ -106,6 +106,14 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
             "this join token does not allow the group '{g}'"
         )));
     }
+    // The bootstrap secret registers new ids only: an executor revoked (or registered
+    // before) comes back with a join token, which an administrator gives.
+    if token_id.is_none() && admin::ever_registered(&tx, &id).await? {
+        return Err(ApiError::Conflict(format!(
+            "executor {id} was registered before: the bootstrap secret registers new \
+             executor ids only; register it again with a join token"
+        )));
+    }
     let before = admin::registered_groups(&tx, &id).await?;
     // A live credential is not replaced: an administrator revokes it first.
     if !admin::record_credential(&tx, &id, &user, &wanted).await? {

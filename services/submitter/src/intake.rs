@@ -58,6 +58,25 @@ struct Intake<'a> {
     secrets: fleet_shared::secrets::Policy,
 }
 
+impl Intake<'_> {
+    /// A refused submission's dead letter: the message without its token (header) and
+    /// without its secret env values (body), which the dead-letter queue must not keep.
+    fn dead_letter(
+        &self,
+        n: &Names,
+        d: &Delivery,
+        source: &str,
+        reason: &str,
+        detail: &str,
+    ) -> Outgoing {
+        let patterns = &self.secrets.patterns;
+        let body = fleet_shared::secrets::redact_json(&d.data, |k| {
+            fleet_shared::job::name_matches(k, patterns)
+        });
+        amqp::dead_letter_body(n, d, source, reason, detail, body)
+    }
+}
+
 async fn session(
     intake: &Intake<'_>,
     health: &Health,
@@ -168,7 +187,7 @@ async fn handle_batch(
                 match found {
                     Ok(who) => who,
                     Err(r) => {
-                        out.push(amqp::dead_letter(n, d, &source, r.code, &r.message));
+                        out.push(intake.dead_letter(n, d, &source, r.code, &r.message));
                         out.extend(reply_to(d, &rejection(r.code, r.message, None)));
                         continue;
                     }
@@ -204,7 +223,7 @@ async fn handle_batch(
                 accepted_from.push(d);
             }
             Err((reason, message, field)) => {
-                out.push(amqp::dead_letter(n, d, &source, reason, &message));
+                out.push(intake.dead_letter(n, d, &source, reason, &message));
                 out.extend(reply_to(d, &rejection("invalid_request", message, field)));
             }
         }
@@ -234,7 +253,7 @@ async fn handle_batch(
                         None => return Handled::Shutdown,
                         Some(Ok(t)) => tickets.push(t.into_iter().next()),
                         Some(Err(e)) => {
-                            out.push(amqp::dead_letter(
+                            out.push(intake.dead_letter(
                                 n,
                                 d,
                                 &source,
@@ -304,18 +323,17 @@ async fn submitter_of(
     header: Option<&str>,
     token: &CancellationToken,
 ) -> Option<Result<Principal, Refusal>> {
-    let Some(header) = header else {
-        return Some(Err(Refusal {
-            code: "unauthenticated",
-            message: format!(
-                "no API token: a submit message carries the header `{}: Bearer <token>`",
-                proto::SUBMIT_TOKEN_HEADER
-            ),
-        }));
-    };
     let looked = svc::retry("checking a submission's token", token, || async {
-        match intake.auth.principal(intake.pool, Some(header)).await {
+        // The Authenticator decides even without a header (`auth.disabled` lets anyone).
+        match intake.auth.principal(intake.pool, header).await {
             Ok(who) => Ok(Ok(who)),
+            Err(ApiError::Unauthenticated) if header.is_none() => Ok(Err(Refusal {
+                code: "unauthenticated",
+                message: format!(
+                    "no API token: a submit message carries the header `{}: Bearer <token>`",
+                    proto::SUBMIT_TOKEN_HEADER
+                ),
+            })),
             Err(ApiError::Unauthenticated) => Ok(Err(Refusal {
                 code: "unauthenticated",
                 message: format!(

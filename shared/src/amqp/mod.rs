@@ -191,9 +191,39 @@ pub async fn declare_core(conn: &Connection, n: &Names) -> Result<(), AmqpError>
     let ch = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
     declare_exchanges(&ch, n).await?;
     declare_dead_queue(conn, n).await?;
-    bind_queue(&ch, &n.dead_queue(), &n.dlx(), "#").await?;
+    for key in dead_letter_keys(n) {
+        bind_queue(&ch, &n.dead_queue(), &n.dlx(), &key).await?;
+    }
+    // An older Fleet bound it with `#`, which kept expired requests too.
+    deadline(
+        "queue.unbind",
+        DECLARE_TIMEOUT,
+        ch.queue_unbind(
+            n.dead_queue().as_str().into(),
+            n.dlx().as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
     close_channel(&ch).await;
     Ok(())
+}
+
+/// What the dead-letter queue keeps, by routing key: what consumers refused (their
+/// queue's name, `<prefix>.…`) and what the broker dead-lettered from the results, live
+/// output and INFO queues. Not kept: requests and control messages that expired in an
+/// executor's queue (stale by then, and a request's env may hold secret values, opened
+/// for the executor, which must not rest 14 days in the dead queue), and submit messages
+/// the broker dead-lettered after the delivery limit (their routing key is anyone's;
+/// what the submitter refuses itself is kept, secrets redacted).
+pub fn dead_letter_keys(n: &Names) -> [String; 4] {
+    [
+        format!("{}.#", n.prefix()),
+        keys::ANY_RESULT.to_owned(),
+        keys::ANY_LOG.to_owned(),
+        keys::ANY_INFO.to_owned(),
+    ]
 }
 
 /// The dead-letter queue keeps at most this many messages; past it the oldest go first.
@@ -950,17 +980,23 @@ pub fn dead_letter(n: &Names, d: &Delivery, source: &str, reason: &str, detail: 
     dead_letter_body(n, d, source, reason, detail, d.data.clone())
 }
 
-/// A dead letter for part of a delivery (one result of a `results` list, say): `body`
-/// instead of the delivery's, with the delivery's properties and the same headers.
-/// A header of a delivery as text, if it is a string.
+/// A header of a delivery as text, if it is a string; its name in any case
+/// (`Authorization` as well as `authorization`).
 pub fn header_text(d: &Delivery, name: &str) -> Option<String> {
-    match d.properties.headers().as_ref()?.inner().get(name)? {
+    let headers = d.properties.headers().as_ref()?;
+    let (_, value) = headers
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))?;
+    match value {
         AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
         AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
         _ => None,
     }
 }
 
+/// A dead letter for part of a delivery (one result of a `results` list, say): `body`
+/// instead of the delivery's, with the delivery's properties and the same headers.
 pub fn dead_letter_body(
     n: &Names,
     d: &Delivery,
@@ -971,14 +1007,15 @@ pub fn dead_letter_body(
 ) -> Outgoing {
     let mut headers = d.properties.headers().clone().unwrap_or_default();
     // A token is not kept where whoever reads the dead letters would find it.
-    if headers
-        .inner()
-        .contains_key(crate::proto::SUBMIT_TOKEN_HEADER)
-    {
+    let is_token = |k: &ShortString| {
+        k.as_str()
+            .eq_ignore_ascii_case(crate::proto::SUBMIT_TOKEN_HEADER)
+    };
+    if headers.inner().keys().any(is_token) {
         let kept: std::collections::BTreeMap<_, _> = headers
             .inner()
             .iter()
-            .filter(|(k, _)| k.as_str() != crate::proto::SUBMIT_TOKEN_HEADER)
+            .filter(|(k, _)| !is_token(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         headers = FieldTable::from(kept);

@@ -513,6 +513,20 @@ pub async fn undo_registration(
     Ok(())
 }
 
+/// Whether an executor id holds a credential, live or revoked.
+pub async fn ever_registered(
+    tx: &super::Transaction<'_>,
+    executor: &ExecutorId,
+) -> Result<bool, DbError> {
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM executor_credentials WHERE executor_id = $1",
+            &[&executor.as_str()],
+        )
+        .await?
+        .is_some())
+}
+
 /// The groups an executor last registered with (empty if it never did).
 pub async fn registered_groups(
     tx: &super::Transaction<'_>,
