@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::id::{JobId, TaskId, TokenId};
 use crate::job::JobSpec;
 
 /// The answer to `POST /v1/jobs`, and each entry of the answer to a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Submitted {
     /// False when the idempotency key named a job that already existed.
     pub created: bool,
@@ -20,13 +21,13 @@ pub struct Submitted {
 }
 
 /// `POST /v1/jobs/batch`: many jobs, each with its own idempotency key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     pub jobs: Vec<BatchItem>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
     pub job: JobSpec,
@@ -35,13 +36,13 @@ pub struct BatchItem {
 }
 
 /// The answer to `POST /v1/jobs/batch`, in the order of the request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BatchSubmitted {
     pub jobs: Vec<Submitted>,
 }
 
 /// The answer to `POST /v1/jobs/{id}/cancel` (or one task's: `.../tasks/{task}/cancel`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Cancelled {
     /// Tasks that ended `cancelled` at once (dependents included).
     pub cancelled_now: u64,
@@ -54,14 +55,14 @@ pub struct Cancelled {
 }
 
 /// The answer to `POST /v1/jobs/{id}/retry` (or one task's): the tasks run again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Rerun {
     pub job_id: JobId,
     pub rerun: Vec<TaskId>,
 }
 
 /// The answer to `PATCH /v1/jobs/{id}`: what changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobChanged {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<bool>,
@@ -74,7 +75,7 @@ pub struct JobChanged {
 }
 
 /// `PATCH /v1/jobs/{id}`: what may change of a job once submitted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobPatch {
     /// For the tasks not yet handed out.
@@ -85,7 +86,7 @@ pub struct JobPatch {
     pub held: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub job_id: JobId,
     pub name: Option<String>,
@@ -104,7 +105,7 @@ pub struct JobView {
 
 /// The token that submitted a job: its id (`None` for the configured admin token and the
 /// AMQP intake) and its name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SubmittedBy {
     pub token_id: Option<TokenId>,
     pub name: String,
@@ -112,7 +113,7 @@ pub struct SubmittedBy {
 
 /// What a task was submitted as. `env` values are `None` for a caller that may see only
 /// the names (neither the job's owner nor an admin).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 pub struct TaskSpecView {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, Option<String>>,
@@ -148,7 +149,7 @@ impl JobView {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct CountsView {
     pub total: u64,
     pub done: u64,
@@ -157,7 +158,7 @@ pub struct CountsView {
     pub cancelled: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskView {
     pub task_id: TaskId,
     pub index: i32,
@@ -195,7 +196,7 @@ pub struct TaskView {
 }
 
 /// One member's copy of an `each` task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CopyView {
     pub executor_id: String,
     /// `pending`, `assigned`, `succeeded`, `failed` or `cancelled`.
@@ -206,7 +207,7 @@ pub struct CopyView {
 }
 
 /// One attempt of a task, for operators to see what happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AttemptView {
     pub attempt: i32,
     pub executor_id: String,
@@ -220,7 +221,7 @@ pub struct AttemptView {
     pub late_result: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ResultView {
     pub task_id: TaskId,
     pub index: i32,
@@ -240,14 +241,14 @@ pub struct ResultView {
     pub recorded_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ResultsView {
     pub job_id: JobId,
     pub results: Vec<ResultView>,
 }
 
 /// One job in a listing, with how many of its tasks are in each state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobSummary {
     pub job_id: JobId,
     pub name: Option<String>,
@@ -262,7 +263,7 @@ pub struct JobSummary {
     pub tasks: BTreeMap<String, i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobsPage {
     /// Newest first.
     pub jobs: Vec<JobSummary>,

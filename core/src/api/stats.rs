@@ -3,10 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::state::JobState;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct StatsView {
     /// The database's clock when the figures were read (one snapshot).
     pub at: DateTime<Utc>,
@@ -15,7 +16,7 @@ pub struct StatsView {
 }
 
 /// One group's figures, its subgroups' included.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct GroupStats {
     pub group: String,
     pub tasks: TaskStats,
@@ -24,7 +25,7 @@ pub struct GroupStats {
     pub finished: FinishedStats,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct TaskStats {
     pub ready: u64,
     pub held: u64,
@@ -35,14 +36,14 @@ pub struct TaskStats {
     pub oldest_ready_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ExecutorStats {
     pub alive: u64,
     /// Of those alive, how many take no new work.
     pub draining: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct SlotStats {
     /// The capacity of the alive executors.
     pub total: u64,
@@ -50,13 +51,13 @@ pub struct SlotStats {
     pub free: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct FinishedStats {
     pub last_minute: Outcomes,
     pub last_hour: Outcomes,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Outcomes {
     pub succeeded: u64,
     pub failed: u64,
