@@ -78,7 +78,7 @@ impl Outcomes {
 
 /// `GET /v1/stats/history`: each group's figures over a past span, as the collector
 /// sampled them every `step_secs` (one point per sample; a gap where no collector ran).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct StatsHistory {
     /// The sampling step (`metrics.history_secs` of the collector that serves it).
     pub step_secs: u64,
@@ -88,7 +88,7 @@ pub struct StatsHistory {
     pub groups: Vec<GroupHistory>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct GroupHistory {
     pub group: String,
     /// Oldest first.
@@ -96,7 +96,7 @@ pub struct GroupHistory {
 }
 
 /// One sample of one group (its subgroups included), as `GET /v1/stats` gave it then.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct HistoryPoint {
     pub at: DateTime<Utc>,
     pub ready: u64,

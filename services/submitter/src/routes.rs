@@ -1,18 +1,20 @@
 //! The API's routes: every resource module's, under one body limit, behind the gate that
-//! answers 503 until the migrations are applied.
+//! answers 503 until the migrations are applied; and the OpenAPI document they make.
+
+use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use fleet_shared::http::Health;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub fn router(state: AppState) -> Router {
-    let limit = state.max_body();
-    let health = state.health().clone();
-    Router::new()
+/// Every route of the API, each with its OpenAPI operation.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
         .merge(crate::submit::routes())
         .merge(crate::jobs::routes())
         .merge(crate::logs::routes())
@@ -25,12 +27,25 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::control::routes())
         .merge(crate::identity::routes())
         .merge(crate::session::routes())
-        .merge(crate::ui::routes())
+}
+
+/// The OpenAPI document of the API (what `GET /openapi.json` serves).
+pub fn openapi() -> serde_json::Value {
+    crate::openapi::finish(api().split_for_parts().1)
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body();
+    let health = state.health().clone();
+    let (api, doc) = api().split_for_parts();
+    let doc = Arc::new(crate::openapi::finish(doc));
+    api.merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| {
             until_migrated(health.clone(), req, next)
         }))
         .with_state(state)
+        .merge(crate::openapi::routes(doc))
 }
 
 /// Until the migrations are applied (the database has not answered since start-up),
