@@ -148,7 +148,12 @@ fn add_shared_answers(path: &str, op: &mut Value) {
 /// An optional body (`Option<T>` in the annotation) is absent or a `T`, never `null`:
 /// utoipa says `oneOf: [null, T]`, which the server would refuse.
 fn not_null_when_optional(op: &mut Value) {
-    let Some(content) = op["requestBody"]["content"].as_object_mut() else {
+    // `get_mut`, not indexing: indexing a missing key would add it, as `null`.
+    let Some(content) = op
+        .get_mut("requestBody")
+        .and_then(|b| b.get_mut("content"))
+        .and_then(Value::as_object_mut)
+    else {
         return;
     };
     for media in content.values_mut() {
