@@ -377,6 +377,72 @@ fn a_missing_required_field_or_an_undocumented_one_fails_validation() -> Result<
     Ok(())
 }
 
+/// Every `$ref` of `value`, with where it is.
+fn refs<'a>(value: &'a Value, at: String, out: &mut Vec<(String, &'a str)>) {
+    match value {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) => out.push((at.clone(), r)),
+                    _ => refs(v, format!("{at}/{k}"), out),
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                refs(v, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_document_is_well_formed() -> Result<()> {
+    let doc = committed()?;
+    ensure!(doc["openapi"] == "3.1.0", "{}", doc["openapi"]);
+    let mut all = Vec::new();
+    refs(&doc, String::new(), &mut all);
+    for (at, r) in &all {
+        let target = r
+            .strip_prefix('#')
+            .and_then(|p| doc.pointer(p))
+            .with_context(|| format!("{at}: {r} resolves to nothing"))?;
+        ensure!(target.is_object(), "{at}: {r} is not a schema");
+    }
+    let mut ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            ensure!(METHODS.contains(&method.as_str()), "{path}: {method}");
+            let id = op["operationId"].as_str().unwrap_or_default();
+            ensure!(
+                ids.insert(id.to_owned()),
+                "{method} {path}: operationId {id:?} again"
+            );
+            ensure!(op["tags"].is_array(), "{method} {path}: no tag");
+            ensure!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}: no answers"
+            );
+            if let Some(body) = op.get("requestBody") {
+                ensure!(
+                    body["content"].is_object(),
+                    "{method} {path}: a body without content"
+                );
+            }
+            for name in op["security"].as_array().into_iter().flatten() {
+                for scheme in name.as_object().into_iter().flatten().map(|(k, _)| k) {
+                    ensure!(
+                        doc["components"]["securitySchemes"][scheme].is_object(),
+                        "{method} {path}: unknown security scheme {scheme}"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_answers_as_the_document_says() -> Result<()> {
     use Method as M;
