@@ -39,6 +39,8 @@ pub fn router(state: AppState) -> Router {
     let health = state.health().clone();
     let (api, doc) = api().split_for_parts();
     let doc = Arc::new(crate::openapi::finish(doc));
+    // The console's pages are HTML for a browser, not operations for a client: they are
+    // left out of the document on purpose (its session, JSON, is in it).
     api.merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| {
