@@ -10,6 +10,7 @@ pub struct ErrorBody {
     pub code: String,
     pub message: String,
     #[serde(default)]
+    #[schema(required = true)]
     pub field: Option<String>,
 }
 

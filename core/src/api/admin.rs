@@ -20,6 +20,7 @@ pub struct TokenView {
     pub name: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -59,8 +60,11 @@ pub struct MemberView {
 pub struct GroupView {
     pub name: String,
     /// `None` only for `default`.
+    #[schema(required = true)]
     pub parent: Option<String>,
+    #[schema(required = true)]
     pub description: Option<String>,
+    #[schema(required = true)]
     pub created_at: Option<DateTime<Utc>>,
     /// Direct subgroups.
     pub subgroups: Vec<String>,

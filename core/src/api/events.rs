@@ -11,5 +11,6 @@ pub use crate::event::Event;
 pub struct EventsPage {
     pub events: Vec<Event>,
     /// Pass as `after` for the next page; `None` when nothing was read from the start.
+    #[schema(required = true)]
     pub next: Option<i64>,
 }

@@ -39,8 +39,10 @@ pub struct ExecutorDetail {
     /// Groups an administrator put it in, besides those it declares (`groups`).
     pub assigned_groups: Vec<String>,
     /// Its registration with a join token; `None` if it never registered.
+    #[schema(required = true)]
     pub registration: Option<RegistrationView>,
     /// An administrator's drain, kept until resumed; `None` if not drained so.
+    #[schema(required = true)]
     pub drain: Option<DrainView>,
     /// The attempts it holds now (assigned, running, or reported finished and not yet
     /// recorded), oldest first.
@@ -52,6 +54,7 @@ pub struct RegistrationView {
     pub registered_at: DateTime<Utc>,
     /// The groups it registered with: what it may claim.
     pub groups: Vec<String>,
+    #[schema(required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -69,6 +72,7 @@ pub struct HeldAttemptView {
     /// `assigned`, `running` or `reported`.
     pub state: String,
     pub assigned_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub started_at: Option<DateTime<Utc>>,
 }
 

@@ -89,15 +89,19 @@ pub struct JobPatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub job_id: JobId,
+    #[schema(required = true)]
     pub name: Option<String>,
     pub state: String,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
     /// Who submitted it.
     #[serde(default)]
+    #[schema(required = true)]
     pub submitted_by: SubmittedBy,
     /// Held: its tasks not yet handed out wait until it is released.
     #[serde(default)]
+    #[schema(required = true)]
     pub held: bool,
     pub counts: CountsView,
     pub tasks: Vec<TaskView>,
@@ -107,6 +111,7 @@ pub struct JobView {
 /// AMQP intake) and its name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SubmittedBy {
+    #[schema(required = true)]
     pub token_id: Option<TokenId>,
     pub name: String,
 }
@@ -120,6 +125,7 @@ pub struct TaskSpecView {
     /// The names of its secret variables: their values are never shown, to anyone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_secret: Vec<String>,
+    #[schema(required = true)]
     pub cwd: Option<String>,
     pub group: String,
     pub labels: BTreeMap<String, String>,
@@ -167,24 +173,32 @@ pub struct TaskView {
     /// reporting (its fate is settled when the lease runs out).
     pub state: String,
     pub attempts: i32,
+    #[schema(required = true)]
     pub executor_id: Option<String>,
+    #[schema(required = true)]
     pub exit_code: Option<i32>,
+    #[schema(required = true)]
     pub signal: Option<i32>,
+    #[schema(required = true)]
     pub error: Option<String>,
     /// Every attempt, oldest first: where it ran and how it ended.
     #[serde(default)]
+    #[schema(required = true)]
     pub history: Vec<AttemptView>,
     /// Runs once on every member of its group.
     #[serde(default)]
+    #[schema(required = true)]
     pub each: bool,
     /// With `each`: the successes needed (`None`: every member).
     #[serde(default)]
+    #[schema(required = true)]
     pub quorum: Option<i32>,
     /// With `each`: one entry per member, in executor order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<CopyView>,
     /// What it was submitted as.
     #[serde(default)]
+    #[schema(required = true)]
     pub spec: TaskSpecView,
     /// While `retrying`: when the next attempt may start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +206,7 @@ pub struct TaskView {
     /// Why a ready task is not handed out (no eligible executor, its job held, its group
     /// paused); `None` when there is nothing to say.
     #[serde(default)]
+    #[schema(required = true)]
     pub hint: Option<String>,
 }
 
@@ -203,6 +218,7 @@ pub struct CopyView {
     pub state: String,
     /// Attempts this member used.
     pub attempts: i32,
+    #[schema(required = true)]
     pub error: Option<String>,
 }
 
@@ -215,7 +231,9 @@ pub struct AttemptView {
     /// `spawn_failed`, `cancelled`, `lost`).
     pub state: String,
     pub assigned_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub started_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
     /// A lost attempt whose executor reported a result after all: kept, not counted.
     pub late_result: bool,
@@ -229,15 +247,21 @@ pub struct ResultView {
     pub attempt: i32,
     pub executor_id: String,
     pub outcome: String,
+    #[schema(required = true)]
     pub exit_code: Option<i32>,
+    #[schema(required = true)]
     pub signal: Option<i32>,
+    #[schema(required = true)]
     pub error: Option<String>,
     pub stdout: String,
     pub stderr: String,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    #[schema(required = true)]
     pub started_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub recorded_at: Option<DateTime<Utc>>,
 }
 
@@ -251,9 +275,11 @@ pub struct ResultsView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobSummary {
     pub job_id: JobId,
+    #[schema(required = true)]
     pub name: Option<String>,
     pub state: String,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
     pub submitted_by: SubmittedBy,
     pub held: bool,
@@ -268,6 +294,7 @@ pub struct JobsPage {
     /// Newest first.
     pub jobs: Vec<JobSummary>,
     /// Pass as `cursor` for the next page; `None` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 

@@ -28,6 +28,7 @@ pub struct LogsPage {
     pub ended: bool,
     pub job_id: JobId,
     /// Pass as `after` for the next page.
+    #[schema(required = true)]
     pub next: Option<i64>,
     pub task_id: TaskId,
 }

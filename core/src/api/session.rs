@@ -18,9 +18,11 @@ pub struct SignInBody {
 /// change (`None` when the request came with a bearer token rather than the cookie).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SessionView {
+    #[schema(required = true)]
     pub csrf: Option<String>,
     pub name: String,
     pub role: Role,
     /// `None` for the configured admin token.
+    #[schema(required = true)]
     pub token_id: Option<TokenId>,
 }

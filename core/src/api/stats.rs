@@ -33,6 +33,7 @@ pub struct TaskStats {
     pub running: u64,
     /// Seconds since the oldest ready (not held) task was submitted; `None` when none is
     /// ready.
+    #[schema(required = true)]
     pub oldest_ready_secs: Option<f64>,
 }
 

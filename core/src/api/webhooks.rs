@@ -37,8 +37,11 @@ pub struct WebhookView {
     pub pending: i64,
     /// Deliveries given up after every try.
     pub dead: i64,
+    #[schema(required = true)]
     pub last_delivered_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub last_error: Option<String>,
+    #[schema(required = true)]
     pub last_error_at: Option<DateTime<Utc>>,
     /// Only in the answer to its creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
