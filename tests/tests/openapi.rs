@@ -190,6 +190,38 @@ impl Contract {
         }
     }
 
+    /// Whether `path` (with its query) is an instance of `template`, and (for an answer
+    /// that is not an error) each parameter of its query one the operation documents.
+    fn path_and_query(&self, method: &str, template: &str, path: &str, ok: bool) -> Result<()> {
+        let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        let (want, got): (Vec<&str>, Vec<&str>) =
+            (template.split('/').collect(), route.split('/').collect());
+        ensure!(
+            want.len() == got.len()
+                && want
+                    .iter()
+                    .zip(&got)
+                    .all(|(w, g)| w == g || (w.starts_with('{') && !g.is_empty())),
+            "{path} is not an instance of {template}"
+        );
+        if !ok {
+            return Ok(());
+        }
+        let params = &self.operation(method, template)?["parameters"];
+        for name in query.split('&').filter(|p| !p.is_empty()) {
+            let name = name.split('=').next().unwrap_or_default();
+            ensure!(
+                params
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["in"] == "query" && p["name"] == name),
+                "{method} {template}: the query parameter {name} is not documented"
+            );
+        }
+        Ok(())
+    }
+
     fn unexercised(&self) -> Vec<String> {
         let mut missing = Vec::new();
         for (path, item) in self.doc["paths"].as_object().into_iter().flatten() {
@@ -239,6 +271,8 @@ impl Checked {
             .unwrap_or("")
             .to_owned();
         let text = resp.text().await?;
+        self.contract
+            .path_and_query(&m, template, path, status < 400)?;
         let answer = self
             .contract
             .response(&m, template, status, &content_type, &text)?;
@@ -290,6 +324,7 @@ impl Checked {
             .unwrap_or("")
             .to_owned();
         ensure!(status == 200, "GET {path}: {status}");
+        self.contract.path_and_query("get", template, path, true)?;
         let (media, _) = self
             .contract
             .answer("get", template, status, &content_type)?
@@ -369,6 +404,15 @@ fn a_missing_required_field_or_an_undocumented_one_fails_validation() -> Result<
             &json!({"tasks": [{"argv": ["true"], "tries": 2}]}),
             false
         )
+        .is_err());
+    // A query parameter the operation does not document is refused, and so is a path
+    // that is not the template's.
+    ensure!(contract
+        .path_and_query("get", "/v1/jobs", "/v1/jobs?colour=red", true)
+        .is_err());
+    contract.path_and_query("get", "/v1/jobs", "/v1/jobs?state=failed&limit=5", true)?;
+    ensure!(contract
+        .path_and_query("get", "/v1/jobs/{id}", "/v1/jobs/x/results", true)
         .is_err());
     // An answer with an undocumented status is refused.
     ensure!(contract
