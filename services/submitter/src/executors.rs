@@ -28,7 +28,7 @@ fn executor_id(id: &str) -> Result<ExecutorId, ApiError> {
 
 /// One executor: what the listing shows, and the attempts it holds, its registration
 /// and its drain.
-#[utoipa::path(get, path = "/v1/executors/{id}", tag = "executors",
+#[utoipa::path(get, operation_id = "get_executor", path = "/v1/executors/{id}", tag = "executors",
     params(("id" = String, Path, description = "The executor's id")),
     responses(
         (status = 200, description = "The executor", body = fleet_core::api::executors::ExecutorDetail),
@@ -52,7 +52,7 @@ async fn show(
 }
 
 /// Forgets an executor that is gone (one that comes back is listed again, as new).
-#[utoipa::path(delete, path = "/v1/executors/{id}", tag = "executors",
+#[utoipa::path(delete, operation_id = "forget_executor", path = "/v1/executors/{id}", tag = "executors",
     params(("id" = String, Path, description = "The executor's id")),
     responses(
         (status = 204, description = "Forgotten"),
@@ -76,7 +76,7 @@ async fn forget(
 }
 
 /// Every executor the dispatcher has heard of.
-#[utoipa::path(get, path = "/v1/executors", tag = "executors",
+#[utoipa::path(get, operation_id = "list_executors", path = "/v1/executors", tag = "executors",
     responses((status = 200, description = "The executors", body = fleet_core::api::executors::ExecutorsView)),
     security(("bearer" = ["reader"]), ("session" = ["reader"])),
 )]

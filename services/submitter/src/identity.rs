@@ -78,7 +78,7 @@ async fn create_join_token(
 /// Registers an executor: it gets a broker user of its own, held by RabbitMQ to its own
 /// queue, groups and id. Authenticated by what the body carries (a join token, or the
 /// fleet's executor bootstrap secret), not by a bearer token.
-#[utoipa::path(post, path = "/v1/executors/register", tag = "executors",
+#[utoipa::path(post, operation_id = "register_executor", path = "/v1/executors/register", tag = "executors",
     request_body = RegistrationBody,
     responses(
         (status = 201, description = "Registered: the executor's broker credentials", body = Registered),
@@ -178,7 +178,7 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
 
 /// Revokes an executor's registration: its broker user is deleted, which closes its
 /// connections.
-#[utoipa::path(post, path = "/v1/executors/{id}/revoke", tag = "executors",
+#[utoipa::path(post, operation_id = "revoke_executor", path = "/v1/executors/{id}/revoke", tag = "executors",
     params(("id" = String, Path, description = "The executor's id")),
     responses(
         (status = 200, description = "Revoked", body = Revoked),

@@ -78,7 +78,7 @@ async fn cancel_task(
 
 /// Runs a finished job's failed and cancelled tasks again, with their dependents, as new
 /// attempts.
-#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+#[utoipa::path(post, operation_id = "retry_job", path = "/v1/jobs/{id}/retry", tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "The job's id")),
     responses(
         (status = 202, description = "The tasks run again", body = Rerun),
@@ -98,7 +98,7 @@ async fn rerun_job(
 
 /// Runs one failed or cancelled task of a finished job again (by id, name or index),
 /// with its dependents.
-#[utoipa::path(post, path = "/v1/jobs/{id}/tasks/{task}/retry", tag = "jobs",
+#[utoipa::path(post, operation_id = "retry_task", path = "/v1/jobs/{id}/tasks/{task}/retry", tag = "jobs",
     params(
         ("id" = uuid::Uuid, Path, description = "The job's id"),
         ("task" = String, Path, description = "The task's id, name or index in the job"),
@@ -228,7 +228,7 @@ async fn cancel(
 
 /// Changes what may change of a job once submitted: the priority of its tasks not yet
 /// handed out, and whether it is held.
-#[utoipa::path(patch, path = "/v1/jobs/{id}", tag = "jobs",
+#[utoipa::path(patch, operation_id = "patch_job", path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "The job's id")),
     request_body = JobPatch,
     responses(

@@ -116,7 +116,7 @@ async fn attempt_of(
 /// A task's live output: a range of one attempt's chunks as JSON, or with `follow=true`
 /// Server-Sent Events until the attempt ends: `chunk` events (`id`: the chunk's `n`,
 /// `data`: a `Chunk`), then one `end` event (`data`: `{"task_id", "attempt"}`).
-#[utoipa::path(get, path = "/v1/jobs/{id}/tasks/{task}/logs", tag = "jobs",
+#[utoipa::path(get, operation_id = "get_task_logs", path = "/v1/jobs/{id}/tasks/{task}/logs", tag = "jobs",
     params(
         ("id" = uuid::Uuid, Path, description = "The job's id"),
         ("task" = String, Path, description = "The task's id, name or index in the job"),

@@ -180,7 +180,7 @@ pub fn routes(doc: Arc<Value>) -> Router {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "service",
+#[utoipa::path(get, operation_id = "get_openapi", path = "/openapi.json", tag = "service",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)),
 )]
 async fn openapi_json(State(doc): State<Arc<Value>>) -> Response {
@@ -191,7 +191,7 @@ const DOCS_HTML: &str = include_str!("../ui/docs.html");
 
 /// A page that reads this document and shows every operation, its parameters, bodies and
 /// answers, and the schemas.
-#[utoipa::path(get, path = "/docs", tag = "service",
+#[utoipa::path(get, operation_id = "get_docs", path = "/docs", tag = "service",
     responses((status = 200, description = "The API's reference, as a web page", content_type = "text/html", body = String)),
 )]
 async fn docs_page() -> Response {

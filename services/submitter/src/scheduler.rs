@@ -36,7 +36,7 @@ fn target(body: &[u8]) -> Result<GroupName, ApiError> {
 }
 
 /// Whether dispatching is paused, and where.
-#[utoipa::path(get, path = "/v1/scheduler", tag = "scheduler",
+#[utoipa::path(get, operation_id = "get_scheduler", path = "/v1/scheduler", tag = "scheduler",
     responses((status = 200, description = "The pauses in force", body = SchedulerStatus)),
     security(("bearer" = ["reader"]), ("session" = ["reader"])),
 )]
@@ -58,7 +58,7 @@ async fn status(
 
 /// Pauses dispatching for a group and its subgroups, or (an empty body) the whole fleet.
 /// Submissions are still accepted.
-#[utoipa::path(post, path = "/v1/scheduler/pause", tag = "scheduler",
+#[utoipa::path(post, operation_id = "pause_dispatching", path = "/v1/scheduler/pause", tag = "scheduler",
     request_body(content = Option<PauseTarget>, description = "The group; empty: the whole fleet"),
     responses(
         (status = 200, description = "Paused", body = PauseChanged),
@@ -84,7 +84,7 @@ async fn pause(
 }
 
 /// Resumes dispatching for a group, or (an empty body) the whole fleet.
-#[utoipa::path(post, path = "/v1/scheduler/resume", tag = "scheduler",
+#[utoipa::path(post, operation_id = "resume_dispatching", path = "/v1/scheduler/resume", tag = "scheduler",
     request_body(content = Option<PauseTarget>, description = "The group; empty: the whole fleet"),
     responses(
         (status = 200, description = "Resumed", body = PauseChanged),

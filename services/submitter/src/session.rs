@@ -110,7 +110,7 @@ fn unhex(s: &str) -> Option<String> {
 }
 
 /// `GET /ui/session`: who is signed in, and the CSRF value the console's script sends.
-#[utoipa::path(get, path = "/ui/session", tag = "console",
+#[utoipa::path(get, operation_id = "get_session", path = "/ui/session", tag = "console",
     responses((status = 200, description = "The caller", body = SessionView)),
     security(("bearer" = ["reader"]), ("session" = ["reader"])),
 )]

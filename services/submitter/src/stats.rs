@@ -41,7 +41,7 @@ async fn get_stats(
 
 /// The figures of `GET /v1/stats` as the collector sampled them, every `step_secs`, over
 /// the last `minutes`.
-#[utoipa::path(get, path = "/v1/stats/history", tag = "fleet",
+#[utoipa::path(get, operation_id = "get_stats_history", path = "/v1/stats/history", tag = "fleet",
     params(("minutes" = Option<u32>, Query, minimum = 1, maximum = 1440, description = "How far back (default 60)")),
     responses(
         (status = 200, description = "Each group's samples, oldest first", body = fleet_core::api::stats::StatsHistory),
