@@ -64,3 +64,30 @@ async fn until_migrated(
         ApiError::Unavailable("the database").into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `OpenApiRouter` also has a plain `route`, which serves a route without its
+    /// operation: outside the console's pages (and the document's own routes), every
+    /// route goes through `routes!`, so that none is served undocumented.
+    #[test]
+    fn no_api_route_bypasses_the_document() -> std::io::Result<()> {
+        // Spelt in two, so that this file does not match itself.
+        let plain = concat!(".rou", "te(");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !name.ends_with(".rs") || ["ui.rs", "openapi.rs"].contains(&name) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            assert!(
+                !text.contains(plain),
+                "{name} serves a route with `route(`: register it with `routes!` and \
+                 #[utoipa::path], then `make openapi`"
+            );
+        }
+        Ok(())
+    }
+}
