@@ -19,7 +19,7 @@ BIN ?= $(or $(CARGO_TARGET_DIR),target)/release
 # gigabytes for the kernel to write back, and PostgreSQL's and RabbitMQ's fsyncs would
 # queue behind them during the run.
 
-.PHONY: help demo test lint fmt bench bench-latency bench-balance chaos services status stop-services compose-check ci
+.PHONY: help demo test lint fmt openapi bench bench-latency bench-balance chaos services status stop-services compose-check ci
 
 help: ## List the targets
 	@echo "Fleet make targets:"
@@ -39,6 +39,10 @@ lint: ## cargo fmt --check and cargo clippy -D warnings
 
 fmt: ## Format the code (cargo fmt --all)
 	$(CARGO) fmt --all
+
+openapi: ## Regenerate docs/openapi.json from the submitter's routes and fleet-core's types
+	$(CARGO) run --quiet -p fleet-submitter -- --print-openapi > docs/openapi.json.tmp
+	mv docs/openapi.json.tmp docs/openapi.json
 
 bench: ## Throughput and CPU/commits/messages per job, N jobs, against a spawn baseline (BENCH_ARGS=...)
 	infra/services.sh up

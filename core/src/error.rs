@@ -2,13 +2,15 @@
 //! transient/permanent split that decides between retrying and rejecting.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable, snake_case: `invalid_request`, `not_found`, `unavailable`, ...
     pub code: String,
     pub message: String,
     #[serde(default)]
+    #[schema(required = true)]
     pub field: Option<String>,
 }
 

@@ -5,11 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::id::{JobId, TaskId};
 
 /// Every kind of event, as its name (also the AMQP routing key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum Kind {
     #[serde(rename = "job.accepted")]
     JobAccepted,
@@ -121,7 +122,7 @@ impl std::fmt::Display for Kind {
 
 /// One event as announced: the AMQP body, the SSE `data` and the webhook body. Fields a
 /// kind does not have are left out (docs/events.md lists which each kind carries).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Unique and increasing in the order events are read: the key to deduplicate by.
     pub id: i64,

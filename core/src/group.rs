@@ -74,6 +74,21 @@ impl GroupName {
     }
 }
 
+impl utoipa::PartialSchema for GroupName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A group: dot-separated segments of a-z, 0-9, '-' and '_' (`lab.gpu` is inside `lab`), at most 128 characters.",
+            ))
+            .pattern(Some("^[a-z0-9_-]+(\\.[a-z0-9_-]+)*$"))
+            .max_length(Some(128))
+            .into()
+    }
+}
+impl utoipa::ToSchema for GroupName {}
+
 impl fmt::Display for GroupName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

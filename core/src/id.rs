@@ -104,6 +104,24 @@ impl<'de, T> Deserialize<'de> for Id<T> {
     }
 }
 
+// In the OpenAPI document an id is a `string` of format `uuid`, one component per kind
+// (`JobId`, `TaskId`, `TokenId`) named after its marker type.
+impl<T> utoipa::PartialSchema for Id<T> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+            .into()
+    }
+}
+impl<T> utoipa::ToSchema for Id<T> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        let marker = std::any::type_name::<T>().rsplit("::").next().unwrap_or("");
+        format!("{marker}Id").into()
+    }
+}
+
 /// An executor's stable, operator-chosen name. It appears in routing keys and queue
 /// names, so it is restricted to characters that are safe there.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -134,6 +152,20 @@ impl ExecutorId {
     }
 }
 
+impl utoipa::PartialSchema for ExecutorId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "An executor's stable name: 1 to 64 of a-z, 0-9, '-', '_' (not `all`).",
+            ))
+            .pattern(Some("^[a-z0-9_-]{1,64}$"))
+            .into()
+    }
+}
+impl utoipa::ToSchema for ExecutorId {}
+
 impl fmt::Display for ExecutorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -162,6 +194,14 @@ mod tests {
         assert_eq!(json, format!("\"{}\"", id.uuid()));
         let back: JobId = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, id);
+    }
+
+    #[test]
+    fn each_kind_of_id_is_its_own_uuid_component() {
+        use utoipa::ToSchema;
+        assert_eq!(JobId::name(), "JobId");
+        assert_eq!(TaskId::name(), "TaskId");
+        assert_eq!(TokenId::name(), "TokenId");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::proto::Outcome;
 
@@ -17,7 +18,7 @@ pub const MAX_FACTOR: f64 = 10.0;
 
 /// An end of an attempt that a policy may try again. A lost attempt is always tried
 /// again, at once, while attempts remain: the command never got to answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RetryOn {
     Failed,
@@ -36,7 +37,7 @@ impl RetryOn {
 }
 
 /// As submitted: `retry: {on: [failed, timed_out], max_attempts: 5, backoff: {...}}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     #[serde(default)]
@@ -48,7 +49,7 @@ pub struct RetrySpec {
     pub backoff: Option<BackoffSpec>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffSpec {
     #[serde(default)]
@@ -60,7 +61,7 @@ pub struct BackoffSpec {
 }
 
 /// A validated policy, as stored with the task (`tasks.retry`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RetryPolicy {
     pub on: Vec<RetryOn>,
     pub initial_secs: f64,

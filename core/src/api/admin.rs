@@ -2,28 +2,30 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::Role;
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTokenBody {
     pub name: String,
     pub role: Role,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
     pub token_id: uuid::Uuid,
     pub name: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// A token just made: the only time its secret is shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NewToken {
     #[serde(flatten)]
     pub view: TokenView,
@@ -31,13 +33,13 @@ pub struct NewToken {
 }
 
 /// The answer to `GET /v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokensView {
     pub tokens: Vec<TokenView>,
 }
 
 /// `POST /v1/groups`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewGroupBody {
     pub name: String,
@@ -47,19 +49,22 @@ pub struct NewGroupBody {
 
 /// One member of a group: put there by an administrator, or declared by the executor
 /// itself (its configuration, as its INFO reports).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct MemberView {
     pub executor_id: String,
     /// `assigned` or `declared`.
     pub source: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GroupView {
     pub name: String,
     /// `None` only for `default`.
+    #[schema(required = true)]
     pub parent: Option<String>,
+    #[schema(required = true)]
     pub description: Option<String>,
+    #[schema(required = true)]
     pub created_at: Option<DateTime<Utc>>,
     /// Direct subgroups.
     pub subgroups: Vec<String>,
@@ -67,7 +72,7 @@ pub struct GroupView {
     pub members: Vec<MemberView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GroupsView {
     pub groups: Vec<GroupView>,
 }

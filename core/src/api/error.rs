@@ -1,11 +1,12 @@
 //! The body of every error answer: `{"error": {"code", "message", "field"}}`.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 pub use crate::error::ErrorBody;
 
 /// What every endpoint answers with an error status (4xx, 5xx).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorResponse {
     pub error: ErrorBody,
 }

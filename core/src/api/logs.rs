@@ -3,11 +3,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::id::{JobId, TaskId};
 
 /// One stored chunk of output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Chunk {
     pub n: i64,
     pub stream: String,
@@ -19,7 +20,7 @@ pub struct Chunk {
 }
 
 /// A page of one attempt's output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogsPage {
     pub attempt: i32,
     pub chunks: Vec<Chunk>,
@@ -27,6 +28,7 @@ pub struct LogsPage {
     pub ended: bool,
     pub job_id: JobId,
     /// Pass as `after` for the next page.
+    #[schema(required = true)]
     pub next: Option<i64>,
     pub task_id: TaskId,
 }

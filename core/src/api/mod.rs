@@ -11,6 +11,7 @@ pub mod executors;
 pub mod jobs;
 pub mod logs;
 pub mod scheduler;
+pub mod session;
 pub mod stats;
 pub mod webhooks;
 

@@ -2,9 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The body of a pause or resume (an empty body is the whole fleet).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PauseTarget {
     /// A group (with its subgroups); absent: the whole fleet (`default`).
@@ -13,7 +14,7 @@ pub struct PauseTarget {
 }
 
 /// A pause of dispatching.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Pause {
     pub group: String,
     pub paused_at: DateTime<Utc>,
@@ -21,7 +22,7 @@ pub struct Pause {
 }
 
 /// The answer to `GET /v1/scheduler`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SchedulerStatus {
     /// The whole fleet (`default`) is paused.
     pub fleet_paused: bool,
@@ -29,7 +30,7 @@ pub struct SchedulerStatus {
 }
 
 /// The answer to a pause or a resume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PauseChanged {
     pub group: String,
     /// Whether it is paused now.

@@ -3,10 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::state::JobState;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct StatsView {
     /// The database's clock when the figures were read (one snapshot).
     pub at: DateTime<Utc>,
@@ -15,7 +16,7 @@ pub struct StatsView {
 }
 
 /// One group's figures, its subgroups' included.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct GroupStats {
     pub group: String,
     pub tasks: TaskStats,
@@ -24,7 +25,7 @@ pub struct GroupStats {
     pub finished: FinishedStats,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct TaskStats {
     pub ready: u64,
     pub held: u64,
@@ -32,17 +33,18 @@ pub struct TaskStats {
     pub running: u64,
     /// Seconds since the oldest ready (not held) task was submitted; `None` when none is
     /// ready.
+    #[schema(required = true)]
     pub oldest_ready_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ExecutorStats {
     pub alive: u64,
     /// Of those alive, how many take no new work.
     pub draining: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct SlotStats {
     /// The capacity of the alive executors.
     pub total: u64,
@@ -50,13 +52,13 @@ pub struct SlotStats {
     pub free: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct FinishedStats {
     pub last_minute: Outcomes,
     pub last_hour: Outcomes,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Outcomes {
     pub succeeded: u64,
     pub failed: u64,
@@ -77,7 +79,7 @@ impl Outcomes {
 
 /// `GET /v1/stats/history`: each group's figures over a past span, as the collector
 /// sampled them every `step_secs` (one point per sample; a gap where no collector ran).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct StatsHistory {
     /// The sampling step (`metrics.history_secs` of the collector that serves it).
     pub step_secs: u64,
@@ -87,7 +89,7 @@ pub struct StatsHistory {
     pub groups: Vec<GroupHistory>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct GroupHistory {
     pub group: String,
     /// Oldest first.
@@ -95,7 +97,7 @@ pub struct GroupHistory {
 }
 
 /// One sample of one group (its subgroups included), as `GET /v1/stats` gave it then.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct HistoryPoint {
     pub at: DateTime<Utc>,
     pub ready: u64,

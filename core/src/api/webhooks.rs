@@ -2,9 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `POST /v1/webhooks`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhookBody {
     pub url: String,
@@ -19,7 +20,7 @@ pub struct NewWebhookBody {
 }
 
 /// A webhook as the API shows it (never its secret, except once when created).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WebhookView {
     pub id: uuid::Uuid,
     pub url: String,
@@ -36,8 +37,11 @@ pub struct WebhookView {
     pub pending: i64,
     /// Deliveries given up after every try.
     pub dead: i64,
+    #[schema(required = true)]
     pub last_delivered_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub last_error: Option<String>,
+    #[schema(required = true)]
     pub last_error_at: Option<DateTime<Utc>>,
     /// Only in the answer to its creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +49,7 @@ pub struct WebhookView {
 }
 
 /// The answer to `GET /v1/webhooks`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WebhooksView {
     pub webhooks: Vec<WebhookView>,
 }

@@ -5,9 +5,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
-use axum::{Json, Router};
+use axum::Json;
 use fleet_core::api::admin::{NewGroupBody, NewTokenBody, TokensView};
+use fleet_core::api::ErrorResponse;
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{admin, DbError};
 use fleet_shared::group::GroupName;
@@ -16,17 +16,15 @@ use fleet_shared::id::ExecutorId;
 use crate::auth::Caller;
 use crate::error::{invalid, no_nul, parse_body, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", delete(revoke_token))
-        .route("/v1/groups", get(list_groups).post(create_group))
-        .route("/v1/groups/{name}", delete(delete_group))
-        .route(
-            "/v1/groups/{name}/members/{executor}",
-            put(add_member).delete(remove_member),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_groups, create_group))
+        .routes(routes!(delete_group))
+        .routes(routes!(add_member, remove_member))
 }
 
 fn group_name(name: &str) -> Result<GroupName, ApiError> {
@@ -37,6 +35,15 @@ fn executor_id(id: &str) -> Result<ExecutorId, ApiError> {
     ExecutorId::parse(id).map_err(|e| invalid("executor_id", e.to_string()))
 }
 
+/// Makes an API token; its secret is in this answer only.
+#[utoipa::path(post, path = "/v1/tokens", tag = "admin",
+    request_body = NewTokenBody,
+    responses(
+        (status = 201, description = "The token, with its secret", body = fleet_core::api::admin::NewToken),
+        (status = 400, description = "A bad body (it names the field)", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn create_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -54,6 +61,11 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(made)).into_response())
 }
 
+/// Every API token (never their secrets).
+#[utoipa::path(get, path = "/v1/tokens", tag = "admin",
+    responses((status = 200, description = "The tokens", body = TokensView)),
+    security(("bearer" = ["admin"]), ("session" = ["admin"])),
+)]
 async fn list_tokens(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.need(Permission::Admin)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
@@ -61,6 +73,17 @@ async fn list_tokens(State(s): State<AppState>, caller: Caller) -> Result<Respon
     Ok(Json(TokensView { tokens }).into_response())
 }
 
+/// Revokes a token: it stops working within 5 seconds on every submitter (at once on
+/// this one).
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "admin",
+    params(("id" = uuid::Uuid, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "The id is not a UUID", body = ErrorResponse),
+        (status = 404, description = "No such token", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn revoke_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -76,6 +99,16 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Creates a group; its parent must exist (top-level groups are inside `default`).
+#[utoipa::path(post, path = "/v1/groups", tag = "groups",
+    request_body = NewGroupBody,
+    responses(
+        (status = 201, description = "The group", body = fleet_core::api::admin::GroupView),
+        (status = 400, description = "A bad body or group name", body = ErrorResponse),
+        (status = 409, description = "It exists already, or its parent does not", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn create_group(
     State(s): State<AppState>,
     caller: Caller,
@@ -95,6 +128,11 @@ async fn create_group(
     Ok((StatusCode::CREATED, Json(g)).into_response())
 }
 
+/// Every group: those created, and those executors declare.
+#[utoipa::path(get, path = "/v1/groups", tag = "groups",
+    responses((status = 200, description = "The groups", body = fleet_core::api::admin::GroupsView)),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
 async fn list_groups(
     State(s): State<AppState>,
     caller: Caller,
@@ -106,6 +144,17 @@ async fn list_groups(
     ))
 }
 
+/// Deletes an empty group (no subgroups, members or unfinished tasks).
+#[utoipa::path(delete, path = "/v1/groups/{name}", tag = "groups",
+    params(("name" = String, Path, description = "The group's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a group name", body = ErrorResponse),
+        (status = 404, description = "No such group", body = ErrorResponse),
+        (status = 409, description = "It is `default`, only declared, or not empty", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn delete_group(
     State(s): State<AppState>,
     caller: Caller,
@@ -118,6 +167,20 @@ async fn delete_group(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Puts an executor in a group (besides the groups it declares).
+#[utoipa::path(put, path = "/v1/groups/{name}/members/{executor}", tag = "groups",
+    params(
+        ("name" = String, Path, description = "The group's name"),
+        ("executor" = String, Path, description = "The executor's id"),
+    ),
+    responses(
+        (status = 204, description = "It is a member"),
+        (status = 400, description = "Not a group name or executor id", body = ErrorResponse),
+        (status = 404, description = "No such group", body = ErrorResponse),
+        (status = 409, description = "The group is `default` or only declared", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn add_member(
     State(s): State<AppState>,
     caller: Caller,
@@ -130,6 +193,19 @@ async fn add_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Takes an executor out of a group it was put in.
+#[utoipa::path(delete, path = "/v1/groups/{name}/members/{executor}", tag = "groups",
+    params(
+        ("name" = String, Path, description = "The group's name"),
+        ("executor" = String, Path, description = "The executor's id"),
+    ),
+    responses(
+        (status = 204, description = "It is no longer a member"),
+        (status = 400, description = "Not a group name or executor id", body = ErrorResponse),
+        (status = 404, description = "It was not put in that group", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn remove_member(
     State(s): State<AppState>,
     caller: Caller,

@@ -7,9 +7,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use fleet_core::api::executors::{CancelAttemptBody, ControlSent};
+use fleet_core::api::ErrorResponse;
 use fleet_shared::amqp::{self, keys, AmqpError, Outgoing};
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{control, DbError};
@@ -20,14 +20,15 @@ use fleet_shared::proto::{self, Control, ControlAction};
 use crate::auth::Caller;
 use crate::error::{invalid, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/executors/{id}/drain", post(drain_executor))
-        .route("/v1/executors/{id}/resume", post(resume_executor))
-        .route("/v1/executors/{id}/cancel", post(cancel_attempt))
-        .route("/v1/groups/{name}/drain", post(drain_group))
-        .route("/v1/groups/{name}/resume", post(resume_group))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(drain_executor))
+        .routes(routes!(resume_executor))
+        .routes(routes!(cancel_attempt))
+        .routes(routes!(drain_group))
+        .routes(routes!(resume_group))
 }
 
 enum Target {
@@ -96,6 +97,18 @@ fn group(name: &str) -> Result<Target, ApiError> {
         .map_err(|e| invalid("group", e.to_string()))
 }
 
+/// Drains an executor: it takes no new work and finishes what it holds. Kept until
+/// resumed, across restarts.
+#[utoipa::path(post, path = "/v1/executors/{id}/drain", tag = "executors",
+    params(("id" = String, Path, description = "The executor's id")),
+    responses(
+        (status = 202, description = "The control message was sent", body = ControlSent),
+        (status = 400, description = "Not an executor id", body = ErrorResponse),
+        (status = 404, description = "No executor with that id has a queue on the broker", body = ErrorResponse),
+        (status = 503, description = "The broker is unavailable", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn drain_executor(
     State(s): State<AppState>,
     caller: Caller,
@@ -110,6 +123,17 @@ async fn drain_executor(
     Ok(answer)
 }
 
+/// Resumes a drained executor.
+#[utoipa::path(post, path = "/v1/executors/{id}/resume", tag = "executors",
+    params(("id" = String, Path, description = "The executor's id")),
+    responses(
+        (status = 202, description = "The control message was sent", body = ControlSent),
+        (status = 400, description = "Not an executor id", body = ErrorResponse),
+        (status = 404, description = "No executor with that id has a queue on the broker", body = ErrorResponse),
+        (status = 503, description = "The broker is unavailable", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn resume_executor(
     State(s): State<AppState>,
     caller: Caller,
@@ -123,6 +147,17 @@ async fn resume_executor(
     send(&s, &target, ControlAction::Resume).await
 }
 
+/// Drains every executor of a group and its subgroups.
+#[utoipa::path(post, path = "/v1/groups/{name}/drain", tag = "groups",
+    params(("name" = String, Path, description = "The group's name")),
+    responses(
+        (status = 202, description = "The control message was sent", body = ControlSent),
+        (status = 400, description = "Not a group name", body = ErrorResponse),
+        (status = 404, description = "No executor in that group or its subgroups", body = ErrorResponse),
+        (status = 503, description = "The broker is unavailable", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn drain_group(
     State(s): State<AppState>,
     caller: Caller,
@@ -132,6 +167,17 @@ async fn drain_group(
     send(&s, &group(&name)?, ControlAction::Drain).await
 }
 
+/// Resumes every executor of a group and its subgroups.
+#[utoipa::path(post, path = "/v1/groups/{name}/resume", tag = "groups",
+    params(("name" = String, Path, description = "The group's name")),
+    responses(
+        (status = 202, description = "The control message was sent", body = ControlSent),
+        (status = 400, description = "Not a group name", body = ErrorResponse),
+        (status = 404, description = "No executor in that group or its subgroups", body = ErrorResponse),
+        (status = 503, description = "The broker is unavailable", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn resume_group(
     State(s): State<AppState>,
     caller: Caller,
@@ -141,6 +187,18 @@ async fn resume_group(
     send(&s, &group(&name)?, ControlAction::Resume).await
 }
 
+/// Kills one attempt an executor holds (the task then follows its retry rules).
+#[utoipa::path(post, path = "/v1/executors/{id}/cancel", tag = "executors",
+    params(("id" = String, Path, description = "The executor's id")),
+    request_body = CancelAttemptBody,
+    responses(
+        (status = 202, description = "The control message was sent", body = ControlSent),
+        (status = 400, description = "Not an executor id, or a bad body", body = ErrorResponse),
+        (status = 404, description = "No executor with that id has a queue on the broker", body = ErrorResponse),
+        (status = 503, description = "The broker is unavailable", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn cancel_attempt(
     State(s): State<AppState>,
     caller: Caller,

@@ -11,10 +11,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use fleet_core::api::events::EventsPage;
 use fleet_core::api::webhooks::{NewWebhookBody, WebhooksView};
+use fleet_core::api::ErrorResponse;
 use fleet_shared::auth::{JobAccess, Permission};
 use fleet_shared::db::events::{self, Cursor, Filter};
 use fleet_shared::db::{webhooks, DbError, Pool};
@@ -24,12 +24,13 @@ use fleet_shared::group::GroupName;
 use crate::auth::Caller;
 use crate::error::{invalid, parse_body, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/events", get(get_events))
-        .route("/v1/webhooks", get(list_webhooks).post(create_webhook))
-        .route("/v1/webhooks/{id}", delete(delete_webhook))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_events))
+        .routes(routes!(list_webhooks, create_webhook))
+        .routes(routes!(delete_webhook))
 }
 
 const DEFAULT_LIMIT: i64 = 500;
@@ -124,6 +125,32 @@ async fn parse(
     })
 }
 
+/// The event log: a JSON page, or with `follow=true` (or `Accept: text/event-stream`)
+/// Server-Sent Events for as long as the client stays: each has `id` (the event's id,
+/// what `Last-Event-ID` resumes from), `event` (its kind) and `data` (an `Event`). A
+/// caller that is not an admin sees the events of the jobs it may read.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(
+        ("job" = Option<uuid::Uuid>, Query, description = "One job's events (from its first, unless `after` or `from` say otherwise)"),
+        ("group" = Option<String>, Query, description = "Events of a group and its subgroups"),
+        ("kind" = Option<String>, Query, description = "Comma-separated kinds or patterns: `job.accepted`, `task.*`, ..."),
+        ("after" = Option<i64>, Query, description = "Events after this id (`next` of the previous page)"),
+        ("from" = Option<String>, Query, description = "`start` (the oldest kept) or `now`; default: `start` for a page or a job's stream, `now` for the fleet's stream"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 5000, description = "Events per page or per read (default 500)"),
+        ("follow" = Option<bool>, Query, description = "Answer with Server-Sent Events"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "A reconnecting stream resumes after this event"),
+    ),
+    responses(
+        (status = 200, description = "A page of events, or (`follow`) an event stream", content(
+            (EventsPage = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "A bad or unknown parameter (named in `field`)", body = ErrorResponse),
+        (status = 404, description = "`job` names no job the caller may read", body = ErrorResponse),
+        (status = 410, description = "The event `after` names is no longer kept", body = ErrorResponse),
+    ),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
 async fn get_events(
     State(s): State<AppState>,
     caller: Caller,
@@ -221,6 +248,16 @@ fn follow(
     })
 }
 
+/// Adds a fleet-wide webhook: the events it asks for are POSTed to `url`, signed with
+/// its secret (docs/events.md, "Webhooks").
+#[utoipa::path(post, path = "/v1/webhooks", tag = "events",
+    request_body = NewWebhookBody,
+    responses(
+        (status = 201, description = "The webhook, with its secret (shown this once)", body = fleet_core::api::webhooks::WebhookView),
+        (status = 400, description = "A bad url, event kind, group or secret", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn create_webhook(
     State(s): State<AppState>,
     caller: Caller,
@@ -259,6 +296,11 @@ async fn create_webhook(
     Ok((StatusCode::CREATED, Json(made)).into_response())
 }
 
+/// Every webhook, fleet-wide and jobs' own, with how its deliveries stand.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "events",
+    responses((status = 200, description = "The webhooks", body = WebhooksView)),
+    security(("bearer" = ["admin"]), ("session" = ["admin"])),
+)]
 async fn list_webhooks(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.need(Permission::Admin)?;
     let client = s.pool().get().await.map_err(DbError::from)?;
@@ -266,6 +308,15 @@ async fn list_webhooks(State(s): State<AppState>, caller: Caller) -> Result<Resp
     Ok(Json(WebhooksView { webhooks: list }).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "events",
+    params(("id" = uuid::Uuid, Path, description = "The webhook's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a webhook id", body = ErrorResponse),
+        (status = 404, description = "No such webhook", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn delete_webhook(
     State(s): State<AppState>,
     caller: Caller,

@@ -5,8 +5,8 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use fleet_core::api::ErrorResponse;
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{admin, read, DbError};
 use fleet_shared::id::ExecutorId;
@@ -14,17 +14,29 @@ use fleet_shared::id::ExecutorId;
 use crate::auth::Caller;
 use crate::error::{invalid, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/executors", get(list))
-        .route("/v1/executors/{id}", get(show).delete(forget))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show, forget))
 }
 
 fn executor_id(id: &str) -> Result<ExecutorId, ApiError> {
     ExecutorId::parse(id).map_err(|e| invalid("executor_id", e.to_string()))
 }
 
+/// One executor: what the listing shows, and the attempts it holds, its registration
+/// and its drain.
+#[utoipa::path(get, operation_id = "get_executor", path = "/v1/executors/{id}", tag = "executors",
+    params(("id" = String, Path, description = "The executor's id")),
+    responses(
+        (status = 200, description = "The executor", body = fleet_core::api::executors::ExecutorDetail),
+        (status = 400, description = "Not an executor id", body = ErrorResponse),
+        (status = 404, description = "No such executor", body = ErrorResponse),
+    ),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
 async fn show(
     State(s): State<AppState>,
     caller: Caller,
@@ -39,6 +51,17 @@ async fn show(
         .ok_or(ApiError::NotFound("executor"))
 }
 
+/// Forgets an executor that is gone (one that comes back is listed again, as new).
+#[utoipa::path(delete, operation_id = "forget_executor", path = "/v1/executors/{id}", tag = "executors",
+    params(("id" = String, Path, description = "The executor's id")),
+    responses(
+        (status = 204, description = "Forgotten"),
+        (status = 400, description = "Not an executor id", body = ErrorResponse),
+        (status = 404, description = "No such executor", body = ErrorResponse),
+        (status = 409, description = "The executor is alive or holds attempts", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn forget(
     State(s): State<AppState>,
     caller: Caller,
@@ -52,6 +75,11 @@ async fn forget(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every executor the dispatcher has heard of.
+#[utoipa::path(get, operation_id = "list_executors", path = "/v1/executors", tag = "executors",
+    responses((status = 200, description = "The executors", body = fleet_core::api::executors::ExecutorsView)),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
 async fn list(
     State(s): State<AppState>,
     caller: Caller,

@@ -7,9 +7,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use fleet_core::api::executors::{NewJoinTokenBody, Registered, RegistrationBody, Revoked};
+use fleet_core::api::ErrorResponse;
 use fleet_shared::amqp;
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{admin, DbError};
@@ -20,15 +20,16 @@ use crate::auth::Caller;
 use crate::broker_admin::BrokerAdminError;
 use crate::error::{invalid, parse_body, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The longest a join token may live: 30 days.
 const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/join-tokens", post(create_join_token))
-        .route("/v1/executors/register", post(register))
-        .route("/v1/executors/{id}/revoke", post(revoke))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_join_token))
+        .routes(routes!(register))
+        .routes(routes!(revoke))
 }
 
 fn groups(field: &str, names: &[String]) -> Result<Vec<GroupName>, ApiError> {
@@ -48,6 +49,15 @@ fn broker(e: BrokerAdminError) -> ApiError {
     ApiError::Unavailable("the broker's management API")
 }
 
+/// Makes a one-time token an executor registers with; its secret is in this answer only.
+#[utoipa::path(post, path = "/v1/join-tokens", tag = "executors",
+    request_body = NewJoinTokenBody,
+    responses(
+        (status = 201, description = "The join token", body = fleet_core::api::executors::NewJoinToken),
+        (status = 400, description = "A bad body, group or `ttl_secs`", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn create_join_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -65,7 +75,20 @@ async fn create_join_token(
     Ok((StatusCode::CREATED, Json(made)).into_response())
 }
 
-/// Authenticated by the join token in the body, not by a bearer token.
+/// Registers an executor: it gets a broker user of its own, held by RabbitMQ to its own
+/// queue, groups and id. Authenticated by what the body carries (a join token, or the
+/// fleet's executor bootstrap secret), not by a bearer token.
+#[utoipa::path(post, operation_id = "register_executor", path = "/v1/executors/register", tag = "executors",
+    request_body = RegistrationBody,
+    responses(
+        (status = 201, description = "Registered: the executor's broker credentials", body = Registered),
+        (status = 400, description = "A bad body, executor id or group, or not one of join_token and bootstrap_secret", body = ErrorResponse),
+        (status = 401, description = "The join token is unknown, already used or expired, or the bootstrap secret is not this fleet's", body = ErrorResponse),
+        (status = 409, description = "The token does not allow a group asked for, or the executor is registered already", body = ErrorResponse),
+        (status = 503, description = "The broker (or its management API) or the database is unavailable", body = ErrorResponse),
+    ),
+    security(()),
+)]
 async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let b: RegistrationBody = parse_body(&body)?;
     let id =
@@ -161,6 +184,18 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
         .into_response())
 }
 
+/// Revokes an executor's registration: its broker user is deleted, which closes its
+/// connections.
+#[utoipa::path(post, operation_id = "revoke_executor", path = "/v1/executors/{id}/revoke", tag = "executors",
+    params(("id" = String, Path, description = "The executor's id")),
+    responses(
+        (status = 200, description = "Revoked", body = Revoked),
+        (status = 400, description = "Not an executor id", body = ErrorResponse),
+        (status = 404, description = "No registered executor with that id", body = ErrorResponse),
+        (status = 503, description = "The broker's management API is unavailable", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn revoke(
     State(s): State<AppState>,
     caller: Caller,

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use fleet_core::api::jobs::{Cancelled, JobChanged, JobPatch, Rerun};
+use fleet_core::api::ErrorResponse;
 use fleet_shared::auth::{self, JobAccess, Permission};
 use fleet_shared::db::control::{self, JobChange};
 use fleet_shared::db::read::{self, JobFilter, OwnerFilter};
@@ -22,18 +22,31 @@ use fleet_shared::state::JobState;
 use crate::auth::Caller;
 use crate::error::{bad_id, invalid, no_nul, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job).patch(change_job))
-        .route("/v1/jobs/{id}/results", get(get_results))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/jobs/{id}/retry", post(rerun_job))
-        .route("/v1/jobs/{id}/tasks/{task}/retry", post(rerun_task))
-        .route("/v1/jobs/{id}/tasks/{task}/cancel", post(cancel_task))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_jobs))
+        .routes(routes!(get_job, change_job))
+        .routes(routes!(get_results))
+        .routes(routes!(cancel_job))
+        .routes(routes!(rerun_job))
+        .routes(routes!(rerun_task))
+        .routes(routes!(cancel_task))
 }
 
+/// Cancels a job: its tasks not yet handed out end `cancelled` at once, and the attempts
+/// running on executors are killed (their tasks end `cancelled` when the executors
+/// report, within a second or so).
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 202, description = "Cancelled, or being cancelled", body = Cancelled),
+        (status = 400, description = "The id is not a UUID", body = ErrorResponse),
+        (status = 404, description = "No such job (or one the caller may not read)", body = ErrorResponse),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = [])),
+)]
 async fn cancel_job(
     State(s): State<AppState>,
     caller: Caller,
@@ -42,6 +55,19 @@ async fn cancel_job(
     cancel(&s, &caller, &id, None).await
 }
 
+/// Cancels one task of a job (by id, name or index) and the tasks that depend on it.
+#[utoipa::path(post, path = "/v1/jobs/{id}/tasks/{task}/cancel", tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id"),
+        ("task" = String, Path, description = "The task's id, name or index in the job"),
+    ),
+    responses(
+        (status = 202, description = "Cancelled, or being cancelled", body = Cancelled),
+        (status = 400, description = "The job id is not a UUID", body = ErrorResponse),
+        (status = 404, description = "No such job, or no such task in it", body = ErrorResponse),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = [])),
+)]
 async fn cancel_task(
     State(s): State<AppState>,
     caller: Caller,
@@ -50,6 +76,18 @@ async fn cancel_task(
     cancel(&s, &caller, &id, Some(&task)).await
 }
 
+/// Runs a finished job's failed and cancelled tasks again, with their dependents, as new
+/// attempts.
+#[utoipa::path(post, operation_id = "retry_job", path = "/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 202, description = "The tasks run again", body = Rerun),
+        (status = 400, description = "The id is not a UUID", body = ErrorResponse),
+        (status = 404, description = "No such job", body = ErrorResponse),
+        (status = 409, description = "The job is not finished, or nothing of it failed or was cancelled", body = ErrorResponse),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = [])),
+)]
 async fn rerun_job(
     State(s): State<AppState>,
     caller: Caller,
@@ -58,6 +96,21 @@ async fn rerun_job(
     rerun(&s, &caller, &id, None).await
 }
 
+/// Runs one failed or cancelled task of a finished job again (by id, name or index),
+/// with its dependents.
+#[utoipa::path(post, operation_id = "retry_task", path = "/v1/jobs/{id}/tasks/{task}/retry", tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id"),
+        ("task" = String, Path, description = "The task's id, name or index in the job"),
+    ),
+    responses(
+        (status = 202, description = "The task runs again", body = Rerun),
+        (status = 400, description = "The job id is not a UUID", body = ErrorResponse),
+        (status = 404, description = "No such job, or no such task in it", body = ErrorResponse),
+        (status = 409, description = "The job is not finished, or the task neither failed nor was cancelled", body = ErrorResponse),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = [])),
+)]
 async fn rerun_task(
     State(s): State<AppState>,
     caller: Caller,
@@ -173,6 +226,19 @@ async fn cancel(
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
+/// Changes what may change of a job once submitted: the priority of its tasks not yet
+/// handed out, and whether it is held.
+#[utoipa::path(patch, operation_id = "patch_job", path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    request_body = JobPatch,
+    responses(
+        (status = 200, description = "What changed", body = JobChanged),
+        (status = 400, description = "A bad id or body (it names the field)", body = ErrorResponse),
+        (status = 404, description = "No such job", body = ErrorResponse),
+        (status = 409, description = "The job is finished", body = ErrorResponse),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = [])),
+)]
 async fn change_job(
     State(s): State<AppState>,
     caller: Caller,
@@ -226,6 +292,27 @@ async fn change_job(
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 1_000;
 
+/// Jobs, newest first, a page at a time (keyset: pass `next_cursor` as `cursor`). A
+/// submitter token lists its own jobs only.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    params(
+        ("state" = Option<String>, Query, description = "Comma-separated job states: pending, running, succeeded, failed, cancelled"),
+        ("name_prefix" = Option<String>, Query, description = "Jobs whose name starts so"),
+        ("group" = Option<String>, Query, description = "Jobs with a task targeting this group"),
+        ("label" = Option<String>, Query, description = "`key=value`: jobs with a task requiring this label"),
+        ("submitted_by" = Option<String>, Query, description = "A token's id or name"),
+        ("mine" = Option<bool>, Query, description = "Only the caller's own jobs"),
+        ("created_before" = Option<String>, Query, format = DateTime, description = "RFC 3339"),
+        ("created_after" = Option<String>, Query, format = DateTime, description = "RFC 3339"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Jobs per page (default 50)"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = fleet_core::api::jobs::JobsPage),
+        (status = 400, description = "A bad or unknown parameter (named in `field`)", body = ErrorResponse),
+    ),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
 async fn list_jobs(
     State(s): State<AppState>,
     caller: Caller,
@@ -339,6 +426,17 @@ pub fn parse_filter(
     Ok(f)
 }
 
+/// One job, its tasks and their attempts. `env` values are hidden (`null`) from a caller
+/// that is neither the job's owner nor an admin.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = fleet_core::api::jobs::JobView),
+        (status = 400, description = "The id is not a UUID", body = ErrorResponse),
+        (status = 404, description = "No such job (or one the caller may not read)", body = ErrorResponse),
+    ),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
 async fn get_job(
     State(s): State<AppState>,
     caller: Caller,
@@ -358,6 +456,16 @@ async fn get_job(
     Ok(Json(job))
 }
 
+/// The recorded result of every task of a job (for an `each` task, of every member).
+#[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job's results", body = fleet_core::api::jobs::ResultsView),
+        (status = 400, description = "The id is not a UUID", body = ErrorResponse),
+        (status = 404, description = "No such job (or one the caller may not read)", body = ErrorResponse),
+    ),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
 async fn get_results(
     State(s): State<AppState>,
     caller: Caller,

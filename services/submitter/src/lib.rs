@@ -13,6 +13,7 @@ mod inserter;
 mod intake;
 mod jobs;
 mod logs;
+mod openapi;
 mod purge;
 mod routes;
 mod scheduler;
@@ -28,6 +29,8 @@ use fleet_shared::http;
 use fleet_shared::svc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub use routes::openapi;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7070";
 

@@ -9,9 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use fleet_core::api::logs::LogsPage;
+use fleet_core::api::ErrorResponse;
 use fleet_shared::auth::JobAccess;
 use fleet_shared::db::{control, logs, Client, DbError, Pool};
 use fleet_shared::id::TaskId;
@@ -19,9 +19,10 @@ use fleet_shared::id::TaskId;
 use crate::auth::Caller;
 use crate::error::{invalid, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/jobs/{id}/tasks/{task}/logs", get(task_logs))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(task_logs))
 }
 
 /// Chunks per answer (and per SSE read) unless `limit` says otherwise, and at most.
@@ -112,6 +113,30 @@ async fn attempt_of(
         .map(|r| (r.get(0), r.get(1))))
 }
 
+/// A task's live output: a range of one attempt's chunks as JSON, or with `follow=true`
+/// Server-Sent Events until the attempt ends: `chunk` events (`id`: the chunk's `n`,
+/// `data`: a `Chunk`), then one `end` event (`data`: `{"task_id", "attempt"}`).
+#[utoipa::path(get, operation_id = "get_task_logs", path = "/v1/jobs/{id}/tasks/{task}/logs", tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id"),
+        ("task" = String, Path, description = "The task's id, name or index in the job"),
+        ("attempt" = Option<i32>, Query, minimum = 1, description = "The attempt (default: the latest)"),
+        ("stream" = Option<String>, Query, description = "`stdout`, `stderr` or `both` (the default)"),
+        ("after" = Option<i64>, Query, description = "Chunks after this one (`next` of the previous page)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "Chunks per answer (default 1000)"),
+        ("follow" = Option<bool>, Query, description = "Answer with Server-Sent Events until the attempt ends"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "A reconnecting stream resumes after this chunk"),
+    ),
+    responses(
+        (status = 200, description = "A page of output, or (`follow`) an event stream", content(
+            (LogsPage = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "A bad or unknown parameter (named in `field`)", body = ErrorResponse),
+        (status = 404, description = "No such job, task or attempt (not started yet?)", body = ErrorResponse),
+    ),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
 async fn task_logs(
     State(s): State<AppState>,
     caller: Caller,

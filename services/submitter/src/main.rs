@@ -15,11 +15,19 @@ use fleet_shared::svc;
 struct Args {
     #[command(flatten)]
     common: svc::CommonArgs,
+    /// Print the OpenAPI document of the HTTP API (what GET /openapi.json serves) and exit.
+    #[arg(long)]
+    print_openapi: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_openapi {
+        let doc = fleet_submitter::openapi();
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
     svc::main_checked(
         &args.common,
         fleet_submitter::DEFAULT_ADDR,

@@ -3,18 +3,29 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::delete;
-use axum::Router;
+use fleet_core::api::ErrorResponse;
 use fleet_shared::db::retention::{self, Deleted};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/jobs/{id}", delete(delete_job))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(delete_job))
 }
 
+/// Deletes a finished job at once, with every row of it.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The id is not a UUID", body = ErrorResponse),
+        (status = 404, description = "No such job", body = ErrorResponse),
+        (status = 409, description = "The job has not finished, or attempts of it still run", body = ErrorResponse),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = [])),
+)]
 async fn delete_job(
     State(s): State<AppState>,
     caller: Caller,

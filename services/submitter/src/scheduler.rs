@@ -4,9 +4,9 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use fleet_core::api::scheduler::{PauseChanged, PauseTarget, SchedulerStatus};
+use fleet_core::api::ErrorResponse;
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{control, DbError};
 use fleet_shared::group::GroupName;
@@ -14,12 +14,13 @@ use fleet_shared::group::GroupName;
 use crate::auth::Caller;
 use crate::error::{invalid, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/scheduler", get(status))
-        .route("/v1/scheduler/pause", post(pause))
-        .route("/v1/scheduler/resume", post(resume))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
 }
 
 fn target(body: &[u8]) -> Result<GroupName, ApiError> {
@@ -34,6 +35,11 @@ fn target(body: &[u8]) -> Result<GroupName, ApiError> {
     }
 }
 
+/// Whether dispatching is paused, and where.
+#[utoipa::path(get, operation_id = "get_scheduler", path = "/v1/scheduler", tag = "scheduler",
+    responses((status = 200, description = "The pauses in force", body = SchedulerStatus)),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
 async fn status(
     State(s): State<AppState>,
     caller: Caller,
@@ -50,6 +56,16 @@ async fn status(
     }))
 }
 
+/// Pauses dispatching for a group and its subgroups, or (an empty body) the whole fleet.
+/// Submissions are still accepted.
+#[utoipa::path(post, operation_id = "pause_dispatching", path = "/v1/scheduler/pause", tag = "scheduler",
+    request_body(content = Option<PauseTarget>, description = "The group; empty: the whole fleet"),
+    responses(
+        (status = 200, description = "Paused", body = PauseChanged),
+        (status = 400, description = "A bad body or group name", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn pause(
     State(s): State<AppState>,
     caller: Caller,
@@ -67,6 +83,15 @@ async fn pause(
     }))
 }
 
+/// Resumes dispatching for a group, or (an empty body) the whole fleet.
+#[utoipa::path(post, operation_id = "resume_dispatching", path = "/v1/scheduler/resume", tag = "scheduler",
+    request_body(content = Option<PauseTarget>, description = "The group; empty: the whole fleet"),
+    responses(
+        (status = 200, description = "Resumed", body = PauseChanged),
+        (status = 400, description = "A bad body or group name", body = ErrorResponse),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = [])),
+)]
 async fn resume(
     State(s): State<AppState>,
     caller: Caller,

@@ -16,12 +16,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use fleet_core::api::session::{SessionView, SignInBody};
+use fleet_core::api::ErrorResponse;
 
 use crate::auth::Caller;
 use crate::error::{invalid, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub const COOKIE: &str = "fleet_session";
 pub const CSRF_HEADER: &str = "x-fleet-csrf";
@@ -30,8 +32,8 @@ const MAX_AGE_SECS: u64 = 12 * 3600;
 /// Longest token accepted at sign-in (API tokens are far shorter).
 const MAX_TOKEN_LEN: usize = 512;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/ui/session", get(whoami).post(sign_in).delete(sign_out))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(whoami, sign_in, sign_out))
 }
 
 /// The token a request's session cookie carries, if it has one, once the request passes
@@ -108,24 +110,39 @@ fn unhex(s: &str) -> Option<String> {
 }
 
 /// `GET /ui/session`: who is signed in, and the CSRF value the console's script sends.
-async fn whoami(caller: Caller, headers: HeaderMap) -> Json<serde_json::Value> {
+#[utoipa::path(get, operation_id = "get_session", path = "/ui/session", tag = "console",
+    responses((status = 200, description = "The caller", body = SessionView)),
+    security(("bearer" = ["reader"]), ("session" = ["reader"])),
+)]
+async fn whoami(caller: Caller, headers: HeaderMap) -> Json<SessionView> {
     let csrf = cookie_token(&headers).map(|t| csrf_of(&t));
-    Json(serde_json::json!({
-        "name": caller.who.name,
-        "role": caller.who.role.as_str(),
-        "token_id": caller.who.token_id,
-        "csrf": csrf,
-    }))
-}
-
-#[derive(serde::Deserialize)]
-struct SignIn {
-    token: String,
+    Json(SessionView {
+        csrf,
+        name: caller.who.name,
+        role: caller.who.role,
+        token_id: caller.who.token_id,
+    })
 }
 
 /// `POST /ui/session` with `{"token": "…"}` (answers 200 and the session as `GET`
 /// does) or the sign-in page's form `token=…` (answers 303 to the console, or back to
 /// the sign-in page when the token is refused).
+#[utoipa::path(post, path = "/ui/session", tag = "console",
+    request_body(content(
+        (SignInBody = "application/json"),
+        (SignInBody = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 200, description = "Signed in (JSON): the `fleet_session` cookie is set", body = SessionView,
+            headers(("Set-Cookie" = String, description = "`fleet_session`, HttpOnly, SameSite=Strict"))),
+        (status = 303, description = "Signed in (form): to the console, or back to the sign-in page if the token was refused",
+            headers(("Location" = String))),
+        (status = 400, description = "No token, or a bad body", body = ErrorResponse),
+        (status = 401, description = "The token is unknown or revoked (JSON)", body = ErrorResponse),
+        (status = 403, description = "The request came from another origin", body = ErrorResponse),
+    ),
+    security(()),
+)]
 async fn sign_in(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -139,7 +156,7 @@ async fn sign_in(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let parsed: Result<SignIn, ApiError> = if form {
+    let parsed: Result<SignInBody, ApiError> = if form {
         serde_urlencoded::from_bytes(&body).map_err(|_| invalid("token", "is required"))
     } else {
         crate::error::parse_json(&body).map_err(ApiError::Invalid)
@@ -174,12 +191,12 @@ async fn sign_in(
     let mut r = if form {
         Redirect::to("/ui").into_response()
     } else {
-        Json(serde_json::json!({
-            "name": who.name,
-            "role": who.role.as_str(),
-            "token_id": who.token_id,
-            "csrf": csrf_of(&token),
-        }))
+        Json(SessionView {
+            csrf: Some(csrf_of(&token)),
+            name: who.name,
+            role: who.role,
+            token_id: who.token_id,
+        })
         .into_response()
     };
     set_cookie(&mut r, &cookie)?;
@@ -187,6 +204,11 @@ async fn sign_in(
 }
 
 /// `DELETE /ui/session`: clears the cookie (204). Needs no session: it only forgets.
+#[utoipa::path(delete, path = "/ui/session", tag = "console",
+    responses((status = 204, description = "Signed out: the cookie is cleared",
+        headers(("Set-Cookie" = String, description = "`fleet_session` with Max-Age=0")))),
+    security(()),
+)]
 async fn sign_out(headers: HeaderMap) -> Result<Response, ApiError> {
     let cookie = format!(
         "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",

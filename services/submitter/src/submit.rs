@@ -5,9 +5,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use fleet_core::api::jobs::{BatchBody, BatchSubmitted, Submitted};
+use fleet_core::api::ErrorResponse;
 use fleet_shared::auth::Permission;
 use fleet_shared::db::{submit, DbError};
 use fleet_shared::id::JobId;
@@ -16,11 +16,12 @@ use fleet_shared::job::{FieldError, JobSpec};
 use crate::auth::Caller;
 use crate::error::{invalid, parse_json, ApiError};
 use crate::state::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", post(submit_job))
-        .route("/v1/jobs/batch", post(submit_batch))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit_job))
+        .routes(routes!(submit_batch))
 }
 
 /// Parses a job, naming the field that is wrong (`tasks[0].argv`) on failure.
@@ -28,6 +29,19 @@ pub fn parse_job(body: &[u8]) -> Result<JobSpec, FieldError> {
     parse_json(body)
 }
 
+/// Submits a job. With an `Idempotency-Key`, submitting again answers the job the key
+/// first made (200, `created: false`) instead of making another.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 200 visible ASCII characters: the same key names the same job")),
+    request_body = JobSpec,
+    responses(
+        (status = 201, description = "The job was made", body = Submitted),
+        (status = 200, description = "The idempotency key named a job that already existed", body = Submitted),
+        (status = 400, description = "The job is not valid (`field` names what is wrong, e.g. `tasks[0].argv`)", body = ErrorResponse),
+        (status = 503, description = "The broker cannot take work now (down, or its resource alarm is on), or the database is unavailable; retry", body = ErrorResponse),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = [])),
+)]
 async fn submit_job(
     State(s): State<AppState>,
     caller: Caller,
@@ -90,6 +104,15 @@ pub const MAX_BATCH: usize = 10_000;
 
 /// `POST /v1/jobs/batch`: many jobs, each with its own idempotency key, written in one
 /// transaction. All or nothing: one invalid job refuses the request (400, naming it).
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs",
+    request_body = BatchBody,
+    responses(
+        (status = 200, description = "One entry per job, in the order of the request", body = BatchSubmitted),
+        (status = 400, description = "A job is not valid (`field` names it, e.g. `jobs[3].job.tasks[0].argv`)", body = ErrorResponse),
+        (status = 503, description = "The broker cannot take work now, or the database is unavailable; retry", body = ErrorResponse),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = [])),
+)]
 async fn submit_batch(
     State(s): State<AppState>,
     caller: Caller,
