@@ -77,8 +77,10 @@ stop-services: ## Stop RabbitMQ and PostgreSQL (to test start-up from stopped se
 	infra/stop-services.sh all
 
 compose-check: ## Validate docker-compose.yml, with and without the monitoring profile
-	FLEET_ADMIN_TOKEN=$${FLEET_ADMIN_TOKEN:-compose-check-placeholder} FLEET_SECRETS_KEY=$${FLEET_SECRETS_KEY:-compose-check-placeholder} FLEET_BOOTSTRAP_SECRET=$${FLEET_BOOTSTRAP_SECRET:-compose-check-placeholder} docker-compose config -q
-	FLEET_ADMIN_TOKEN=$${FLEET_ADMIN_TOKEN:-compose-check-placeholder} FLEET_SECRETS_KEY=$${FLEET_SECRETS_KEY:-compose-check-placeholder} FLEET_BOOTSTRAP_SECRET=$${FLEET_BOOTSTRAP_SECRET:-compose-check-placeholder} docker-compose --profile monitoring config -q
+	tmp=$$(mktemp -d) && infra/compose-env.sh "$$tmp/env" 2>/dev/null \
+	  && set -a && . "$$tmp/env" && set +a \
+	  && docker-compose config -q && docker-compose --profile monitoring config -q; \
+	  rc=$$?; rm -rf "$$tmp"; exit $$rc
 	python3 -m json.tool infra/grafana/fleet-dashboard.json > /dev/null
 
 ci: ## What CI runs: .ci/run (install what is missing, services, lint, test)

@@ -239,9 +239,26 @@ say "AMQP prefix '$PREFIX', database fleet (schema public), API $FLEET_ADDR"
 # Executors register (the default: the dispatcher gives work only to registered
 # executors, each with a broker user of its own), each with a one-time join token made
 # here with the admin token; their credentials are kept in DEMO_DIR.
-start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE"
-start_proc dispatcher fleet-dispatcher "127.0.0.1:$((PORT_BASE + 1))"
-start_proc collector fleet-collector "127.0.0.1:$((PORT_BASE + 2))"
+# Each service connects as a broker user of its own, allowed only what it does (made
+# now for this prefix, with fresh passwords, through the management API as the local
+# administrator, guest); nothing the demo starts connects as guest. The submitter keeps
+# guest for the management API only: it mints the executors' users.
+export FLEET_BROKER_PASSWORD_SUBMITTER="s-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export FLEET_BROKER_PASSWORD_DISPATCHER="d-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export FLEET_BROKER_PASSWORD_COLLECTOR="c-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+"$BIN_DIR/fleet-submitter" setup-broker-users >&2 || die "fleet-submitter setup-broker-users failed"
+broker_url() { # USER PASSWORD
+    printf 'amqp://%s:%s@127.0.0.1:5672/%%2f' "$1" "$2"
+}
+unset FLEET_AMQP__URL
+start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE" \
+    FLEET_AMQP__URL="$(broker_url "$PREFIX-submitter" "$FLEET_BROKER_PASSWORD_SUBMITTER")" \
+    FLEET_AMQP__MANAGEMENT_USER=guest FLEET_AMQP__MANAGEMENT_PASSWORD=guest
+start_proc dispatcher fleet-dispatcher "127.0.0.1:$((PORT_BASE + 1))" \
+    FLEET_AMQP__URL="$(broker_url "$PREFIX-dispatcher" "$FLEET_BROKER_PASSWORD_DISPATCHER")"
+start_proc collector fleet-collector "127.0.0.1:$((PORT_BASE + 2))" \
+    FLEET_AMQP__URL="$(broker_url "$PREFIX-collector" "$FLEET_BROKER_PASSWORD_COLLECTOR")"
+unset FLEET_BROKER_PASSWORD_SUBMITTER FLEET_BROKER_PASSWORD_DISPATCHER FLEET_BROKER_PASSWORD_COLLECTOR
 for i in 0 1 2; do
     wait_ready "$i"
 done
@@ -258,6 +275,7 @@ executor_env() {
     join="$("$FLEETCTL" executor join-token --group "$2" -o json | jq -r .token)" \
         || die "fleetctl executor join-token failed"
     printf '%s\n' "FLEET_EXECUTOR__ID=$1" \
+        "FLEET_AMQP__URL=amqp://127.0.0.1:5672/%2f" \
         "FLEET_EXECUTOR__JOIN_TOKEN=$join" \
         "FLEET_EXECUTOR__REGISTER_URL=$FLEET_ADDR" \
         "FLEET_EXECUTOR__CREDENTIALS_FILE=$DEMO_DIR/$1.credentials.json"

@@ -217,8 +217,12 @@ pub struct AmqpConfig {
     /// How long a publish may wait for the broker's confirm.
     pub confirm_timeout_ms: u64,
     /// RabbitMQ's management API, where the submitter creates executors' broker users
-    /// (with the user and password of `url`).
+    /// (with the user and password of `url`, unless `management_user` is set).
     pub management_url: String,
+    /// The management API's user and password, when the submitter's own broker user
+    /// (that of `url`) may not manage users: with a broker user per service.
+    pub management_user: Option<String>,
+    pub management_password: Option<String>,
 }
 
 impl Default for AmqpConfig {
@@ -229,6 +233,8 @@ impl Default for AmqpConfig {
             connect_timeout_ms: 5_000,
             confirm_timeout_ms: 10_000,
             management_url: "http://127.0.0.1:15672".into(),
+            management_user: None,
+            management_password: None,
         }
     }
 }
@@ -670,6 +676,7 @@ impl Config {
             &mut c.executor.bootstrap_secret,
             &mut c.auth.executor_bootstrap_secret,
             &mut c.secrets.key,
+            &mut c.amqp.management_password,
         ] {
             if secret.is_some() {
                 *secret = Some("***".into());

@@ -45,12 +45,28 @@ pub fn json_wanted(setting: Option<&str>, terminal: bool) -> bool {
     }
 }
 
+/// The log filter: `RUST_LOG` (default `info`), with lapin silenced unless `RUST_LOG`
+/// names it: lapin logs an ERROR for every connection that ends, clean closes included,
+/// and a WARN for every message the broker returns (the event relay's probes of who
+/// listens), while the services report their broker sessions themselves. So
+/// `RUST_LOG=info` (compose, `make demo`) logs no ERROR on a clean shutdown.
+fn filter_directives(rust_log: Option<&str>) -> String {
+    let given = rust_log
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("info");
+    if given.contains("lapin") {
+        given.to_owned()
+    } else {
+        format!("{given},lapin=off")
+    }
+}
+
 /// Installs the process's logger (once; later calls do nothing).
 pub fn init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // lapin logs an ERROR for every connection that ends, closes included; the
-        // services report their broker sessions themselves.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
+    let filter = tracing_subscriber::EnvFilter::new(filter_directives(
+        std::env::var("RUST_LOG").ok().as_deref(),
+    ));
     let terminal = std::io::stdout().is_terminal();
     let setting = std::env::var("FLEET_LOG_FORMAT").ok();
     if json_wanted(setting.as_deref(), terminal) {
@@ -178,5 +194,16 @@ mod tests {
         assert!(!json_wanted(Some("text"), false));
         // Anything else: the guess.
         assert!(json_wanted(Some("pretty"), false));
+    }
+
+    #[test]
+    fn lapin_is_silenced_unless_named() {
+        assert_eq!(filter_directives(None), "info,lapin=off");
+        assert_eq!(filter_directives(Some("info")), "info,lapin=off");
+        assert_eq!(filter_directives(Some(" ")), "info,lapin=off");
+        assert_eq!(
+            filter_directives(Some("debug,lapin=warn")),
+            "debug,lapin=warn"
+        );
     }
 }

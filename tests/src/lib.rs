@@ -60,6 +60,13 @@ pub fn unique_name(hint: &str) -> String {
     format!("t_{hint}_{}", &rand[..8])
 }
 
+/// `url` with another user and password.
+pub fn amqp_url_as(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
 /// The configuration a test fleet runs with: fast ticks and heartbeats.
 pub fn test_config(name: &str) -> Config {
     let mut cfg = Config::default();
@@ -172,6 +179,9 @@ impl ExecutorSpec {
 pub struct TestFleet {
     pub name: String,
     pub cfg: Config,
+    /// With [`TestFleet::start_with_service_users`]: each service's broker user and
+    /// password, by service (`submitter`, `dispatcher`, `collector`).
+    pub service_users: BTreeMap<String, (String, String)>,
     /// The submitter's base URL.
     pub api: String,
     pub http: reqwest::Client,
@@ -199,10 +209,53 @@ impl TestFleet {
         in_process: InProcess,
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self> {
+        Self::start_full(hint, in_process, tweak, false).await
+    }
+
+    /// A fleet whose submitter, dispatcher and collector each connect as a broker user
+    /// of their own (`fleet-submitter setup-broker-users`), made for this fleet's prefix
+    /// with random passwords; the users and passwords are in `service_users`.
+    pub async fn start_with_service_users(
+        hint: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Self> {
+        Self::start_full(hint, InProcess::default(), tweak, true).await
+    }
+
+    async fn start_full(
+        hint: &str,
+        in_process: InProcess,
+        tweak: impl FnOnce(&mut Config),
+        own_users: bool,
+    ) -> Result<Self> {
         init_logging();
         let name = unique_name(hint);
         let mut cfg = test_config(&name);
         tweak(&mut cfg);
+        let mut service_users = BTreeMap::new();
+        let mut config_of = BTreeMap::new();
+        for service in fleet_shared::amqp::Service::ALL {
+            let mut c = cfg.clone();
+            if own_users {
+                let n = fleet_shared::amqp::Names::new(&cfg.amqp.prefix);
+                let user = n.service_user(service);
+                let password = uuid::Uuid::new_v4().simple().to_string();
+                let admin = fleet_submitter::broker_admin::BrokerAdmin::new(&cfg.amqp)?;
+                admin
+                    .setup_service_users(&n, &[(service, password.clone())])
+                    .await?;
+                c.amqp.url = amqp_url_as(&cfg.amqp.url, &user, &password);
+                if service == fleet_shared::amqp::Service::Submitter {
+                    // It mints executors' users: the management API as the test's user.
+                    let url = reqwest::Url::parse(&cfg.amqp.url)?;
+                    c.amqp.management_user = Some(url.username().to_owned());
+                    c.amqp.management_password = url.password().map(str::to_owned);
+                }
+                service_users.insert(service.as_str().to_owned(), (user, password));
+            }
+            config_of.insert(service.as_str(), c);
+        }
+        let service_cfg = |s: &str| config_of.get(s).cloned().unwrap_or_else(|| cfg.clone());
         let pool = db::pool(&cfg.database)?;
         // Migrate before the services start, so the test can query at once.
         db::migrate(&pool, &cfg.database.schema)
@@ -215,7 +268,7 @@ impl TestFleet {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             api = format!("http://{}", listener.local_addr()?);
             services.push(
-                spawn_service(cfg.clone(), listener, |c, l, t| async move {
+                spawn_service(service_cfg("submitter"), listener, |c, l, t| async move {
                     if let Err(e) = fleet_submitter::run(c, l, t).await {
                         tracing::error!(error = %e, "submitter failed");
                     }
@@ -226,7 +279,7 @@ impl TestFleet {
         if in_process.dispatcher {
             services.push(
                 spawn_service(
-                    cfg.clone(),
+                    service_cfg("dispatcher"),
                     TcpListener::bind("127.0.0.1:0").await?,
                     |c, l, t| async move {
                         if let Err(e) = fleet_dispatcher::run(c, l, t).await {
@@ -240,7 +293,7 @@ impl TestFleet {
         if in_process.collector {
             services.push(
                 spawn_service(
-                    cfg.clone(),
+                    service_cfg("collector"),
                     TcpListener::bind("127.0.0.1:0").await?,
                     |c, l, t| async move {
                         if let Err(e) = fleet_collector::run(c, l, t).await {
@@ -255,6 +308,7 @@ impl TestFleet {
         let fleet = Self {
             name,
             cfg,
+            service_users,
             api,
             http,
             pool,
@@ -1124,7 +1178,7 @@ impl TestFleet {
             // FLEET_TEST_LOG sets the services' log filter (RUST_LOG's syntax).
             .env(
                 "RUST_LOG",
-                std::env::var("FLEET_TEST_LOG").unwrap_or_else(|_| "info,lapin=off".into()),
+                std::env::var("FLEET_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(stderr.try_clone()?)

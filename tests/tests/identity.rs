@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use fleet_shared::amqp::keys;
 use fleet_tests::{job_of, wait_for, ExecutorSpec, TestFleet};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -478,5 +479,107 @@ async fn by_default_only_registered_executors_take_work() -> Result<()> {
         )
         .await?;
     assert_eq!(s, 409, "{body}");
+    fleet.shutdown().await
+}
+
+/// Each service may do what it does and nothing else (issue 14, acceptance 1): a fleet
+/// whose submitter, dispatcher and collector connect as broker users of their own runs
+/// jobs over HTTP and AMQP, group control and events; and with one service's
+/// credentials the broker refuses another's work: a result or an INFO published, a
+/// request or results queue read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_is_its_own_broker_user_and_may_do_only_its_own_work() -> Result<()> {
+    let fleet = TestFleet::start_with_service_users("leastpriv", |c| {
+        c.dispatcher.unsafe_open_executors = false;
+    })
+    .await?;
+    let n = fleet_shared::amqp::Names::new(&fleet.cfg.amqp.prefix);
+    let (s, made) = fleet
+        .call(Method::POST, "/v1/join-tokens", Some(json!({})))
+        .await?;
+    assert_eq!(s, 201, "{made}");
+    let creds = std::env::temp_dir().join(format!("{}-lp-1.json", fleet.name));
+    let _executor = fleet.spawn_executor_process_with(
+        EXECUTOR_BIN,
+        ExecutorSpec::new("lp-1", &["cpu"], 2),
+        &[
+            (
+                "FLEET_EXECUTOR__JOIN_TOKEN",
+                made["token"].as_str().unwrap_or_default().to_owned(),
+            ),
+            ("FLEET_EXECUTOR__REGISTER_URL", fleet.api.clone()),
+            (
+                "FLEET_EXECUTOR__CREDENTIALS_FILE",
+                creds.display().to_string(),
+            ),
+        ],
+    )?;
+    fleet.wait_executors(&["lp-1"]).await?;
+
+    // The work of each: jobs over HTTP and over AMQP (a reply on the default exchange),
+    // results recorded, events relayed, a control message to a group.
+    let job = fleet
+        .submit(&job_of(3, &["true"], json!({"group": "cpu"})))
+        .await?;
+    let body = json!({"type": "submit", "v": 1,
+        "job": job_of(1, &["true"], json!({"group": "cpu"}))})
+    .to_string();
+    let reply = fleet.submit_amqp(body.as_bytes(), Some("lp-amqp")).await?;
+    assert_eq!(reply["accepted"], true, "{reply}");
+    assert_eq!(
+        fleet.wait_job(job, Duration::from_secs(60)).await?.state,
+        "succeeded"
+    );
+    let events: Value = fleet.get_json(&format!("/v1/events?job={job}")).await?;
+    assert!(events.to_string().contains("job.succeeded"), "{events}");
+    let (s, body) = fleet
+        .call(Method::POST, "/v1/groups/cpu/drain", None)
+        .await?;
+    assert!(s == 200 || s == 202, "{s} {body}");
+    fleet.wait_draining("lp-1", true).await?;
+
+    // Another's work, refused by the broker.
+    let user = |s: &str| fleet.service_users.get(s).cloned().unwrap_or_default();
+    let (dispatcher, collector, submitter) =
+        (user("dispatcher"), user("collector"), user("submitter"));
+    let lp = fleet_shared::id::ExecutorId::parse("lp-1")?;
+    let conn = connect_as(&fleet, &dispatcher.0, &dispatcher.1).await?;
+    refused(
+        "the dispatcher publishing a result",
+        try_publish(&conn, &n.root_exchange(), &keys::result(&lp), b"{}").await,
+    );
+    let _ = conn.close(200, "".into()).await;
+    let conn = connect_as(&fleet, &collector.0, &collector.1).await?;
+    refused(
+        "the collector publishing an INFO",
+        try_publish(&conn, &n.root_exchange(), &keys::info(&lp), b"{}").await,
+    );
+    let _ = conn.close(200, "".into()).await;
+    for ((who, (name, password)), queue) in [
+        (("collector", collector.clone()), n.executor_queue(&lp)),
+        (("dispatcher", dispatcher.clone()), n.executor_queue(&lp)),
+        (("dispatcher", dispatcher.clone()), n.results_queue()),
+        (("submitter", submitter.clone()), n.results_queue()),
+    ] {
+        let conn = connect_as(&fleet, &name, &password).await?;
+        let ch = conn.create_channel().await?;
+        refused(
+            &format!("the {who} reading {queue}"),
+            ch.basic_consume(
+                queue.as_str().into(),
+                "impostor".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(anyhow::Error::from),
+        );
+        let _ = conn.close(200, "".into()).await;
+    }
+    let (s, _) = fleet
+        .call(Method::POST, "/v1/executors/lp-1/revoke", None)
+        .await?;
+    assert_eq!(s, 200);
+    let _ = std::fs::remove_file(&creds);
     fleet.shutdown().await
 }

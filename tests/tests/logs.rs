@@ -47,7 +47,7 @@ async fn service_logs_are_json_lines_with_the_attempt_and_no_error_on_a_clean_st
     let mut fleet = TestFleet::start_opts("logs", none, |_| {}).await?;
     let debug = [(
         "RUST_LOG",
-        "debug,lapin=off,tokio_postgres=info,hyper=info,reqwest=info".to_owned(),
+        "debug,tokio_postgres=info,hyper=info,reqwest=info".to_owned(),
     )];
     let mut procs = vec![
         fleet

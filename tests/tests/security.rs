@@ -124,7 +124,7 @@ async fn a_secret_env_value_is_never_shown_logged_or_stored_in_clear() -> Result
         collector: false,
     };
     let mut fleet = TestFleet::start_opts("secrets", none, |_| {}).await?;
-    let debug = "debug,lapin=off,tokio_postgres=info,hyper=info,reqwest=info".to_owned();
+    let debug = "debug,tokio_postgres=info,hyper=info,reqwest=info".to_owned();
     let addr = fleet_tests::free_addr()?;
     let mut procs = vec![fleet.spawn_process(
         env!("CARGO_BIN_EXE_fleet-test-submitter"),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fleet_shared::amqp::ExecutorPermissions;
+use fleet_shared::amqp::{BrokerPermissions, Names, Service};
 use fleet_shared::config::AmqpConfig;
 use serde_json::json;
 
@@ -35,7 +35,8 @@ pub struct BrokerAdmin {
 }
 
 impl BrokerAdmin {
-    /// The management API at `amqp.management_url`, as the user of `amqp.url`.
+    /// The management API at `amqp.management_url`, as `amqp.management_user` if set,
+    /// else as the user of `amqp.url`.
     pub fn new(cfg: &AmqpConfig) -> Result<Self, BrokerAdminError> {
         let url = reqwest::Url::parse(&cfg.url)
             .map_err(|e| BrokerAdminError::Config(format!("amqp.url: {e}")))?;
@@ -50,8 +51,14 @@ impl BrokerAdmin {
         Ok(Self {
             http,
             base: cfg.management_url.trim_end_matches('/').to_owned(),
-            user: url.username().to_owned(),
-            password: url.password().unwrap_or_default().to_owned(),
+            user: cfg
+                .management_user
+                .clone()
+                .unwrap_or_else(|| url.username().to_owned()),
+            password: match &cfg.management_user {
+                Some(_) => cfg.management_password.clone().unwrap_or_default(),
+                None => url.password().unwrap_or_default().to_owned(),
+            },
             vhost,
         })
     }
@@ -77,7 +84,7 @@ impl BrokerAdmin {
         &self,
         user: &str,
         password: &str,
-        p: &ExecutorPermissions,
+        p: &BrokerPermissions,
     ) -> Result<(), BrokerAdminError> {
         self.put(
             "user",
@@ -96,6 +103,24 @@ impl BrokerAdmin {
                 "topic permissions",
                 &format!("topic-permissions/{}/{user}", self.vhost),
                 json!({"exchange": exchange, "write": write, "read": read}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Creates (or resets) each service's own broker user (`<prefix>-<service>`) with
+    /// its password and the permissions of [`Names::service_permissions`].
+    pub async fn setup_service_users(
+        &self,
+        n: &Names,
+        passwords: &[(Service, String)],
+    ) -> Result<(), BrokerAdminError> {
+        for (service, password) in passwords {
+            self.grant(
+                &n.service_user(*service),
+                password,
+                &n.service_permissions(*service),
             )
             .await?;
         }

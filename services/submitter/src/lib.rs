@@ -3,7 +3,7 @@
 
 mod admin;
 mod auth;
-mod broker_admin;
+pub mod broker_admin;
 mod control;
 mod error;
 mod events;
@@ -104,4 +104,48 @@ pub async fn run(
     }
     served?;
     Ok(())
+}
+
+/// The environment variables that carry each service's broker password for
+/// `fleet-submitter setup-broker-users`.
+pub const BROKER_PASSWORD_VARS: [(fleet_shared::amqp::Service, &str); 3] = [
+    (
+        fleet_shared::amqp::Service::Submitter,
+        "FLEET_BROKER_PASSWORD_SUBMITTER",
+    ),
+    (
+        fleet_shared::amqp::Service::Dispatcher,
+        "FLEET_BROKER_PASSWORD_DISPATCHER",
+    ),
+    (
+        fleet_shared::amqp::Service::Collector,
+        "FLEET_BROKER_PASSWORD_COLLECTOR",
+    ),
+];
+
+/// `fleet-submitter setup-broker-users`: creates (or resets) the submitter's,
+/// dispatcher's and collector's own broker users for `amqp.prefix`, each with the
+/// password in its variable of [`BROKER_PASSWORD_VARS`] (16+ characters), through the
+/// management API (`amqp.management_url`, as `amqp.management_user` or the user of
+/// `amqp.url`). Returns what to tell the operator.
+pub async fn setup_broker_users(cfg: &Config) -> Result<String, String> {
+    let mut passwords = Vec::new();
+    for (service, var) in BROKER_PASSWORD_VARS {
+        let password = std::env::var(var).unwrap_or_default();
+        if password.chars().count() < 16 {
+            return Err(format!(
+                "{var}: the {} broker user's password, 16+ characters, is needed",
+                service.as_str()
+            ));
+        }
+        passwords.push((service, password));
+    }
+    let admin = broker_admin::BrokerAdmin::new(&cfg.amqp).map_err(|e| e.to_string())?;
+    let n = fleet_shared::amqp::Names::new(&cfg.amqp.prefix);
+    admin
+        .setup_service_users(&n, &passwords)
+        .await
+        .map_err(|e| e.to_string())?;
+    let users: Vec<String> = passwords.iter().map(|(s, _)| n.service_user(*s)).collect();
+    Ok(format!("broker users ready: {}", users.join(", ")))
 }

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use fleet_shared::svc;
 
 /// Accepts jobs (HTTP POST /v1/jobs and AMQP submit messages) and serves the HTTP API.
@@ -18,6 +18,18 @@ struct Args {
     /// Print the OpenAPI document of the HTTP API (what GET /openapi.json serves) and exit.
     #[arg(long)]
     print_openapi: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create (or reset) the submitter's, dispatcher's and collector's own broker users
+    /// for amqp.prefix (<prefix>-submitter, ...), each allowed only what that service
+    /// does, through the management API (amqp.management_url, as amqp.management_user or
+    /// the user of amqp.url), with the passwords in FLEET_BROKER_PASSWORD_SUBMITTER,
+    /// FLEET_BROKER_PASSWORD_DISPATCHER and FLEET_BROKER_PASSWORD_COLLECTOR; then exit.
+    SetupBrokerUsers,
 }
 
 #[tokio::main]
@@ -27,6 +39,19 @@ async fn main() -> ExitCode {
         let doc = fleet_submitter::openapi();
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::SetupBrokerUsers) = args.command {
+        let cfg = svc::load_or_exit(&args.common, |_| Ok(()));
+        return match fleet_submitter::setup_broker_users(&cfg).await {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleet-submitter setup-broker-users: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     svc::main_checked(
         &args.common,

@@ -16,7 +16,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use tokio_util::sync::CancellationToken;
 
 pub use lapin::message::Delivery;
-pub use names::{keys, ExecutorPermissions, Names};
+pub use names::{keys, BrokerPermissions, Names, Service};
 
 use crate::config::AmqpConfig;
 use crate::error::Transience;

@@ -66,13 +66,11 @@ impl Names {
     }
 }
 
-/// What an executor's own broker user may do: RabbitMQ's configure/write/read regexes
-/// for the vhost, and per topic exchange the routing keys it may publish with. Nothing to
-/// configure (the submitter declares its queue and exchanges at registration); publish
-/// only on its groups' exchanges (and dead letters), only with keys that carry its id;
-/// consume only its own queue.
+/// What a broker user may do: RabbitMQ's configure/write/read regexes for the vhost, and
+/// per topic exchange the routing keys it may publish with (write) and bind with (read).
+/// See [`Names::executor_permissions`] and [`Names::service_permissions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecutorPermissions {
+pub struct BrokerPermissions {
     pub configure: String,
     pub write: String,
     pub read: String,
@@ -91,11 +89,89 @@ impl Names {
         format!("{}-exec-{id}", self.prefix)
     }
 
-    pub fn executor_permissions(
-        &self,
-        id: &ExecutorId,
-        groups: &[GroupName],
-    ) -> ExecutorPermissions {
+    /// The broker user a service connects as when each has its own:
+    /// `<prefix>-submitter`, `<prefix>-dispatcher`, `<prefix>-collector`.
+    pub fn service_user(&self, service: Service) -> String {
+        format!("{}-{}", self.prefix, service.as_str())
+    }
+
+    /// What a service's own broker user may do: declare, bind, publish and consume what
+    /// that service does, and nothing else (docs/design.md, "Broker users").
+    ///
+    /// - The dispatcher publishes requests and control messages on the root exchange
+    ///   only (topic: `request.*`, `control.*`), its dead letters, and the alarm probe
+    ///   (the default exchange); it consumes the INFO queue.
+    /// - The collector publishes events and its dead letters, never on a group exchange;
+    ///   it consumes the results and live-output queues.
+    /// - The submitter declares what executors may not (their queues, their groups'
+    ///   exchanges and bindings) and publishes control messages on any group's exchange
+    ///   and replies on the default exchange; it consumes the intake queue, and no
+    ///   executor's queue. It also holds the broker's management credential (it mints
+    ///   executors' users), so its own limits are defence in depth.
+    ///
+    /// RabbitMQ wants read as well as configure on a queue declared with a dead-letter
+    /// exchange: so the dispatcher and the submitter, which declare the live-output queue
+    /// before the collector may be up, may read it, and the submitter, which declares
+    /// executors' queues, may read those (it holds the key that seals secrets and the
+    /// broker's management credential anyway); the dispatcher and the collector may not.
+    ///
+    /// Topic permissions name exchanges, not patterns: they bind the root exchange and
+    /// the dead-letter exchange; a group exchange that has none takes any key from
+    /// whoever may write to it, which only the submitter and that group's executors may.
+    pub fn service_permissions(&self, service: Service) -> BrokerPermissions {
+        let p = re(&self.prefix);
+        let (root, dlx) = (self.root_exchange(), self.dlx());
+        let core = format!("{p}\\.(group\\.default|submit|events|dlx|dead)");
+        let dead_letters = |queues: &[String]| {
+            let q: Vec<String> = queues.iter().map(|q| re(q)).collect();
+            (dlx.clone(), format!("^({})$", q.join("|")), ".*".to_owned())
+        };
+        match service {
+            Service::Dispatcher => BrokerPermissions {
+                configure: format!("^({core}|{p}\\.dispatcher\\.info|{p}\\.collector\\.logs)$"),
+                write: format!(
+                    "^(amq\\.default|{p}\\.(group\\.default|dlx|dead|dispatcher\\.info|collector\\.logs))$"
+                ),
+                read: format!("^{p}\\.(dispatcher\\.info|collector\\.logs|group\\.default|dlx)$"),
+                topic: vec![
+                    (
+                        root,
+                        "^(request|control)\\..+$".to_owned(),
+                        "^(info|log)\\.".to_owned(),
+                    ),
+                    dead_letters(&[self.info_queue()]),
+                ],
+            },
+            Service::Collector => BrokerPermissions {
+                configure: format!(
+                    "^({core}|{p}\\.collector\\.(results|logs))$"
+                ),
+                write: format!("^{p}\\.(events|dlx|dead|collector\\.(results|logs))$"),
+                read: format!("^{p}\\.(collector\\.(results|logs)|group\\.default|dlx)$"),
+                topic: vec![
+                    (root, "^$".to_owned(), "^(result|log)\\.".to_owned()),
+                    dead_letters(&[self.results_queue(), self.logs_queue()]),
+                ],
+            },
+            Service::Submitter => BrokerPermissions {
+                configure: format!(
+                    "^({core}|{p}\\.(group\\..+|submitter\\.intake|collector\\.logs|exec\\..+))$"
+                ),
+                write: format!(
+                    "^(amq\\.default|{p}\\.(group\\..+|dlx|dead|submitter\\.intake|collector\\.logs|exec\\..+))$"
+                ),
+                read: format!(
+                    "^{p}\\.(submitter\\.intake|submit|dlx|group\\..+|collector\\.logs|exec\\..+)$"
+                ),
+                topic: vec![
+                    (root, "^control\\..+$".to_owned(), ".*".to_owned()),
+                    dead_letters(&[self.submit_queue()]),
+                ],
+            },
+        }
+    }
+
+    pub fn executor_permissions(&self, id: &ExecutorId, groups: &[GroupName]) -> BrokerPermissions {
         let exchanges: Vec<String> = groups.iter().map(|g| self.group_exchange(g)).collect();
         let alternatives: Vec<String> = exchanges.iter().map(|e| re(e)).collect();
         let own_keys = format!("^(info|result|log)\\.{id}$");
@@ -108,11 +184,31 @@ impl Names {
             format!("^{}$", re(&self.executor_queue(id))),
             "^$".to_owned(),
         ));
-        ExecutorPermissions {
+        BrokerPermissions {
             configure: "^$".to_owned(),
             write: format!("^({}|{})$", alternatives.join("|"), re(&self.dlx())),
             read: format!("^{}$", re(&self.executor_queue(id))),
             topic,
+        }
+    }
+}
+
+/// The services that connect to the broker besides executors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Submitter,
+    Dispatcher,
+    Collector,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Submitter, Service::Dispatcher, Service::Collector];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Submitter => "submitter",
+            Service::Dispatcher => "dispatcher",
+            Service::Collector => "collector",
         }
     }
 }
