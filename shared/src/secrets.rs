@@ -145,7 +145,26 @@ impl Policy {
 /// objects whose names `is_secret` says are secret, at any depth (a job's tasks, a
 /// `requests` list). A body that is not JSON is returned as it is.
 pub fn redact_json(body: &[u8], is_secret: impl Fn(&str) -> bool + Copy) -> Vec<u8> {
-    fn walk(v: &mut serde_json::Value, is_secret: impl Fn(&str) -> bool + Copy) -> bool {
+    redact_json_values(body, is_secret).0
+}
+
+/// [`redact_json`], and the secret values it took out (to keep them out of anything
+/// else said of the body, such as a parser's message that quotes it).
+pub fn redact_json_values(
+    body: &[u8],
+    is_secret: impl Fn(&str) -> bool + Copy,
+) -> (Vec<u8>, Vec<String>) {
+    fn take(value: &mut serde_json::Value, found: &mut Vec<String>) {
+        if let serde_json::Value::String(s) = value {
+            found.push(std::mem::take(s));
+        }
+        *value = serde_json::Value::from(REDACTED);
+    }
+    fn walk(
+        v: &mut serde_json::Value,
+        is_secret: impl Fn(&str) -> bool + Copy,
+        found: &mut Vec<String>,
+    ) -> bool {
         let mut changed = false;
         match v {
             serde_json::Value::Object(map) => {
@@ -153,25 +172,30 @@ pub fn redact_json(body: &[u8], is_secret: impl Fn(&str) -> bool + Copy) -> Vec<
                     match (k.as_str(), child) {
                         ("env_secret", serde_json::Value::Object(vars)) => {
                             for value in vars.values_mut() {
-                                *value = serde_json::Value::from(REDACTED);
+                                take(value, found);
                                 changed = true;
                             }
+                        }
+                        // Not a map: refused for that, and kept out whatever it is.
+                        ("env_secret", other) => {
+                            take(other, found);
+                            changed = true;
                         }
                         ("env", serde_json::Value::Object(vars)) => {
                             for (name, value) in vars.iter_mut() {
                                 if is_secret(name) {
-                                    *value = serde_json::Value::from(REDACTED);
+                                    take(value, found);
                                     changed = true;
                                 }
                             }
                         }
-                        (_, child) => changed |= walk(child, is_secret),
+                        (_, child) => changed |= walk(child, is_secret, found),
                     }
                 }
             }
             serde_json::Value::Array(items) => {
                 for item in items {
-                    changed |= walk(item, is_secret);
+                    changed |= walk(item, is_secret, found);
                 }
             }
             _ => {}
@@ -179,12 +203,14 @@ pub fn redact_json(body: &[u8], is_secret: impl Fn(&str) -> bool + Copy) -> Vec<
         changed
     }
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return body.to_vec();
+        return (body.to_vec(), Vec::new());
     };
-    if walk(&mut v, is_secret) {
-        serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
+    let mut found = Vec::new();
+    if walk(&mut v, is_secret, &mut found) {
+        let out = serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec());
+        (out, found)
     } else {
-        body.to_vec()
+        (body.to_vec(), found)
     }
 }
 

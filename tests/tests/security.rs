@@ -299,6 +299,14 @@ async fn the_dead_letter_queue_keeps_no_secret_value() -> Result<()> {
         "env_secret": {"API": given}}]}}))?;
     let refused = fleet.submit_amqp_as(None, &body, Some("d-1")).await?;
     assert_eq!(refused["accepted"], false, "{refused}");
+    // Refused as invalid (not a map), with a parser's message that could quote it.
+    let quoted = format!("quoted-{}", uuid::Uuid::new_v4().simple());
+    let body = serde_json::to_vec(&json!({"type": "submit", "v": 1, "job": {"tasks": [{
+        "argv": ["true"], "env_secret": quoted}]}}))?;
+    let invalid = fleet.submit_amqp(&body, Some("d-2")).await?;
+    assert_eq!(invalid["accepted"], false, "{invalid}");
+    // The reply (to the sender, who knows it) quotes it: the dead letter must not.
+    assert!(invalid.to_string().contains(&quoted), "{invalid}");
 
     // A request for an executor that never takes it, expiring at once in its queue.
     let n = fleet_shared::amqp::Names::new(&fleet.cfg.amqp.prefix);
@@ -330,7 +338,7 @@ async fn the_dead_letter_queue_keeps_no_secret_value() -> Result<()> {
     })
     .await?;
 
-    let dead = fleet.dead_letters(1, Duration::from_secs(30)).await?;
+    let dead = fleet.dead_letters(2, Duration::from_secs(30)).await?;
     let mut all = dead;
     // Whatever else arrives within a moment (an expired request would).
     all.extend(fleet.dead_letters(5, Duration::from_secs(2)).await?);
@@ -339,10 +347,16 @@ async fn the_dead_letter_queue_keeps_no_secret_value() -> Result<()> {
         "the refused submission is kept: {:?}",
         all.iter().map(|d| &d.reason).collect::<Vec<_>>()
     );
+    assert_eq!(
+        all.len(),
+        2,
+        "{:?}",
+        all.iter().map(|d| &d.reason).collect::<Vec<_>>()
+    );
     for d in &all {
-        let text = String::from_utf8_lossy(&d.body);
+        let text = format!("{} {}", String::from_utf8_lossy(&d.body), d.detail);
         assert!(
-            !text.contains(&given) && !text.contains(&named),
+            !text.contains(&given) && !text.contains(&named) && !text.contains(&quoted),
             "a dead letter ({}) holds a secret: {text}",
             d.reason
         );

@@ -70,10 +70,15 @@ impl Intake<'_> {
         detail: &str,
     ) -> Outgoing {
         let patterns = &self.secrets.patterns;
-        let body = fleet_shared::secrets::redact_json(&d.data, |k| {
+        let (body, secrets) = fleet_shared::secrets::redact_json_values(&d.data, |k| {
             fleet_shared::job::name_matches(k, patterns)
         });
-        amqp::dead_letter_body(n, d, source, reason, detail, body)
+        // A parser's message may quote the value it could not take.
+        let mut detail = detail.to_owned();
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            detail = detail.replace(s.as_str(), fleet_shared::secrets::REDACTED);
+        }
+        amqp::dead_letter_body(n, d, source, reason, &detail, body)
     }
 }
 
