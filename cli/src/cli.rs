@@ -51,6 +51,11 @@ pub struct Cli {
     #[arg(long, default_value = "10s", value_parser = duration::parse, global = true, help_heading = GLOBAL)]
     pub timeout: Duration,
 
+    /// With an https:// address: trust only the certificate authorities in this PEM
+    /// file (a fleet's own CA); without it, the system's roots
+    #[arg(long, env = "FLEET_CA_FILE", value_name = "PEM", global = true, help_heading = GLOBAL)]
+    pub ca_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -655,8 +660,7 @@ pub struct TaskOptions {
     pub quorum: Option<u32>,
 }
 
-/// Accepts `host:port` as well as a URL, since that is what people type; the plain-HTTP
-/// build refuses https up front rather than failing obscurely on the first request.
+/// Accepts `host:port` as well as a URL, since that is what people type (http:// then).
 fn parse_addr(text: &str) -> Result<String, String> {
     let text = text.trim();
     let with_scheme = if text.contains("://") {
@@ -666,11 +670,12 @@ fn parse_addr(text: &str) -> Result<String, String> {
     };
     let url = reqwest::Url::parse(&with_scheme).map_err(|err| format!("not a URL: {err}"))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err("https is not supported: this build of fleetctl speaks plain HTTP".into())
+        "http" | "https" => {}
+        other => {
+            return Err(format!(
+                "unsupported scheme `{other}` (use http:// or https://)"
+            ))
         }
-        other => return Err(format!("unsupported scheme `{other}` (use http://)")),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("the address has no host".into());
@@ -695,7 +700,8 @@ mod tests {
             parse_addr("http://10.0.0.1:7070/").as_deref(),
             Ok("http://10.0.0.1:7070")
         );
-        assert!(parse_addr("https://fleet").is_err());
+        assert!(parse_addr("https://fleet").is_ok());
+        assert!(parse_addr("ftp://fleet").is_err());
         assert!(parse_addr("ftp://fleet").is_err());
     }
 

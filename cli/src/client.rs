@@ -32,7 +32,31 @@ const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(45);
 
 impl Client {
     /// `base` is a validated `http://host[:port][/prefix]` without a trailing slash.
-    pub fn new(base: &str, token: Option<&str>, timeout: Duration) -> Result<Self, CliError> {
+    /// `ca_file`: the only certificate authorities trusted over https (else the
+    /// system's roots).
+    pub fn new(
+        base: &str,
+        token: Option<&str>,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, CliError> {
+        // reqwest speaks TLS through rustls, with ring as its provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let roots = match ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading the CA file {}", path.display()))?;
+                Some(
+                    reqwest::Certificate::from_pem_bundle(&pem)
+                        .with_context(|| format!("{}: not PEM certificates", path.display()))?,
+                )
+            }
+        };
+        let with_roots = |b: reqwest::ClientBuilder| match &roots {
+            Some(certs) => b.tls_certs_only(certs.clone()),
+            None => b,
+        };
         let mut headers = HeaderMap::new();
         if let Some(token) = token.filter(|t| !t.is_empty()) {
             let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -41,14 +65,14 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let http = with_roots(reqwest::Client::builder())
             .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers.clone())
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
             .context("could not set up the HTTP client")?;
-        let streaming = reqwest::Client::builder()
+        let streaming = with_roots(reqwest::Client::builder())
             .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .read_timeout(STREAM_READ_TIMEOUT)

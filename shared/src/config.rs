@@ -275,6 +275,10 @@ pub struct HttpConfig {
     /// `/healthz`, `/readyz`, `/metrics` (and the API, on the submitter). Each service
     /// has its own default.
     pub addr: Option<String>,
+    /// HTTPS: the certificate chain (PEM, the server's first) and its private key (PEM).
+    /// Both or neither; without them the service speaks plain HTTP.
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -571,6 +575,12 @@ impl Config {
         }
         self.executor_groups()?;
         self.executor_labels()?;
+        if self.http.tls_cert_file.is_some() != self.http.tls_key_file.is_some() {
+            return Err(invalid(
+                "http.tls_cert_file",
+                "give http.tls_cert_file and http.tls_key_file together",
+            ));
+        }
         if let Some(required) = self.dispatcher.require_registration {
             return Err(invalid(
                 "dispatcher.require_registration",

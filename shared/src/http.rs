@@ -282,6 +282,24 @@ pub async fn serve(
         .await
 }
 
+/// [`serve`], over HTTPS when `http.tls_cert_file` and `http.tls_key_file` are set (a
+/// certificate or key that cannot be read is an error before anything is served).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    token: CancellationToken,
+    http: &crate::config::HttpConfig,
+) -> std::io::Result<()> {
+    let (Some(cert), Some(key)) = (&http.tls_cert_file, &http.tls_key_file) else {
+        return serve(listener, router, token).await;
+    };
+    let config = crate::tls::server_config(cert, key).map_err(std::io::Error::other)?;
+    let listener = crate::tls::TlsListener::new(listener, config)?;
+    axum::serve(listener, with_json_fallbacks(router))
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+}
+
 /// Resolves on SIGTERM or ctrl-c.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -13,3 +13,4 @@ pub mod logging;
 pub mod metrics;
 pub mod secrets;
 pub mod svc;
+pub mod tls;

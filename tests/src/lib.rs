@@ -209,7 +209,7 @@ impl TestFleet {
         in_process: InProcess,
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self> {
-        Self::start_full(hint, in_process, tweak, false).await
+        Self::start_full(hint, in_process, tweak, false, None).await
     }
 
     /// A fleet whose submitter, dispatcher and collector each connect as a broker user
@@ -219,7 +219,23 @@ impl TestFleet {
         hint: &str,
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self> {
-        Self::start_full(hint, InProcess::default(), tweak, true).await
+        Self::start_full(hint, InProcess::default(), tweak, true, None).await
+    }
+
+    /// A fleet whose submitter serves the API over HTTPS with `cert_file` and `key_file`
+    /// (PEM) at `https://localhost:<port>`; the fleet's own client trusts `ca_pem` only.
+    pub async fn start_https(
+        hint: &str,
+        ca_pem: &[u8],
+        cert_file: &str,
+        key_file: &str,
+    ) -> Result<Self> {
+        let (cert, key) = (cert_file.to_owned(), key_file.to_owned());
+        let tweak = move |c: &mut Config| {
+            c.http.tls_cert_file = Some(cert);
+            c.http.tls_key_file = Some(key);
+        };
+        Self::start_full(hint, InProcess::default(), tweak, false, Some(ca_pem)).await
     }
 
     async fn start_full(
@@ -227,6 +243,7 @@ impl TestFleet {
         in_process: InProcess,
         tweak: impl FnOnce(&mut Config),
         own_users: bool,
+        ca_pem: Option<&[u8]>,
     ) -> Result<Self> {
         init_logging();
         let name = unique_name(hint);
@@ -266,7 +283,11 @@ impl TestFleet {
         let mut api = String::new();
         if in_process.submitter {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
-            api = format!("http://{}", listener.local_addr()?);
+            api = match ca_pem {
+                None => format!("http://{}", listener.local_addr()?),
+                // The certificate names localhost.
+                Some(_) => format!("https://localhost:{}", listener.local_addr()?.port()),
+            };
             services.push(
                 spawn_service(service_cfg("submitter"), listener, |c, l, t| async move {
                     if let Err(e) = fleet_submitter::run(c, l, t).await {
@@ -304,7 +325,10 @@ impl TestFleet {
                 .await?,
             );
         }
-        let http = client_with_token(cfg.auth.admin_token.as_deref())?;
+        let http = match ca_pem {
+            None => client_with_token(cfg.auth.admin_token.as_deref())?,
+            Some(pem) => client_trusting(cfg.auth.admin_token.as_deref(), pem)?,
+        };
         let fleet = Self {
             name,
             cfg,
@@ -709,6 +733,18 @@ async fn management_names(cfg: &Config) -> Listed {
 
 /// An HTTP client that sends `token` (if any) as its bearer token, with a 10 s deadline.
 pub fn client_with_token(token: Option<&str>) -> Result<reqwest::Client> {
+    Ok(client_builder(token)?.build()?)
+}
+
+/// [`client_with_token`] for https, trusting only the CAs of `ca_pem`.
+pub fn client_trusting(token: Option<&str>, ca_pem: &[u8]) -> Result<reqwest::Client> {
+    Ok(client_builder(token)?
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca_pem)?)
+        .build()?)
+}
+
+fn client_builder(token: Option<&str>) -> Result<reqwest::ClientBuilder> {
+    fleet_shared::tls::install_provider();
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(t) = token {
         headers.insert(
@@ -718,8 +754,7 @@ pub fn client_with_token(token: Option<&str>) -> Result<reqwest::Client> {
     }
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .default_headers(headers)
-        .build()?)
+        .default_headers(headers))
 }
 
 /// A job of `n` tasks each running `argv`.

@@ -17,7 +17,12 @@ use crate::client::Client;
 use crate::error::CliError;
 
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
-    let client = Client::new(&cli.addr, cli.token.as_deref(), cli.timeout)?;
+    let client = Client::new(
+        &cli.addr,
+        cli.token.as_deref(),
+        cli.timeout,
+        cli.ca_file.as_deref(),
+    )?;
     match cli.command {
         Command::Submit(args) => submit::run(&client, *args, cli.output).await,
         Command::Jobs(args) => jobs::list(&client, &args, cli.output).await,

@@ -96,7 +96,7 @@ pub async fn run(
     });
     let state = state::AppState::new(&cfg, pool, health.clone(), auth, publisher, logs_changed);
     let router = routes::router(state).merge(http::health_routes(health));
-    let served = http::serve(listener, router, token.clone()).await;
+    let served = http::serve_with(listener, router, token.clone(), &cfg.http).await;
     token.cancel();
     let _ = logs_listener.await;
     if let Ok(Err(e)) = intake.await {
