@@ -250,6 +250,7 @@ impl PgCounters {
 /// these are the fleet's.
 pub async fn published(fleet: &TestFleet) -> Result<(i64, i64)> {
     let url = reqwest::Url::parse(&fleet.cfg.amqp.url)?;
+    fleet_shared::tls::install_provider();
     let vhost: serde_json::Value = reqwest::Client::new()
         .get(format!("{}/api/vhosts/%2F", fleet.cfg.amqp.management_url))
         .basic_auth(url.username(), url.password())

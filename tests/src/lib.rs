@@ -40,6 +40,9 @@ where
 }
 
 pub fn init_logging() {
+    // Every reqwest client (and the services run in-process) speaks TLS through rustls,
+    // with ring: installed before any is built.
+    fleet_shared::tls::install_provider();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off"));
     let _ = tracing_subscriber::fmt()
@@ -705,6 +708,7 @@ struct Listed {
 /// A call of RabbitMQ's management API as the user of `amqp.url`.
 async fn management(cfg: &Config, method: reqwest::Method, path: &str) -> Result<Value> {
     let url = reqwest::Url::parse(&cfg.amqp.url)?;
+    fleet_shared::tls::install_provider();
     let resp = reqwest::Client::new()
         .request(method, format!("{}/api/{path}", cfg.amqp.management_url))
         .basic_auth(url.username(), url.password())
@@ -1089,6 +1093,7 @@ impl ServiceProcess {
 
     /// GETs `path` from the process's HTTP server: the status and the body.
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        fleet_shared::tls::install_provider();
         let resp = reqwest::Client::new()
             .get(format!("http://{}{path}", self.addr))
             .timeout(Duration::from_secs(10))

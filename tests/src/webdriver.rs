@@ -69,6 +69,7 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", driver.display()))?;
+        fleet_shared::tls::install_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?;

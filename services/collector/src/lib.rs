@@ -44,6 +44,8 @@ pub async fn run(
     listener: TcpListener,
     token: CancellationToken,
 ) -> Result<(), Error> {
+    // reqwest and the HTTPS listener speak TLS through rustls, with ring.
+    fleet_shared::tls::install_provider();
     let (pool, health) = svc::db_and_health(&cfg)?;
     let server = tokio::spawn(http::serve(
         listener,

@@ -496,6 +496,8 @@ pub async fn run(
     listener: TcpListener,
     token: CancellationToken,
 ) -> Result<(), Error> {
+    // reqwest and the HTTPS listener speak TLS through rustls, with ring.
+    fleet_shared::tls::install_provider();
     let mut me = Identity::from_config(&cfg)?;
     // A registered executor connects as its own broker user, whose permissions cover only
     // its queue and its groups: the submitter declared those for it.

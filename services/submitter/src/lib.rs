@@ -51,6 +51,8 @@ pub async fn run(
     listener: TcpListener,
     token: CancellationToken,
 ) -> Result<(), Error> {
+    // reqwest and the HTTPS listener speak TLS through rustls, with ring.
+    fleet_shared::tls::install_provider();
     let (pool, health) = svc::db_and_health(&cfg)?;
     // The intake's broker session, shared with the API for control messages.
     let (publisher, _) = tokio::sync::watch::channel(None);
@@ -129,6 +131,7 @@ pub const BROKER_PASSWORD_VARS: [(fleet_shared::amqp::Service, &str); 3] = [
 /// management API (`amqp.management_url`, as `amqp.management_user` or the user of
 /// `amqp.url`). Returns what to tell the operator.
 pub async fn setup_broker_users(cfg: &Config) -> Result<String, String> {
+    fleet_shared::tls::install_provider();
     let mut passwords = Vec::new();
     for (service, var) in BROKER_PASSWORD_VARS {
         let password = std::env::var(var).unwrap_or_default();
