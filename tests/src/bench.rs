@@ -208,6 +208,71 @@ impl CpuSample {
     }
 }
 
+/// The local TCP ports of a process's sockets (from /proc: its descriptors' socket
+/// inodes, found in the TCP tables).
+fn local_ports(pid: i32) -> std::collections::HashSet<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let link = std::fs::read_link(e.ok()?.path()).ok()?;
+                let link = link.to_str()?;
+                Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (f.get(1), f.get(9)) else {
+                continue;
+            };
+            if !inodes.contains(*inode) {
+                continue;
+            }
+            if let Some(port) = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
+}
+
+/// The PostgreSQL backends serving the fleet's processes (their connections' client
+/// ports): their CPU is the fleet's, whoever else uses the same server meanwhile.
+pub async fn fleet_backends(
+    client: &tokio_postgres::Client,
+    services: &[ServiceProcess],
+) -> Result<Vec<i32>> {
+    let ports: std::collections::HashSet<i32> = services
+        .iter()
+        .flat_map(|s| local_ports(s.pid()))
+        .map(i32::from)
+        .collect();
+    Ok(client
+        .query(
+            "SELECT pid, client_port FROM pg_stat_activity WHERE client_port IS NOT NULL",
+            &[],
+        )
+        .await?
+        .iter()
+        .filter(|r| ports.contains(&r.get::<_, i32>(1)))
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// CPU ticks of these backends (their own).
+pub fn backend_ticks(pids: &[i32]) -> BTreeMap<i32, u64> {
+    pids.iter()
+        .filter_map(|p| proc_ticks(*p).map(|(own, _)| (*p, own)))
+        .collect()
+}
+
 /// PostgreSQL's own counters for the fleet's database and schema.
 #[derive(Debug, Clone, Default)]
 pub struct PgCounters {

@@ -347,12 +347,12 @@ async fn every_service_exports_its_metrics_and_the_gauges_match_the_fleet() -> R
     fleet.shutdown().await
 }
 
-/// Queue wait starts when a task last became ready: `tasks.ready_at`, set on insert and
-/// by the trigger on every move to `ready` and on the release of a hold, whatever
-/// statement makes it; other updates leave it.
+/// Queue wait starts when a task last became ready: `tasks.ready_at`, set on insert, by
+/// the statements that move a task to `ready` and on the release of a hold; other
+/// updates leave it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_at_follows_every_move_to_ready() -> Result<()> {
-    let fleet = TestFleet::start("readyat").await?;
+    let mut fleet = TestFleet::start("readyat").await?;
     let job = fleet
         .submit(&json!({"tasks": [
             {"name": "a", "argv": ["true"], "group": "nobody"},
@@ -398,16 +398,53 @@ async fn ready_at_follows_every_move_to_ready() -> Result<()> {
     }
     let a1 = ready_at("a").await?.0;
     assert!(a1 > a0, "released at {a1}, first ready at {a0}");
-    // The waiting task, made ready by whatever statement: then.
+    // The waiting task, in a retry's backoff (no move to ready: unchanged), then made
+    // ready when the backoff is over (the dispatcher's statement, run here too): then.
     let (b0, _) = ready_at("b").await?;
     client
         .execute(
-            "UPDATE tasks SET state = 'ready' WHERE job_id = $1 AND name = 'b'",
+            "UPDATE tasks SET state = 'retrying', retry_at = clock_timestamp()
+             WHERE job_id = $1 AND name = 'b'",
             &[&job.uuid()],
         )
         .await?;
+    assert_eq!(ready_at("b").await?.0, b0);
+    fleet_shared::db::dispatch::retries_due(&client).await?;
     let b1 = ready_at("b").await?.0;
     assert!(b1 > b0 && b1 > a1, "b ready at {b1}");
+    // A dependency met (the collector's settle): ready then, not when submitted. The
+    // executor that runs `c` comes only once `d`'s first value is read.
+    let job2 = fleet
+        .submit(&json!({"tasks": [
+            {"name": "c", "argv": ["true"], "group": "readyat"},
+            {"name": "d", "argv": ["true"], "group": "nobody", "depends_on": ["c"]}]}))
+        .await?;
+    let d_of = || {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT state, ready_at FROM tasks WHERE job_id = $1 AND name = 'd'",
+                    &[&job2.uuid()],
+                )
+                .await?;
+            Ok::<_, anyhow::Error>((
+                row.get::<_, String>(0),
+                row.get::<_, chrono::DateTime<chrono::Utc>>(1),
+            ))
+        }
+    };
+    let (state, d0) = d_of().await?;
+    assert_eq!(state, "waiting");
+    fleet
+        .add_executor(ExecutorSpec::new("readyat-1", &["readyat"], 1))
+        .await?;
+    let d1 = wait_for("d to become ready", DEADLINE, || async {
+        let (state, at) = d_of().await?;
+        Ok((state == "ready").then_some(at))
+    })
+    .await?;
+    assert!(d1 > d0, "d ready at {d1}, submitted at {d0}");
     drop(client);
     fleet.shutdown().await
 }

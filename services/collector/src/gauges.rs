@@ -105,6 +105,11 @@ pub async fn run(pool: Pool, cfg: Config, runs: Runs, token: CancellationToken) 
             }
             _ => {}
         }
+        // The histograms this collector records keep each sample until they are folded
+        // into their buckets, which only a scrape did: without one, memory grew with
+        // every result. The exporter's own upkeep task comes with `install`, which the
+        // services do not use (they serve `/metrics` themselves).
+        fleet_shared::http::metrics_handle().run_upkeep();
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(every.min(history_every)) => {}

@@ -784,6 +784,8 @@ async fn resolve_jobs(
         .prepare_cached(
             "WITH t AS (
                  UPDATE tasks t SET state = x.state,
+                     ready_at = CASE WHEN x.state = 'ready' AND t.state <> 'ready'
+                                     THEN clock_timestamp() ELSE t.ready_at END,
                      final_attempt = coalesce(x.final_attempt, t.final_attempt),
                      retry_at = CASE WHEN x.state = 'retrying'
                                      THEN clock_timestamp() + make_interval(secs => x.wait) END,

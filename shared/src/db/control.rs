@@ -61,7 +61,9 @@ pub async fn set_held(
     // attempt, a dependency met) stays held too.
     let n = tx
         .execute(
-            "UPDATE tasks SET held = $2 WHERE job_id = $1 AND held <> $2",
+            "UPDATE tasks SET held = $2,
+                 ready_at = CASE WHEN held AND NOT $2 THEN clock_timestamp() ELSE ready_at END
+             WHERE job_id = $1 AND held <> $2",
             &[&job.uuid(), &held],
         )
         .await?;
@@ -355,6 +357,8 @@ pub async fn rerun(
     let states: Vec<&str> = plan.iter().map(|(_, s)| s.as_str()).collect();
     tx.execute(
         "UPDATE tasks t SET state = x.state, attempt_base = t.attempts, final_attempt = NULL,
+             ready_at = CASE WHEN x.state = 'ready' AND t.state <> 'ready'
+                             THEN clock_timestamp() ELSE t.ready_at END,
              cancel_requested_at = NULL, retry_at = NULL, updated_at = clock_timestamp()
          FROM unnest($1::uuid[], $2::text[]) AS x(id, state)
          WHERE t.id = x.id",

@@ -336,7 +336,8 @@ pub async fn paused_unstarted(client: &Client) -> Result<Vec<HeldBy>, DbError> {
 pub async fn retries_due(client: &Client) -> Result<u64, DbError> {
     super::execute(
         client,
-        "UPDATE tasks SET state = 'ready', retry_at = NULL, updated_at = clock_timestamp()
+        "UPDATE tasks SET state = 'ready', retry_at = NULL, ready_at = clock_timestamp(),
+             updated_at = clock_timestamp()
          WHERE state = 'retrying' AND retry_at <= clock_timestamp()",
         &[],
     )
@@ -746,6 +747,8 @@ pub async fn unassign(tx: &Transaction<'_>, held: &[HeldBy]) -> Result<u64, DbEr
              tasks_back AS (
                  UPDATE tasks t
                  SET state = CASE WHEN t.each THEN t.state ELSE 'ready' END,
+                     ready_at = CASE WHEN t.each OR t.state = 'ready' THEN t.ready_at
+                                     ELSE clock_timestamp() END,
                      attempts = CASE WHEN t.attempts = g.attempt THEN t.attempts - 1
                                      ELSE t.attempts END,
                      updated_at = clock_timestamp()

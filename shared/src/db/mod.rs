@@ -225,6 +225,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../../migrations/0016_fleet_samples.sql"),
     ),
     (17, include_str!("../../../migrations/0017_env_secret.sql")),
+    (
+        18,
+        include_str!("../../../migrations/0018_ready_at_by_writers.sql"),
+    ),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

@@ -220,6 +220,9 @@ async fn throughput(a: Throughput) -> Result<()> {
     tokio::time::sleep(STATS_FLUSH).await;
     let pg0 = PgCounters::take(&client, &pf.fleet.cfg.database.schema).await?;
     let pub0 = bench::published(&pf.fleet).await?;
+    // PostgreSQL's CPU above is every backend's on this machine (other sessions too);
+    // this is the fleet's own connections' only (a backend that ends meanwhile is lost).
+    let be0 = bench::backend_ticks(&bench::fleet_backends(&client, &pf.services).await?);
     let cpu0 = CpuSample::take(&pf.services, Some(backend));
 
     println!(
@@ -247,6 +250,17 @@ async fn throughput(a: Throughput) -> Result<()> {
     let ended = wait_all(&client, &ids, Duration::from_secs(900), None).await?;
     let span = ended.duration_since(started).as_secs_f64();
     let cpu1 = CpuSample::take(&pf.services, Some(backend));
+    let mut be_pids = bench::fleet_backends(&client, &pf.services).await?;
+    be_pids.extend(be0.keys().copied());
+    be_pids.sort_unstable();
+    be_pids.dedup();
+    let be1 = bench::backend_ticks(&be_pids);
+    let be_secs = be1
+        .iter()
+        .map(|(p, t)| t.saturating_sub(be0.get(p).copied().unwrap_or(0)))
+        .sum::<u64>() as f64
+        * 0.01;
+    let be_dead = be0.keys().filter(|p| !be1.contains_key(p)).count();
     let write_xacts_end: i64 = client
         .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
         .await?
@@ -324,6 +338,12 @@ async fn throughput(a: Throughput) -> Result<()> {
         fleet_total + infra_total
     );
     let bench_xacts = 2.0; // this tool's own reads of pg_current_xact_id
+    println!(
+        "  {:<28} {:>8.0}  ({} backends; {be_dead} ended during the run, not counted)",
+        "postgresql (fleet backends)",
+        be_secs / n * 1e6,
+        be1.len()
+    );
     println!(
         "PostgreSQL per job:       {:.2} commits of writing transactions, {:.2} transactions in all (reads included), {:.2} rows inserted, {:.2} updated, {:.2} deleted",
         ((write_xacts_end - pg0.write_xacts) as f64 - bench_xacts) / n,
