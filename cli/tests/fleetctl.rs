@@ -3,31 +3,12 @@
 //! `fleetctl wait` and `submit --wait` follow a job through its events, print each
 //! task's outcome as it happens, and exit with the job's status.
 
-use std::process::Output;
-use std::time::Duration;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fleet_tests::{ExecutorSpec, TestFleet};
 use serde_json::json;
 
-/// Runs fleetctl against the fleet as its admin, within a deadline.
-async fn fleetctl(fleet: &TestFleet, args: &[&str]) -> Result<Output> {
-    let token = fleet.cfg.auth.admin_token.clone().unwrap_or_default();
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .args(args)
-        .env("FLEET_ADDR", &fleet.api)
-        .env("FLEET_TOKEN", token)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .with_context(|| format!("fleetctl {args:?} did not end within 60 s"))?
-        .context("running fleetctl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+use common::{fleetctl, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_and_wait_exit_with_the_status_of_what_they_followed() -> Result<()> {

@@ -3,12 +3,14 @@
 //! that does not is refused.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fleet_tests::{client_trusting, job_of, ExecutorSpec, TestFleet};
 use serde_json::json;
+
+mod common;
+use common::{fleetctl, text};
 
 /// A CA, and a certificate for localhost signed by it: (CA PEM, certificate PEM, key PEM).
 fn ca_and_certificate(name: &str) -> Result<(String, String, String)> {
@@ -29,21 +31,6 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
-}
-
-async fn fleetctl(fleet: &TestFleet, args: &[&str]) -> Result<Output> {
-    let token = fleet.cfg.auth.admin_token.clone().unwrap_or_default();
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .args(args)
-        .env("FLEET_ADDR", &fleet.api)
-        .env("FLEET_TOKEN", token)
-        .env_remove("FLEET_CA_FILE")
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .context("fleetctl did not end within 60 s")?
-        .context("running fleetctl")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,18 +67,14 @@ async fn the_api_over_https_serves_only_clients_that_trust_the_fleets_ca() -> Re
     // So does fleetctl, given the CA file.
     let ca_arg = ca_file.display().to_string();
     let out = fleetctl(&fleet, &["--ca-file", &ca_arg, "status", &job.to_string()]).await?;
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
     assert!(said.contains("succeeded"), "{said}");
 
     // Without it, fleetctl does not trust the certificate.
     let out = fleetctl(&fleet, &["status", &job.to_string()]).await?;
     assert!(!out.status.success(), "fleetctl trusted an unknown CA");
-    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    let err = text(&out.stderr).to_lowercase();
     assert!(err.contains("certificate") || err.contains("tls"), "{err}");
     // Nor does a client that trusts another CA.
     let (other_ca, _, _) = ca_and_certificate("other")?;
