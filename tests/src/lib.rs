@@ -622,6 +622,12 @@ impl TestFleet {
         if let Ok(ids) = self.process_executors.lock() {
             executors.extend(ids.iter().cloned());
         }
+        if !self.service_users.is_empty() {
+            let admin = fleet_submitter::broker_admin::BrokerAdmin::new(&self.cfg.amqp)?;
+            for (user, _) in self.service_users.values() {
+                admin.delete_user(user).await?;
+            }
+        }
         cleanup_broker(&self.cfg, &executors).await
     }
 }
