@@ -243,22 +243,25 @@ say "AMQP prefix '$PREFIX', database fleet (schema public), API $FLEET_ADDR"
 # now for this prefix, with fresh passwords, through the management API as the local
 # administrator, guest); nothing the demo starts connects as guest. The submitter keeps
 # guest for the management API only: it mints the executors' users.
-export FLEET_BROKER_PASSWORD_SUBMITTER="s-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-export FLEET_BROKER_PASSWORD_DISPATCHER="d-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-export FLEET_BROKER_PASSWORD_COLLECTOR="c-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-"$BIN_DIR/fleet-submitter" setup-broker-users >&2 || die "fleet-submitter setup-broker-users failed"
+# Given to the setup alone (not exported: each service gets only its own, in its URL).
+PW_SUBMITTER="s-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+PW_DISPATCHER="d-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+PW_COLLECTOR="c-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+FLEET_BROKER_PASSWORD_SUBMITTER="$PW_SUBMITTER" FLEET_BROKER_PASSWORD_DISPATCHER="$PW_DISPATCHER" \
+    FLEET_BROKER_PASSWORD_COLLECTOR="$PW_COLLECTOR" \
+    "$BIN_DIR/fleet-submitter" setup-broker-users >&2 || die "fleet-submitter setup-broker-users failed"
 broker_url() { # USER PASSWORD
     printf 'amqp://%s:%s@127.0.0.1:5672/%%2f' "$1" "$2"
 }
 unset FLEET_AMQP__URL
 start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE" \
-    FLEET_AMQP__URL="$(broker_url "$PREFIX-submitter" "$FLEET_BROKER_PASSWORD_SUBMITTER")" \
+    FLEET_AMQP__URL="$(broker_url "$PREFIX-submitter" "$PW_SUBMITTER")" \
     FLEET_AMQP__MANAGEMENT_USER=guest FLEET_AMQP__MANAGEMENT_PASSWORD=guest
 start_proc dispatcher fleet-dispatcher "127.0.0.1:$((PORT_BASE + 1))" \
-    FLEET_AMQP__URL="$(broker_url "$PREFIX-dispatcher" "$FLEET_BROKER_PASSWORD_DISPATCHER")"
+    FLEET_AMQP__URL="$(broker_url "$PREFIX-dispatcher" "$PW_DISPATCHER")"
 start_proc collector fleet-collector "127.0.0.1:$((PORT_BASE + 2))" \
-    FLEET_AMQP__URL="$(broker_url "$PREFIX-collector" "$FLEET_BROKER_PASSWORD_COLLECTOR")"
-unset FLEET_BROKER_PASSWORD_SUBMITTER FLEET_BROKER_PASSWORD_DISPATCHER FLEET_BROKER_PASSWORD_COLLECTOR
+    FLEET_AMQP__URL="$(broker_url "$PREFIX-collector" "$PW_COLLECTOR")"
+unset PW_SUBMITTER PW_DISPATCHER PW_COLLECTOR
 for i in 0 1 2; do
     wait_ready "$i"
 done

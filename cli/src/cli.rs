@@ -702,7 +702,6 @@ mod tests {
         );
         assert!(parse_addr("https://fleet").is_ok());
         assert!(parse_addr("ftp://fleet").is_err());
-        assert!(parse_addr("ftp://fleet").is_err());
     }
 
     #[test]

@@ -47,10 +47,12 @@ impl Client {
             Some(path) => {
                 let pem = std::fs::read(path)
                     .with_context(|| format!("reading the CA file {}", path.display()))?;
-                Some(
-                    reqwest::Certificate::from_pem_bundle(&pem)
-                        .with_context(|| format!("{}: not PEM certificates", path.display()))?,
-                )
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("{}: not PEM certificates", path.display()))?;
+                if certs.is_empty() {
+                    return Err(anyhow!("{}: holds no PEM certificate", path.display()).into());
+                }
+                Some(certs)
             }
         };
         let with_roots = |b: reqwest::ClientBuilder| match &roots {

@@ -627,6 +627,12 @@ impl Config {
 
     /// What only the API server needs: a way to authenticate its administrator.
     pub fn validate_auth(&self) -> Result<(), ConfigError> {
+        // The API's certificate and key are read now: a bad one exits 64 before anything
+        // binds, as any bad setting does.
+        if let (Some(cert), Some(key)) = (&self.http.tls_cert_file, &self.http.tls_key_file) {
+            crate::tls::server_config(cert, key)
+                .map_err(|e| invalid("http.tls_cert_file", e.to_string()))?;
+        }
         match &self.auth.admin_token {
             Some(t) if t.trim().len() < 16 => Err(invalid(
                 "auth.admin_token",

@@ -112,10 +112,12 @@ impl TlsListener {
                 tokio::spawn(async move {
                     let shaken =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                    drop(permit);
                     match shaken {
                         Ok(Ok(tls)) => {
+                            // Counted until axum takes it: connections waiting to be
+                            // served are within the bound too.
                             let _ = tx.send((tls, peer)).await;
+                            drop(permit);
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

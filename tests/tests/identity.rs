@@ -554,6 +554,21 @@ async fn each_service_is_its_own_broker_user_and_may_do_only_its_own_work() -> R
         "the collector publishing an INFO",
         try_publish(&conn, &n.root_exchange(), &keys::info(&lp), b"{}").await,
     );
+    // Nor may it catch expired requests (their env holds secrets) on the dead-letter
+    // exchange.
+    let ch = conn.create_channel().await?;
+    refused(
+        "the collector binding requests on the dead-letter exchange",
+        ch.queue_bind(
+            n.results_queue().as_str().into(),
+            n.dlx().as_str().into(),
+            "request.#".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(anyhow::Error::from),
+    );
     let _ = conn.close(200, "".into()).await;
     for ((who, (name, password)), queue) in [
         (("collector", collector.clone()), n.executor_queue(&lp)),

@@ -194,19 +194,26 @@ pub async fn declare_core(conn: &Connection, n: &Names) -> Result<(), AmqpError>
     for key in dead_letter_keys(n) {
         bind_queue(&ch, &n.dead_queue(), &n.dlx(), &key).await?;
     }
-    // An older Fleet bound it with `#`, which kept expired requests too.
-    deadline(
+    close_channel(&ch).await;
+    // An older Fleet bound it with `#`, which kept expired requests too. On a channel of
+    // its own: a service's own broker user may not touch that key (it is refused, and
+    // the refusal closes the channel), the shared user of an older install may.
+    let old = deadline("channel.open", DECLARE_TIMEOUT, conn.create_channel()).await?;
+    let unbound = deadline(
         "queue.unbind",
         DECLARE_TIMEOUT,
-        ch.queue_unbind(
+        old.queue_unbind(
             n.dead_queue().as_str().into(),
             n.dlx().as_str().into(),
             "#".into(),
             FieldTable::default(),
         ),
     )
-    .await?;
-    close_channel(&ch).await;
+    .await;
+    if let Err(e) = unbound {
+        tracing::debug!(error = %e, "the dead queue's old '#' binding was not removed");
+    }
+    close_channel(&old).await;
     Ok(())
 }
 

@@ -105,9 +105,10 @@ impl Names {
     ///   it consumes the results and live-output queues.
     /// - The submitter declares what executors may not (their queues, their groups'
     ///   exchanges and bindings) and publishes control messages on any group's exchange
-    ///   and replies on the default exchange; it consumes the intake queue, and no
-    ///   executor's queue. It also holds the broker's management credential (it mints
-    ///   executors' users), so its own limits are defence in depth.
+    ///   and replies on the default exchange; it consumes the intake queue (and may read
+    ///   executors' queues, which it declares: see below). It also holds the broker's
+    ///   management credential (it mints executors' users), so its own limits are
+    ///   defence in depth.
     ///
     /// RabbitMQ wants read as well as configure on a queue declared with a dead-letter
     /// exchange: so the dispatcher and the submitter, which declare the live-output queue
@@ -122,9 +123,17 @@ impl Names {
         let p = re(&self.prefix);
         let (root, dlx) = (self.root_exchange(), self.dlx());
         let core = format!("{p}\\.(group\\.default|submit|events|dlx|dead)");
+        // On the dead-letter exchange: publish with its own queues' names only, and bind
+        // the dead queue with its keys only (not `request.#`: expired requests hold
+        // opened secrets, which the dead queue does not keep).
+        let dead_keys = format!("^({}\\.#|result\\.\\*|log\\.\\*|info\\.\\*)$", p);
         let dead_letters = |queues: &[String]| {
             let q: Vec<String> = queues.iter().map(|q| re(q)).collect();
-            (dlx.clone(), format!("^({})$", q.join("|")), ".*".to_owned())
+            (
+                dlx.clone(),
+                format!("^({})$", q.join("|")),
+                dead_keys.clone(),
+            )
         };
         match service {
             Service::Dispatcher => BrokerPermissions {
@@ -294,5 +303,18 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn services_bind_the_dead_queue_with_its_keys_only() {
+        let n = Names::new("fleet");
+        let p = n.service_permissions(Service::Collector);
+        let (ex, write, read) = p.topic.last().cloned().expect("dlx entry");
+        assert_eq!(ex, "fleet.dlx");
+        assert_eq!(
+            write,
+            r"^(fleet\.collector\.results|fleet\.collector\.logs)$"
+        );
+        assert_eq!(read, r"^(fleet\.#|result\.\*|log\.\*|info\.\*)$");
     }
 }
