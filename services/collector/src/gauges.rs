@@ -67,21 +67,20 @@ pub async fn run(pool: Pool, cfg: Config, runs: Runs, token: CancellationToken) 
         let look = async {
             let mut client = pool.get().await.map_err(DbError::from)?;
             if due {
-                let view = stats::sample(
+                stats::sample(
                     &mut client,
                     silent_after,
                     cfg.metrics.history_secs,
                     cfg.metrics.history_hours,
                 )
-                .await?;
-                Ok::<_, DbError>((view, true))
+                .await
             } else {
-                Ok((stats::current(&mut client, silent_after).await?, false))
+                stats::current(&mut client, silent_after).await
             }
         };
         match tokio::time::timeout(every.max(Duration::from_secs(1)), look).await {
-            Ok(Ok((view, took_sample))) => {
-                if took_sample {
+            Ok(Ok(view)) => {
+                if due {
                     sampled_step = Some(step);
                 }
                 let now = runs.now();
