@@ -223,6 +223,9 @@ pub struct AmqpConfig {
     /// (that of `url`) may not manage users: with a broker user per service.
     pub management_user: Option<String>,
     pub management_password: Option<String>,
+    /// With an `amqps://` URL (and an `https://` management URL): trust only the
+    /// certificate authorities in this PEM file, instead of the system's roots.
+    pub ca_file: Option<String>,
 }
 
 impl Default for AmqpConfig {
@@ -235,6 +238,7 @@ impl Default for AmqpConfig {
             management_url: "http://127.0.0.1:15672".into(),
             management_user: None,
             management_password: None,
+            ca_file: None,
         }
     }
 }
@@ -253,6 +257,10 @@ pub struct DatabaseConfig {
     /// A transaction left idle this long (its process frozen, say) is aborted by the
     /// server, releasing its locks: a frozen dispatcher cannot block its successor.
     pub idle_in_transaction_timeout_ms: u64,
+    /// TLS to PostgreSQL, verified against the certificate authorities in this PEM file
+    /// (libpq's verify-full). Without it, the URL's `sslmode=require` verifies against
+    /// the system's roots, and any other sslmode connects without TLS.
+    pub ca_file: Option<String>,
 }
 
 impl Default for DatabaseConfig {
@@ -265,6 +273,7 @@ impl Default for DatabaseConfig {
             pool_wait_ms: 5_000,
             statement_timeout_ms: 30_000,
             idle_in_transaction_timeout_ms: 5_000,
+            ca_file: None,
         }
     }
 }
@@ -397,6 +406,9 @@ pub struct ExecutorConfig {
     pub bootstrap_secret: Option<String>,
     /// The submitter's API, where an executor registers.
     pub register_url: String,
+    /// With an `https://` register_url: trust only the certificate authorities in this
+    /// PEM file, instead of the system's roots.
+    pub ca_file: Option<String>,
     /// Where the credential from registration is kept (and read back on restarts).
     pub credentials_file: Option<String>,
 }
@@ -415,6 +427,7 @@ impl Default for ExecutorConfig {
             join_token: None,
             bootstrap_secret: None,
             register_url: "http://127.0.0.1:7070".into(),
+            ca_file: None,
             credentials_file: None,
         }
     }
@@ -503,12 +516,30 @@ impl Config {
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }
-        self.database
+        let pg = self
+            .database
             .url
             .parse::<tokio_postgres::Config>()
             .map_err(|e| invalid("database.url", e.to_string()))?;
+        if self.database.ca_file.is_some()
+            && pg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable
+        {
+            return Err(invalid(
+                "database.ca_file",
+                "is set, but database.url says sslmode=disable",
+            ));
+        }
         if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
             return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+        }
+        if let Some(ca) = &self.amqp.ca_file {
+            crate::tls::ca_pem(ca).map_err(|e| invalid("amqp.ca_file", e.to_string()))?;
+        }
+        if let Some(ca) = &self.database.ca_file {
+            crate::tls::ca_pem(ca).map_err(|e| invalid("database.ca_file", e.to_string()))?;
+        }
+        if let Some(ca) = &self.executor.ca_file {
+            crate::tls::ca_pem(ca).map_err(|e| invalid("executor.ca_file", e.to_string()))?;
         }
         if let Some(addr) = &self.http.addr {
             addr.parse::<std::net::SocketAddr>()

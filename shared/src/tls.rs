@@ -81,6 +81,72 @@ pub fn root_store(ca_file: &str) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// A client's TLS settings: the server must present a certificate that chains to a CA of
+/// `ca_file` (PEM) and names the host connected to; without a file, to one of the
+/// system's roots.
+pub fn client_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, TlsError> {
+    install_provider();
+    let roots = match ca_file {
+        Some(path) => {
+            let roots = root_store(path)?;
+            if roots.is_empty() {
+                return Err(TlsError::File {
+                    path: path.to_owned(),
+                    message: "holds no PEM certificate".into(),
+                });
+            }
+            roots
+        }
+        None => system_roots()?,
+    };
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A client configuration for a connector that is never asked to shake hands (a
+/// connection made without TLS still needs a connector of the same type).
+pub fn unused_client_config() -> rustls::ClientConfig {
+    install_provider();
+    rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// The system's trusted roots (`/etc/ssl/certs` on Debian, or `SSL_CERT_FILE`).
+fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(TlsError::Config(format!(
+            "no CA file is given and the system has no trusted roots{}",
+            found
+                .errors
+                .first()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(roots)
+}
+
+/// The PEM text of a CA file, after checking it holds at least one certificate: lapin
+/// takes the text and would otherwise fail at the first handshake, not at start.
+pub fn ca_pem(ca_file: &str) -> Result<String, TlsError> {
+    let roots = root_store(ca_file)?;
+    if roots.is_empty() {
+        return Err(TlsError::File {
+            path: ca_file.to_owned(),
+            message: "holds no PEM certificate".into(),
+        });
+    }
+    std::fs::read_to_string(ca_file).map_err(|e| TlsError::File {
+        path: ca_file.to_owned(),
+        message: e.to_string(),
+    })
+}
+
 /// Accepts TCP connections and hands axum those that completed a TLS handshake.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,

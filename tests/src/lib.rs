@@ -70,9 +70,68 @@ pub fn amqp_url_as(url: &str, user: &str, password: &str) -> String {
     format!("{scheme}://{user}:{password}@{host}")
 }
 
+/// The development CA and server certificate that `infra/tls.sh local` made and serves
+/// the local RabbitMQ and PostgreSQL with, when `FLEET_TEST_TLS_DIR` names their
+/// directory: then every test fleet uses TLS on every hop (`make test-tls`).
+#[derive(Debug, Clone)]
+pub struct TestTls {
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_pem: Vec<u8>,
+}
+
+pub fn test_tls() -> Option<TestTls> {
+    let dir = std::env::var("FLEET_TEST_TLS_DIR").ok()?;
+    Some(TestTls::from_dir(&dir))
+}
+
+impl TestTls {
+    /// FLEET_TEST_TLS_DIR's, else the directory `infra/tls.sh local` uses by default.
+    pub fn dev() -> Self {
+        test_tls().unwrap_or_else(|| {
+            Self::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/dev-tls"))
+        })
+    }
+
+    fn from_dir(dir: &str) -> Self {
+        let path = |f: &str| format!("{}/{f}", dir.trim_end_matches('/'));
+        let ca_file = path("ca.pem");
+        let ca_pem = std::fs::read(&ca_file)
+            .unwrap_or_else(|e| panic!("{ca_file}: {e}: run infra/tls.sh local (make test does)"));
+        Self {
+            ca_file,
+            cert_file: path("server.pem"),
+            key_file: path("server-key.pem"),
+            ca_pem,
+        }
+    }
+
+    /// TLS on every hop, as `infra/tls.sh local` serves it: AMQPS to `localhost:5671`,
+    /// the management API at `https://localhost:15671`, PostgreSQL over TLS verified as
+    /// `localhost`, the API over HTTPS; each trusting only this CA.
+    pub fn apply(&self, cfg: &mut Config) {
+        cfg.amqp.url = "amqps://guest:guest@localhost:5671/%2f".into();
+        cfg.amqp.management_url = "https://localhost:15671".into();
+        cfg.amqp.ca_file = Some(self.ca_file.clone());
+        cfg.database.url = "postgres://postgres@localhost:5432/fleet".into();
+        cfg.database.ca_file = Some(self.ca_file.clone());
+        cfg.executor.ca_file = Some(self.ca_file.clone());
+        cfg.http.tls_cert_file = Some(self.cert_file.clone());
+        cfg.http.tls_key_file = Some(self.key_file.clone());
+    }
+}
+
 /// The configuration a test fleet runs with: fast ticks and heartbeats.
+///
+/// With `FLEET_TEST_TLS_DIR` ([`test_tls`]): AMQPS to `localhost:5671`, the management
+/// API at `https://localhost:15671`, PostgreSQL over TLS verified as `localhost`, and the
+/// API served over HTTPS; each trusting only that directory's CA.
 pub fn test_config(name: &str) -> Config {
     let mut cfg = Config::default();
+    if let Some(tls) = test_tls() {
+        tls.apply(&mut cfg);
+    }
     if let Ok(url) = std::env::var("FLEET_TEST_AMQP_URL") {
         cfg.amqp.url = url;
     }
@@ -252,6 +311,14 @@ impl TestFleet {
         let name = unique_name(hint);
         let mut cfg = test_config(&name);
         tweak(&mut cfg);
+        // The API over HTTPS: with the caller's CA, or the development CA
+        // (FLEET_TEST_TLS_DIR, TestTls::apply).
+        let ca_pem = match (ca_pem, &cfg.http.tls_cert_file) {
+            (Some(pem), _) => Some(pem.to_vec()),
+            (None, Some(_)) => Some(TestTls::dev().ca_pem),
+            (None, None) => None,
+        };
+        let ca_pem = ca_pem.as_deref();
         let mut service_users = BTreeMap::new();
         let mut config_of = BTreeMap::new();
         for service in fleet_shared::amqp::Service::ALL {
@@ -386,7 +453,11 @@ impl TestFleet {
         };
         let addr = format!("127.0.0.1:{port}");
         let p = self.spawn_process(binary, id, &[("FLEET_HTTP__ADDR", addr.clone())])?;
-        self.api = format!("http://{addr}");
+        self.api = match self.cfg.http.tls_cert_file {
+            // The certificate names localhost.
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://{addr}"),
+        };
         self.wait_api_ready().await?;
         Ok(p)
     }
@@ -714,8 +785,12 @@ struct Listed {
 /// A call of RabbitMQ's management API as the user of `amqp.url`.
 async fn management(cfg: &Config, method: reqwest::Method, path: &str) -> Result<Value> {
     let url = reqwest::Url::parse(&cfg.amqp.url)?;
-    fleet_shared::tls::install_provider();
-    let resp = reqwest::Client::new()
+    let mut http = reqwest::Client::builder();
+    if let Some(ca) = &cfg.amqp.ca_file {
+        http = http.tls_backend_preconfigured(fleet_shared::tls::client_config(Some(ca))?);
+    }
+    let resp = http
+        .build()?
         .request(method, format!("{}/api/{path}", cfg.amqp.management_url))
         .basic_auth(url.username(), url.password())
         .timeout(Duration::from_secs(10))
@@ -1221,6 +1296,19 @@ impl TestFleet {
                 "FLEET_DISPATCHER__UNSAFE_OPEN_EXECUTORS",
                 d.unsafe_open_executors.to_string(),
             )
+            // TLS settings (FLEET_TEST_TLS_DIR, or a test's own), as the fleet has them.
+            .envs(
+                [
+                    ("FLEET_AMQP__CA_FILE", &c.amqp.ca_file),
+                    ("FLEET_DATABASE__CA_FILE", &c.database.ca_file),
+                    ("FLEET_EXECUTOR__CA_FILE", &c.executor.ca_file),
+                    ("FLEET_HTTP__TLS_CERT_FILE", &c.http.tls_cert_file),
+                    ("FLEET_HTTP__TLS_KEY_FILE", &c.http.tls_key_file),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_deref().map(|v| (k, v))),
+            )
+            .env("FLEET_AMQP__MANAGEMENT_URL", &c.amqp.management_url)
             // FLEET_TEST_LOG sets the services' log filter (RUST_LOG's syntax).
             .env(
                 "RUST_LOG",

@@ -103,13 +103,19 @@ async fn register(
         "{}/v1/executors/register",
         cfg.executor.register_url.trim_end_matches('/')
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| RegisterError::Refused {
-            status: 0,
-            body: e.to_string(),
-        })?;
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(ca) = &cfg.executor.ca_file {
+        let tls =
+            fleet_shared::tls::client_config(Some(ca)).map_err(|e| RegisterError::Refused {
+                status: 0,
+                body: e.to_string(),
+            })?;
+        http = http.tls_backend_preconfigured(tls);
+    }
+    let http = http.build().map_err(|e| RegisterError::Refused {
+        status: 0,
+        body: e.to_string(),
+    })?;
     proof["executor_id"] = serde_json::json!(id);
     proof["groups"] = serde_json::json!(groups);
     let body = proof;

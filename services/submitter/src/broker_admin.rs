@@ -44,10 +44,16 @@ impl BrokerAdmin {
             "" => "%2F".to_owned(),
             v => v.to_owned(),
         };
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(TIMEOUT)
-            .connect_timeout(TIMEOUT)
-            .build()?;
+            .connect_timeout(TIMEOUT);
+        // An https management API is trusted as the broker is: amqp.ca_file's CAs.
+        if let Some(ca) = &cfg.ca_file {
+            let tls = fleet_shared::tls::client_config(Some(ca))
+                .map_err(|e| BrokerAdminError::Config(format!("amqp.ca_file: {e}")))?;
+            http = http.tls_backend_preconfigured(tls);
+        }
+        let http = http.build()?;
         Ok(Self {
             http,
             base: cfg.management_url.trim_end_matches('/').to_owned(),

@@ -27,6 +27,8 @@ use crate::id::ExecutorId;
 pub enum AmqpError {
     #[error("broker: {0}")]
     Lapin(#[from] lapin::Error),
+    #[error("broker TLS: {0}")]
+    Tls(String),
     #[error("broker did not answer {0} in time")]
     Timeout(&'static str),
     #[error("broker refused (nack) a message to {exchange}/{key}")]
@@ -54,12 +56,26 @@ async fn deadline<T>(
     }
 }
 
+/// Connects to `amqp.url`. Over `amqps://` the broker's certificate must chain to a CA
+/// of `amqp.ca_file` (else to one of the system's roots) and name the URL's host.
 pub async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        // Read at each connection: a CA file replaced on disk is used at the next
+        // reconnect. (Config::validate checked it at start.)
+        cert_chain: match &cfg.ca_file {
+            Some(path) => {
+                Some(crate::tls::ca_pem(path).map_err(|e| AmqpError::Tls(e.to_string()))?)
+            }
+            None => None,
+        },
+    };
+    let runtime = lapin::runtime::default_runtime()?;
     deadline(
         "connect",
         cfg.connect_timeout(),
-        Connection::connect(&cfg.url, props),
+        Connection::connect_with_config(&cfg.url, props, tls, runtime),
     )
     .await
 }

@@ -17,7 +17,8 @@ pub mod webhooks;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+pub use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
 use crate::error::Transience;
@@ -140,10 +141,11 @@ impl Transience for DbError {
 /// A pool whose waits are bounded: when PostgreSQL is down or the pool is exhausted,
 /// callers fail fast with a transient error instead of hanging.
 pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
-    let pg = pg_config(cfg)?;
+    let mut pg = pg_config(cfg)?;
+    let tls = tls(cfg, &mut pg)?;
     let mgr = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -157,6 +159,57 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| DbError::Build(e.to_string()))
+}
+
+/// How connections to PostgreSQL are secured, setting `pg`'s sslmode to match:
+///
+/// - `database.ca_file` given: TLS is required and the server's certificate must chain
+///   to that file's CAs and name the URL's host (libpq's `verify-full`).
+/// - no CA file, and the URL says `sslmode=require`: the same check against the system's
+///   roots. (libpq's `require` checks nothing; a connection that any machine in the path
+///   could answer is not what `require` is asked for.)
+/// - otherwise: no TLS (tokio-postgres' default `prefer` would take an unverified
+///   certificate; `disable` is what it amounts to, said plainly).
+pub fn tls(
+    cfg: &DatabaseConfig,
+    pg: &mut tokio_postgres::Config,
+) -> Result<MakeRustlsConnect, DbError> {
+    let client = match (&cfg.ca_file, pg.get_ssl_mode()) {
+        (Some(_), SslMode::Disable) => {
+            return Err(DbError::Build(
+                "database.ca_file is set but database.url says sslmode=disable".into(),
+            ))
+        }
+        (Some(ca), _) => {
+            pg.ssl_mode(SslMode::Require);
+            crate::tls::client_config(Some(ca))
+        }
+        (None, SslMode::Require) => crate::tls::client_config(None),
+        (None, _) => {
+            pg.ssl_mode(SslMode::Disable);
+            Ok(crate::tls::unused_client_config())
+        }
+    }
+    .map_err(|e| DbError::Build(e.to_string()))?;
+    Ok(MakeRustlsConnect::new(client))
+}
+
+/// One connection outside the pool (a listener, a tool), secured as the pool's are.
+pub async fn connect(
+    cfg: &DatabaseConfig,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<
+            tokio_postgres::Socket,
+            <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+        >,
+    ),
+    DbError,
+>{
+    let mut pg = pg_config(cfg)?;
+    let tls = tls(cfg, &mut pg)?;
+    Ok(pg.connect(tls).await?)
 }
 
 /// How every service connects: the URL's settings, deadlines, keepalives, and the
@@ -194,7 +247,11 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
          -c enable_mergejoin=off -c jit=off",
         cfg.schema, cfg.statement_timeout_ms, cfg.idle_in_transaction_timeout_ms
     ));
-    pg.application_name("fleet");
+    // The URL's application_name if it gives one (to tell deployments apart in
+    // pg_stat_activity), else "fleet".
+    if pg.get_application_name().is_none() {
+        pg.application_name("fleet");
+    }
     Ok(pg)
 }
 
@@ -354,8 +411,7 @@ pub async fn listen(
     let mut backoff = crate::amqp::Backoff::default();
     while !token.is_cancelled() {
         let session = async {
-            let pg = pg_config(&cfg)?;
-            let (client, mut connection) = pg.connect(NoTls).await?;
+            let (client, mut connection) = connect(&cfg).await?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
             let name = channel.clone();
             let driver = tokio::spawn(async move {
