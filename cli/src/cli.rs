@@ -272,7 +272,7 @@ pub enum Command {
     #[command(
         subcommand,
         after_help = "Examples:\n  \
-        fleetctl webhook add http://ci.example.com/fleet --events 'job.*'\n  \
+        fleetctl webhook add https://ci.example.com/fleet --events 'job.*'\n  \
         fleetctl webhook add http://10.0.0.5:8080/hook --group site --secret \"$HOOK_SECRET\"\n  \
         fleetctl webhook list\n  \
         fleetctl webhook delete 0190c6c2-6f7e-7c3a-9a51-3f1f0c1e2d4b"

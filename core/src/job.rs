@@ -54,19 +54,14 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub const MAX_SECRET_LEN: usize = 256;
 const MAX_URL_LEN: usize = 2048;
 
-/// A webhook URL: `http://`, a host, no blanks or control characters. (`https://` is
-/// refused with its reason until the collector speaks TLS: issue 14.)
+/// A webhook URL: `http://` or `https://`, a host, no blanks or control characters.
+/// (The collector checks an https receiver's certificate against the system's roots
+/// and `webhooks.ca_file`.)
 pub fn check_webhook_url(field: &str, url: &str) -> Result<(), FieldError> {
-    if url.starts_with("https://") {
-        return Err(bad(
-            field,
-            "https:// is not supported yet (the collector has no TLS client in this \
-             version); use http:// to a receiver or a TLS-terminating proxy you trust",
-        ));
-    }
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| bad(field, "must start with http://"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| bad(field, "must start with http:// or https://"))?;
     if url.len() > MAX_URL_LEN {
         return Err(bad(field, format!("at most {MAX_URL_LEN} bytes")));
     }
@@ -746,6 +741,13 @@ mod tests {
                                          "secret": "0123456789abcdef"}))
         .expect("valid");
         let n = ok.notify.expect("notify");
+        let tls = with(serde_json::json!({"url": "https://ci.example.com:8443/h",
+                                          "secret": "0123456789abcdef"}))
+        .expect("https is accepted");
+        assert_eq!(
+            tls.notify.expect("notify").url,
+            "https://ci.example.com:8443/h"
+        );
         let all = with(serde_json::json!({"url": "http://x/h", "events": ["*"],
                                           "secret": "0123456789abcdef"}))
         .expect("a pattern means the job's events of it");
@@ -763,9 +765,9 @@ mod tests {
                 "http://",
             ),
             (
-                serde_json::json!({"url": "https://x/h", "secret": "0123456789abcdef"}),
+                serde_json::json!({"url": "https://", "secret": "0123456789abcdef"}),
                 "notify.url",
-                "not supported yet",
+                "host",
             ),
             (
                 serde_json::json!({"url": "http:///h", "secret": "0123456789abcdef"}),

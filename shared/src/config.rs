@@ -136,6 +136,11 @@ pub struct WebhooksConfig {
     pub per_url: u32,
     /// How often the collector looks for new events and due retries.
     pub poll_ms: u64,
+    /// Certificate authorities (PEM) an `https://` receiver's certificate may chain to,
+    /// besides the system's roots: a receiver with a certificate of a private CA. Read
+    /// when the collector starts; a file that cannot be read or holds no certificate
+    /// stops it (exit 64). None: the system's roots only.
+    pub ca_file: Option<String>,
 }
 
 impl Default for WebhooksConfig {
@@ -148,6 +153,7 @@ impl Default for WebhooksConfig {
             concurrency: 512,
             per_url: 8,
             poll_ms: 200,
+            ca_file: None,
         }
     }
 }

@@ -338,6 +338,18 @@ struct Received {
 /// A webhook receiver on a free port: fails its first `fail_first` requests (500),
 /// then answers 204; or, `hang`, never answers at all.
 async fn receiver(fail_first: usize, hang: bool) -> Result<(String, std::sync::Arc<Received>)> {
+    receiver_on(fail_first, hang, None).await
+}
+
+/// A server's certificate chain and key files (PEM).
+type ServerFiles = (String, String);
+
+/// [`receiver`], serving HTTPS with `tls` (a certificate for localhost) when given.
+async fn receiver_on(
+    fail_first: usize,
+    hang: bool,
+    tls: Option<&ServerFiles>,
+) -> Result<(String, std::sync::Arc<Received>)> {
     use axum::extract::State;
     use axum::http::{HeaderMap, StatusCode};
     let got = std::sync::Arc::new(Received {
@@ -369,10 +381,25 @@ async fn receiver(fail_first: usize, hang: bool) -> Result<(String, std::sync::A
         )
         .with_state(got.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let url = match tls {
+        None => {
+            let url = format!("http://{}/hook", listener.local_addr()?);
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            url
+        }
+        Some((cert, key)) => {
+            // The certificate names localhost.
+            let url = format!("https://localhost:{}/hook", listener.local_addr()?.port());
+            let tls = fleet_shared::tls::server_config(cert, key)?;
+            let listener = fleet_shared::tls::TlsListener::new(listener, tls)?;
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            url
+        }
+    };
     Ok((url, got))
 }
 
@@ -530,4 +557,172 @@ async fn webhooks_deliver_every_event_signed_after_failures_and_a_dead_receiver_
         "{job_hooks:?}"
     );
     fleet.shutdown().await
+}
+
+/// A CA of the test's own, and a certificate for localhost signed by it, in `dir`:
+/// (the CA's PEM file, the server's certificate and key files).
+fn ca_and_server(dir: &std::path::Path, name: &str) -> Result<(String, ServerFiles)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &issuer)?;
+    let write = |file: String, text: String| -> Result<String> {
+        let path = dir.join(file);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path.display().to_string())
+    };
+    let ca_file = write(format!("{name}-ca.pem"), ca_cert.pem())?;
+    let cert_file = write(format!("{name}-cert.pem"), cert.pem())?;
+    let key_file = write(format!("{name}-key.pem"), key.serialize_pem())?;
+    Ok((ca_file, (cert_file, key_file)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_reach_a_receiver_of_the_configured_ca_and_a_stranger_gets_nothing(
+) -> Result<()> {
+    let dir =
+        std::env::temp_dir().join(format!("fleet-hooks-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    // The collector trusts the receiver's CA (webhooks.ca_file), and not the stranger's,
+    // which no system's roots hold either.
+    let (ca, trusted_tls) = ca_and_server(&dir, "hooks")?;
+    let (_, stranger_tls) = ca_and_server(&dir, "stranger")?;
+    let mut fleet = TestFleet::start_with("hookstls", |c| {
+        c.webhooks.ca_file = Some(ca);
+        c.webhooks.backoff_initial_ms = 200;
+        c.webhooks.timeout_secs = 2;
+        c.webhooks.poll_ms = 50;
+    })
+    .await?;
+    fleet
+        .add_executor(ExecutorSpec::new("wht-1", &["wht"], 2))
+        .await?;
+    let (url, got) = receiver_on(0, false, Some(&trusted_tls)).await?;
+    let (stranger_url, stranger) = receiver_on(0, false, Some(&stranger_tls)).await?;
+    anyhow::ensure!(url.starts_with("https://"), "{url}");
+
+    // A fleet-wide webhook to the stranger, for every event: registered (https is
+    // accepted), but its certificate is not trusted.
+    let (status, made) = fleet
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": stranger_url})),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "webhook: {status} {made}");
+
+    // A job whose own webhook is the trusted receiver.
+    let secret = "a-job-secret-over-tls";
+    let id = fleet
+        .submit(
+            &json!({"name": "hooked-tls", "notify": {"url": url, "secret": secret},
+            "tasks": [{"group": "wht", "argv": ["sh", "-c", "echo hi"]},
+                      {"group": "wht", "argv": ["false"], "max_attempts": 1}]}),
+        )
+        .await?;
+    fleet.wait_job(id, DEADLINE).await?;
+    let (_, page) = fleet
+        .call(reqwest::Method::GET, &format!("/v1/events?job={id}"), None)
+        .await?;
+    let evs: Vec<Event> = serde_json::from_value(page["events"].clone())?;
+    anyhow::ensure!(
+        evs.last().map(|e| e.kind) == Some(Kind::JobFailed),
+        "{evs:?}"
+    );
+    let want: HashSet<i64> = evs.iter().map(|e| e.id).collect();
+
+    // Every event of the job arrives over TLS, signed.
+    wait_for("every event delivered over https", DEADLINE, || async {
+        let posts = got.posts.lock().expect("posts");
+        let ids: HashSet<i64> = posts
+            .iter()
+            .filter_map(|(h, _)| h.get("fleet-event-id")?.to_str().ok()?.parse().ok())
+            .collect();
+        Ok((ids == want).then_some(()))
+    })
+    .await?;
+    let posts = got.posts.lock().expect("posts").clone();
+    for (headers, body) in &posts {
+        anyhow::ensure!(verifies(secret, headers, body), "signature of {body:?}");
+        let e: Event = serde_json::from_slice(body)?;
+        anyhow::ensure!(e.job_id == Some(id), "only the job's own: {e:?}");
+    }
+
+    // The stranger's webhook: nothing delivered, and its last error says why; the job's
+    // own has nothing left to deliver (once the answers are recorded).
+    let (hook, own) = wait_for(
+        "the stranger's certificate error to show",
+        DEADLINE,
+        || async {
+            let (_, list) = fleet
+                .call(reqwest::Method::GET, "/v1/webhooks", None)
+                .await?;
+            let hooks = list["webhooks"].as_array().cloned().unwrap_or_default();
+            let of = |u: &str| hooks.iter().find(|h| h["url"] == u).cloned();
+            let hook = of(&stranger_url).filter(|h| {
+                h["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.to_lowercase().contains("certificate"))
+            });
+            let own = of(&url).filter(|h| h["pending"] == 0 && !h["last_delivered_at"].is_null());
+            Ok(hook.zip(own))
+        },
+    )
+    .await?;
+    tracing::info!(last_error = %hook["last_error"], "the stranger's webhook");
+    anyhow::ensure!(
+        stranger.posts.lock().expect("posts").is_empty(),
+        "a receiver the collector does not trust was sent events"
+    );
+    anyhow::ensure!(
+        hook["last_delivered_at"].is_null() && hook["pending"].as_i64().is_some_and(|p| p > 0),
+        "its deliveries wait: {hook}"
+    );
+    anyhow::ensure!(own["last_error"].is_null(), "{own}");
+    let _ = std::fs::remove_dir_all(&dir);
+    fleet.shutdown().await
+}
+
+#[tokio::test]
+async fn a_collector_whose_webhook_ca_file_is_unusable_does_not_start() -> Result<()> {
+    let dir =
+        std::env::temp_dir().join(format!("fleet-hooks-ca-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "")?;
+    let missing = dir.join("missing.pem");
+    for (file, says) in [
+        (&empty, "holds no PEM certificate"),
+        (&missing, "No such file"),
+    ] {
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-test-collector"))
+            .env("FLEET_WEBHOOKS__CA_FILE", file)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .context("the collector neither started nor stopped within 30 s")??;
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            out.status.code() == Some(fleet_shared::svc::EXIT_BAD_CONFIG),
+            "{}: {:?} {err}",
+            file.display(),
+            out.status
+        );
+        anyhow::ensure!(
+            err.contains("webhooks.ca_file")
+                && err.contains(&*file.display().to_string())
+                && err.contains(says),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use fleet_shared::amqp::{self, keys, Delivery, Handled, Names, Outgoing, Publisher};
-use fleet_shared::config::Config;
+use fleet_shared::config::{Config, ConfigError};
 use fleet_shared::db::{self, collect, events, DbError, HeldBy, Pool};
 use fleet_shared::http::{self, Health};
 use fleet_shared::proto::{self, TaskResult};
@@ -37,6 +37,15 @@ pub enum Error {
     Db(#[from] DbError),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// What the collector needs of its configuration beyond [`Config::validate`]: the
+/// webhook client, with `webhooks.ca_file` read (a bad one exits 64 before anything
+/// binds).
+pub fn check_config(cfg: &Config) -> Result<(), ConfigError> {
+    webhooks::client(&cfg.webhooks).map(|_| ())
 }
 
 pub async fn run(
@@ -46,6 +55,8 @@ pub async fn run(
 ) -> Result<(), Error> {
     // reqwest and the HTTPS listener speak TLS through rustls, with ring.
     fleet_shared::tls::install_provider();
+    // Before anything else: a webhook client that cannot be made is a bad setting.
+    let http_client = webhooks::client(&cfg.webhooks)?;
     let (pool, health) = svc::db_and_health(&cfg)?;
     let server = tokio::spawn(http::serve(
         listener,
@@ -65,6 +76,7 @@ pub async fn run(
     ));
     let delivering = tokio::spawn(webhooks::run(
         pool.clone(),
+        http_client,
         cfg.webhooks.clone(),
         cfg.database.schema.clone(),
         token.clone(),

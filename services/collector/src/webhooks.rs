@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_shared::amqp::Backoff;
-use fleet_shared::config::WebhooksConfig;
+use fleet_shared::config::{ConfigError, WebhooksConfig};
 use fleet_shared::db::webhooks::{self, Delivery, Outcome};
 use fleet_shared::db::{events, DbError, Pool};
 use fleet_shared::event::{self, Event};
@@ -19,22 +19,64 @@ use tokio_util::sync::CancellationToken;
 
 use crate::LoopError;
 
-pub async fn run(pool: Pool, cfg: WebhooksConfig, schema: String, token: CancellationToken) {
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(cfg.timeout_secs))
-        .connect_timeout(Duration::from_secs(cfg.timeout_secs.min(5)))
-        // A receiver answers for itself: a redirect is not followed (it would resend a
-        // signed body to wherever it points).
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("fleet-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "webhooks disabled: no HTTP client");
-            return;
-        }
+/// The client deliveries are POSTed with. An `https://` receiver's certificate must
+/// chain to the system's roots or to a CA of `webhooks.ca_file`; that file is read
+/// here, and one that cannot be read or holds no certificate is a configuration error
+/// (the collector does not start), not a silent outage of every https webhook.
+pub fn client(cfg: &WebhooksConfig) -> Result<reqwest::Client, ConfigError> {
+    // reqwest speaks TLS through rustls, with ring (installed once per process).
+    fleet_shared::tls::install_provider();
+    let builder = || {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(cfg.timeout_secs))
+            .connect_timeout(Duration::from_secs(cfg.timeout_secs.min(5)))
+            // A receiver answers for itself: a redirect is not followed (it would resend
+            // a signed body to wherever it points).
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("fleet-webhooks/", env!("CARGO_PKG_VERSION")))
     };
+    let ca_error = |path: &str, message: &dyn std::fmt::Display| ConfigError::Invalid {
+        key: "webhooks.ca_file",
+        message: format!("{path}: {message}"),
+    };
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path).map_err(|e| ca_error(path, &e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ca_error(path, &error_chain(&e)))?;
+        if certs.is_empty() {
+            return Err(ca_error(path, &"holds no PEM certificate"));
+        }
+        return builder()
+            .tls_certs_merge(certs)
+            .build()
+            .map_err(|e| ca_error(path, &error_chain(&e)));
+    }
+    match builder().build() {
+        Ok(c) => Ok(c),
+        // The system has no roots (no ca-certificates package): http:// receivers are
+        // still served, and https:// ones fail with a certificate error of their own,
+        // shown by `fleetctl webhook list`.
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e),
+                "no system CA certificates: https:// webhooks fail unless webhooks.ca_file is set");
+            builder()
+                .tls_certs_only([])
+                .build()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "webhooks",
+                    message: format!("no HTTP client: {}", error_chain(&e)),
+                })
+        }
+    }
+}
+
+pub async fn run(
+    pool: Pool,
+    http: reqwest::Client,
+    cfg: WebhooksConfig,
+    schema: String,
+    token: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(cfg.concurrency as usize));
     // A delivery that ended frees a slot (and maybe its receiver's turn): look again.
     let ended = Arc::new(tokio::sync::Notify::new());
@@ -179,5 +221,51 @@ async fn record(pool: &Pool, d: Delivery, outcome: Outcome) {
             Err(_) => tracing::warn!("recording a webhook delivery timed out"),
         }
         tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ca_file(text: Option<&str>) -> (Result<reqwest::Client, ConfigError>, String) {
+        let path = std::env::temp_dir().join(format!(
+            "fleet-webhooks-ca-{}.pem",
+            uuid::Uuid::new_v4().simple()
+        ));
+        if let Some(text) = text {
+            std::fs::write(&path, text).expect("writing the CA file");
+        }
+        let cfg = WebhooksConfig {
+            ca_file: Some(path.display().to_string()),
+            ..WebhooksConfig::default()
+        };
+        let made = client(&cfg);
+        let _ = std::fs::remove_file(&path);
+        (made, path.display().to_string())
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_or_holds_no_certificate_is_a_bad_setting() {
+        for (text, says) in [
+            (None, "No such file"),
+            (Some(""), "holds no PEM certificate"),
+            (Some("not a certificate\n"), "holds no PEM certificate"),
+        ] {
+            let (made, path) = with_ca_file(text);
+            match made {
+                Err(ConfigError::Invalid { key, message }) => {
+                    assert_eq!(key, "webhooks.ca_file", "{text:?}");
+                    assert!(message.contains(&path), "{text:?}: {message}");
+                    assert!(message.contains(says), "{text:?}: {message}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_ca_file_the_client_is_made() {
+        client(&WebhooksConfig::default()).expect("a client on the system's roots");
     }
 }

@@ -15,9 +15,10 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    svc::main(
+    svc::main_checked(
         &args.common,
         fleet_collector::DEFAULT_ADDR,
+        fleet_collector::check_config,
         fleet_collector::run,
     )
     .await
