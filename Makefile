@@ -19,7 +19,7 @@ BIN ?= $(or $(CARGO_TARGET_DIR),target)/release
 # gigabytes for the kernel to write back, and PostgreSQL's and RabbitMQ's fsyncs would
 # queue behind them during the run.
 
-.PHONY: help demo test lint fmt openapi bench bench-latency bench-balance chaos services status stop-services compose-check ci
+.PHONY: help demo test test-tls lint fmt openapi bench bench-latency bench-balance chaos services status stop-services compose-check ci
 
 help: ## List the targets
 	@echo "Fleet make targets:"
@@ -29,9 +29,15 @@ help: ## List the targets
 demo: ## Build and run a local fleet (3 executors) and a demo job (infra/demo.sh)
 	infra/demo.sh
 
-test: ## Start RabbitMQ/PostgreSQL, then cargo test --workspace --all-targets
+test: ## Start RabbitMQ/PostgreSQL with development TLS, cargo test --workspace --all-targets, then test-tls
 	infra/services.sh up
+	infra/tls.sh local
 	$(CARGO) test --workspace --all-targets
+	$(MAKE) --no-print-directory test-tls
+
+test-tls: ## The end-to-end tests again, with TLS on every hop (API, AMQPS, PostgreSQL, management)
+	infra/tls.sh local
+	FLEET_TEST_TLS_DIR=$(CURDIR)/infra/dev-tls $(CARGO) test -p fleet-tests --test end_to_end --test tls_everywhere
 
 lint: ## cargo fmt --check and cargo clippy -D warnings
 	$(CARGO) fmt --all -- --check

@@ -2,7 +2,11 @@
 # shellcheck disable=SC2317 # functions run via trap and wait_for look unreachable to shellcheck
 # Fleet end-to-end demo on this machine (run from a clean checkout: `make demo`).
 #
-#  1. infra/services.sh up (RabbitMQ + PostgreSQL, installed/started if needed)
+#  1. infra/services.sh up (RabbitMQ + PostgreSQL, installed/started if needed), then
+#     infra/tls.sh local: a development CA (infra/dev-tls) whose certificate RabbitMQ
+#     (AMQPS, 5671; management, 15671) and PostgreSQL serve; every hop of the demo is
+#     TLS, verified against that CA: the API (https), the broker, the management API and
+#     the database
 #  2. cargo build --bins
 #  3. starts 1 submitter, 1 dispatcher, 1 collector and 3 executors
 #     (cpu-1, cpu-2: group cpu, capacity 2; gpu-1: group lab.gpu, label gpu=yes, capacity 1)
@@ -10,8 +14,9 @@
 #  4. submits a job (hashes of repo files, uname on a gpu executor, a dependent task,
 #     and one task that fails with "disk full" on stderr) with `fleetctl submit --wait`,
 #     then shows `fleetctl results` and `fleetctl executors`, and checks the outcome
-#     (the web console's address, http://127.0.0.1:7070/ui, and a token to sign in with
-#     are printed once the fleet is up)
+#     (the web console's address, https://localhost:7070/ui, and a token to sign in with
+#     are printed once the fleet is up; the browser must trust infra/dev-tls/ca.pem, or
+#     be told to go on)
 #  5. stops everything it started, on any exit
 #
 # Exit code 0 when the job ran as expected (fleetctl exits 3: one task fails on purpose).
@@ -144,7 +149,7 @@ start_proc() {
     NAMES+=("$name")
     LOGS+=("$log")
     ADDRS+=("$addr")
-    say "started $name (pid $!, http://$addr, log $log)"
+    say "started $name (pid $!, $addr, log $log)"
 }
 
 # track NAME PID : stop PID on exit too (a helper process without HTTP address or log).
@@ -155,11 +160,15 @@ track() {
     ADDRS+=("-")
 }
 
-# wait_ready INDEX : wait for GET /readyz = 200; fail fast if the process exits.
+# wait_ready INDEX : wait for GET /readyz = 200; fail fast if the process exits. (The
+# submitter's port is the API, over HTTPS; the others serve health and metrics only.)
 wait_ready() {
     local i="$1"
     local url="http://${ADDRS[$i]}/readyz" deadline=$((SECONDS + READY_TIMEOUT))
-    until http_ok "$url" 2>/dev/null; do
+    if [[ "${NAMES[$i]}" == submitter ]]; then
+        url="$FLEET_ADDR/readyz"
+    fi
+    until http_ok "$url" --cacert "$TLS_DIR/ca.pem" 2>/dev/null; do
         if ! is_alive "${PIDS[$i]}"; then
             show_log "$i"
             die "${NAMES[$i]} exited before becoming ready"
@@ -187,6 +196,8 @@ need_cmd cargo "install Rust: https://rustup.rs"
 
 say "step 1/5: services"
 "$ROOT/infra/services.sh" up
+TLS_DIR="${FLEET_TLS_DIR:-$ROOT/infra/dev-tls}"
+"$ROOT/infra/tls.sh" local "$TLS_DIR"
 
 say "step 2/5: build"
 if [[ "${FLEET_DEMO_RELEASE:-0}" == 1 ]]; then
@@ -217,11 +228,18 @@ say "DEMO_DIR=$DEMO_DIR (logs, job file)"
 
 unset FLEET_EXECUTOR__ID FLEET_EXECUTOR__CAPACITY FLEET_EXECUTOR__GROUPS FLEET_EXECUTOR__LABELS
 export RUST_LOG="${RUST_LOG:-info}"
-export FLEET_AMQP__URL="amqp://guest:guest@127.0.0.1:5672/%2f"
+# Every hop over TLS, each trusting the development CA only; the certificate names
+# localhost, so that is the name every address uses.
+export FLEET_AMQP__URL="amqps://guest:guest@localhost:5671/%2f"
+export FLEET_AMQP__MANAGEMENT_URL="https://localhost:15671"
+export FLEET_AMQP__CA_FILE="$TLS_DIR/ca.pem"
 export FLEET_AMQP__PREFIX="$PREFIX"
-export FLEET_DATABASE__URL="postgres://postgres@127.0.0.1:5432/fleet"
+export FLEET_DATABASE__URL="postgres://postgres@localhost:5432/fleet"
+export FLEET_DATABASE__CA_FILE="$TLS_DIR/ca.pem"
 export FLEET_DATABASE__SCHEMA="public"
-export FLEET_ADDR="http://127.0.0.1:$PORT_BASE"
+export FLEET_EXECUTOR__CA_FILE="$TLS_DIR/ca.pem"
+export FLEET_ADDR="https://localhost:$PORT_BASE"
+export FLEET_CA_FILE="$TLS_DIR/ca.pem"
 # The API wants a bearer token: the submitter's bootstrap admin token, which fleetctl
 # sends as FLEET_TOKEN. A fresh random one per demo unless one is given.
 if [[ -z "${FLEET_AUTH__ADMIN_TOKEN:-}" ]]; then
@@ -251,10 +269,11 @@ FLEET_BROKER_PASSWORD_SUBMITTER="$PW_SUBMITTER" FLEET_BROKER_PASSWORD_DISPATCHER
     FLEET_BROKER_PASSWORD_COLLECTOR="$PW_COLLECTOR" \
     "$BIN_DIR/fleet-submitter" setup-broker-users >&2 || die "fleet-submitter setup-broker-users failed"
 broker_url() { # USER PASSWORD
-    printf 'amqp://%s:%s@127.0.0.1:5672/%%2f' "$1" "$2"
+    printf 'amqps://%s:%s@localhost:5671/%%2f' "$1" "$2"
 }
 unset FLEET_AMQP__URL
 start_proc submitter fleet-submitter "127.0.0.1:$PORT_BASE" \
+    FLEET_HTTP__TLS_CERT_FILE="$TLS_DIR/server.pem" FLEET_HTTP__TLS_KEY_FILE="$TLS_DIR/server-key.pem" \
     FLEET_AMQP__URL="$(broker_url "$PREFIX-submitter" "$PW_SUBMITTER")" \
     FLEET_AMQP__MANAGEMENT_USER=guest FLEET_AMQP__MANAGEMENT_PASSWORD=guest
 start_proc dispatcher fleet-dispatcher "127.0.0.1:$((PORT_BASE + 1))" \
@@ -278,7 +297,7 @@ executor_env() {
     join="$("$FLEETCTL" executor join-token --group "$2" -o json | jq -r .token)" \
         || die "fleetctl executor join-token failed"
     printf '%s\n' "FLEET_EXECUTOR__ID=$1" \
-        "FLEET_AMQP__URL=amqp://127.0.0.1:5672/%2f" \
+        "FLEET_AMQP__URL=amqps://localhost:5671/%2f" \
         "FLEET_EXECUTOR__JOIN_TOKEN=$join" \
         "FLEET_EXECUTOR__REGISTER_URL=$FLEET_ADDR" \
         "FLEET_EXECUTOR__CREDENTIALS_FILE=$DEMO_DIR/$1.credentials.json"
@@ -381,8 +400,8 @@ if ((submit_rc != EXPECTED_RC)); then
     die "fleetctl submit --wait exited $submit_rc, expected $EXPECTED_RC"
 fi
 
-JOB_JSON="$(curl -fsS --max-time 10 -H "Authorization: Bearer $FLEET_TOKEN" "$FLEET_ADDR/v1/jobs/$JOB_ID")" || die "GET /v1/jobs/$JOB_ID failed"
-RESULTS_JSON="$(curl -fsS --max-time 10 -H "Authorization: Bearer $FLEET_TOKEN" "$FLEET_ADDR/v1/jobs/$JOB_ID/results")" || die "GET /v1/jobs/$JOB_ID/results failed"
+JOB_JSON="$(curl -fsS --max-time 10 --cacert "$TLS_DIR/ca.pem" -H "Authorization: Bearer $FLEET_TOKEN" "$FLEET_ADDR/v1/jobs/$JOB_ID")" || die "GET /v1/jobs/$JOB_ID failed"
+RESULTS_JSON="$(curl -fsS --max-time 10 --cacert "$TLS_DIR/ca.pem" -H "Authorization: Bearer $FLEET_TOKEN" "$FLEET_ADDR/v1/jobs/$JOB_ID/results")" || die "GET /v1/jobs/$JOB_ID/results failed"
 printf '%s\n' "$JOB_JSON" >"$DEMO_DIR/job-status.json"
 printf '%s\n' "$RESULTS_JSON" >"$DEMO_DIR/job-results.json"
 
