@@ -228,6 +228,24 @@ async fn clients_that_do_not_trust_the_ca_are_refused_on_every_hop() -> Result<(
         .await?
         .status()
         .is_success());
+    // The console's session cookie, set over HTTPS, is never to be sent in clear.
+    let signed_in = fleet
+        .http
+        .post(format!("{}/ui/session", fleet.api))
+        .json(&json!({"token": fleet.cfg.auth.admin_token}))
+        .send()
+        .await?;
+    assert!(signed_in.status().is_success(), "{}", signed_in.status());
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        cookie.starts_with("fleet_session=") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
 
     // The broker: AMQPS with another CA fails the handshake; with the fleet's, connects.
     let mut amqp = fleet.cfg.amqp.clone();

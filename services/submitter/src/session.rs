@@ -182,7 +182,7 @@ async fn sign_in(
     let cookie = format!(
         "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={MAX_AGE_SECS}{}",
         hex(token.as_bytes()),
-        if behind_https(&headers) {
+        if s.serves_https() || behind_https(&headers) {
             "; Secure"
         } else {
             ""
@@ -209,10 +209,10 @@ async fn sign_in(
         headers(("Set-Cookie" = String, description = "`fleet_session` with Max-Age=0")))),
     security(()),
 )]
-async fn sign_out(headers: HeaderMap) -> Result<Response, ApiError> {
+async fn sign_out(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let cookie = format!(
         "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
-        if behind_https(&headers) {
+        if s.serves_https() || behind_https(&headers) {
             "; Secure"
         } else {
             ""
@@ -223,8 +223,8 @@ async fn sign_out(headers: HeaderMap) -> Result<Response, ApiError> {
     Ok(r)
 }
 
-/// The submitter speaks plain HTTP; behind a TLS proxy (`X-Forwarded-Proto: https`) the
-/// cookie is marked `Secure`, never to be sent in clear.
+/// Served over HTTPS (`http.tls_cert_file`), or behind a TLS proxy (`X-Forwarded-Proto:
+/// https`), the cookie is marked `Secure`, never to be sent in clear.
 fn behind_https(headers: &HeaderMap) -> bool {
     headers
         .get("x-forwarded-proto")

@@ -27,6 +27,8 @@ struct Inner {
     history_secs: u64,
     /// The dispatcher gives work to unregistered executors too (unsafe).
     open_executors: bool,
+    /// The API is served over HTTPS (`http.tls_cert_file`).
+    serves_https: bool,
     /// SHA-256 of `auth.executor_bootstrap_secret`.
     bootstrap_secret: Option<Vec<u8>>,
     /// The broker connection's state, kept by the intake.
@@ -74,6 +76,7 @@ impl AppState {
             silent_after_secs: cfg.dispatcher.executor_timeout_secs as f64,
             history_secs: cfg.metrics.history_secs,
             open_executors: cfg.dispatcher.unsafe_open_executors,
+            serves_https: cfg.http.tls_cert_file.is_some(),
             bootstrap_secret: cfg
                 .auth
                 .executor_bootstrap_secret
@@ -142,6 +145,11 @@ impl AppState {
     pub fn bootstrap_secret_is(&self, secret: &str) -> bool {
         self.0.bootstrap_secret.as_deref()
             == Some(fleet_shared::auth::token_hash(secret.trim()).as_slice())
+    }
+
+    /// Whether the API itself is served over HTTPS.
+    pub fn serves_https(&self) -> bool {
+        self.0.serves_https
     }
 
     /// Whether unregistered executors get work (`dispatcher.unsafe_open_executors`).
