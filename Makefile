@@ -82,10 +82,11 @@ status: ## Report whether RabbitMQ and PostgreSQL are ready
 stop-services: ## Stop RabbitMQ and PostgreSQL (to test start-up from stopped services)
 	infra/stop-services.sh all
 
-compose-check: ## Validate docker-compose.yml, with and without the monitoring profile
-	tmp=$$(mktemp -d) && infra/compose-env.sh "$$tmp/env" 2>/dev/null \
+compose-check: ## Validate docker-compose.yml (with and without the monitoring profile) and TLS on every hop
+	tmp=$$(mktemp -d) && FLEET_TLS_DIR="$$tmp/tls" infra/compose-env.sh "$$tmp/env" 2>/dev/null \
 	  && set -a && . "$$tmp/env" && set +a \
-	  && docker-compose config -q && docker-compose --profile monitoring config -q; \
+	  && docker-compose config -q && docker-compose --profile monitoring config -q \
+	  && docker-compose --profile monitoring config | infra/compose-tls-check.sh; \
 	  rc=$$?; rm -rf "$$tmp"; exit $$rc
 	python3 -m json.tool infra/grafana/fleet-dashboard.json > /dev/null
 
