@@ -498,7 +498,7 @@ impl Wire for Control {
 }
 
 /// Other systems -> submitter: a job, answered on `reply_to` with a [`SubmitReply`].
-/// The AMQP `message_id` is the idempotency key, and the header
+/// The AMQP `message_id` is the idempotency key (per API token), and the header
 /// [`SUBMIT_TOKEN_HEADER`] carries the submitter's API token. Unknown fields are
 /// refused, as by `POST /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -517,7 +517,8 @@ pub struct SubmitReply {
     pub accepted: bool,
     #[serde(default)]
     pub job_id: Option<JobId>,
-    /// False when the idempotency key named a job that already existed.
+    /// False when the idempotency key named a job that the same API token submitted
+    /// before (keys are per token).
     #[serde(default)]
     pub created: bool,
     #[serde(default)]

@@ -108,6 +108,104 @@ async fn with_broker_auth_a_publisher_submits_without_a_token_as_the_intake() ->
     fleet.shutdown().await
 }
 
+/// `POST /v1/jobs` with an `Idempotency-Key`, as the holder of `http`'s token.
+async fn post_keyed(
+    fleet: &TestFleet,
+    http: &reqwest::Client,
+    job: &Value,
+    key: &str,
+) -> Result<(u16, String, Value)> {
+    let resp = http
+        .post(format!("{}/v1/jobs", fleet.api))
+        .header("Idempotency-Key", key)
+        .json(job)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await?;
+    let id = body["job_id"].as_str().unwrap_or_default().to_owned();
+    Ok((status, id, body))
+}
+
+/// An idempotency key is the submitting token's own: a submitter who uses another's key
+/// first (guessed: "nightly-<date>") neither stops the other's job nor learns its id;
+/// each token's repeats name its own job, over HTTP, in a batch and over AMQP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_the_submitting_tokens_own() -> Result<()> {
+    let fleet = TestFleet::start("idemowner").await?;
+    let (_, a) = fleet.token("team-a", "submitter").await?;
+    let (_, b) = fleet.token("team-b", "submitter").await?;
+    let (as_a, as_b) = (client_with_token(Some(&a))?, client_with_token(Some(&b))?);
+    let job = job_of(1, &["true"], json!({}));
+    let key = "nightly-2026-12-01";
+
+    // B takes the key first; A's submission with it is still a new job, A's own.
+    let (s, jb, body) = post_keyed(&fleet, &as_b, &job, key).await?;
+    assert_eq!((s, &body["created"]), (201, &json!(true)), "{body}");
+    let (s, ja, body) = post_keyed(&fleet, &as_a, &job, key).await?;
+    assert_eq!((s, &body["created"]), (201, &json!(true)), "{body}");
+    assert_ne!(ja, jb, "A is not answered with B's job");
+    // Each one's repeat names its own job.
+    let (s, again_a, body) = post_keyed(&fleet, &as_a, &job, key).await?;
+    assert_eq!((s, &body["created"]), (200, &json!(false)), "{body}");
+    assert_eq!(again_a, ja);
+    let (s, again_b, body) = post_keyed(&fleet, &as_b, &job, key).await?;
+    assert_eq!((s, &body["created"]), (200, &json!(false)), "{body}");
+    assert_eq!(again_b, jb);
+    // The bootstrap admin (no token row) has a scope of its own too.
+    let (s, jn, body) = post_keyed(&fleet, &fleet.http, &job, key).await?;
+    assert_eq!((s, &body["created"]), (201, &json!(true)), "{body}");
+    assert!(jn != ja && jn != jb, "{body}");
+    // A's job is A's: B does not see it.
+    let (status, _) = fleet
+        .call_as(&as_b, Method::GET, &format!("/v1/jobs/{ja}"), None)
+        .await?;
+    assert_eq!(status, 404);
+
+    // A batch: A's key names A's job; a key new to A, twice, makes one job.
+    let (s, batch) = fleet
+        .call_as(
+            &as_a,
+            Method::POST,
+            "/v1/jobs/batch",
+            Some(json!({"jobs": [
+                {"job": job, "idempotency_key": key},
+                {"job": job, "idempotency_key": "weekly-1"},
+                {"job": job, "idempotency_key": "weekly-1"}]})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{batch}");
+    let tickets = &batch["jobs"];
+    assert_eq!(
+        tickets[0],
+        json!({"job_id": ja, "created": false}),
+        "{batch}"
+    );
+    assert_eq!(tickets[1]["created"], true, "{batch}");
+    assert_eq!(tickets[2]["job_id"], tickets[1]["job_id"], "{batch}");
+    assert_eq!(tickets[2]["created"], false, "{batch}");
+
+    // Over AMQP: the message_id is a key per token as well.
+    let body = serde_json::to_vec(&json!({"type": "submit", "v": 1, "job": job}))?;
+    let b1 = fleet.submit_amqp_as(Some(&b), &body, Some("m-1")).await?;
+    let a1 = fleet.submit_amqp_as(Some(&a), &body, Some("m-1")).await?;
+    let a2 = fleet.submit_amqp_as(Some(&a), &body, Some("m-1")).await?;
+    let b2 = fleet.submit_amqp_as(Some(&b), &body, Some("m-1")).await?;
+    for (r, created) in [(&b1, true), (&a1, true), (&a2, false), (&b2, false)] {
+        assert_eq!(r["accepted"], true, "{r}");
+        assert_eq!(r["created"], created, "{r}");
+    }
+    assert_ne!(a1["job_id"], b1["job_id"]);
+    assert_eq!(a2["job_id"], a1["job_id"]);
+    assert_eq!(b2["job_id"], b1["job_id"]);
+
+    let stored = |k: &str| format!("SELECT count(*) FROM jobs WHERE idempotency_key = '{k}'");
+    assert_eq!(fleet.count(&stored(key)).await?, 3, "B's, A's, the admin's");
+    assert_eq!(fleet.count(&stored("weekly-1")).await?, 1);
+    assert_eq!(fleet.count(&stored("amqp:m-1")).await?, 2);
+    fleet.shutdown().await
+}
+
 /// The hex of a string's bytes, as `od -An -tx1` prints them (spaces and newlines taken
 /// out): what the task prints to show it got a value, without printing the value.
 fn hex(s: &str) -> String {

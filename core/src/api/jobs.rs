@@ -15,7 +15,8 @@ use crate::job::JobSpec;
 /// The answer to `POST /v1/jobs`, and each entry of the answer to a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Submitted {
-    /// False when the idempotency key named a job that already existed.
+    /// False when the idempotency key named a job that the same API token submitted
+    /// before (keys are per token).
     pub created: bool,
     pub job_id: JobId,
 }
@@ -31,6 +32,7 @@ pub struct BatchBody {
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
     pub job: JobSpec,
+    /// Optional, with the rules of the `Idempotency-Key` header: the caller's token's own.
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }

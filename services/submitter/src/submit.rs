@@ -29,14 +29,15 @@ pub fn parse_job(body: &[u8]) -> Result<JobSpec, FieldError> {
     parse_json(body)
 }
 
-/// Submits a job. With an `Idempotency-Key`, submitting again answers the job the key
-/// first made (200, `created: false`) instead of making another.
+/// Submits a job. With an `Idempotency-Key`, submitting again with the same API token
+/// answers the job the key first made for that token (200, `created: false`) instead of
+/// making another. Keys are per token: another token's key never names its job.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 200 visible ASCII characters: the same key names the same job")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 200 visible ASCII characters: the same key from the same API token names the same job (keys are per token)")),
     request_body = JobSpec,
     responses(
         (status = 201, description = "The job was made", body = Submitted),
-        (status = 200, description = "The idempotency key named a job that already existed", body = Submitted),
+        (status = 200, description = "The idempotency key named a job this API token submitted before", body = Submitted),
         (status = 400, description = "The job is not valid (`field` names what is wrong, e.g. `tasks[0].argv`)", body = ErrorResponse),
         (status = 503, description = "The broker cannot take work now (down, or its resource alarm is on), or the database is unavailable; retry", body = ErrorResponse),
     ),

@@ -286,6 +286,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         18,
         include_str!("../../../migrations/0018_ready_at_by_writers.sql"),
     ),
+    (
+        19,
+        include_str!("../../../migrations/0019_idempotency_per_owner.sql"),
+    ),
 ];
 
 /// Creates the schema and applies missing migrations, all in one transaction under an

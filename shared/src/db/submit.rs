@@ -22,8 +22,11 @@ pub struct Ticket {
 
 /// Inserts a batch of jobs, their tasks and the dispatcher's wake-up in one statement
 /// (one transaction, one commit), whatever the number of jobs and tasks; a second read
-/// only when some key was seen before. A job whose idempotency key exists already (or
-/// repeats within the batch) is not inserted again; its ticket names the existing job.
+/// only when some key was seen before. Idempotency keys are per owner (the submitting
+/// API token; those without one share a scope of their own): a job whose key its owner
+/// used already (or that repeats within the batch for the same owner) is not inserted
+/// again, and its ticket names that owner's job. Another owner's job with the same key is
+/// never named: keys are not shared, nor guessable across tokens.
 ///
 /// Safe to call again with the same jobs (same ids) after an error whose outcome is
 /// unknown (the insert committed, then the connection dropped before the read): a job
@@ -164,51 +167,81 @@ pub async fn insert_jobs(
         .filter_map(|r| r.get::<_, Option<uuid::Uuid>>(0))
         .collect();
 
-    // Not inserted: a key seen before, or (a call made again) the job itself, stored by
-    // an earlier call whose answer was lost.
+    // Not inserted: a key its owner used before, or (a call made again) the job itself,
+    // stored by an earlier call whose answer was lost.
     let missing: Vec<&NewJob> = jobs
         .iter()
         .filter(|j| !created.contains(&j.id.uuid()))
         .collect();
-    let existing: Vec<(Option<String>, uuid::Uuid)> = if missing.is_empty() {
+    let existing: Vec<(Option<String>, uuid::Uuid, uuid::Uuid)> = if missing.is_empty() {
         Vec::new()
     } else {
-        let keys: Vec<&str> = missing
+        let keyed: Vec<&NewJob> = missing
+            .iter()
+            .copied()
+            .filter(|j| j.idempotency_key.is_some())
+            .collect();
+        let keys: Vec<&str> = keyed
             .iter()
             .filter_map(|j| j.idempotency_key.as_deref())
             .collect();
+        let scopes: Vec<uuid::Uuid> = keyed.iter().map(|j| key_scope(&j.owner)).collect();
         let ids: Vec<uuid::Uuid> = missing.iter().map(|j| j.id.uuid()).collect();
-        client
-            .query(
-                "SELECT idempotency_key, id FROM jobs
-                 WHERE idempotency_key = ANY($1) OR id = ANY($2)",
-                &[&keys, &ids],
+        // Each (owner scope, key) pair probes the unique index of migration 0019 (the
+        // same expression); LATERAL with LIMIT keeps that a probe per pair whatever the
+        // statistics (joined plainly, the generic plan of a table analysed while empty
+        // reads the whole index). The jobs themselves are found by id.
+        let stmt = client
+            .prepare_cached(
+                "SELECT j.idempotency_key, j.owner_token, j.id
+                 FROM unnest($1::text[], $2::uuid[]) AS m(key, scope),
+                 LATERAL (SELECT idempotency_key, owner_token, id FROM jobs
+                          WHERE COALESCE(owner_token,
+                                         '00000000-0000-0000-0000-000000000000'::uuid)
+                                  = m.scope
+                            AND idempotency_key = m.key
+                          LIMIT 1) j
+                 UNION ALL
+                 SELECT idempotency_key, owner_token, id FROM jobs WHERE id = ANY($3)",
             )
+            .await?;
+        client
+            .query(&stmt, &[&keys, &scopes, &ids])
             .await?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| {
+                let owner: Option<uuid::Uuid> = r.get(1);
+                (r.get(0), owner.unwrap_or(uuid::Uuid::nil()), r.get(2))
+            })
             .collect()
     };
     jobs.iter()
         .map(|j| {
-            let stored = || existing.iter().any(|(_, id)| *id == j.id.uuid());
+            let stored = || existing.iter().any(|(_, _, id)| *id == j.id.uuid());
             if created.contains(&j.id.uuid()) || stored() {
                 return Ok(Ticket {
                     job_id: j.id,
                     created: true,
                 });
             }
-            let key = j.idempotency_key.as_deref();
+            let (key, scope) = (j.idempotency_key.as_deref(), key_scope(&j.owner));
             existing
                 .iter()
-                .find(|(k, _)| key.is_some() && k.as_deref() == key)
-                .map(|(_, id)| Ticket {
+                .find(|(k, s, _)| key.is_some() && k.as_deref() == key && *s == scope)
+                .map(|(_, _, id)| Ticket {
                     job_id: JobId::from_uuid(*id),
                     created: false,
                 })
                 .ok_or_else(|| DbError::Row(format!("job {} neither inserted nor found", j.id)))
         })
         .collect()
+}
+
+/// Whose idempotency keys a submission's key is among: its API token's id, or, for
+/// submissions without one (the bootstrap admin, the AMQP intake with broker auth, auth
+/// disabled), the nil UUID, as migration 0019's unique index counts them.
+fn key_scope(owner: &crate::auth::Principal) -> uuid::Uuid {
+    owner.token_id.map_or(uuid::Uuid::nil(), |t| t.uuid())
 }
 
 /// The tasks of a batch, column by column, as `unnest` takes them.
