@@ -14,17 +14,8 @@ use common::{fleetctl, text};
 
 /// A CA, and a certificate for localhost signed by it: (CA PEM, certificate PEM, key PEM).
 fn ca_and_certificate(name: &str) -> Result<(String, String, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+    let ca = fleet_tests::TestCa::new(name)?;
+    Ok((ca.ca_pem, ca.cert_pem, ca.key_pem))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {

@@ -14,6 +14,22 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
+/// An error and every error underneath it, `outer: inner: innermost`, each said once:
+/// the cause (connection refused, an unknown certificate issuer) is often only below.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Whether an error is worth retrying.
 pub trait Transience {
     fn is_transient(&self) -> bool;

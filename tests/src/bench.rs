@@ -3,7 +3,7 @@
 //! outside the processes (CPU from /proc, PostgreSQL's own counters, RabbitMQ's).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use fleet_shared::config::Config;
@@ -60,14 +60,20 @@ pub fn sibling(name: &str) -> String {
 }
 
 /// Every setting at its default but where the fleet is (broker and database URLs,
-/// prefix, schema) and the admin token.
+/// prefix, schema), how it is reached (TLS: `FLEET_TEST_TLS_DIR` benches the fleet with
+/// TLS on every hop) and the admin token.
 pub fn defaults_but_names(cfg: &mut Config) {
     let mut d = Config::default();
     d.amqp.url = cfg.amqp.url.clone();
     d.amqp.prefix = cfg.amqp.prefix.clone();
     d.amqp.management_url = cfg.amqp.management_url.clone();
+    d.amqp.ca_file = cfg.amqp.ca_file.clone();
     d.database.url = cfg.database.url.clone();
     d.database.schema = cfg.database.schema.clone();
+    d.database.ca_file = cfg.database.ca_file.clone();
+    d.executor.ca_file = cfg.executor.ca_file.clone();
+    d.http.tls_cert_file = cfg.http.tls_cert_file.clone();
+    d.http.tls_key_file = cfg.http.tls_key_file.clone();
     d.auth.admin_token = cfg.auth.admin_token.clone();
     // The bench's executors connect unregistered, on the shared broker user: registering
     // each (a broker user of its own) changes nothing on the path measured, which starts
@@ -318,16 +324,7 @@ impl PgCounters {
 /// RabbitMQ's management API counts them (its statistics lag by up to 5 s). Run alone,
 /// these are the fleet's.
 pub async fn published(fleet: &TestFleet) -> Result<(i64, i64)> {
-    let url = reqwest::Url::parse(&fleet.cfg.amqp.url)?;
-    fleet_shared::tls::install_provider();
-    let vhost: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/vhosts/%2F", fleet.cfg.amqp.management_url))
-        .basic_auth(url.username(), url.password())
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let vhost = crate::management(&fleet.cfg, reqwest::Method::GET, "vhosts/%2F").await?;
     let stat = |k: &str| vhost["message_stats"][k].as_i64().unwrap_or(0);
     Ok((stat("publish"), stat("confirm")))
 }

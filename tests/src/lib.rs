@@ -122,6 +122,49 @@ impl TestTls {
     }
 }
 
+/// A certificate authority of a test's own and a certificate for `localhost` it signed,
+/// as PEM texts; [`TestCa::write`] puts them in files.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Result<Self> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
+            .signed_by(&key, &issuer)?;
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes `<name>-ca.pem`, `<name>-cert.pem` and `<name>-key.pem` in `dir`: their
+    /// paths (CA, certificate, key).
+    pub fn write(&self, dir: &std::path::Path, name: &str) -> Result<(String, String, String)> {
+        let write = |suffix: &str, text: &str| -> Result<String> {
+            let path = dir.join(format!("{name}-{suffix}.pem"));
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path.display().to_string())
+        };
+        Ok((
+            write("ca", &self.ca_pem)?,
+            write("cert", &self.cert_pem)?,
+            write("key", &self.key_pem)?,
+        ))
+    }
+}
+
 /// The configuration a test fleet runs with: fast ticks and heartbeats.
 ///
 /// With `FLEET_TEST_TLS_DIR` ([`test_tls`]): AMQPS to `localhost:5671`, the management
@@ -782,8 +825,9 @@ struct Listed {
     users: Vec<String>,
 }
 
-/// A call of RabbitMQ's management API as the user of `amqp.url`.
-async fn management(cfg: &Config, method: reqwest::Method, path: &str) -> Result<Value> {
+/// A call of RabbitMQ's management API as the user of `amqp.url` (trusting
+/// `amqp.ca_file` over https); `Null` when the answer is not JSON.
+pub async fn management(cfg: &Config, method: reqwest::Method, path: &str) -> Result<Value> {
     let url = reqwest::Url::parse(&cfg.amqp.url)?;
     let mut http = reqwest::Client::builder();
     if let Some(ca) = &cfg.amqp.ca_file {

@@ -564,24 +564,7 @@ async fn webhooks_deliver_every_event_signed_after_failures_and_a_dead_receiver_
 /// A CA of the test's own, and a certificate for localhost signed by it, in `dir`:
 /// (the CA's PEM file, the server's certificate and key files).
 fn ca_and_server(dir: &std::path::Path, name: &str) -> Result<(String, ServerFiles)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &issuer)?;
-    let write = |file: String, text: String| -> Result<String> {
-        let path = dir.join(file);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(path.display().to_string())
-    };
-    let ca_file = write(format!("{name}-ca.pem"), ca_cert.pem())?;
-    let cert_file = write(format!("{name}-cert.pem"), cert.pem())?;
-    let key_file = write(format!("{name}-key.pem"), key.serialize_pem())?;
+    let (ca_file, cert_file, key_file) = fleet_tests::TestCa::new(name)?.write(dir, name)?;
     Ok((ca_file, (cert_file, key_file)))
 }
 

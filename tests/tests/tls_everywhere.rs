@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use fleet_shared::error::with_causes;
 use fleet_shared::id::JobId;
 use fleet_tests::{ExecutorSpec, TestFleet, TestTls};
 use serde_json::json;
@@ -157,17 +158,9 @@ async fn a_fleet_with_tls_on_every_hop_runs_jobs_and_holds_no_plain_connection()
 
 /// A CA nobody uses, in a PEM file.
 fn other_ca() -> Result<(tempdir::Dir, String)> {
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        "a CA the fleet's servers do not use",
-    );
     let dir = tempdir::Dir::new()?;
-    let path = dir.0.join("other-ca.pem");
-    std::fs::write(&path, params.self_signed(&key)?.pem())?;
-    Ok((dir, path.display().to_string()))
+    let (ca_file, _, _) = fleet_tests::TestCa::new("unused")?.write(&dir.0, "other")?;
+    Ok((dir, ca_file))
 }
 
 mod tempdir {
@@ -190,18 +183,6 @@ mod tempdir {
     }
 }
 
-/// An error with its causes, for asserting on what underlies it.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_do_not_trust_the_ca_are_refused_on_every_hop() -> Result<()> {
     let tls = TestTls::dev();
@@ -220,7 +201,11 @@ async fn clients_that_do_not_trust_the_ca_are_refused_on_every_hop() -> Result<(
         .await
         .err()
         .context("an https client that does not trust the CA was answered")?;
-    assert!(untrusted(&chain(&refused)), "{}", chain(&refused));
+    assert!(
+        untrusted(&with_causes(&refused)),
+        "{}",
+        with_causes(&refused)
+    );
     assert!(fleet
         .http
         .get(format!("{}/readyz", fleet.api))
@@ -254,7 +239,11 @@ async fn clients_that_do_not_trust_the_ca_are_refused_on_every_hop() -> Result<(
         .await
         .err()
         .context("AMQPS with an untrusted CA connected")?;
-    assert!(untrusted(&chain(&refused)), "{}", chain(&refused));
+    assert!(
+        untrusted(&with_causes(&refused)),
+        "{}",
+        with_causes(&refused)
+    );
     let conn = fleet_shared::amqp::connect(&fleet.cfg.amqp, "tls-trusted").await?;
     fleet_shared::amqp::close(&conn, "done").await;
 
@@ -265,13 +254,17 @@ async fn clients_that_do_not_trust_the_ca_are_refused_on_every_hop() -> Result<(
         .await
         .err()
         .context("PostgreSQL over TLS with an untrusted CA connected")?;
-    assert!(untrusted(&chain(&refused)), "{}", chain(&refused));
+    assert!(
+        untrusted(&with_causes(&refused)),
+        "{}",
+        with_causes(&refused)
+    );
     // And a certificate for another name than the host connected to (verify-full): the
     // server's names localhost, not wrong-name.invalid (reached at 127.0.0.1 all the same).
     let mut db = fleet.cfg.database.clone();
     db.url = "postgres://postgres@wrong-name.invalid:5432/fleet?hostaddr=127.0.0.1".into();
     if let Err(e) = fleet_shared::db::connect(&db).await {
-        let e = chain(&e).to_ascii_lowercase();
+        let e = with_causes(&e).to_ascii_lowercase();
         assert!(
             e.contains("notvalidforname") || e.contains("not valid for"),
             "{e}"

@@ -42,14 +42,14 @@ pub fn client(cfg: &WebhooksConfig) -> Result<reqwest::Client, ConfigError> {
     if let Some(path) = &cfg.ca_file {
         let pem = std::fs::read(path).map_err(|e| ca_error(path, &e))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| ca_error(path, &error_chain(&e)))?;
+            .map_err(|e| ca_error(path, &fleet_shared::error::with_causes(&e)))?;
         if certs.is_empty() {
             return Err(ca_error(path, &"holds no PEM certificate"));
         }
         return builder()
             .tls_certs_merge(certs)
             .build()
-            .map_err(|e| ca_error(path, &error_chain(&e)));
+            .map_err(|e| ca_error(path, &fleet_shared::error::with_causes(&e)));
     }
     match builder().build() {
         Ok(c) => Ok(c),
@@ -57,14 +57,14 @@ pub fn client(cfg: &WebhooksConfig) -> Result<reqwest::Client, ConfigError> {
         // still served, and https:// ones fail with a certificate error of their own,
         // shown by `fleetctl webhook list`.
         Err(e) => {
-            tracing::warn!(error = %error_chain(&e),
+            tracing::warn!(error = %fleet_shared::error::with_causes(&e),
                 "no system CA certificates: https:// webhooks fail unless webhooks.ca_file is set");
             builder()
                 .tls_certs_only([])
                 .build()
                 .map_err(|e| ConfigError::Invalid {
                     key: "webhooks",
-                    message: format!("no HTTP client: {}", error_chain(&e)),
+                    message: format!("no HTTP client: {}", fleet_shared::error::with_causes(&e)),
                 })
         }
     }
@@ -178,7 +178,10 @@ async fn deliver(
         }
         Ok(r) => format!("the receiver answered {}", r.status()),
         Err(e) if e.is_timeout() => format!("no answer within {} s", cfg.timeout_secs),
-        Err(e) => format!("could not reach the receiver: {}", error_chain(&e)),
+        Err(e) => format!(
+            "could not reach the receiver: {}",
+            fleet_shared::error::with_causes(&e)
+        ),
     };
     metrics::counter!("fleet_webhook_deliveries_total", "outcome" => "failed").increment(1);
     let tries = u32::try_from(d.tries).unwrap_or(u32::MAX);
@@ -193,17 +196,6 @@ async fn deliver(
         "webhook delivery failed; tried again in {wait:?}");
     let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
     Outcome::Retry(at, error)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// Records the outcome, trying again a few times: a delivery whose outcome is lost is

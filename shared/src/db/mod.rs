@@ -96,23 +96,8 @@ fn pool_detail(e: &deadpool_postgres::PoolError) -> String {
 fn postgres_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => with_causes(e),
+        None => crate::error::with_causes(e),
     }
-}
-
-/// An error and every error underneath it, `outer: inner: innermost`, each said once.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 impl Transience for DbError {
