@@ -114,8 +114,14 @@ rabbit_local() {
     current="$(awk -v b="$BEGIN_MARK" -v e="$END_MARK" '$0==b{on=1} on{print} $0==e{on=0}' "$RABBIT_CONF")"
     wanted="$(rabbit_block)"
     if [[ "$current" == "$wanted" ]] && tcp_open 127.0.0.1 5671; then
-        say "RabbitMQ: already serves AMQPS on 127.0.0.1:5671"
-        return 0
+        # The files may be new (another checkout's CA): Erlang caches PEM files, so
+        # drop its cache, then check that the broker serves DIR's certificate.
+        as_root rabbitmqctl -q eval 'ssl:clear_pem_cache().' >/dev/null 2>&1 || true
+        if wait_for -t 15 -m "RabbitMQ to serve $DIR's certificate" amqps_serves_ours; then
+            say "RabbitMQ: already serves AMQPS on 127.0.0.1:5671"
+            return 0
+        fi
+        say "RabbitMQ: serves another certificate; restarting it"
     fi
     local tmp
     tmp="$(mktemp)"
