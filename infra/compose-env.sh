@@ -31,6 +31,8 @@ secrets=(
 if [[ ! -e "$OUT" ]]; then
     echo "# Written by infra/compose-env.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ). Keep it secret." >"$OUT"
 fi
+# umask covers a new file only: one written before (or by hand) is made private too.
+chmod 600 "$OUT"
 added=0
 for s in "${secrets[@]}"; do
     read -r name bytes what <<<"$s"

@@ -52,7 +52,7 @@ make_certs() {
     local tmp
     tmp="$(mktemp -d)"
     # shellcheck disable=SC2064 # expand now: tmp is local
-    trap "rm -rf '$tmp'" RETURN
+    trap "rm -rf '$tmp'; trap - RETURN" RETURN
     openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 \
         -keyout "$tmp/ca-key.pem" -out "$tmp/ca.pem" \
         -subj "/O=Fleet development/CN=Fleet development CA" \

@@ -17,6 +17,9 @@
 -- the build cannot fail, since keys were unique fleet-wide until now. The old constraint
 -- is dropped after the build, so the ACCESS EXCLUSIVE lock it takes is held only from
 -- there to the commit.
+-- The services' statement_timeout (30 s) would cut the build short on a table of
+-- millions; this transaction's statements may take as long as they take.
+SET LOCAL statement_timeout = 0;
 CREATE UNIQUE INDEX jobs_idempotency_per_owner
     ON jobs (COALESCE(owner_token, '00000000-0000-0000-0000-000000000000'::uuid),
              idempotency_key)

@@ -540,12 +540,30 @@ impl Config {
         }
         if let Some(ca) = &self.amqp.ca_file {
             crate::tls::ca_pem(ca).map_err(|e| invalid("amqp.ca_file", e.to_string()))?;
+            // A CA file says TLS is wanted: a plain URL beside it would send the broker
+            // password in clear while the operator believes otherwise.
+            if !self.amqp.url.starts_with("amqps://") {
+                return Err(invalid(
+                    "amqp.ca_file",
+                    "is set, but amqp.url is not amqps://",
+                ));
+            }
         }
         if let Some(ca) = &self.database.ca_file {
             crate::tls::ca_pem(ca).map_err(|e| invalid("database.ca_file", e.to_string()))?;
         }
         if let Some(ca) = &self.executor.ca_file {
             crate::tls::ca_pem(ca).map_err(|e| invalid("executor.ca_file", e.to_string()))?;
+            // Registering sends the join token or bootstrap secret: not in clear when a
+            // CA file says TLS is wanted.
+            let registers =
+                self.executor.join_token.is_some() || self.executor.bootstrap_secret.is_some();
+            if registers && !self.executor.register_url.starts_with("https://") {
+                return Err(invalid(
+                    "executor.ca_file",
+                    "is set, but executor.register_url is not https://",
+                ));
+            }
         }
         if let Some(addr) = &self.http.addr {
             addr.parse::<std::net::SocketAddr>()
@@ -670,6 +688,15 @@ impl Config {
             crate::tls::server_config(cert, key)
                 .map_err(|e| invalid("http.tls_cert_file", e.to_string()))?;
         }
+        // The submitter speaks to the management API with the administrator's password:
+        // with the broker on TLS, that hop must be too.
+        if self.amqp.ca_file.is_some() && !self.amqp.management_url.starts_with("https://") {
+            return Err(invalid(
+                "amqp.management_url",
+                "must be https:// when amqp.ca_file is set (the management password would \
+                 cross in clear)",
+            ));
+        }
         match &self.auth.admin_token {
             Some(t) if t.trim().len() < 16 => Err(invalid(
                 "auth.admin_token",
@@ -786,6 +813,62 @@ mod tests {
             vec![GroupName::default_group()]
         );
     }
+
+    #[test]
+    fn a_ca_file_beside_a_plain_url_is_refused() {
+        let dir = std::env::temp_dir().join(format!("fleet-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = dir.join("ca.pem");
+        // Any certificate will do: only that the file holds one is checked here.
+        std::fs::write(&ca, TEST_CERT).expect("write");
+        let ca = ca.display().to_string();
+        let refused = |pairs: &[(&str, &str)], key: &str| {
+            let err = Config::load(None, env(pairs)).expect_err("refused");
+            assert!(err.to_string().contains(key), "{err}");
+        };
+        refused(&[("FLEET_AMQP__CA_FILE", &ca)], "amqp.ca_file");
+        refused(
+            &[
+                ("FLEET_DATABASE__CA_FILE", &ca),
+                ("FLEET_DATABASE__URL", "postgres://h/db?sslmode=disable"),
+            ],
+            "database.ca_file",
+        );
+        refused(
+            &[
+                ("FLEET_EXECUTOR__CA_FILE", &ca),
+                ("FLEET_EXECUTOR__BOOTSTRAP_SECRET", "0123456789abcdefgh"),
+                ("FLEET_EXECUTOR__CREDENTIALS_FILE", "/tmp/x.json"),
+            ],
+            "executor.ca_file",
+        );
+        let amqps = [
+            ("FLEET_AMQP__CA_FILE", ca.as_str()),
+            ("FLEET_AMQP__URL", "amqps://u:p@broker:5671/%2f"),
+            ("FLEET_AUTH__ADMIN_TOKEN", "0123456789abcdefgh"),
+        ];
+        let c = Config::load(None, env(&amqps)).expect("amqps with a CA file");
+        // The submitter's management hop too.
+        let err = c
+            .validate_auth()
+            .expect_err("http management with a CA file");
+        assert!(err.to_string().contains("amqp.management_url"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A self-signed CA certificate (openssl, CN "fleet config test"), for the CA file checks.
+    const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBjzCCATWgAwIBAgIUMunE6Qr+3UUT19YK9c9FWSAk7okwCgYIKoZIzj0EAwIw
+HDEaMBgGA1UEAwwRZmxlZXQgY29uZmlnIHRlc3QwIBcNMjYxMjAxMjMzMzU4WhgP
+MjEyNjExMDcyMzMzNThaMBwxGjAYBgNVBAMMEWZsZWV0IGNvbmZpZyB0ZXN0MFkw
+EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEoNGlqBmAlBBO2HKx+tIHls3tPI3k0tA3
+kx1k07D3dgfhJW1RPsF0xroUePVQsPVASkyTeANdbfQHyk/4+W2phaNTMFEwHQYD
+VR0OBBYEFJEV0qhTM1i8sP9UHfZng6am4cEMMB8GA1UdIwQYMBaAFJEV0qhTM1i8
+sP9UHfZng6am4cEMMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIh
+APecxTVqcu7hhiaFKWT9/ZaFT+k4bZPK+4p6b+Yja75pAiBjO9r7UW32SckSTfnY
+MikN34fqB9+ZW1O0xm5Z68kRYA==
+-----END CERTIFICATE-----
+";
 
     #[test]
     fn environment_overrides_and_lists_parse() {

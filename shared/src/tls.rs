@@ -131,6 +131,38 @@ fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The system's roots as PEM text, read once per process: what an `amqps://` connection
+/// without `amqp.ca_file` trusts (lapin takes roots as PEM only).
+pub fn system_roots_pem() -> Result<&'static str, TlsError> {
+    use base64::Engine;
+    static PEM: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let pem = PEM.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        if found.certs.is_empty() {
+            return Err(format!(
+                "no CA file is given and the system has no trusted roots{}",
+                found
+                    .errors
+                    .first()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        let mut pem = String::new();
+        for cert in &found.certs {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+            pem.push_str("-----BEGIN CERTIFICATE-----\n");
+            for line in b64.as_bytes().chunks(64) {
+                pem.push_str(&String::from_utf8_lossy(line));
+                pem.push('\n');
+            }
+            pem.push_str("-----END CERTIFICATE-----\n");
+        }
+        Ok(pem)
+    });
+    pem.as_deref().map_err(|e| TlsError::Config(e.clone()))
+}
+
 /// The PEM text of a CA file, after checking it holds at least one certificate: lapin
 /// takes the text and would otherwise fail at the first handshake, not at start.
 pub fn ca_pem(ca_file: &str) -> Result<String, TlsError> {

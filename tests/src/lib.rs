@@ -173,6 +173,13 @@ impl TestCa {
 pub fn test_config(name: &str) -> Config {
     let mut cfg = Config::default();
     if let Some(tls) = test_tls() {
+        // A URL of its own would turn a hop plain while the run says TLS.
+        for var in ["FLEET_TEST_AMQP_URL", "FLEET_TEST_DATABASE_URL"] {
+            assert!(
+                std::env::var_os(var).is_none(),
+                "{var} with FLEET_TEST_TLS_DIR: the TLS run sets its own URLs"
+            );
+        }
         tls.apply(&mut cfg);
     }
     if let Ok(url) = std::env::var("FLEET_TEST_AMQP_URL") {

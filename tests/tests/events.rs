@@ -613,14 +613,15 @@ async fn https_webhooks_reach_a_receiver_of_the_configured_ca_and_a_stranger_get
         )
         .await?;
     fleet.wait_job(id, DEADLINE).await?;
-    let (_, page) = fleet
-        .call(reqwest::Method::GET, &format!("/v1/events?job={id}"), None)
-        .await?;
-    let evs: Vec<Event> = serde_json::from_value(page["events"].clone())?;
-    anyhow::ensure!(
-        evs.last().map(|e| e.kind) == Some(Kind::JobFailed),
-        "{evs:?}"
-    );
+    // Readable once no older transaction is open (as in the test above).
+    let evs = wait_for("the job's events up to job.failed", DEADLINE, || async {
+        let (_, page) = fleet
+            .call(reqwest::Method::GET, &format!("/v1/events?job={id}"), None)
+            .await?;
+        let evs: Vec<Event> = serde_json::from_value(page["events"].clone())?;
+        Ok((evs.last().map(|e| e.kind) == Some(Kind::JobFailed)).then_some(evs))
+    })
+    .await?;
     let want: HashSet<i64> = evs.iter().map(|e| e.id).collect();
 
     // Every event of the job arrives over TLS, signed.

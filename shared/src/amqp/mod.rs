@@ -60,16 +60,21 @@ async fn deadline<T>(
 /// of `amqp.ca_file` (else to one of the system's roots) and name the URL's host.
 pub async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
+    // The CA file's CAs only, or the system's roots: lapin is built without roots of
+    // its own. The file is read at each connection: a CA file replaced on disk is used
+    // at the next reconnect (Config::validate checked it at start).
+    let cert_chain = if cfg.url.starts_with("amqps://") {
+        let pem = match &cfg.ca_file {
+            Some(path) => crate::tls::ca_pem(path),
+            None => crate::tls::system_roots_pem().map(str::to_owned),
+        };
+        Some(pem.map_err(|e| AmqpError::Tls(e.to_string()))?)
+    } else {
+        None
+    };
     let tls = lapin::tcp::OwnedTLSConfig {
         identity: None,
-        // Read at each connection: a CA file replaced on disk is used at the next
-        // reconnect. (Config::validate checked it at start.)
-        cert_chain: match &cfg.ca_file {
-            Some(path) => {
-                Some(crate::tls::ca_pem(path).map_err(|e| AmqpError::Tls(e.to_string()))?)
-            }
-            None => None,
-        },
+        cert_chain,
     };
     let runtime = lapin::runtime::default_runtime()?;
     deadline(
