@@ -113,21 +113,26 @@ pub fn unused_client_config() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// The system's trusted roots (`/etc/ssl/certs` on Debian, or `SSL_CERT_FILE`).
-fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
+/// The system's trusted roots (`/etc/ssl/certs` on Debian, or `SSL_CERT_FILE`), as DER,
+/// or why there are none.
+fn system_certs() -> Result<Vec<CertificateDer<'static>>, String> {
     let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(TlsError::Config(format!(
+    if found.certs.is_empty() {
+        return Err(format!(
             "no CA file is given and the system has no trusted roots{}",
             found
                 .errors
                 .first()
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
-        )));
+        ));
     }
+    Ok(found.certs)
+}
+
+fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(system_certs().map_err(TlsError::Config)?);
     Ok(roots)
 }
 
@@ -137,19 +142,8 @@ pub fn system_roots_pem() -> Result<&'static str, TlsError> {
     use base64::Engine;
     static PEM: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
     let pem = PEM.get_or_init(|| {
-        let found = rustls_native_certs::load_native_certs();
-        if found.certs.is_empty() {
-            return Err(format!(
-                "no CA file is given and the system has no trusted roots{}",
-                found
-                    .errors
-                    .first()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            ));
-        }
         let mut pem = String::new();
-        for cert in &found.certs {
+        for cert in &system_certs()? {
             let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
             pem.push_str("-----BEGIN CERTIFICATE-----\n");
             for line in b64.as_bytes().chunks(64) {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fleet_shared::event::{Event, Kind};
+use fleet_shared::id::JobId;
 use fleet_tests::sse::read_events;
 use fleet_tests::{wait_for, ExecutorSpec, TestFleet};
 use futures_util::StreamExt;
@@ -403,6 +404,20 @@ async fn receiver_on(
     Ok((url, got))
 }
 
+/// A job's events, once its last readable one is `job.failed`. Readers see an event once
+/// no older transaction is still open (docs/design.md, "Events"): a busy database can
+/// show the job's end a moment after its state.
+async fn events_until_failed(fleet: &TestFleet, id: JobId) -> Result<Vec<Event>> {
+    wait_for("the job's events up to job.failed", DEADLINE, || async {
+        let (_, page) = fleet
+            .call(reqwest::Method::GET, &format!("/v1/events?job={id}"), None)
+            .await?;
+        let evs: Vec<Event> = serde_json::from_value(page["events"].clone())?;
+        Ok((evs.last().map(|e| e.kind) == Some(Kind::JobFailed)).then_some(evs))
+    })
+    .await
+}
+
 /// The signature check a receiver makes (docs/events.md), written here from the
 /// HMAC crate rather than Fleet's own `sign`.
 fn verifies(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
@@ -476,16 +491,7 @@ async fn webhooks_deliver_every_event_signed_after_failures_and_a_dead_receiver_
     // Every event of both jobs reaches the receiver, after its three failures.
     let mut want: HashSet<i64> = HashSet::new();
     for id in &jobs {
-        // Readers see an event once no older transaction is still open (docs/design.md,
-        // "Events"): a busy database can show the job's end a moment after its state.
-        let evs = wait_for("the job's events up to job.failed", DEADLINE, || async {
-            let (_, page) = fleet
-                .call(reqwest::Method::GET, &format!("/v1/events?job={id}"), None)
-                .await?;
-            let evs: Vec<Event> = serde_json::from_value(page["events"].clone())?;
-            Ok((evs.last().map(|e| e.kind) == Some(Kind::JobFailed)).then_some(evs))
-        })
-        .await?;
+        let evs = events_until_failed(&fleet, *id).await?;
         want.extend(evs.iter().map(|e| e.id));
     }
     let delivered = wait_for("every event delivered", DEADLINE, || async {
@@ -613,15 +619,7 @@ async fn https_webhooks_reach_a_receiver_of_the_configured_ca_and_a_stranger_get
         )
         .await?;
     fleet.wait_job(id, DEADLINE).await?;
-    // Readable once no older transaction is open (as in the test above).
-    let evs = wait_for("the job's events up to job.failed", DEADLINE, || async {
-        let (_, page) = fleet
-            .call(reqwest::Method::GET, &format!("/v1/events?job={id}"), None)
-            .await?;
-        let evs: Vec<Event> = serde_json::from_value(page["events"].clone())?;
-        Ok((evs.last().map(|e| e.kind) == Some(Kind::JobFailed)).then_some(evs))
-    })
-    .await?;
+    let evs = events_until_failed(&fleet, id).await?;
     let want: HashSet<i64> = evs.iter().map(|e| e.id).collect();
 
     // Every event of the job arrives over TLS, signed.
